@@ -1,0 +1,1 @@
+"""The routing domain shared by the web tier and the workers: no web or queue framework here."""

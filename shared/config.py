@@ -1,0 +1,118 @@
+"""The one typed settings object, read from the environment and `.env`."""
+
+from __future__ import annotations
+
+import functools
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic import SecretStr
+from pydantic import ValidationError
+from pydantic import field_validator
+from pydantic import model_validator
+from pydantic_settings import BaseSettings
+from pydantic_settings import SettingsConfigDict
+
+from shared.errors import ConfigError
+
+DEFAULT_CATALOG_PATH = Path(__file__).with_name("models.toml")
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; names match the environment variables in upper case."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Upstream: the default key and base URL; a catalog model may name its own.
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    model_catalog_path: Path = DEFAULT_CATALOG_PATH
+
+    # Storage and queue.
+    database_url: str = "sqlite:///./model_router.db"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    # Budget, in US dollars.
+    monthly_budget_limit: Decimal = Field(default=Decimal("100.0"), ge=0, max_digits=18, decimal_places=6)
+
+    # Request limits (the HTTP contract's ranges).
+    max_prompt_chars: int = Field(default=32000, ge=1)
+    max_request_bytes: int = Field(default=512 * 1024, ge=1024)
+    max_metadata_bytes: int = Field(default=4096, ge=0)
+
+    # Upstream calls.
+    upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
+    upstream_read_timeout_s: float = Field(default=60.0, gt=0)
+    upstream_max_attempts: int = Field(default=3, ge=1, le=10)
+    upstream_backoff_initial_s: float = Field(default=0.5, ge=0)
+    upstream_backoff_max_s: float = Field(default=8.0, ge=0)
+    upstream_retry_after_cap_s: float = Field(default=10.0, ge=0)
+
+    # Escalation: an answer shorter than this share of the expected length is "unsure".
+    escalation_enabled: bool = True
+    escalation_min_answer_chars: int = Field(default=20, ge=0)
+
+    # Jobs: a claimed job whose worker is silent this long may be claimed again.
+    job_lease_s: int = Field(default=300, ge=10)
+    worker_heartbeat_s: int = Field(default=10, ge=1)
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalize_database_url(cls, value: str) -> str:
+        # The plain `postgresql://` form names no driver; SQLAlchemy would pick psycopg2, which we don't ship.
+        for prefix in ("postgresql://", "postgres://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value[len(prefix) :]
+        if not value.startswith(("sqlite:", "postgresql+")):
+            raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis:// URL")
+        return value
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _require_key_for_real_upstream(self) -> Settings:
+        if self.openai_base_url is None and self.openai_api_key is None:
+            raise ValueError(
+                "OPENAI_API_KEY is required when OPENAI_BASE_URL is not set (the default is api.openai.com)"
+            )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Tell whether the database is the embedded SQLite file."""
+        return self.database_url.startswith("sqlite")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, turning a validation failure into one line that names the setting."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "_".join(str(part) for part in first["loc"]).upper() or "settings"
+        raise ConfigError(f"invalid setting {name}: {first['msg']}") from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Return the process-wide settings, built on first use."""
+    return load_settings()

@@ -1,0 +1,80 @@
+"""Domain errors: each carries a stable `code`; the web tier maps them to HTTP statuses."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every error the domain raises on purpose."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str, *, details: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+class ConfigError(DomainError):
+    """A setting or the model catalog is missing or malformed."""
+
+    code = "config_error"
+
+
+class InvalidInput(DomainError):
+    """The caller sent something the contract does not accept."""
+
+    code = "invalid_request"
+
+
+class NotFound(DomainError):
+    """The named resource does not exist (or is not the caller's)."""
+
+    code = "not_found"
+
+
+class BudgetExceeded(DomainError):
+    """The job's cost bound does not fit in what is left of the budget."""
+
+    code = "budget_exceeded"
+
+
+class RoutingError(DomainError):
+    """A routing policy, threshold, tier or model name is unknown or invalid."""
+
+    code = "invalid_request"
+
+
+class Unavailable(DomainError):
+    """A backing service (database, broker) cannot be reached."""
+
+    code = "unavailable"
+
+
+class LLMError(DomainError):
+    """An upstream call failed."""
+
+    code = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after_s: float | None = None,
+        details: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(message, details=details)
+        self.status_code = status_code
+        self.retry_after_s = retry_after_s
+
+
+class TransientLLMError(LLMError):
+    """A failure worth retrying: connection error, timeout, 429 or 5xx."""
+
+    code = "upstream_unavailable"
+
+
+class PermanentLLMError(LLMError):
+    """A failure that a retry cannot fix: any other 4xx, or a malformed answer."""
+
+    code = "upstream_rejected"
