@@ -53,9 +53,10 @@ class Settings(BaseSettings):
     upstream_backoff_max_s: float = Field(default=8.0, ge=0)
     upstream_retry_after_cap_s: float = Field(default=10.0, ge=0)
 
-    # Escalation: an answer shorter than this share of the expected length is "unsure".
+    # Escalation: an answer below the confidence threshold is retried one tier up.
     escalation_enabled: bool = True
     escalation_min_answer_chars: int = Field(default=20, ge=0)
+    escalation_confidence_threshold: float = Field(default=0.5, ge=0, le=1)
 
     # Jobs: a claimed job whose worker is silent this long may be claimed again.
     job_lease_s: int = Field(default=300, ge=10)

@@ -1,0 +1,47 @@
+"""Alembic environment: the URL comes from settings (or the caller), the metadata from the models."""
+
+from __future__ import annotations
+
+from logging.config import fileConfig
+
+from alembic import context
+from sqlalchemy import create_engine
+
+from shared.config import get_settings
+from shared.db import models  # noqa: F401  (registers the tables on Base.metadata)
+from shared.db.base import Base
+
+config = context.config
+if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+target_metadata = Base.metadata
+
+
+def _database_url() -> str:
+    # A caller (tests, `model-router db upgrade`) may hand the URL in; otherwise DATABASE_URL decides.
+    return config.attributes.get("database_url") or get_settings().database_url
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=_database_url(), target_metadata=target_metadata, literal_binds=True, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    engine = create_engine(_database_url())
+    with engine.connect() as connection:
+        # Batch mode lets ALTER TABLE work on SQLite, which cannot alter columns in place.
+        context.configure(
+            connection=connection, target_metadata=target_metadata, render_as_batch=True, compare_type=True
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,1 @@
+"""Persistence: declarative models, sessions and migrations."""

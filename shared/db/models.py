@@ -1,0 +1,137 @@
+"""The tables: one row per request (job), one per upstream attempt, one per budget month."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import JSON
+from sqlalchemy import Boolean
+from sqlalchemy import Enum
+from sqlalchemy import Float
+from sqlalchemy import ForeignKey
+from sqlalchemy import Index
+from sqlalchemy import Integer
+from sqlalchemy import String
+from sqlalchemy import Text
+from sqlalchemy import UniqueConstraint
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+from sqlalchemy.orm import relationship
+
+from shared.db.base import Base
+from shared.db.types import Money
+from shared.db.types import UTCDateTime
+from shared.db.types import utcnow
+
+
+class JobStatus(enum.StrEnum):
+    """A job moves queued → running → succeeded | failed and never back."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
+class RequestLog(Base):
+    """One routed prompt: what was asked, where it went, what it cost, how it ended."""
+
+    __tablename__ = "request_logs"
+    __table_args__ = (Index("ix_request_logs_created_at", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[JobStatus] = mapped_column(
+        Enum(JobStatus, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e]),
+        default=JobStatus.QUEUED,
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    run_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    # The request as accepted.
+    prompt: Mapped[str] = mapped_column(Text)
+    max_tokens: Mapped[int] = mapped_column(Integer)
+    preference: Mapped[str] = mapped_column(String(16))
+    requested_model: Mapped[str | None] = mapped_column(String(128))
+    requested_tier: Mapped[str | None] = mapped_column(String(32))
+    metadata_json: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+
+    # Routing and outcome.
+    difficulty_score: Mapped[float | None] = mapped_column(Float)
+    difficulty_level: Mapped[str | None] = mapped_column(String(16))
+    model_used: Mapped[str | None] = mapped_column(String(128))
+    tier: Mapped[str | None] = mapped_column(String(32))
+    response: Mapped[str | None] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    confidence: Mapped[float | None] = mapped_column(Float)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    tokens_used: Mapped[int] = mapped_column(Integer, default=0)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    retry_count: Mapped[int] = mapped_column(Integer, default=0)
+    escalated: Mapped[bool] = mapped_column(Boolean, default=False)
+    escalation_reason: Mapped[str | None] = mapped_column(String(128))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+    # Money: the bound held in the ledger while the job runs, then the true cost.
+    budget_year: Mapped[int] = mapped_column(Integer)
+    budget_month: Mapped[int] = mapped_column(Integer)
+    reserved_cost: Mapped[Decimal] = mapped_column(Money())
+    cost: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
+    settled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    attempts: Mapped[list[RequestAttempt]] = relationship(
+        back_populates="job", order_by="RequestAttempt.seq", cascade="all, delete-orphan"
+    )
+
+
+class RequestAttempt(Base):
+    """One upstream call made for a job: a retry, the first call, or an escalation."""
+
+    __tablename__ = "request_attempts"
+    __table_args__ = (UniqueConstraint("job_id", "seq", name="uq_request_attempts_job_id_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("request_logs.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(128))
+    tier: Mapped[str] = mapped_column(String(32))
+    purpose: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(16))
+    error_class: Mapped[str | None] = mapped_column(String(64))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    job: Mapped[RequestLog] = relationship(back_populates="attempts")
+
+
+class MonthlyBudget(Base):
+    """The ledger of one UTC calendar month: `total_spent + reserved <= monthly_limit` always holds."""
+
+    __tablename__ = "monthly_budgets"
+    __table_args__ = (UniqueConstraint("year", "month", name="uq_monthly_budgets_year_month"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    year: Mapped[int] = mapped_column(Integer)
+    month: Mapped[int] = mapped_column(Integer)
+    monthly_limit: Mapped[Decimal] = mapped_column(Money())
+    total_spent: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
+    reserved: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
+    request_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

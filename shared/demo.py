@@ -1,0 +1,113 @@
+"""`make demo`: run the stack, send a few prompts through the HTTP API, show the outcome, stop cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+STARTUP_TIMEOUT_S = 90
+PROMPTS = (
+    "What is the capital of France?",
+    "Explain how a hash map handles collisions. Why does the load factor matter?",
+    "Design and implement a lock-free queue in C++. Analyze its complexity, prove it is linearizable, "
+    "and compare the trade-offs against a mutex-based design:\n1. API\n2. Memory ordering\n3. Tests\n"
+    "```cpp\ntemplate <class T> class Queue;\n```",
+)
+
+
+def _call(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def _wait_until_ready(base: str, stack: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if stack.poll() is not None:
+            raise RuntimeError("the stack stopped during start-up; see its output above")
+        try:
+            status, body = _call("GET", f"{base}/api/health")
+            if status == 200 and body["checks"]["workers"] >= 1:
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the stack was not ready within {STARTUP_TIMEOUT_S}s")
+
+
+def _show(job: dict[str, Any]) -> None:
+    if job.get("status") not in ("succeeded", "failed"):
+        print(f"    job {job['job_id']} is {job['status']}")
+        return
+    print(
+        f"    → {job['model_used']} ({job['tier']}), difficulty {job['difficulty_score']:.2f} "
+        f"{job['difficulty_level']}, {job['tokens_used']} tokens, ${job['cost']:.6f}, "
+        f"{job['latency_ms']:.0f} ms, escalated={job['escalated']}, retries={job['retry_count']}"
+    )
+    print(f"      {str(job.get('response') or job.get('error'))[:100]!r}")
+
+
+def _exercise(base: str) -> None:
+    print("\n== Synchronous prompts (wait: true)")
+    for prompt in PROMPTS:
+        print(f"  {prompt.splitlines()[0][:70]!r}")
+        status, job = _call("POST", f"{base}/api/prompt", {"prompt": prompt, "max_tokens": 300})
+        _show(job)
+
+    print("\n== Asynchronous prompt (wait: false), then polling")
+    status, accepted = _call("POST", f"{base}/api/prompt", {"prompt": "Summarize the plot of Hamlet.", "wait": False})
+    print(f"  {status} {accepted}")
+    job = accepted
+    for _ in range(120):
+        status, job = _call("GET", f"{base}{accepted['poll_url']}")
+        if job["status"] in ("succeeded", "failed"):
+            break
+        time.sleep(0.25)
+    _show(job)
+
+    print("\n== A bad request")
+    status, error = _call("POST", f"{base}/api/prompt", {"prompt": "   "})
+    print(f"  {status} {error}")
+
+    print("\n== Budget")
+    print(f"  {_call('GET', f'{base}/api/budget')[1]}")
+    print("\n== Stats")
+    print(f"  {_call('GET', f'{base}/api/stats')[1]}")
+
+
+def run_demo() -> int:
+    """Run the demo; return the process exit code."""
+    port = os.environ.setdefault("PORT", "8000")
+    base = f"http://127.0.0.1:{port}"
+    print("Starting the stack (Redis if needed, simulator, web, worker)…")
+    stack = subprocess.Popen([sys.executable, "-m", "shared.cli", "run"], start_new_session=True)
+    try:
+        _wait_until_ready(base, stack)
+        _exercise(base)
+        print(f"\nAPI docs while it runs: {base}/docs")
+        return 0
+    except RuntimeError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("\nStopping the stack…")
+        if stack.poll() is None:
+            os.killpg(stack.pid, signal.SIGTERM)
+            try:
+                stack.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(stack.pid, signal.SIGKILL)
+                stack.wait()
+        print("Stopped.")

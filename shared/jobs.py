@@ -1,0 +1,352 @@
+"""The job use cases: accept a prompt (reserve and record), and run it (route, call, escalate, settle).
+
+A job row moves queued → running → succeeded | failed. Running is claimed with a conditional UPDATE and a
+lease, and finishing is conditional on still holding that claim, so a redelivered task never runs a job
+twice at once and its reservation is settled exactly once. No transaction stays open across an upstream
+call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field
+from datetime import datetime
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import or_
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm import sessionmaker
+
+from shared import budget
+from shared import confidence
+from shared import difficulty
+from shared import routing
+from shared.catalog import Catalog
+from shared.config import Settings
+from shared.db.models import JobStatus
+from shared.db.models import RequestAttempt
+from shared.db.models import RequestLog
+from shared.db.types import utcnow
+from shared.errors import NotFound
+from shared.llm_client import AttemptRecord
+from shared.llm_client import CallResult
+from shared.llm_client import LLMClient
+from shared.llm_client import RetryPolicy
+from shared.llm_client import complete_with_retries
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A validated prompt request, as the domain sees it."""
+
+    prompt: str
+    max_tokens: int = 1000
+    preference: str = "balanced"
+    model: str | None = None
+    tier: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def create(session: Session, *, request: JobRequest, catalog: Catalog, settings: Settings) -> RequestLog:
+    """Reserve the job's cost bound and record it as queued; the caller commits, then enqueues.
+
+    Raises RoutingError for an unknown model or tier and BudgetExceeded when the bound does not fit.
+    """
+    tiers = routing.candidate_tiers(catalog=catalog, model=request.model, tier=request.tier)
+    pinned = request.model is not None or request.tier is not None
+    bound = budget.reservation_bound(
+        catalog=catalog,
+        tiers=tiers,
+        prompt=request.prompt,
+        max_tokens=request.max_tokens,
+        escalation=settings.escalation_enabled and not pinned,
+    )
+    now = utcnow()
+    period = budget.Period.of(now)
+    budget.reserve(session, period=period, amount=bound, limit=settings.monthly_budget_limit)
+    job = RequestLog(
+        id=uuid.uuid4().hex,
+        status=JobStatus.QUEUED,
+        created_at=now,
+        updated_at=now,
+        prompt=request.prompt,
+        max_tokens=request.max_tokens,
+        preference=request.preference,
+        requested_model=request.model,
+        requested_tier=request.tier,
+        metadata_json=request.metadata,
+        budget_year=period.year,
+        budget_month=period.month,
+        reserved_cost=bound,
+        cost=Decimal(0),
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def withdraw(session: Session, *, job_id: str) -> None:
+    """Undo an accepted job that could not be enqueued: release its reservation and forget it."""
+    job = session.get(RequestLog, job_id)
+    if job is None or job.status is not JobStatus.QUEUED:
+        return
+    budget.release(session, period=budget.Period(job.budget_year, job.budget_month), reserved=job.reserved_cost)
+    session.delete(job)
+
+
+def get_or_raise(session: Session, *, job_id: str) -> RequestLog:
+    """Return the job or raise NotFound."""
+    job = session.get(RequestLog, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id!r}")
+    return job
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this worker now owns, with the fencing value that proves it when finishing."""
+
+    job_id: str
+    run_count: int
+    request: JobRequest
+    period: budget.Period
+    reserved_cost: Decimal
+
+
+@dataclass(frozen=True)
+class Busy:
+    """Another worker holds the job's lease until `lease_expires_at`."""
+
+    lease_expires_at: datetime
+
+
+@dataclass(frozen=True)
+class RunDeps:
+    """What running a job needs, built once per worker process."""
+
+    sessions: sessionmaker[Session]
+    catalog: Catalog
+    settings: Settings
+    client: LLMClient
+    on_finished: Callable[[str], None] = lambda job_id: None
+    sleep: Callable[[float], None] = time.sleep
+
+
+def run(job_id: str, *, deps: RunDeps) -> JobStatus | Busy | None:
+    """Run the job if it is ours to run; return its final status, Busy, or None when already finished."""
+    claim = _claim(job_id, deps=deps)
+    if not isinstance(claim, Claim):
+        return claim
+    started = time.perf_counter()
+    outcome = _route_and_call(claim, deps=deps)
+    outcome.latency_ms = round((time.perf_counter() - started) * 1000, 3)
+    status = _finish(claim, outcome, deps=deps)
+    if status is not None:
+        deps.on_finished(job_id)
+    return status
+
+
+def _claim(job_id: str, *, deps: RunDeps) -> Claim | Busy | None:
+    now = utcnow()
+    with deps.sessions.begin() as session:
+        result = session.execute(
+            update(RequestLog)
+            .where(
+                RequestLog.id == job_id,
+                or_(
+                    RequestLog.status == JobStatus.QUEUED,
+                    (RequestLog.status == JobStatus.RUNNING) & (RequestLog.lease_expires_at < now),
+                ),
+            )
+            .values(
+                status=JobStatus.RUNNING,
+                started_at=now,
+                updated_at=now,
+                lease_expires_at=now + timedelta(seconds=deps.settings.job_lease_s),
+                run_count=RequestLog.run_count + 1,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        job = session.get(RequestLog, job_id, populate_existing=True)
+        if job is None:
+            logger.error("job does not exist job_id=%s", job_id)
+            return None
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            if job.status is JobStatus.RUNNING and job.lease_expires_at is not None:
+                return Busy(lease_expires_at=job.lease_expires_at)
+            return None
+        return Claim(
+            job_id=job.id,
+            run_count=job.run_count,
+            request=JobRequest(
+                prompt=job.prompt,
+                max_tokens=job.max_tokens,
+                preference=job.preference,
+                model=job.requested_model,
+                tier=job.requested_tier,
+            ),
+            period=budget.Period(job.budget_year, job.budget_month),
+            reserved_cost=job.reserved_cost,
+        )
+
+
+@dataclass
+class _Outcome:
+    """Everything learned while running a job, written in one transaction at the end."""
+
+    difficulty: difficulty.DifficultyEstimate | None = None
+    decision: routing.RoutingDecision | None = None
+    final: CallResult | None = None
+    confidence: float | None = None
+    escalation_reason: str | None = None
+    escalated: bool = False
+    attempts: list[tuple[str, AttemptRecord]] = field(default_factory=list)
+    latency_ms: float = 0.0
+
+    @property
+    def cost(self) -> Decimal:
+        return sum((record.cost for _, record in self.attempts), Decimal(0))
+
+
+def _route_and_call(claim: Claim, *, deps: RunDeps) -> _Outcome:
+    request, settings, catalog = claim.request, deps.settings, deps.catalog
+    policy = RetryPolicy.from_settings(settings)
+    outcome = _Outcome()
+    outcome.difficulty = difficulty.estimate_difficulty(request.prompt)
+    outcome.decision = routing.route(
+        catalog=catalog,
+        score=outcome.difficulty.score,
+        preference=request.preference,
+        model=request.model,
+        tier=request.tier,
+    )
+
+    def call(decision: routing.RoutingDecision, purpose: str) -> CallResult:
+        result = complete_with_retries(
+            deps.client,
+            model=catalog.get_model(decision.model),
+            prompt=request.prompt,
+            max_tokens=request.max_tokens,
+            policy=policy,
+            sleep=deps.sleep,
+        )
+        outcome.attempts.extend((purpose, record) for record in result.attempts)
+        return result
+
+    outcome.final = call(outcome.decision, "primary")
+    if outcome.final.completion is None:
+        return outcome
+    assessed = _assess(request.prompt, outcome.final, settings)
+    outcome.confidence = assessed.score
+    if not settings.escalation_enabled or assessed.score >= settings.escalation_confidence_threshold:
+        return outcome
+    stronger = routing.escalate(catalog=catalog, decision=outcome.decision)
+    if stronger is None:
+        return outcome
+    outcome.escalated = True
+    outcome.escalation_reason = ",".join(assessed.reasons) or "low_confidence"
+    second = call(stronger, "escalation")
+    if second.completion is not None:
+        outcome.final = second
+        outcome.decision = stronger
+        outcome.confidence = _assess(request.prompt, second, settings).score
+    return outcome
+
+
+def _assess(prompt: str, result: CallResult, settings: Settings) -> confidence.AnswerConfidence:
+    completion = result.completion
+    assert completion is not None
+    return confidence.assess_answer(
+        prompt=prompt,
+        answer=completion.text,
+        finish_reason=completion.finish_reason,
+        logprobs=completion.logprobs,
+        min_answer_chars=settings.escalation_min_answer_chars,
+    )
+
+
+def _finish(claim: Claim, outcome: _Outcome, *, deps: RunDeps) -> JobStatus | None:
+    """Record the outcome and settle the budget in one transaction, only while the claim still holds."""
+    now = utcnow()
+    final = outcome.final
+    assert final is not None and outcome.decision is not None and outcome.difficulty is not None
+    completion = final.completion
+    values: dict[str, Any] = {
+        "status": JobStatus.SUCCEEDED if completion is not None else JobStatus.FAILED,
+        "finished_at": now,
+        "updated_at": now,
+        "lease_expires_at": None,
+        "difficulty_score": round(outcome.difficulty.score, 4),
+        "difficulty_level": outcome.difficulty.level,
+        "model_used": outcome.decision.model,
+        "tier": outcome.decision.tier,
+        "confidence": None if outcome.confidence is None else round(outcome.confidence, 4),
+        "latency_ms": outcome.latency_ms,
+        "retry_count": sum(1 for _, record in outcome.attempts) - (2 if outcome.escalated else 1),
+        "escalated": outcome.escalated,
+        "escalation_reason": outcome.escalation_reason,
+        "prompt_tokens": sum(record.prompt_tokens for _, record in outcome.attempts),
+        "completion_tokens": sum(record.completion_tokens for _, record in outcome.attempts),
+        "cost": outcome.cost,
+        "settled": True,
+    }
+    values["tokens_used"] = values["prompt_tokens"] + values["completion_tokens"]
+    if completion is not None:
+        values.update(response=completion.text, finish_reason=completion.finish_reason)
+    else:
+        error = final.error
+        values.update(
+            error_code=error.code if error else "upstream_error",
+            error_message=error.message if error else "the upstream call failed",
+        )
+    with deps.sessions.begin() as session:
+        result = session.execute(
+            update(RequestLog)
+            .where(
+                RequestLog.id == claim.job_id,
+                RequestLog.status == JobStatus.RUNNING,
+                RequestLog.run_count == claim.run_count,
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            # Our lease lapsed and another run took the job over; it will record and settle it.
+            logger.warning("lost the claim before finishing job_id=%s", claim.job_id)
+            return None
+        session.add_all(
+            RequestAttempt(
+                job_id=claim.job_id,
+                seq=seq,
+                model=record.model,
+                tier=record.tier,
+                purpose=purpose,
+                outcome=record.outcome,
+                error_class=record.error_class,
+                status_code=record.status_code,
+                latency_ms=record.latency_ms,
+                prompt_tokens=record.prompt_tokens,
+                completion_tokens=record.completion_tokens,
+                cost=record.cost,
+                started_at=record.started_at,
+            )
+            for seq, (purpose, record) in enumerate(outcome.attempts, start=1)
+        )
+        budget.settle(session, period=claim.period, reserved=claim.reserved_cost, cost=outcome.cost)
+    logger.info(
+        "job finished job_id=%s status=%s model=%s cost=%s",
+        claim.job_id,
+        values["status"],
+        values["model_used"],
+        values["cost"],
+    )
+    return values["status"]

@@ -1,0 +1,266 @@
+"""Calls to OpenAI-compatible chat servers, and the one retry layer around them.
+
+Retries live here and only here: the `openai` SDK's own retries are off, and Celery task retries cover
+infrastructure faults (broker, database), so the two never multiply.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+import openai
+from tenacity import RetryCallState
+from tenacity import Retrying
+from tenacity import retry_if_exception_type
+from tenacity import stop_after_attempt
+from tenacity import wait_exponential_jitter
+
+from shared.catalog import ModelSpec
+from shared.config import Settings
+from shared.db.types import utcnow
+from shared.errors import LLMError
+from shared.errors import PermanentLLMError
+from shared.errors import TransientLLMError
+
+# Keys never travel to a server that did not ask for one; a local simulator accepts any.
+PLACEHOLDER_KEY = "no-key"
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One successful answer and what the server billed for it."""
+
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    logprobs: tuple[float, ...] | None = None
+
+
+class LLMClient(Protocol):
+    """Anything that can answer one prompt with one model, raising Transient/PermanentLLMError."""
+
+    def complete(self, *, model: ModelSpec, prompt: str, max_tokens: int) -> Completion: ...
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One upstream call as the job records it."""
+
+    model: str
+    tier: str
+    outcome: str
+    latency_ms: float
+    started_at: datetime
+    error_class: str | None = None
+    status_code: int | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: Decimal = Decimal(0)
+
+
+@dataclass
+class CallResult:
+    """What a retried call ended with: a completion or the last error, and every attempt made."""
+
+    completion: Completion | None = None
+    error: LLMError | None = None
+    attempts: list[AttemptRecord] = field(default_factory=list)
+
+    @property
+    def retry_count(self) -> int:
+        return max(len(self.attempts) - 1, 0)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry transient upstream failures."""
+
+    max_attempts: int = 3
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 8.0
+    retry_after_cap_s: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(
+            max_attempts=settings.upstream_max_attempts,
+            backoff_initial_s=settings.upstream_backoff_initial_s,
+            backoff_max_s=settings.upstream_backoff_max_s,
+            retry_after_cap_s=settings.upstream_retry_after_cap_s,
+        )
+
+
+class OpenAIChatClient:
+    """The `openai` SDK behind the LLMClient protocol: one reused SDK client per server."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._clients: dict[tuple[str | None, str | None], openai.OpenAI] = {}
+        self._lock = threading.Lock()
+
+    def complete(self, *, model: ModelSpec, prompt: str, max_tokens: int) -> Completion:
+        """Ask `model` once; map every failure to a Transient or Permanent LLM error."""
+        client = self._client_for(model)
+        try:
+            response = client.chat.completions.create(
+                model=model.name,
+                messages=[{"role": "user", "content": prompt}],
+                max_tokens=max_tokens,
+                logprobs=True if model.supports_logprobs else openai.omit,
+            )
+        except openai.APITimeoutError:
+            raise TransientLLMError(f"{model.name}: upstream timed out", details={"error_class": "timeout"}) from None
+        except openai.APIConnectionError:
+            raise TransientLLMError(
+                f"{model.name}: cannot connect to upstream", details={"error_class": "connection"}
+            ) from None
+        except openai.APIStatusError as exc:
+            raise _status_error(model.name, exc) from None
+        if not response.choices:
+            raise PermanentLLMError(f"{model.name}: answer had no choices", details={"error_class": "bad_answer"})
+        choice = response.choices[0]
+        usage = response.usage
+        logprobs = None
+        if choice.logprobs is not None and choice.logprobs.content:
+            logprobs = tuple(token.logprob for token in choice.logprobs.content)
+        return Completion(
+            text=choice.message.content or "",
+            finish_reason=choice.finish_reason,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            logprobs=logprobs,
+        )
+
+    def _client_for(self, model: ModelSpec) -> openai.OpenAI:
+        key = (model.base_url, model.api_key_env)
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = self._build_client(model)
+                self._clients[key] = client
+            return client
+
+    def _build_client(self, model: ModelSpec) -> openai.OpenAI:
+        settings = self._settings
+        if model.api_key_env:
+            api_key = os.environ.get(model.api_key_env) or PLACEHOLDER_KEY
+        elif settings.openai_api_key is not None:
+            api_key = settings.openai_api_key.get_secret_value()
+        else:
+            api_key = PLACEHOLDER_KEY
+        return openai.OpenAI(
+            api_key=api_key,
+            base_url=model.base_url or settings.openai_base_url,
+            max_retries=0,
+            timeout=openai.Timeout(settings.upstream_read_timeout_s, connect=settings.upstream_connect_timeout_s),
+        )
+
+
+def _status_error(model_name: str, exc: openai.APIStatusError) -> LLMError:
+    status = exc.status_code
+    if status == 429 or status >= 500:
+        kind = "rate_limited" if status == 429 else "server_error"
+        return TransientLLMError(
+            f"{model_name}: upstream answered {status}",
+            status_code=status,
+            retry_after_s=_retry_after(exc.response.headers.get("retry-after")),
+            details={"error_class": kind},
+        )
+    return PermanentLLMError(
+        f"{model_name}: upstream rejected the request ({status})",
+        status_code=status,
+        details={"error_class": "rejected"},
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Parse a Retry-After header given in seconds (the HTTP-date form is rare for APIs and ignored)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def complete_with_retries(
+    client: LLMClient,
+    *,
+    model: ModelSpec,
+    prompt: str,
+    max_tokens: int,
+    policy: RetryPolicy,
+    sleep: Callable[[float], None] = time.sleep,
+) -> CallResult:
+    """Call `model`, retrying transient failures with jittered exponential backoff or Retry-After.
+
+    Never raises for an upstream failure: the result carries the last error and every attempt.
+    """
+    result = CallResult()
+    backoff = wait_exponential_jitter(initial=policy.backoff_initial_s, max=policy.backoff_max_s)
+
+    def wait(state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, LLMError) and error.retry_after_s is not None:
+            return min(error.retry_after_s, policy.retry_after_cap_s)
+        return backoff(state)
+
+    def attempt() -> Completion:
+        started_at = utcnow()
+        start = time.perf_counter()
+        try:
+            completion = client.complete(model=model, prompt=prompt, max_tokens=max_tokens)
+        except LLMError as error:
+            result.attempts.append(
+                AttemptRecord(
+                    model=model.name,
+                    tier=model.tier,
+                    outcome="error",
+                    latency_ms=_elapsed_ms(start),
+                    started_at=started_at,
+                    error_class=str(error.details.get("error_class", type(error).__name__)),
+                    status_code=error.status_code,
+                )
+            )
+            raise
+        result.attempts.append(
+            AttemptRecord(
+                model=model.name,
+                tier=model.tier,
+                outcome="ok",
+                latency_ms=_elapsed_ms(start),
+                started_at=started_at,
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+                cost=model.cost(completion.prompt_tokens, completion.completion_tokens),
+            )
+        )
+        return completion
+
+    retrying = Retrying(
+        stop=stop_after_attempt(policy.max_attempts),
+        wait=wait,
+        retry=retry_if_exception_type(TransientLLMError),
+        sleep=sleep,
+        reraise=True,
+    )
+    try:
+        result.completion = retrying(attempt)
+    except LLMError as error:
+        result.error = error
+    return result
+
+
+def _elapsed_ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)

@@ -1,0 +1,116 @@
+"""The local stack behind `make run` and `make demo`: Redis, the simulator, web and worker, one command.
+
+Processes are supervised by honcho (the same tool that runs the Procfile): when one exits, or on SIGINT
+or SIGTERM, all of them are stopped.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+from collections.abc import Mapping
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import redis
+
+from shared.config import Settings
+
+BIN_DIR = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    """What `run` will start, and the environment every process gets."""
+
+    processes: dict[str, str]
+    env: dict[str, str]
+    web_url: str
+    notes: tuple[str, ...]
+
+
+def _tool(name: str) -> str:
+    # Prefer the console scripts of the interpreter we run under (the project's virtualenv).
+    local = BIN_DIR / name
+    return str(local) if local.exists() else name
+
+
+def _redis_answers(url: str) -> bool:
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1) as client:
+            return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def use_simulator(environ: MutableMapping[str, str]) -> bool:
+    """Point OPENAI_BASE_URL at the local simulator when no upstream is configured; tell whether it did."""
+    if environ.get("OPENAI_BASE_URL") or environ.get("OPENAI_API_KEY"):
+        return False
+    environ["OPENAI_BASE_URL"] = f"http://127.0.0.1:{environ.get('SIM_PORT', '9000')}/v1"
+    return True
+
+
+def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: bool) -> StackPlan:
+    """Decide which processes to start from the settings and the environment."""
+    port = int(environ.get("PORT", "8000"))
+    sim_port = int(environ.get("SIM_PORT", "9000"))
+    web_concurrency = int(environ.get("WEB_CONCURRENCY", "2"))
+    worker_concurrency = int(environ.get("WORKER_CONCURRENCY", "16"))
+    env = dict(environ)
+    processes: dict[str, str] = {}
+    notes: list[str] = []
+
+    if not _redis_answers(settings.redis_url):
+        parts = urlsplit(settings.redis_url)
+        redis_port = parts.port or 6379
+        if shutil.which("redis-server"):
+            processes["redis"] = (
+                f"redis-server --bind 127.0.0.1 --port {redis_port} --save '' --appendonly no --loglevel warning"
+            )
+            notes.append(f"Redis: starting redis-server on port {redis_port}")
+        else:
+            start_fake_redis(port=redis_port)
+            notes.append(f"Redis: no redis-server installed; serving an embedded fakeredis on port {redis_port}")
+    else:
+        notes.append(f"Redis: using the server at {settings.redis_url}")
+
+    if simulator:
+        processes["simulator"] = f"{_tool('model-router')} simulate --host 127.0.0.1 --port {sim_port}"
+        notes.append(
+            f"Upstream: the simulator at http://127.0.0.1:{sim_port}/v1 (set OPENAI_BASE_URL or a key to change)"
+        )
+    else:
+        notes.append(f"Upstream: {settings.openai_base_url or 'https://api.openai.com/v1'}")
+
+    processes["web"] = (
+        f"{_tool('gunicorn')} --worker-class gevent --workers {web_concurrency} --bind 127.0.0.1:{port} "
+        "--graceful-timeout 10 --access-logfile - 'web:create_app()'"
+    )
+    processes["worker"] = (
+        f"{_tool('celery')} -A worker.celery_app:celery_app worker --pool threads "
+        f"--concurrency {worker_concurrency} --loglevel INFO --without-gossip --without-mingle"
+    )
+    return StackPlan(processes=processes, env=env, web_url=f"http://127.0.0.1:{port}", notes=tuple(notes))
+
+
+def start_fake_redis(*, port: int) -> None:
+    """Serve an in-memory Redis on loopback from a thread of this process (the last-resort fallback)."""
+    from fakeredis import TcpFakeServer
+
+    server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+    threading.Thread(target=server.serve_forever, name="fakeredis", daemon=True).start()
+
+
+def run_stack(plan: StackPlan) -> int:
+    """Start every planned process in the foreground; return the exit code once all have stopped."""
+    from honcho.manager import Manager
+
+    manager = Manager()
+    for name, command in plan.processes.items():
+        manager.add_process(name, command, env=plan.env, quiet=False)
+    manager.loop()
+    return manager.returncode or 0

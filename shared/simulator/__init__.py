@@ -1,0 +1,1 @@
+"""An OpenAI-compatible upstream simulator for demos, tests and benchmarks."""

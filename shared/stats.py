@@ -1,0 +1,102 @@
+"""Request statistics, aggregated in the database from request_logs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import case
+from sqlalchemy import func
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.db.models import JobStatus
+from shared.db.models import RequestLog
+from shared.db.types import Money
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    requests: int
+    cost: Decimal
+    avg_latency_ms: float | None
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Totals over every recorded request; rates are percentages of finished requests."""
+
+    total_requests: int
+    successful_requests: int
+    failed_requests: int
+    total_cost: Decimal
+    avg_latency_ms: float | None
+    total_tokens: int
+    escalated_requests: int
+    by_model: dict[str, ModelStats]
+
+    @property
+    def finished_requests(self) -> int:
+        return self.successful_requests + self.failed_requests
+
+    @property
+    def success_rate(self) -> float:
+        return _percent(self.successful_requests, self.finished_requests)
+
+    @property
+    def escalation_rate(self) -> float:
+        return _percent(self.escalated_requests, self.finished_requests)
+
+
+def _percent(part: int, whole: int) -> float:
+    return round(part * 100 / whole, 2) if whole else 0.0
+
+
+def get_stats(session: Session, *, since: datetime | None = None) -> Stats:
+    """Aggregate request_logs, optionally only requests created at or after `since`."""
+    where = [] if since is None else [RequestLog.created_at >= since]
+    is_status = lambda status: func.sum(case((RequestLog.status == status, 1), else_=0))  # noqa: E731
+    totals = session.execute(
+        select(
+            func.count(RequestLog.id),
+            is_status(JobStatus.SUCCEEDED),
+            is_status(JobStatus.FAILED),
+            func.sum(RequestLog.cost, type_=Money()),
+            func.avg(RequestLog.latency_ms),
+            func.sum(RequestLog.tokens_used),
+            func.sum(case((RequestLog.escalated, 1), else_=0)),
+        ).where(*where)
+    ).one()
+    rows = session.execute(
+        select(
+            RequestLog.model_used,
+            func.count(RequestLog.id),
+            func.sum(RequestLog.cost, type_=Money()),
+            func.avg(RequestLog.latency_ms),
+            func.sum(RequestLog.tokens_used),
+        )
+        .where(RequestLog.model_used.is_not(None), *where)
+        .group_by(RequestLog.model_used)
+        .order_by(RequestLog.model_used)
+    ).all()
+    return Stats(
+        total_requests=totals[0],
+        successful_requests=int(totals[1] or 0),
+        failed_requests=int(totals[2] or 0),
+        total_cost=totals[3] or Decimal(0),
+        avg_latency_ms=_round(totals[4]),
+        total_tokens=int(totals[5] or 0),
+        escalated_requests=int(totals[6] or 0),
+        by_model={
+            model: ModelStats(
+                requests=count, cost=cost or Decimal(0), avg_latency_ms=_round(latency), tokens=int(tokens or 0)
+            )
+            for model, count, cost, latency, tokens in rows
+        },
+    )
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 3)

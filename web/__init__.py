@@ -1,0 +1,44 @@
+"""The Flask tier: validates prompts, reserves budget, enqueues jobs and answers them."""
+
+from __future__ import annotations
+
+from celery import Celery
+from flask import Flask
+
+from shared.catalog import load_catalog
+from shared.config import Settings
+from shared.config import get_settings
+from web import db
+from web import errors
+from web import waiter
+from web.api import budget
+from web.api import health
+from web.api import jobs
+from web.api import prompt
+from web.api import stats
+from web.json_provider import ApiJSONProvider
+from worker.celery_app import create_celery
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app: settings, database, Celery, blueprints, error handlers."""
+    settings = settings or get_settings()
+    app = Flask(__name__)
+    app.json = ApiJSONProvider(app)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.extensions["settings"] = settings
+    app.extensions["catalog"] = load_catalog(settings.model_catalog_path)
+    db.init_app(app, settings)
+    _init_celery(app, settings)
+    waiter.init_app(app, settings)
+    for blueprint in (prompt.bp, jobs.bp, budget.bp, stats.bp, health.bp):
+        app.register_blueprint(blueprint)
+    errors.register_error_handlers(app)
+    return app
+
+
+def _init_celery(app: Flask, settings: Settings) -> Celery:
+    celery_app = create_celery(settings)
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+    return celery_app

@@ -1,0 +1,43 @@
+"""GET /api/health: can we reach the database and the broker, and how many workers are alive."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Blueprint
+from flask import Response
+from flask import current_app
+from flask import jsonify
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from shared.heartbeat import count_alive_workers
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("health", __name__, url_prefix="/api")
+
+
+@bp.get("/health")
+def get_health() -> tuple[Response, int]:
+    """Answer 200 when the database and broker answer, 503 naming the failing check otherwise."""
+    checks: dict[str, object] = {"database": "ok", "broker": "ok", "workers": 0}
+    try:
+        with current_app.extensions["db_engine"].connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError:
+        logger.warning("health: database unreachable", exc_info=True)
+        checks["database"] = "unreachable"
+    try:
+        client = redis.Redis.from_url(
+            current_app.extensions["settings"].redis_url, socket_timeout=2, socket_connect_timeout=2
+        )
+        with client:
+            client.ping()
+            checks["workers"] = count_alive_workers(client)
+    except redis.RedisError:
+        logger.warning("health: broker unreachable", exc_info=True)
+        checks["broker"] = "unreachable"
+    healthy = checks["database"] == "ok" and checks["broker"] == "ok"
+    return jsonify({"status": "ok" if healthy else "unavailable", "checks": checks}), 200 if healthy else 503

@@ -1,0 +1,108 @@
+"""POST /api/prompt: accept a prompt, enqueue its job, and answer the result or a job id."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+from flask import Blueprint
+from flask import Response
+from flask import current_app
+from flask import jsonify
+from flask import url_for
+from kombu.exceptions import KombuError
+
+from shared import jobs
+from shared.errors import Unavailable
+from web import waiter
+from web.db import get_session
+from web.requests import read_json_object
+from web.requests import validate
+from web.schemas import PromptRequest
+from web.serializers import job_body
+from worker import tasks
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("prompt", __name__, url_prefix="/api")
+
+BROKER_ERRORS = (KombuError, redis.RedisError, OSError)
+
+
+@bp.post("/prompt")
+def create_prompt() -> Response | tuple[Response, int]:
+    """Route one prompt."""
+    settings = current_app.extensions["settings"]
+    body = validate(
+        PromptRequest,
+        read_json_object(),
+        max_prompt_chars=settings.max_prompt_chars,
+        max_metadata_bytes=settings.max_metadata_bytes,
+    )
+    session = get_session()
+    job = jobs.create(
+        session,
+        request=jobs.JobRequest(
+            prompt=body.prompt,
+            max_tokens=body.max_tokens,
+            preference=body.preference,
+            model=body.model,
+            tier=body.tier,
+            metadata=body.metadata,
+        ),
+        catalog=current_app.extensions["catalog"],
+        settings=settings,
+    )
+    session.commit()
+    completion_waiter = waiter.get_waiter()
+    # Register before enqueueing so that even an instant completion is heard.
+    done = completion_waiter.register(job.id) if body.wait else None
+    try:
+        _enqueue(job.id)
+        if done is None:
+            return _accepted(job.id, "queued")
+        return _wait_for(job.id, done, timeout_s=body.timeout_s)
+    finally:
+        if done is not None:
+            completion_waiter.unregister(job.id, done)
+
+
+def _enqueue(job_id: str) -> None:
+    try:
+        tasks.run_job.apply_async(args=[job_id])
+    except BROKER_ERRORS:
+        logger.warning("could not enqueue job_id=%s; withdrawing it", job_id, exc_info=True)
+        session = get_session()
+        session.rollback()
+        jobs.withdraw(session, job_id=job_id)
+        session.commit()
+        raise Unavailable("the job queue is unreachable; nothing was reserved or charged") from None
+
+
+def _wait_for(job_id: str, done: object, *, timeout_s: float) -> Response | tuple[Response, int]:
+    """Sleep until the job's completion is announced or `timeout_s` passes, then answer its state."""
+    session = get_session()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not done.wait(remaining):  # type: ignore[attr-defined]
+            break
+        done.clear()  # type: ignore[attr-defined]
+        # A wake-up is either our job's announcement or a reconnect that may have lost one: look.
+        session.expire_all()
+        job = jobs.get_or_raise(session, job_id=job_id)
+        if job.status.is_terminal:
+            return jsonify(job_body(job))
+    session.expire_all()
+    job = jobs.get_or_raise(session, job_id=job_id)
+    if job.status.is_terminal:
+        return jsonify(job_body(job))
+    return _accepted(job_id, job.status.value)
+
+
+def _accepted(job_id: str, status: str) -> tuple[Response, int]:
+    poll_url = url_for("jobs.get_job", job_id=job_id)
+    response = jsonify({"job_id": job_id, "status": status, "poll_url": poll_url})
+    response.headers["Location"] = poll_url
+    return response, 202

@@ -1,0 +1,33 @@
+"""One database session per request, opened lazily and closed at teardown."""
+
+from __future__ import annotations
+
+from flask import Flask
+from flask import current_app
+from flask import g
+from sqlalchemy.orm import Session
+
+from shared.config import Settings
+from shared.db.session import make_engine
+from shared.db.session import make_sessionmaker
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    """Build the engine and session factory for this app and close sessions after each request."""
+    engine = make_engine(settings)
+    app.extensions["db_engine"] = engine
+    app.extensions["db_sessions"] = make_sessionmaker(engine)
+    app.teardown_appcontext(_close_session)
+
+
+def get_session() -> Session:
+    """Return this request's session."""
+    if "db_session" not in g:
+        g.db_session = current_app.extensions["db_sessions"]()
+    return g.db_session
+
+
+def _close_session(_exc: BaseException | None) -> None:
+    session = g.pop("db_session", None)
+    if session is not None:
+        session.close()

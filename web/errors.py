@@ -1,0 +1,93 @@
+"""Every error leaves as the contract's JSON: {"error": {"code", "message", "details"}}."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from flask import Response
+from flask import jsonify
+from sqlalchemy.exc import DBAPIError
+from werkzeug.exceptions import HTTPException
+
+from shared.errors import BudgetExceeded
+from shared.errors import DomainError
+from shared.errors import InvalidInput
+from shared.errors import NotFound
+from shared.errors import RoutingError
+from shared.errors import Unavailable
+
+logger = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: dict[type[DomainError], int] = {
+    InvalidInput: 400,
+    RoutingError: 400,
+    NotFound: 404,
+    BudgetExceeded: 402,
+    Unavailable: 503,
+}
+
+CODE_BY_STATUS = {
+    400: "invalid_request",
+    401: "unauthorized",
+    402: "budget_exceeded",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "idempotency_conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+def error_response(status: int, code: str, message: str, details: dict[str, object] | None = None) -> Response:
+    """Build the contract's error answer."""
+    response = jsonify({"error": {"code": code, "message": message, "details": details or {}}})
+    response.status_code = status
+    return response
+
+
+def _domain_error(error: DomainError) -> Response:
+    status = next((s for cls, s in STATUS_BY_ERROR.items() if isinstance(error, cls)), 500)
+    if status == 500:
+        logger.error("unmapped domain error %s: %s", type(error).__name__, error.message)
+        return error_response(500, "internal_error", "the server failed to handle this request")
+    return error_response(status, error.code, error.message, error.details)
+
+
+def _http_error(error: HTTPException) -> Response:
+    status = error.code or 500
+    code = CODE_BY_STATUS.get(status, "internal_error" if status >= 500 else "http_error")
+    response = error_response(status, code, error.description or error.name)
+    # Keep the headers werkzeug set (Allow on 405, Retry-After on 429), but not its HTML content type.
+    for name, value in error.get_response().headers.items():
+        if name.lower() not in ("content-type", "content-length"):
+            response.headers[name] = value
+    return response
+
+
+def _database_error(error: DBAPIError) -> Response:
+    if error.connection_invalidated or isinstance(error.orig, ConnectionError) or _is_disconnect(error):
+        logger.warning("database unreachable: %s", type(error.orig).__name__)
+        return error_response(503, "unavailable", "the database is unreachable; nothing was reserved or charged")
+    return _unexpected_error(error)
+
+
+def _is_disconnect(error: DBAPIError) -> bool:
+    return type(error.orig).__name__ in ("OperationalError", "InterfaceError")
+
+
+def _unexpected_error(error: Exception) -> Response:
+    if isinstance(error, HTTPException):
+        return _http_error(error)
+    logger.exception("unhandled error")
+    return error_response(500, "internal_error", "the server failed to handle this request")
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Map domain errors, HTTP errors and anything unexpected to JSON."""
+    app.register_error_handler(DomainError, _domain_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(DBAPIError, _database_error)
+    app.register_error_handler(Exception, _unexpected_error)

@@ -1,0 +1,291 @@
+"""Build the OpenAPI document for the HTTP contract from the pydantic models that validate requests."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode
+from pydantic.json_schema import models_json_schema
+
+from web.schemas import BudgetView
+from web.schemas import ErrorBody
+from web.schemas import HealthView
+from web.schemas import JobAccepted
+from web.schemas import JobResult
+from web.schemas import PromptRequest
+from web.schemas import StatsView
+
+OPENAPI_VERSION = "3.1.0"
+OPENAPI_30_VERSION = "3.0.3"
+REF_TEMPLATE = "#/components/schemas/{model}"
+BEARER_SCHEME = "bearerAuth"
+
+# Requests are described as pydantic validates them, answers as they are serialized.
+MODELS: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
+    (PromptRequest, "validation"),
+    (JobResult, "serialization"),
+    (JobAccepted, "serialization"),
+    (ErrorBody, "serialization"),
+    (BudgetView, "serialization"),
+    (StatsView, "serialization"),
+    (HealthView, "serialization"),
+)
+
+DESCRIPTION = (
+    "Routes each prompt to the cheapest LLM tier likely to answer it well, inside a monthly budget.\n\n"
+    'Every error is JSON: `{"error": {"code": "<snake_case>", "message": "...", "details": {...}}}`. '
+    "When API keys are enabled, send `Authorization: Bearer <api key>`; otherwise no credentials are needed."
+)
+
+
+def build_openapi_spec(*, version: str) -> dict[str, Any]:
+    """Build the OpenAPI 3.1 document of the HTTP contract; `version` is the API's own version."""
+    refs, top = models_json_schema(MODELS, ref_template=REF_TEMPLATE)
+
+    def ref(model: type[BaseModel]) -> dict[str, Any]:
+        mode = next(mode for candidate, mode in MODELS if candidate is model)
+        return dict(refs[(model, mode)])
+
+    def json_body(model: type[BaseModel], description: str, **extra: Any) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": ref(model)}}, **extra}
+
+    def error(description: str, **extra: Any) -> dict[str, Any]:
+        return json_body(ErrorBody, description, **extra)
+
+    unauthorized = error("`unauthorized`: API keys are enabled and the bearer key is missing or unknown.")
+    prompt_errors = {
+        "400": error(
+            "`invalid_request`: bad JSON, wrong types, out-of-range values, unknown model or tier; "
+            "`details` names the field."
+        ),
+        "401": unauthorized,
+        "402": error("`budget_exceeded`: the monthly budget cannot cover it; nothing is enqueued or spent."),
+        "409": error("`idempotency_conflict`: the Idempotency-Key was already used with a different body."),
+        "413": error("`payload_too_large`: the request body is too large."),
+        "415": error("`unsupported_media_type`: the body is not `application/json`."),
+        "429": error(
+            "`rate_limited`: too many requests; retry after `Retry-After` seconds.",
+            headers={
+                "Retry-After": {
+                    "description": "Seconds to wait before retrying.",
+                    "schema": {"type": "integer", "minimum": 0},
+                }
+            },
+        ),
+        "503": error("`unavailable`: the broker or the database is down; nothing is reserved or lost."),
+    }
+    paths: dict[str, Any] = {
+        "/api/prompt": {
+            "post": {
+                "operationId": "create_prompt",
+                "tags": ["prompts"],
+                "summary": "Route one prompt",
+                "description": (
+                    "With `wait=true` the answer is the finished job (200) if it is ready within "
+                    "`timeout_s`, else 202. With `wait=false` the answer is 202 at once; poll `poll_url`. "
+                    "A job whose upstream calls all failed still answers 200, with `status: failed`."
+                ),
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "description": (
+                            "The same key with the same body returns the same job and never makes a second "
+                            "upstream call; with a different body the answer is 409."
+                        ),
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": ref(PromptRequest)}}},
+                "responses": {
+                    "200": json_body(JobResult, "The job finished: succeeded, or failed after retries and fallbacks."),
+                    "202": json_body(
+                        JobAccepted,
+                        "Accepted but not finished (wait=false, or not ready within timeout_s).",
+                        headers={
+                            "Location": {
+                                "description": "The job's URL, the same as `poll_url`.",
+                                "schema": {"type": "string"},
+                            }
+                        },
+                    ),
+                    **prompt_errors,
+                },
+            }
+        },
+        "/api/jobs/{job_id}": {
+            "get": {
+                "operationId": "get_job",
+                "tags": ["jobs"],
+                "summary": "Get a job as stored",
+                "description": "While queued or running only the state fields are set; once finished, the full result.",
+                "parameters": [
+                    {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": json_body(JobResult, "The job."),
+                    "401": unauthorized,
+                    "404": error("`not_found`: no such job (or another key's job when keys are enabled)."),
+                },
+            }
+        },
+        "/api/budget": {
+            "get": {
+                "operationId": "get_budget",
+                "tags": ["budget"],
+                "summary": "Get this month's budget",
+                "description": (
+                    "`remaining = monthly_limit - total_spent - reserved`. With keys enabled, a key sees its "
+                    "own budget and an admin key the global one."
+                ),
+                "responses": {"200": json_body(BudgetView, "The current UTC month's budget."), "401": unauthorized},
+            }
+        },
+        "/api/stats": {
+            "get": {
+                "operationId": "get_stats",
+                "tags": ["stats"],
+                "summary": "Get request statistics",
+                "description": "Totals and per-model figures; percentages are 0..100.",
+                "parameters": [
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "required": False,
+                        "description": "Count only requests from this ISO 8601 date (or date and time) on.",
+                        "schema": {"type": "string"},
+                        "example": "2026-01-01",
+                    }
+                ],
+                "responses": {
+                    "200": json_body(StatsView, "The statistics."),
+                    "400": error("`invalid_request`: `since` is not an ISO 8601 date."),
+                    "401": unauthorized,
+                },
+            }
+        },
+        "/api/health": {
+            "get": {
+                "operationId": "get_health",
+                "tags": ["health"],
+                "summary": "Check the database, the broker and the workers",
+                "responses": {
+                    "200": json_body(HealthView, "The database and the broker answer."),
+                    "503": json_body(HealthView, "The database or the broker is unreachable; the check names it."),
+                },
+            }
+        },
+    }
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": "model-router", "version": version, "description": DESCRIPTION},
+        "tags": [
+            {"name": "prompts", "description": "Route prompts."},
+            {"name": "jobs", "description": "Follow jobs."},
+            {"name": "budget", "description": "The monthly budget."},
+            {"name": "stats", "description": "Usage statistics."},
+            {"name": "health", "description": "Liveness of the stack."},
+        ],
+        "paths": paths,
+        "components": {
+            "schemas": top.get("$defs", {}),
+            "securitySchemes": {
+                BEARER_SCHEME: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key; required only when keys are enabled.",
+                }
+            },
+        },
+        # The empty requirement makes the key optional: deployments without keys need none.
+        "security": [{}, {BEARER_SCHEME: []}],
+    }
+
+
+def downgrade_to_openapi_30(spec: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite an OpenAPI 3.1 document produced by build_openapi_spec as OpenAPI 3.0.
+
+    Only for viewers that cannot read 3.1 (Swagger UI before 5). It covers the JSON Schema that
+    pydantic emits for our models: `null` in `anyOf` or `type` becomes `nullable`, `const` becomes a
+    one-value `enum`, numeric `exclusiveMinimum`/`exclusiveMaximum` become the 3.0 boolean form, and
+    `examples` becomes `example`.
+    """
+    spec = copy.deepcopy(spec)
+    spec["openapi"] = OPENAPI_30_VERSION
+    spec.pop("jsonSchemaDialect", None)
+    spec.pop("webhooks", None)
+    spec["info"].pop("summary", None)
+    components = spec.get("components", {})
+    components["schemas"] = {name: _schema_30(schema) for name, schema in components.get("schemas", {}).items()}
+    for path_item in spec.get("paths", {}).values():
+        for operation in path_item.values():
+            for parameter in operation.get("parameters", []):
+                parameter["schema"] = _schema_30(parameter["schema"])
+            body = operation.get("requestBody", {})
+            for media in body.get("content", {}).values():
+                media["schema"] = _schema_30(media["schema"])
+            for response in operation.get("responses", {}).values():
+                for media in response.get("content", {}).values():
+                    media["schema"] = _schema_30(media["schema"])
+                for header in response.get("headers", {}).values():
+                    header["schema"] = _schema_30(header["schema"])
+    return spec
+
+
+def _schema_30(schema: Any) -> Any:
+    if not isinstance(schema, dict):
+        return schema  # `additionalProperties: true` and the like
+    schema = dict(schema)
+    for key in ("properties", "patternProperties"):
+        if key in schema:
+            schema[key] = {name: _schema_30(sub) for name, sub in schema[key].items()}
+    for key in ("items", "additionalProperties", "not"):
+        if key in schema:
+            schema[key] = _schema_30(schema[key])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in schema:
+            schema[key] = [_schema_30(sub) for sub in schema[key]]
+    if "const" in schema:
+        schema["enum"] = [schema.pop("const")]
+    for key, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        value = schema.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            schema[bound] = value
+            schema[key] = True
+    if "examples" in schema:
+        examples = schema.pop("examples")
+        if examples:
+            schema.setdefault("example", examples[0])
+    if isinstance(schema.get("type"), list):
+        types = [kind for kind in schema["type"] if kind != "null"]
+        if len(types) < len(schema["type"]):
+            schema["nullable"] = True
+        schema["type"] = types[0] if len(types) == 1 else types
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            _fold_null(schema, key)
+    return schema
+
+
+def _fold_null(schema: dict[str, Any], key: str) -> None:
+    """Replace a `{"type": "null"}` branch of `anyOf`/`oneOf` with `nullable: true`."""
+    branches = [branch for branch in schema[key] if branch != {"type": "null"}]
+    if len(branches) == len(schema[key]):
+        return
+    schema["nullable"] = True
+    if len(branches) != 1:
+        schema[key] = branches
+        return
+    del schema[key]
+    (branch,) = branches
+    if "$ref" in branch:
+        # In 3.0 a $ref ignores its siblings, so `nullable` needs the reference wrapped.
+        schema["allOf"] = [branch]
+    else:
+        schema.update({name: value for name, value in branch.items() if name not in schema})
+        if "enum" in schema and None not in schema["enum"]:
+            # 3.0.3 clarifies that `nullable` does not widen an enum: null must be listed.
+            schema["enum"] = [*schema["enum"], None]

@@ -1,0 +1,157 @@
+"""Request and response models: they validate requests and generate /openapi.json."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+from typing import Any
+from typing import Literal
+
+from pydantic import BaseModel
+from pydantic import ConfigDict
+from pydantic import Field
+from pydantic import Strict
+from pydantic import ValidationInfo
+from pydantic import field_validator
+
+StrictInt = Annotated[int, Strict()]
+StrictBool = Annotated[bool, Strict()]
+StrictStr = Annotated[str, Strict()]
+# Strict floats still take JSON integers (30 means 30.0) but never strings or booleans.
+StrictNumber = Annotated[float, Strict()]
+
+
+class PromptRequest(BaseModel):
+    """The body of POST /api/prompt. Unknown fields are rejected, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"prompt": "What is 2 + 2?"}})
+
+    prompt: StrictStr = Field(description="The text to route; not only whitespace; at most MAX_PROMPT_CHARS.")
+    max_tokens: StrictInt = Field(default=1000, ge=1, le=4096)
+    wait: StrictBool = Field(default=True, description="Answer with the result when ready within timeout_s.")
+    timeout_s: StrictNumber = Field(default=30, gt=0, le=120, description="Only with wait=true.")
+    preference: Literal["cost", "balanced", "quality"] = "balanced"
+    model: StrictStr | None = Field(default=None, description="Force a catalog model.")
+    tier: StrictStr | None = Field(default=None, description='Force a tier ("cheap", "mid", "high").')
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Stored and returned as is; <= 4 KiB.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_has_text(cls, value: str, info: ValidationInfo) -> str:
+        if not value.strip():
+            raise ValueError("must contain more than whitespace")
+        limit = (info.context or {}).get("max_prompt_chars")
+        if limit is not None and len(value) > limit:
+            raise ValueError(f"must be at most {limit} characters")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_small(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        limit = (info.context or {}).get("max_metadata_bytes")
+        if limit is not None and len(json.dumps(value, separators=(",", ":")).encode()) > limit:
+            raise ValueError(f"must serialize to at most {limit} bytes")
+        return value
+
+
+class Attempt(BaseModel):
+    """One upstream call made for a job."""
+
+    model: str
+    tier: str
+    purpose: Literal["primary", "escalation"]
+    outcome: Literal["ok", "error"]
+    error_class: str | None = None
+    status_code: int | None = None
+    latency_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorBody(BaseModel):
+    """Every error answer."""
+
+    error: ErrorDetail
+
+
+class JobResult(BaseModel):
+    """A job as stored; the result fields are filled once it has finished."""
+
+    job_id: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    created_at: str
+    finished_at: str | None = None
+    success: bool | None = None
+    response: str | None = None
+    model_used: str | None = None
+    tier: str | None = None
+    difficulty_score: float | None = None
+    difficulty_level: Literal["easy", "medium", "hard"] | None = None
+    tokens_used: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost: float | None = None
+    latency_ms: float | None = None
+    escalated: bool | None = None
+    escalation_reason: str | None = None
+    confidence: float | None = None
+    retry_count: int | None = None
+    attempts: list[Attempt] | None = None
+    error: ErrorDetail | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobAccepted(BaseModel):
+    """A job that was accepted but is not finished yet (202)."""
+
+    job_id: str
+    status: Literal["queued", "running"]
+    poll_url: str
+
+
+class BudgetView(BaseModel):
+    year: int
+    month: int
+    monthly_limit: float
+    total_spent: float
+    reserved: float
+    remaining: float
+    percentage_used: float
+    request_count: int
+
+
+class ModelStats(BaseModel):
+    requests: int
+    cost: float
+    avg_latency_ms: float | None
+    tokens: int
+
+
+class StatsView(BaseModel):
+    total_requests: int
+    successful_requests: int
+    failed_requests: int
+    success_rate: float
+    total_cost: float
+    avg_latency_ms: float | None
+    total_tokens: int
+    escalation_rate: float
+    by_model: dict[str, ModelStats]
+
+
+class HealthChecks(BaseModel):
+    database: str
+    broker: str
+    workers: int
+
+
+class HealthView(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: HealthChecks

@@ -1,0 +1,57 @@
+"""Jobs as the API shows them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.db.models import RequestLog
+
+
+def job_body(job: RequestLog) -> dict[str, Any]:
+    """Return the job: its state while unfinished, the full result once finished."""
+    body: dict[str, Any] = {
+        "job_id": job.id,
+        "status": job.status.value,
+        "created_at": job.created_at.isoformat(),
+    }
+    if not job.status.is_terminal:
+        body["metadata"] = job.metadata_json
+        return body
+    succeeded = job.error_code is None
+    body.update(
+        finished_at=job.finished_at.isoformat() if job.finished_at else None,
+        success=succeeded,
+        response=job.response,
+        model_used=job.model_used,
+        tier=job.tier,
+        difficulty_score=job.difficulty_score,
+        difficulty_level=job.difficulty_level,
+        tokens_used=job.tokens_used,
+        prompt_tokens=job.prompt_tokens,
+        completion_tokens=job.completion_tokens,
+        cost=job.cost,
+        latency_ms=job.latency_ms,
+        escalated=job.escalated,
+        escalation_reason=job.escalation_reason,
+        confidence=job.confidence,
+        retry_count=job.retry_count,
+        attempts=[
+            {
+                "model": attempt.model,
+                "tier": attempt.tier,
+                "purpose": attempt.purpose,
+                "outcome": attempt.outcome,
+                "error_class": attempt.error_class,
+                "status_code": attempt.status_code,
+                "latency_ms": attempt.latency_ms,
+                "prompt_tokens": attempt.prompt_tokens,
+                "completion_tokens": attempt.completion_tokens,
+                "cost": attempt.cost,
+            }
+            for attempt in job.attempts
+        ],
+        metadata=job.metadata_json,
+    )
+    if not succeeded:
+        body["error"] = {"code": job.error_code, "message": job.error_message or "", "details": {}}
+    return body

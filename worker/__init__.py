@@ -1,0 +1,1 @@
+"""Celery workers: thin tasks that run the shared job use cases."""

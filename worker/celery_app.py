@@ -1,0 +1,49 @@
+"""The Celery app factory, configured from the same Settings as the web tier."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from shared.config import Settings
+from shared.config import get_settings
+
+PROMPTS_QUEUE = "prompts"
+
+
+def create_celery(settings: Settings) -> Celery:
+    """Build a Celery app for `settings`; tasks are found in worker.tasks."""
+    app = Celery("model_router", include=["worker.tasks", "worker.heartbeat"])
+    # A job may wait out its whole lease before a redelivered copy can claim it, so the hard limit sits
+    # just under the lease and Redis's visibility timeout above it (Celery's optimizing guide).
+    hard_limit = settings.job_lease_s - 5
+    app.conf.update(
+        broker_url=settings.redis_url,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.job_lease_s * 2},
+        # Job state lives in the database; waiting requests learn of completion through Redis pub/sub.
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=PROMPTS_QUEUE,
+        # Jobs are idempotent (claimed with a lease, finished under that claim), so redelivery is safe.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=hard_limit - 5,
+        task_time_limit=hard_limit,
+        # Fail a publish fast when Redis is down: the web tier answers 503 and releases the reservation.
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app
+
+
+def __getattr__(name: str) -> Celery:
+    # `celery -A worker.celery_app worker` looks up `celery_app`; build it on that first look-up rather
+    # than at import time, so importing this module never reads settings.
+    if name == "celery_app":
+        app = create_celery(get_settings())
+        globals()["celery_app"] = app
+        return app
+    raise AttributeError(name)

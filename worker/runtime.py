@@ -1,0 +1,42 @@
+"""Per-process dependencies of the tasks, built on first use after the worker process starts."""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+
+from shared import jobs
+from shared import notify
+from shared.catalog import load_catalog
+from shared.config import get_settings
+from shared.db.session import make_engine
+from shared.db.session import make_sessionmaker
+from shared.llm_client import OpenAIChatClient
+
+_lock = threading.Lock()
+_deps: jobs.RunDeps | None = None
+
+
+def get_deps() -> jobs.RunDeps:
+    """Return this process's job dependencies: one engine, one catalog, one HTTP client per upstream."""
+    global _deps
+    with _lock:
+        if _deps is None:
+            settings = get_settings()
+            publisher = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+            _deps = jobs.RunDeps(
+                sessions=make_sessionmaker(make_engine(settings)),
+                catalog=load_catalog(settings.model_catalog_path),
+                settings=settings,
+                client=OpenAIChatClient(settings),
+                on_finished=lambda job_id: notify.publish_job_done(publisher, job_id),
+            )
+        return _deps
+
+
+def reset() -> None:
+    """Forget the dependencies (after a fork, the child must build its own connections)."""
+    global _deps
+    with _lock:
+        _deps = None
