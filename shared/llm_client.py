@@ -208,7 +208,9 @@ def complete_with_retries(
     Never raises for an upstream failure: the result carries the last error and every attempt.
     """
     result = CallResult()
-    backoff = wait_exponential_jitter(initial=policy.backoff_initial_s, max=policy.backoff_max_s)
+    backoff = wait_exponential_jitter(
+        multiplier=policy.backoff_initial_s, max=policy.backoff_max_s, jitter=policy.backoff_initial_s
+    )
 
     def wait(state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None

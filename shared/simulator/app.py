@@ -35,6 +35,8 @@ MAX_TRACKED_PROMPTS = 1_000_000
 # A slow stream is sent in at most this many timed steps, so a long answer doesn't mean hundreds of timers.
 MAX_STREAM_STEPS = 16
 FINGERPRINT = "fp_simulator"
+# One shared encoder: json.dumps with options builds a new encoder per call, which shows in streams.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 class _BadRequest(Exception):
@@ -239,6 +241,10 @@ def _completion_body(
     }
 
 
+def _compact(value: object) -> str:
+    return _COMPACT.encode(value)
+
+
 def _stream_events(
     chat: _ChatRequest, answer: answers.Answer, usage: dict[str, int], *, completion_id: str
 ) -> list[bytes]:
@@ -250,44 +256,46 @@ def _stream_events(
         "model": chat.model,
         "system_fingerprint": FINGERPRINT,
     }
-    if chat.include_usage:
-        base["usage"] = None
+    # The fixed fields are encoded once and each chunk splices in its own choice: a long answer is hundreds
+    # of chunks, and dumping each whole chunk would dominate the cost of a streamed request.
+    head = "data: " + _compact(base)[:-1] + ',"choices":'
+    tail = ',"usage":null}\n\n' if chat.include_usage else "}\n\n"
     entries = answer.logprobs["content"] if answer.logprobs else None
-    chunks = []
+    events = []
     for index, piece in enumerate(answer.pieces):
-        delta = {"role": "assistant", "content": piece} if index == 0 else {"content": piece}
-        logprobs = {"content": [entries[index]]} if entries is not None else None
-        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": None}
-        chunks.append({**base, "choices": [choice]})
-    chunks.append(
-        {
-            **base,
-            "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": answer.finish_reason}],
-        }
-    )
+        role = '"role":"assistant",' if index == 0 else ""
+        logprobs = '{"content":[' + _compact(entries[index]) + "]}" if entries is not None else "null"
+        delta = "{" + role + '"content":' + _compact(piece) + "}"
+        choice = '[{"index":0,"delta":' + delta + ',"logprobs":' + logprobs + ',"finish_reason":null}]'
+        events.append(head + choice + tail)
+    finish = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": answer.finish_reason}
+    events.append(head + _compact([finish]) + tail)
     if chat.include_usage:
-        chunks.append({**base, "choices": [], "usage": usage})
-    events = [b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n" for chunk in chunks]
-    events.append(b"data: [DONE]\n\n")
-    return events
+        events.append(head + '[],"usage":' + _compact(usage) + "}\n\n")
+    events.append("data: [DONE]\n\n")
+    return [event.encode() for event in events]
 
 
 async def _send_stream(request: web.Request, events: list[bytes], settings: SimSettings) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
-    if settings.ttft_ms > 0:
-        await asyncio.sleep(settings.ttft_ms / 1000)
     remaining_s = max(0.0, settings.latency_ms - settings.ttft_ms) / 1000
-    if remaining_s == 0:
-        await response.write(b"".join(events))
-    else:
-        await response.write(events[0])
-        rest = events[1:]
-        steps = min(MAX_STREAM_STEPS, len(rest))
-        for step in range(steps):
-            await asyncio.sleep(remaining_s / steps)
-            await response.write(b"".join(rest[step * len(rest) // steps : (step + 1) * len(rest) // steps]))
-    await response.write_eof()
+    steps = min(MAX_STREAM_STEPS, len(events) - 1) if remaining_s else 0
+    try:
+        if settings.ttft_ms > 0:
+            await asyncio.sleep(settings.ttft_ms / 1000)
+        if not steps:
+            await response.write(b"".join(events))
+        else:
+            await response.write(events[0])
+            rest = events[1:]
+            for step in range(steps):
+                await asyncio.sleep(remaining_s / steps)
+                await response.write(b"".join(rest[step * len(rest) // steps : (step + 1) * len(rest) // steps]))
+        await response.write_eof()
+    except ConnectionResetError:
+        # A client that stops reading mid-stream is normal (it got what it wanted), not a server error.
+        pass
     return response
 
 

@@ -5,20 +5,21 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from aiohttp import web
 
 from shared import catalog as catalog_module
 from shared import config
 from shared.errors import ConfigError
+from shared.simulator import app as sim_app
 from shared.simulator import sim_settings
-from shared.simulator.app import create_sim_app
 
 # Hung "timeout" faults must not hold up a shutdown for the default minute.
 SHUTDOWN_TIMEOUT_S = 1.0
 
 
-def _fail(message: str, *, code: int) -> None:
+def _fail(message: str, *, code: int) -> NoReturn:
     print(message, file=sys.stderr)
     sys.exit(code)
 
@@ -32,8 +33,7 @@ def serve(*, host: str, port: int) -> None:
         settings = sim_settings.from_env()
     except (ConfigError, ValueError) as exc:
         _fail(str(exc), code=2)
-        return
-    app = create_sim_app(catalog=catalog, settings=settings)
+    app = sim_app.create_sim_app(catalog=catalog, settings=settings)
 
     def announce(_message: str) -> None:
         print(

@@ -70,7 +70,11 @@ def test_header_overlay_accepts_both_key_spellings_and_keeps_the_rest() -> None:
     base = SimSettings(seed=5, down=frozenset({"gpt-4"}))
     settings = sim_settings.overlay_header(base, " latency_ms=50 ; SIM_Faults=429=1.0,hedge=0; ;fail_first=hedge:1")
     assert settings == SimSettings(
-        latency_ms=50.0, faults={"429": 1.0, "hedge": 0.0}, seed=5, down=frozenset({"gpt-4"}), fail_first=("hedge", 1)
+        latency_ms=50.0,
+        faults={"429": 1.0, "hedge": 0.0},
+        seed=5,
+        down=frozenset({"gpt-4"}),
+        fail_first=("hedge", 1),
     )
     assert sim_settings.overlay_header(base, "") is base
 
@@ -84,7 +88,13 @@ def test_header_overlay_rejects_malformed_headers(header: str) -> None:
 def test_config_takes_json_values_and_describe_round_trips() -> None:
     settings = sim_settings.apply_config(
         SimSettings(),
-        {"faults": {"503": 0.25}, "down": ["a", "b"], "fail_first": ["500", 3], "retry_after_s": None, "seed": 9},
+        {
+            "faults": {"503": 0.25},
+            "down": ["a", "b"],
+            "fail_first": ["500", 3],
+            "retry_after_s": None,
+            "seed": 9,
+        },
     )
     assert settings.faults == {"503": 0.25} and settings.down == frozenset({"a", "b"})
     assert settings.fail_first == ("500", 3) and settings.retry_after_s is None

@@ -1,0 +1,106 @@
+"""Fixtures from cheap to expensive: settings, catalog, database, sessions, app, client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+from sqlalchemy.orm import sessionmaker
+
+from shared.catalog import Catalog
+from shared.catalog import load_catalog
+from shared.config import DEFAULT_CATALOG_PATH
+from shared.config import Settings
+from shared.config import load_settings
+from shared.db.base import Base
+from shared.db.session import make_engine
+from shared.db.session import make_sessionmaker
+from tests.support.databases import temporary_postgres_database
+
+# Unit suites that touch Redis use their own logical database.
+UNIT_REDIS_URL = "redis://127.0.0.1:6379/11"
+
+
+def make_test_settings(database_url: str, **overrides: object) -> Settings:
+    """Return settings for tests: no real upstream, no backoff waits unless a test asks for them."""
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "redis_url": UNIT_REDIS_URL,
+        "openai_base_url": "http://127.0.0.1:9/v1",
+        "openai_api_key": "test-key",
+        "upstream_backoff_initial_s": 0,
+        "upstream_backoff_max_s": 0,
+        "environment": "test",
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return make_test_settings(f"sqlite:///{tmp_path}/router.db")
+
+
+@pytest.fixture(scope="session")
+def catalog() -> Catalog:
+    return load_catalog(DEFAULT_CATALOG_PATH)
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    engine = make_engine(settings)
+    Base.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return make_sessionmaker(engine)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    with temporary_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_engine(postgres_url: str) -> Iterator[Engine]:
+    engine = make_engine(make_test_settings(postgres_url))
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    yield engine
+    Base.metadata.drop_all(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Flask]:
+    from web import create_app
+
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    Base.metadata.create_all(app.extensions["db_engine"])
+    yield app
+    app.extensions["db_engine"].dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def enqueued(app: Flask, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the job ids the web tier enqueues instead of sending them to a broker."""
+    # After `app`: the task proxy resolves to the Celery app that create_app made current.
+    from worker import tasks
+
+    sent: list[str] = []
+    monkeypatch.setattr(tasks.run_job, "apply_async", lambda args, **_: sent.append(args[0]))
+    return sent

@@ -1,0 +1,246 @@
+"""Accepting and running jobs: routing, retries, escalation, settlement exactly once."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm import sessionmaker
+
+from shared import budget
+from shared import jobs
+from shared.catalog import Catalog
+from shared.config import Settings
+from shared.db.models import JobStatus
+from shared.db.models import MonthlyBudget
+from shared.db.models import RequestLog
+from shared.db.types import utcnow
+from shared.errors import BudgetExceeded
+from shared.errors import PermanentLLMError
+from shared.errors import RoutingError
+from shared.errors import TransientLLMError
+from tests.conftest import make_test_settings
+from tests.support.fakes import FakeLLMClient
+from tests.support.fakes import ok
+
+EASY = "What is the capital of France?"
+HEDGE = "I'm not sure, maybe Paris."
+
+
+@pytest.fixture
+def fake() -> FakeLLMClient:
+    return FakeLLMClient()
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def deps(sessions, catalog, settings, fake, sleeps) -> jobs.RunDeps:
+    finished: list[str] = []
+    return jobs.RunDeps(
+        sessions=sessions,
+        catalog=catalog,
+        settings=settings,
+        client=fake,
+        on_finished=finished.append,
+        sleep=sleeps.append,
+    )
+
+
+def _submit(sessions: sessionmaker[Session], catalog: Catalog, settings: Settings, **fields) -> str:
+    with sessions.begin() as session:
+        return jobs.create(session, request=jobs.JobRequest(**fields), catalog=catalog, settings=settings).id
+
+
+def _job(sessions: sessionmaker[Session], job_id: str) -> RequestLog:
+    with sessions() as session:
+        job = session.get(RequestLog, job_id)
+        assert job is not None
+        job.attempts  # noqa: B018  (load before the session closes)
+        return job
+
+
+def _ledger(sessions: sessionmaker[Session]) -> MonthlyBudget:
+    with sessions() as session:
+        return session.scalars(select(MonthlyBudget)).one()
+
+
+def test_easy_prompt_goes_to_the_cheap_model_and_settles_its_cost(deps, sessions, catalog, settings, fake) -> None:
+    job_id = _submit(sessions, catalog, settings, prompt=EASY)
+    assert jobs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
+    job = _job(sessions, job_id)
+    expected = catalog.get_model("gpt-3.5-turbo").cost(12, 24)
+    assert (job.model_used, job.tier, job.difficulty_level) == ("gpt-3.5-turbo", "cheap", "easy")
+    assert (job.cost, job.tokens_used, job.retry_count, job.escalated) == (expected, 36, 0, False)
+    ledger = _ledger(sessions)
+    assert (ledger.total_spent, ledger.reserved) == (expected, Decimal(0))
+
+
+def test_finished_job_is_announced(deps, sessions, catalog, settings) -> None:
+    announced: list[str] = []
+    job_id = _submit(sessions, catalog, settings, prompt=EASY)
+    jobs.run(job_id, deps=jobs.RunDeps(**{**deps.__dict__, "on_finished": announced.append}))
+    assert announced == [job_id]
+
+
+def test_transient_errors_are_retried_honouring_retry_after(deps, sessions, catalog, settings, fake, sleeps) -> None:
+    fake.script(
+        "gpt-3.5-turbo",
+        TransientLLMError("429", status_code=429, retry_after_s=2.0, details={"error_class": "rate_limited"}),
+        TransientLLMError("429", status_code=429, retry_after_s=600.0, details={"error_class": "rate_limited"}),
+        ok(),
+    )
+    job_id = _submit(sessions, catalog, settings, prompt=EASY)
+    assert jobs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
+    job = _job(sessions, job_id)
+    assert job.retry_count == 2
+    assert [a.outcome for a in job.attempts] == ["error", "error", "ok"]
+    assert [a.status_code for a in job.attempts] == [429, 429, None]
+    assert sleeps == [2.0, settings.upstream_retry_after_cap_s]
+
+
+def test_permanent_error_fails_without_retry_and_spends_nothing(deps, sessions, catalog, settings, fake) -> None:
+    fake.script("gpt-3.5-turbo", PermanentLLMError("bad", status_code=400, details={"error_class": "rejected"}))
+    job_id = _submit(sessions, catalog, settings, prompt=EASY)
+    assert jobs.run(job_id, deps=deps) is JobStatus.FAILED
+    job = _job(sessions, job_id)
+    assert (job.error_code, job.retry_count, len(job.attempts), job.cost) == ("upstream_rejected", 0, 1, 0)
+    ledger = _ledger(sessions)
+    assert (ledger.total_spent, ledger.reserved) == (Decimal(0), Decimal(0))
+
+
+def test_exhausted_retries_fail_the_job(deps, sessions, catalog, settings, fake) -> None:
+    fake.script("gpt-3.5-turbo", *[TransientLLMError("500", status_code=500)] * settings.upstream_max_attempts)
+    job_id = _submit(sessions, catalog, settings, prompt=EASY)
+    assert jobs.run(job_id, deps=deps) is JobStatus.FAILED
+    job = _job(sessions, job_id)
+    assert (job.error_code, job.retry_count) == ("upstream_unavailable", settings.upstream_max_attempts - 1)
+
+
+def test_hedging_answer_escalates_one_tier_and_sums_both_costs(deps, sessions, catalog, settings, fake) -> None:
+    fake.script("gpt-3.5-turbo", ok(HEDGE, completion_tokens=6))
+    job_id = _submit(sessions, catalog, settings, prompt=EASY)
+    assert jobs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
+    job = _job(sessions, job_id)
+    assert fake.calls == ["gpt-3.5-turbo", "gpt-4"]
+    assert (job.escalated, job.model_used, job.tier) == (True, "gpt-4", "mid")
+    assert "hedging" in (job.escalation_reason or "")
+    assert job.cost == catalog.get_model("gpt-3.5-turbo").cost(12, 6) + catalog.get_model("gpt-4").cost(12, 24)
+    assert [a.purpose for a in job.attempts] == ["primary", "escalation"]
+    assert job.retry_count == 0
+
+
+def test_truncated_answer_escalates(deps, sessions, catalog, settings, fake) -> None:
+    fake.script("gpt-3.5-turbo", ok(finish_reason="length"))
+    job_id = _submit(sessions, catalog, settings, prompt=EASY)
+    jobs.run(job_id, deps=deps)
+    assert _job(sessions, job_id).escalated is True
+
+
+def test_failed_escalation_keeps_the_first_answer(deps, sessions, catalog, settings, fake) -> None:
+    fake.script("gpt-3.5-turbo", ok(HEDGE))
+    fake.script("gpt-4", PermanentLLMError("no", status_code=400))
+    job_id = _submit(sessions, catalog, settings, prompt=EASY)
+    assert jobs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
+    job = _job(sessions, job_id)
+    assert (job.response, job.model_used, job.escalated) == (HEDGE, "gpt-3.5-turbo", True)
+
+
+def test_forced_tier_never_escalates(deps, sessions, catalog, settings, fake) -> None:
+    fake.script("gpt-4", ok(HEDGE))
+    job_id = _submit(sessions, catalog, settings, prompt=EASY, tier="mid")
+    jobs.run(job_id, deps=deps)
+    job = _job(sessions, job_id)
+    assert (fake.calls, job.escalated, job.tier) == (["gpt-4"], False, "mid")
+
+
+def test_forced_model_is_used_whatever_the_difficulty(deps, sessions, catalog, settings, fake) -> None:
+    job_id = _submit(sessions, catalog, settings, prompt=EASY, model="gpt-4-turbo")
+    jobs.run(job_id, deps=deps)
+    assert _job(sessions, job_id).model_used == "gpt-4-turbo"
+
+
+def test_escalation_can_be_switched_off(sessions, catalog, tmp_path, fake) -> None:
+    settings = make_test_settings(f"sqlite:///{tmp_path}/router.db", escalation_enabled=False)
+    deps = jobs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=fake, sleep=lambda _: None)
+    fake.script("gpt-3.5-turbo", ok(HEDGE))
+    job_id = _submit(sessions, catalog, settings, prompt=EASY)
+    jobs.run(job_id, deps=deps)
+    assert fake.calls == ["gpt-3.5-turbo"]
+
+
+def test_a_redelivered_job_is_not_run_or_charged_twice(deps, sessions, catalog, settings, fake) -> None:
+    job_id = _submit(sessions, catalog, settings, prompt=EASY)
+    jobs.run(job_id, deps=deps)
+    spent = _ledger(sessions).total_spent
+    assert jobs.run(job_id, deps=deps) is None
+    assert fake.calls == ["gpt-3.5-turbo"]
+    assert _ledger(sessions).total_spent == spent
+
+
+def test_a_job_running_elsewhere_is_busy(deps, sessions, catalog, settings, fake) -> None:
+    job_id = _submit(sessions, catalog, settings, prompt=EASY)
+    assert isinstance(jobs._claim(job_id, deps=deps), jobs.Claim)
+    assert isinstance(jobs.run(job_id, deps=deps), jobs.Busy)
+    assert fake.calls == []
+
+
+def test_an_expired_lease_is_taken_over_and_the_old_run_cannot_settle(deps, sessions, catalog, settings) -> None:
+    job_id = _submit(sessions, catalog, settings, prompt=EASY)
+    stale = jobs._claim(job_id, deps=deps)
+    assert isinstance(stale, jobs.Claim)
+    with sessions.begin() as session:
+        session.execute(
+            update(RequestLog).where(RequestLog.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+    assert jobs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
+    spent = _ledger(sessions).total_spent
+    stale_outcome = jobs._route_and_call(stale, deps=deps)
+    assert jobs._finish(stale, stale_outcome, deps=deps) is None
+    ledger = _ledger(sessions)
+    assert (ledger.total_spent, ledger.reserved) == (spent, Decimal(0))
+    assert len(_job(sessions, job_id).attempts) == 1
+
+
+def test_unknown_model_is_refused_before_anything_is_reserved(sessions, catalog, settings) -> None:
+    with pytest.raises(RoutingError), sessions.begin() as session:
+        jobs.create(session, request=jobs.JobRequest(prompt=EASY, model="gpt-9"), catalog=catalog, settings=settings)
+    with sessions() as session:
+        assert session.scalars(select(MonthlyBudget)).all() == []
+
+
+def test_no_job_is_recorded_when_the_budget_is_exhausted(sessions, catalog, tmp_path) -> None:
+    settings = make_test_settings(f"sqlite:///{tmp_path}/router.db", monthly_budget_limit=Decimal("0.001"))
+    with pytest.raises(BudgetExceeded), sessions.begin() as session:
+        jobs.create(session, request=jobs.JobRequest(prompt=EASY), catalog=catalog, settings=settings)
+    with sessions() as session:
+        assert session.scalars(select(RequestLog)).all() == []
+
+
+def test_withdraw_releases_an_unqueued_job(sessions, catalog, settings) -> None:
+    job_id = _submit(sessions, catalog, settings, prompt=EASY)
+    with sessions.begin() as session:
+        jobs.withdraw(session, job_id=job_id)
+    ledger = _ledger(sessions)
+    assert (ledger.reserved, ledger.request_count) == (Decimal(0), 0)
+    with sessions() as session:
+        assert session.get(RequestLog, job_id) is None
+
+
+def test_true_cost_never_exceeds_the_reservation(deps, sessions, catalog, settings, fake) -> None:
+    prompt = "x" * 50
+    fake.script("gpt-3.5-turbo", ok(HEDGE, prompt_tokens=66, completion_tokens=100))
+    fake.script("gpt-4", ok(prompt_tokens=66, completion_tokens=100))
+    job_id = _submit(sessions, catalog, settings, prompt=prompt, max_tokens=100)
+    jobs.run(job_id, deps=deps)
+    job = _job(sessions, job_id)
+    assert job.escalated
+    assert job.cost <= job.reserved_cost
+    assert budget.Period(job.budget_year, job.budget_month) == budget.Period.of(utcnow())
