@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
+from typing import NoReturn
 
 from pydantic import Field
 from pydantic import SecretStr
@@ -62,6 +64,11 @@ class Settings(BaseSettings):
     job_lease_s: int = Field(default=300, ge=10)
     worker_heartbeat_s: int = Field(default=10, ge=1)
 
+    @field_validator("openai_api_key", mode="before")
+    @classmethod
+    def _blank_key_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("database_url")
     @classmethod
     def _normalize_database_url(cls, value: str) -> str:
@@ -117,3 +124,9 @@ def load_settings(**overrides: object) -> Settings:
 def get_settings() -> Settings:
     """Return the process-wide settings, built on first use."""
     return load_settings()
+
+
+def exit_on_config_error(error: ConfigError) -> NoReturn:
+    """Stop a starting process with one line naming the bad setting, instead of a traceback."""
+    print(f"model-router: {error.message}", file=sys.stderr)
+    raise SystemExit(2)

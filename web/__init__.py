@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 from flask import Flask
 
 from shared.catalog import load_catalog
 from shared.config import Settings
+from shared.config import exit_on_config_error
 from shared.config import get_settings
+from shared.errors import ConfigError
 from web import db
 from web import errors
 from web import waiter
@@ -22,7 +26,14 @@ from worker.celery_app import create_celery
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app: settings, database, Celery, blueprints, error handlers."""
-    settings = settings or get_settings()
+    try:
+        return _build_app(settings or get_settings())
+    except ConfigError as error:
+        exit_on_config_error(error)
+
+
+def _build_app(settings: Settings) -> Flask:
+    _init_logging(settings)
     app = Flask(__name__)
     app.json = ApiJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
@@ -35,6 +46,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(blueprint)
     errors.register_error_handlers(app)
     return app
+
+
+def _init_logging(settings: Settings) -> None:
+    # Under gunicorn the root logger has no handler; give the app's own loggers one at the chosen level.
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _init_celery(app: Flask, settings: Settings) -> Celery:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from celery import Celery
 
 from shared.config import Settings
+from shared.config import exit_on_config_error
 from shared.config import get_settings
+from shared.errors import ConfigError
 
 PROMPTS_QUEUE = "prompts"
 
@@ -43,7 +45,10 @@ def __getattr__(name: str) -> Celery:
     # `celery -A worker.celery_app worker` looks up `celery_app`; build it on that first look-up rather
     # than at import time, so importing this module never reads settings.
     if name == "celery_app":
-        app = create_celery(get_settings())
+        try:
+            app = create_celery(get_settings())
+        except ConfigError as error:
+            exit_on_config_error(error)
         globals()["celery_app"] = app
         return app
     raise AttributeError(name)
