@@ -116,8 +116,9 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = "_".join(str(part) for part in first["loc"]).upper() or "settings"
-        raise ConfigError(f"invalid setting {name}: {first['msg']}") from None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        name = "_".join(str(part) for part in first["loc"]).upper()
+        raise ConfigError(f"invalid setting {name}: {message}" if name else f"invalid settings: {message}") from None
 
 
 @functools.cache
