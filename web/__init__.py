@@ -16,6 +16,7 @@ from web import db
 from web import errors
 from web import waiter
 from web.api import budget
+from web.api import docs
 from web.api import health
 from web.api import jobs
 from web.api import prompt
@@ -42,7 +43,7 @@ def _build_app(settings: Settings) -> Flask:
     db.init_app(app, settings)
     _init_celery(app, settings)
     waiter.init_app(app, settings)
-    for blueprint in (prompt.bp, jobs.bp, budget.bp, stats.bp, health.bp):
+    for blueprint in (prompt.bp, jobs.bp, budget.bp, stats.bp, health.bp, docs.bp):
         app.register_blueprint(blueprint)
     errors.register_error_handlers(app)
     return app

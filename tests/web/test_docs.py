@@ -182,6 +182,19 @@ def test_docs_page_references_only_local_paths(client: FlaskClient, url: str) ->
 
 
 @pytest.mark.parametrize("url", ["/docs", "/redoc"])
+def test_docs_page_policy_blocks_other_hosts(client: FlaskClient, url: str) -> None:
+    with client.get(url) as response:
+        policy = response.headers["Content-Security-Policy"]
+        page = response.get_data(as_text=True)
+    directives = dict(part.strip().split(" ", 1) for part in policy.split(";"))
+    assert directives["default-src"] == "'self'"
+    assert directives["img-src"] == "'self' data:"
+    assert directives["connect-src"] == "'self'"
+    nonce = directives["script-src"].removeprefix("'self' 'nonce-").removesuffix("'")
+    assert page.count(f'<script nonce="{nonce}">') == 1
+
+
+@pytest.mark.parametrize("url", ["/docs", "/redoc"])
 def test_docs_page_assets_answer_with_their_content_type(client: FlaskClient, url: str) -> None:
     kinds = []
     for tag, rel, target in _references(_page(client, url)):

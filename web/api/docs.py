@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from importlib import metadata
 from pathlib import Path
 
@@ -35,6 +36,14 @@ SWAGGER_ASSETS = frozenset(
     }
 )
 EXTENSION_KEY = "openapi_documents"
+# The pages may load nothing from another host: ReDoc 2's sidebar footer, for one, shows a logo from
+# cdn.redoc.ly, which this policy blocks (ReDoc then drops the image). Styles stay inline-able because
+# both viewers inject <style> elements; ReDoc runs its search index in a blob: worker.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'self'"
+)
 
 SWAGGER_PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -48,7 +57,7 @@ SWAGGER_PAGE = """<!DOCTYPE html>
 <body>
   <div id="swagger-ui"></div>
   <script src="{{ url_for('docs.swagger_asset', filename='swagger-ui-bundle.js') }}"></script>
-  <script>
+  <script nonce="{{ nonce }}">
     window.ui = SwaggerUIBundle({
       url: {{ spec_url|tojson }},
       dom_id: "#swagger-ui",
@@ -74,7 +83,7 @@ REDOC_PAGE = """<!DOCTYPE html>
 <body>
   <div id="redoc"></div>
   <script src="{{ url_for('docs.redoc_asset') }}"></script>
-  <script>
+  <script nonce="{{ nonce }}">
     // ReDoc's default theme names Google-hosted fonts; use the system's so nothing is fetched.
     var sans = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif";
     Redoc.init({{ spec_url|tojson }}, {
@@ -105,10 +114,10 @@ def openapi_30_json() -> Response:
 
 
 @bp.get("/docs")
-def swagger_ui() -> str:
+def swagger_ui() -> Response:
     """Answer the Swagger UI page."""
     spec_endpoint = "docs.openapi_json" if swagger_ui_reads_openapi_31() else "docs.openapi_30_json"
-    return render_template_string(SWAGGER_PAGE, spec_url=url_for(spec_endpoint))
+    return _page(SWAGGER_PAGE, spec_url=url_for(spec_endpoint))
 
 
 @bp.get("/docs/assets/<path:filename>")
@@ -120,9 +129,9 @@ def swagger_asset(filename: str) -> Response:
 
 
 @bp.get("/redoc")
-def redoc() -> str:
+def redoc() -> Response:
     """Answer the ReDoc page."""
-    return render_template_string(REDOC_PAGE, spec_url=url_for("docs.openapi_json"))
+    return _page(REDOC_PAGE, spec_url=url_for("docs.openapi_json"))
 
 
 @bp.get("/redoc/assets/redoc.standalone.js")
@@ -135,6 +144,13 @@ def swagger_ui_reads_openapi_31() -> bool:
     """Tell whether the bundled Swagger UI renders OpenAPI 3.1 (it does from version 5)."""
     match = re.fullmatch(r"swagger-ui-(\d+)\..*", Path(str(swagger_ui_path)).name)
     return match is not None and int(match.group(1)) >= 5
+
+
+def _page(template: str, *, spec_url: str) -> Response:
+    nonce = secrets.token_urlsafe(16)
+    response = Response(render_template_string(template, spec_url=spec_url, nonce=nonce), mimetype="text/html")
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY.format(nonce=nonce)
+    return response
 
 
 def _document(variant: str) -> Response:
