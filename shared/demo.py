@@ -7,9 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 STARTUP_TIMEOUT_S = 90
@@ -91,15 +93,19 @@ def run_demo() -> int:
     """Run the demo; return the process exit code."""
     port = os.environ.setdefault("PORT", "8000")
     base = f"http://127.0.0.1:{port}"
-    print("Starting the stack (Redis if needed, simulator, web, worker)…")
-    stack = subprocess.Popen([sys.executable, "-m", "shared.cli", "run"], start_new_session=True)
+    log_path = Path(tempfile.gettempdir()) / "model-router-demo.log"
+    print(f"Starting the stack (Redis if needed, simulator, web, worker); its log: {log_path}")
+    with log_path.open("wb") as log:
+        stack = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "run"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         _wait_until_ready(base, stack)
         _exercise(base)
-        print(f"\nAPI docs while it runs: {base}/docs")
         return 0
     except RuntimeError as exc:
-        print(f"demo failed: {exc}", file=sys.stderr)
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+        print(f"demo failed: {exc}\n{tail}", file=sys.stderr)
         return 1
     finally:
         print("\nStopping the stack…")

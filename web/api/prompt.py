@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import redis
@@ -80,15 +81,15 @@ def _enqueue(job_id: str) -> None:
         raise Unavailable("the job queue is unreachable; nothing was reserved or charged") from None
 
 
-def _wait_for(job_id: str, done: object, *, timeout_s: float) -> Response | tuple[Response, int]:
+def _wait_for(job_id: str, done: threading.Event, *, timeout_s: float) -> Response | tuple[Response, int]:
     """Sleep until the job's completion is announced or `timeout_s` passes, then answer its state."""
     session = get_session()
     deadline = time.monotonic() + timeout_s
     while True:
         remaining = deadline - time.monotonic()
-        if remaining <= 0 or not done.wait(remaining):  # type: ignore[attr-defined]
+        if remaining <= 0 or not done.wait(remaining):
             break
-        done.clear()  # type: ignore[attr-defined]
+        done.clear()
         # A wake-up is either our job's announcement or a reconnect that may have lost one: look.
         session.expire_all()
         job = jobs.get_or_raise(session, job_id=job_id)

@@ -1,0 +1,161 @@
+"""The `jobs.run` Celery task, run in-process (no broker) on a test database and a fake LLM client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from celery.exceptions import Retry
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm import sessionmaker
+
+from shared import jobs
+from shared.catalog import Catalog
+from shared.config import Settings
+from shared.db.models import JobStatus
+from shared.db.models import RequestLog
+from shared.db.types import utcnow
+from shared.errors import PermanentLLMError
+from tests.support.fakes import FakeLLMClient
+from worker import runtime
+from worker import tasks
+
+EASY = "What is the capital of France?"
+LEASE_LEFT_S = 120
+
+
+@pytest.fixture
+def fake() -> FakeLLMClient:
+    return FakeLLMClient()
+
+
+@pytest.fixture
+def finished() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def deps(
+    sessions: sessionmaker[Session],
+    catalog: Catalog,
+    settings: Settings,
+    fake: FakeLLMClient,
+    finished: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[jobs.RunDeps]:
+    """Install test dependencies where the task looks them up, as a worker process would have built them."""
+    deps = jobs.RunDeps(
+        sessions=sessions,
+        catalog=catalog,
+        settings=settings,
+        client=fake,
+        on_finished=finished.append,
+        sleep=lambda seconds: None,
+    )
+    monkeypatch.setattr(runtime, "_deps", deps)
+    yield deps
+
+
+def _submit(deps: jobs.RunDeps, prompt: str = EASY) -> str:
+    with deps.sessions.begin() as session:
+        return jobs.create(
+            session, request=jobs.JobRequest(prompt=prompt), catalog=deps.catalog, settings=deps.settings
+        ).id
+
+
+def _status(deps: jobs.RunDeps, job_id: str) -> JobStatus:
+    with deps.sessions() as session:
+        job = session.get(RequestLog, job_id)
+        assert job is not None
+        return job.status
+
+
+def _hold_lease(deps: jobs.RunDeps, job_id: str, *, seconds: int) -> None:
+    """Mark the job as claimed by another worker whose lease runs `seconds` more."""
+    with deps.sessions.begin() as session:
+        session.execute(
+            update(RequestLog)
+            .where(RequestLog.id == job_id)
+            .values(status=JobStatus.RUNNING, lease_expires_at=utcnow() + timedelta(seconds=seconds))
+        )
+
+
+def _run_as_a_worker_would(job_id: str) -> str | None:
+    """Run the task body under a request context like a worker's (not `called_directly`).
+
+    Celery's `self.retry` only builds the retry (with its countdown) when the task was not called
+    directly; `is_eager` makes it raise that Retry instead of publishing it to a broker.
+    """
+    tasks.run_job.push_request(
+        id="test-task-id", args=[job_id], kwargs={}, retries=0, is_eager=True, called_directly=False
+    )
+    try:
+        return tasks.run_job.run(job_id)
+    finally:
+        tasks.run_job.pop_request()
+
+
+def test_queued_job_runs_to_succeeded(deps: jobs.RunDeps, fake: FakeLLMClient) -> None:
+    job_id = _submit(deps)
+    result = tasks.run_job.apply(args=[job_id])
+    assert result.successful()
+    assert result.result == "succeeded"
+    assert _status(deps, job_id) is JobStatus.SUCCEEDED
+    assert fake.calls == ["gpt-3.5-turbo"]
+
+
+def test_finished_job_is_announced(deps: jobs.RunDeps, finished: list[str]) -> None:
+    job_id = _submit(deps)
+    tasks.run_job.apply(args=[job_id])
+    assert finished == [job_id]
+
+
+def test_permanent_upstream_error_fails_the_job_without_a_task_retry(deps: jobs.RunDeps, fake: FakeLLMClient) -> None:
+    fake.script("gpt-3.5-turbo", PermanentLLMError("rejected", status_code=400, details={"error_class": "rejected"}))
+    job_id = _submit(deps)
+    result = tasks.run_job.apply(args=[job_id])
+    assert result.successful()
+    assert result.result == "failed"
+    assert _status(deps, job_id) is JobStatus.FAILED
+    assert fake.calls == ["gpt-3.5-turbo"]
+
+
+def test_job_claimed_elsewhere_is_retried_when_the_lease_lapses(deps: jobs.RunDeps, fake: FakeLLMClient) -> None:
+    job_id = _submit(deps)
+    _hold_lease(deps, job_id, seconds=LEASE_LEFT_S)
+    with pytest.raises(Retry) as caught:
+        _run_as_a_worker_would(job_id)
+    # The countdown is what is left of the lease, plus a second so the retry finds it lapsed.
+    assert caught.value.when is not None
+    assert LEASE_LEFT_S < float(caught.value.when) <= LEASE_LEFT_S + 1
+    assert list(caught.value.sig.args) == [job_id]
+    assert fake.calls == []
+    assert _status(deps, job_id) is JobStatus.RUNNING
+
+
+def test_already_finished_job_returns_none_without_calling_the_client(
+    deps: jobs.RunDeps, fake: FakeLLMClient, finished: list[str]
+) -> None:
+    job_id = _submit(deps)
+    tasks.run_job.apply(args=[job_id])
+    # A redelivered message for the same job finds it finished.
+    result = tasks.run_job.apply(args=[job_id])
+    assert result.successful()
+    assert result.result is None
+    assert fake.calls == ["gpt-3.5-turbo"]
+    assert finished == [job_id]
+
+
+def test_unknown_job_returns_none_without_calling_the_client(deps: jobs.RunDeps, fake: FakeLLMClient) -> None:
+    assert _run_as_a_worker_would("no-such-job") is None
+    assert fake.calls == []
+
+
+def test_task_has_a_stable_name() -> None:
+    assert tasks.run_job.name == "jobs.run"
+
+
+def test_task_takes_its_dependencies_from_the_worker_runtime(deps: jobs.RunDeps) -> None:
+    assert runtime.get_deps() is deps
