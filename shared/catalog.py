@@ -140,6 +140,7 @@ def load_catalog(path: Path) -> Catalog:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        raise ConfigError(f"invalid model catalog {path}: {where}: {first['msg']}") from None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"invalid model catalog {path}: {where + ': ' if where else ''}{message}") from None
     models = tuple(ModelSpec(**entry.model_dump()) for entry in parsed.models)
     return Catalog(tiers=tuple(parsed.tiers), models=models)

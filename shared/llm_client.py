@@ -154,6 +154,10 @@ class OpenAIChatClient:
         settings = self._settings
         if model.api_key_env:
             api_key = os.environ.get(model.api_key_env) or PLACEHOLDER_KEY
+        elif model.base_url is not None:
+            # A model on a server of its own gets no key unless it names one: the default key is for
+            # the default server only.
+            api_key = PLACEHOLDER_KEY
         elif settings.openai_api_key is not None:
             api_key = settings.openai_api_key.get_secret_value()
         else:

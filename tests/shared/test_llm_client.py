@@ -329,6 +329,17 @@ def test_default_key_is_not_sent_to_a_model_with_its_own_key_variable(
     assert accepted.completion is not None
 
 
+def test_default_key_is_not_sent_to_a_model_on_its_own_server(
+    catalog: Catalog, tmp_path: Path, sleeps: list[float]
+) -> None:
+    with running_sim(api_key=SETTINGS_KEY) as server:
+        client = OpenAIChatClient(_settings(tmp_path, server.base_url))
+        own_server = dataclasses.replace(catalog.get_model("gpt-4"), base_url=server.base_url)
+        rejected = _call(client, own_server, sleeps=sleeps)
+    assert isinstance(rejected.error, PermanentLLMError)
+    assert rejected.error.status_code == 401
+
+
 @pytest.mark.parametrize("server_key", [PRIVATE_KEY, None], ids=["key-rejected", "no-key-needed-but-down"])
 def test_upstream_keys_never_appear_in_errors(
     catalog: Catalog,
