@@ -141,6 +141,13 @@ class OpenAIChatClient:
             logprobs=logprobs,
         )
 
+    def close(self) -> None:
+        """Close every SDK client and its connection pool."""
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
+
     def _client_for(self, model: ModelSpec) -> openai.OpenAI:
         key = (model.base_url, model.api_key_env)
         with self._lock:

@@ -67,6 +67,22 @@ def _call(
     )
 
 
+_open_clients: list[OpenAIChatClient] = []
+
+
+def _client(settings: Settings) -> OpenAIChatClient:
+    client = OpenAIChatClient(settings)
+    _open_clients.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _open_clients:
+        _open_clients.pop().close()
+
+
 def _closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -76,7 +92,7 @@ def _closed_port() -> int:
 def test_success_returns_text_usage_and_logprobs(
     sim: SimServer, catalog: Catalog, tmp_path: Path, sleeps: list[float]
 ) -> None:
-    client = OpenAIChatClient(_settings(tmp_path, sim.base_url))
+    client = _client(_settings(tmp_path, sim.base_url))
     result = _call(client, catalog.get_model(CHEAP), sleeps=sleeps)
     completion = result.completion
     assert completion is not None and result.error is None
@@ -99,7 +115,7 @@ def test_success_records_one_ok_attempt_costed_from_the_usage(
     sim: SimServer, catalog: Catalog, tmp_path: Path, sleeps: list[float]
 ) -> None:
     model = catalog.get_model(CHEAP)
-    result = _call(OpenAIChatClient(_settings(tmp_path, sim.base_url)), model, sleeps=sleeps)
+    result = _call(_client(_settings(tmp_path, sim.base_url)), model, sleeps=sleeps)
     billed = sim.stats()[CHEAP]
     [attempt] = result.attempts
     assert (attempt.model, attempt.tier, attempt.outcome, attempt.error_class) == (CHEAP, "cheap", "ok", None)
@@ -115,7 +131,7 @@ def test_model_without_logprobs_support_gets_none(
     sim: SimServer, catalog: Catalog, tmp_path: Path, sleeps: list[float]
 ) -> None:
     model = dataclasses.replace(catalog.get_model(CHEAP), supports_logprobs=False)
-    result = _call(OpenAIChatClient(_settings(tmp_path, sim.base_url)), model, sleeps=sleeps)
+    result = _call(_client(_settings(tmp_path, sim.base_url)), model, sleeps=sleeps)
     assert result.completion is not None
     assert result.completion.logprobs is None
 
@@ -124,7 +140,7 @@ def test_429_is_retried_after_the_retry_after_header(
     sim: SimServer, catalog: Catalog, tmp_path: Path, sleeps: list[float]
 ) -> None:
     sim.configure(fail_first="429:2", retry_after_s=0.25)
-    result = _call(OpenAIChatClient(_settings(tmp_path, sim.base_url)), catalog.get_model(CHEAP), sleeps=sleeps)
+    result = _call(_client(_settings(tmp_path, sim.base_url)), catalog.get_model(CHEAP), sleeps=sleeps)
     assert result.completion is not None
     assert [(a.outcome, a.status_code, a.error_class) for a in result.attempts] == [
         ("error", 429, "rate_limited"),
@@ -140,9 +156,7 @@ def test_429_is_retried_after_the_retry_after_header(
 def test_huge_retry_after_is_capped(sim: SimServer, catalog: Catalog, tmp_path: Path, sleeps: list[float]) -> None:
     sim.configure(fail_first="429:1", retry_after_s=3600)
     policy = RetryPolicy(max_attempts=2, backoff_initial_s=0, backoff_max_s=0, retry_after_cap_s=1.5)
-    result = _call(
-        OpenAIChatClient(_settings(tmp_path, sim.base_url)), catalog.get_model(CHEAP), sleeps=sleeps, policy=policy
-    )
+    result = _call(_client(_settings(tmp_path, sim.base_url)), catalog.get_model(CHEAP), sleeps=sleeps, policy=policy)
     assert result.completion is not None
     assert sleeps == [1.5]
     assert sim.calls() == 2
@@ -152,9 +166,7 @@ def test_500_is_retried_with_backoff(sim: SimServer, catalog: Catalog, tmp_path:
     sim.configure(fail_first="500:1")
     # A 500 carries no Retry-After, so the wait is the policy's jittered backoff: initial + up to initial.
     policy = RetryPolicy(max_attempts=3, backoff_initial_s=0.5, backoff_max_s=8)
-    result = _call(
-        OpenAIChatClient(_settings(tmp_path, sim.base_url)), catalog.get_model(CHEAP), sleeps=sleeps, policy=policy
-    )
+    result = _call(_client(_settings(tmp_path, sim.base_url)), catalog.get_model(CHEAP), sleeps=sleeps, policy=policy)
     assert result.completion is not None
     assert [(a.outcome, a.status_code, a.error_class) for a in result.attempts] == [
         ("error", 500, "server_error"),
@@ -170,7 +182,7 @@ def test_timeout_is_retried_and_classified_timeout(
 ) -> None:
     sim.configure(fail_first="timeout:1", timeout_hang_s=1)
     settings = _settings(tmp_path, sim.base_url, upstream_read_timeout_s=SHORT_READ_TIMEOUT_S)
-    result = _call(OpenAIChatClient(settings), catalog.get_model(CHEAP), sleeps=sleeps)
+    result = _call(_client(settings), catalog.get_model(CHEAP), sleeps=sleeps)
     assert result.completion is not None
     first, second = result.attempts
     assert (first.outcome, first.error_class, first.status_code) == ("error", "timeout", None)
@@ -197,7 +209,7 @@ def test_4xx_is_not_retried(
     status: int,
 ) -> None:
     model = dataclasses.replace(catalog.get_model(CHEAP), name=model_name)
-    result = _call(OpenAIChatClient(_settings(tmp_path, sim.base_url)), model, sleeps=sleeps, max_tokens=max_tokens)
+    result = _call(_client(_settings(tmp_path, sim.base_url)), model, sleeps=sleeps, max_tokens=max_tokens)
     assert result.completion is None
     assert isinstance(result.error, PermanentLLMError)
     assert result.error.status_code == status
@@ -213,9 +225,7 @@ def test_exhausted_attempts_return_the_last_transient_error(
 ) -> None:
     sim.configure(faults="503=1.0", retry_after_s=0.5)
     policy = RetryPolicy(max_attempts=4, backoff_initial_s=0, backoff_max_s=0)
-    result = _call(
-        OpenAIChatClient(_settings(tmp_path, sim.base_url)), catalog.get_model(CHEAP), sleeps=sleeps, policy=policy
-    )
+    result = _call(_client(_settings(tmp_path, sim.base_url)), catalog.get_model(CHEAP), sleeps=sleeps, policy=policy)
     assert result.completion is None
     assert isinstance(result.error, TransientLLMError)
     assert result.error.status_code == 503
@@ -231,9 +241,7 @@ def test_connection_refused_is_transient_connection_error(
     catalog: Catalog, tmp_path: Path, sleeps: list[float]
 ) -> None:
     settings = _settings(tmp_path, f"http://127.0.0.1:{_closed_port()}/v1")
-    result = _call(
-        OpenAIChatClient(settings), catalog.get_model(CHEAP), sleeps=sleeps, policy=RetryPolicy(max_attempts=2)
-    )
+    result = _call(_client(settings), catalog.get_model(CHEAP), sleeps=sleeps, policy=RetryPolicy(max_attempts=2))
     assert isinstance(result.error, TransientLLMError)
     assert result.error.details["error_class"] == "connection"
     assert [(a.error_class, a.status_code) for a in result.attempts] == [("connection", None)] * 2
@@ -242,7 +250,7 @@ def test_connection_refused_is_transient_connection_error(
 def test_one_sdk_client_is_reused_per_server(
     sim: SimServer, catalog: Catalog, tmp_path: Path, sleeps: list[float]
 ) -> None:
-    client = OpenAIChatClient(_settings(tmp_path, sim.base_url))
+    client = _client(_settings(tmp_path, sim.base_url))
     cheap = catalog.get_model(CHEAP)
     _call(client, cheap, sleeps=sleeps)
     [first_sdk_client] = client._clients.values()
@@ -256,7 +264,7 @@ def test_one_sdk_client_is_reused_per_server(
 def test_models_on_different_servers_get_different_sdk_clients(
     sim: SimServer, catalog: Catalog, tmp_path: Path, sleeps: list[float]
 ) -> None:
-    client = OpenAIChatClient(_settings(tmp_path, sim.base_url))
+    client = _client(_settings(tmp_path, sim.base_url))
     with running_sim() as other:
         elsewhere = dataclasses.replace(catalog.get_model("gpt-4"), base_url=other.base_url)
         _call(client, catalog.get_model(CHEAP), sleeps=sleeps)
@@ -285,7 +293,7 @@ def test_model_with_own_server_uses_its_key_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(PRIVATE_KEY_ENV, PRIVATE_KEY)
-    client = OpenAIChatClient(_settings(tmp_path, sim.base_url))
+    client = _client(_settings(tmp_path, sim.base_url))
     result = _call(client, _private_model(catalog, private_sim), sleeps=sleeps)
     assert result.completion is not None
     assert private_sim.calls("gpt-4") == 1
@@ -306,7 +314,7 @@ def test_model_with_own_server_and_a_bad_key_is_rejected_once(
     else:
         monkeypatch.setenv(PRIVATE_KEY_ENV, sent_key)
     # The default upstream is a closed port: the model must not fall back to it.
-    client = OpenAIChatClient(_settings(tmp_path, f"http://127.0.0.1:{_closed_port()}/v1"))
+    client = _client(_settings(tmp_path, f"http://127.0.0.1:{_closed_port()}/v1"))
     result = _call(client, _private_model(catalog, private_sim), sleeps=sleeps)
     assert isinstance(result.error, PermanentLLMError)
     assert result.error.status_code == 401
@@ -320,7 +328,7 @@ def test_default_key_is_not_sent_to_a_model_with_its_own_key_variable(
 ) -> None:
     monkeypatch.delenv(PRIVATE_KEY_ENV, raising=False)
     with running_sim(api_key=SETTINGS_KEY) as server:
-        client = OpenAIChatClient(_settings(tmp_path, server.base_url))
+        client = _client(_settings(tmp_path, server.base_url))
         own = dataclasses.replace(catalog.get_model("gpt-4"), api_key_env=PRIVATE_KEY_ENV)
         rejected = _call(client, own, sleeps=sleeps)
         accepted = _call(client, catalog.get_model(CHEAP), sleeps=sleeps)
@@ -333,7 +341,7 @@ def test_default_key_is_not_sent_to_a_model_on_its_own_server(
     catalog: Catalog, tmp_path: Path, sleeps: list[float]
 ) -> None:
     with running_sim(api_key=SETTINGS_KEY) as server:
-        client = OpenAIChatClient(_settings(tmp_path, server.base_url))
+        client = _client(_settings(tmp_path, server.base_url))
         own_server = dataclasses.replace(catalog.get_model("gpt-4"), base_url=server.base_url)
         rejected = _call(client, own_server, sleeps=sleeps)
     assert isinstance(rejected.error, PermanentLLMError)
@@ -352,7 +360,7 @@ def test_upstream_keys_never_appear_in_errors(
     with running_sim(api_key=server_key, fail_first=("500", 9)) as server:
         default = catalog.get_model(CHEAP)
         own = dataclasses.replace(catalog.get_model("gpt-4"), api_key_env=PRIVATE_KEY_ENV)
-        client = OpenAIChatClient(_settings(tmp_path, server.base_url))
+        client = _client(_settings(tmp_path, server.base_url))
         errors = [_call(client, model, sleeps=sleeps).error for model in (default, own)]
     for error in errors:
         assert error is not None
