@@ -27,6 +27,18 @@ from shared.errors import BudgetExceeded
 # Chat formatting adds a few tokens per message and per reply; this covers it with room to spare.
 CHAT_OVERHEAD_TOKENS = 16
 
+GLOBAL_SCOPE = "global"
+
+
+def key_scope(api_key_id: int) -> str:
+    """Return the budget scope of one API key."""
+    return f"key:{api_key_id}"
+
+
+def scopes_of(api_key_id: int | None) -> tuple[str, ...]:
+    """Return the scopes a job's money moves in, in the order they are always locked (global first)."""
+    return (GLOBAL_SCOPE,) if api_key_id is None else (GLOBAL_SCOPE, key_scope(api_key_id))
+
 
 @dataclass(frozen=True)
 class Period:
@@ -44,6 +56,7 @@ class Period:
 class BudgetView:
     """One month's ledger as the API shows it."""
 
+    scope: str
     year: int
     month: int
     monthly_limit: Decimal
@@ -77,28 +90,35 @@ def reservation_bound(
     prompt: str,
     max_tokens: int,
     escalation: bool,
+    max_tier: str | None = None,
 ) -> Decimal:
     """Return the most a job can cost: its dearest possible first call plus, if allowed, its escalation.
 
-    Failed attempts (429, 5xx, timeouts) are not billed, so retries add nothing to the bound.
+    With `max_tier`, neither the first call nor the escalation may go above that tier. Failed attempts
+    (429, 5xx, timeouts) are not billed, so retries add nothing to the bound.
     """
     prompt_tokens = estimate_prompt_tokens_bound(prompt)
+    allowed = catalog.tiers if max_tier is None else catalog.tiers[: catalog.tiers.index(max_tier) + 1]
 
     def call_bound(tier: str) -> Decimal:
         return catalog.model_for_tier(tier).cost(prompt_tokens, max_tokens)
 
     worst = Decimal(0)
     for tier in tiers:
+        if tier not in allowed:
+            continue
         above = catalog.tier_above(tier) if escalation else None
-        worst = max(worst, call_bound(tier) + (call_bound(above) if above else Decimal(0)))
+        extra = call_bound(above) if above in allowed else Decimal(0)
+        worst = max(worst, call_bound(tier) + extra)
     return worst
 
 
-def _ensure_month(session: Session, *, period: Period, limit: Decimal) -> None:
-    """Create the month's row if it is missing; a concurrent creator wins quietly."""
+def _ensure_month(session: Session, *, scope: str, period: Period, limit: Decimal) -> None:
+    """Create the scope's row for the month if it is missing; a concurrent creator wins quietly."""
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     statement = insert(MonthlyBudget).values(
+        scope=scope,
         year=period.year,
         month=period.month,
         monthly_limit=limit,
@@ -106,7 +126,7 @@ def _ensure_month(session: Session, *, period: Period, limit: Decimal) -> None:
         reserved=Decimal(0),
         request_count=0,
     )
-    session.execute(statement.on_conflict_do_nothing(index_elements=["year", "month"]))
+    session.execute(statement.on_conflict_do_nothing(index_elements=["scope", "year", "month"]))
 
 
 def _dollars(amount: Decimal) -> object:
@@ -114,18 +134,21 @@ def _dollars(amount: Decimal) -> object:
     return literal(amount, Money())
 
 
-def reserve(session: Session, *, period: Period, amount: Decimal, limit: Decimal) -> None:
-    """Hold `amount` in the month's ledger or raise BudgetExceeded; counts the request when it fits.
+def _row(scope: str, period: Period) -> tuple[object, ...]:
+    return (MonthlyBudget.scope == scope, MonthlyBudget.year == period.year, MonthlyBudget.month == period.month)
+
+
+def reserve(session: Session, *, scope: str, period: Period, amount: Decimal, limit: Decimal) -> None:
+    """Hold `amount` in the scope's ledger for the month or raise BudgetExceeded; counts the request.
 
     The limit in force is written with the reservation, so a changed MONTHLY_BUDGET_LIMIT takes effect
     at the next request.
     """
-    _ensure_month(session, period=period, limit=limit)
+    _ensure_month(session, scope=scope, period=period, limit=limit)
     result = session.execute(
         update(MonthlyBudget)
         .where(
-            MonthlyBudget.year == period.year,
-            MonthlyBudget.month == period.month,
+            *_row(scope, period),
             MonthlyBudget.total_spent + MonthlyBudget.reserved + _dollars(amount) <= _dollars(limit),
         )
         .values(
@@ -136,18 +159,23 @@ def reserve(session: Session, *, period: Period, amount: Decimal, limit: Decimal
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
-        view = get_view(session, period=period, limit=limit)
+        view = get_view(session, scope=scope, period=period, limit=limit)
+        which = "the monthly budget" if scope == GLOBAL_SCOPE else "this API key's monthly budget"
         raise BudgetExceeded(
-            "the monthly budget cannot cover this request",
-            details={"required": float(amount), "remaining": float(max(view.remaining, Decimal(0)))},
+            f"{which} cannot cover this request",
+            details={
+                "scope": scope,
+                "required": float(amount),
+                "remaining": float(max(view.remaining, Decimal(0))),
+            },
         )
 
 
-def settle(session: Session, *, period: Period, reserved: Decimal, cost: Decimal) -> None:
+def settle(session: Session, *, scope: str, period: Period, reserved: Decimal, cost: Decimal) -> None:
     """Turn a job's reservation into its true cost (zero for a job that spent nothing)."""
     session.execute(
         update(MonthlyBudget)
-        .where(MonthlyBudget.year == period.year, MonthlyBudget.month == period.month)
+        .where(*_row(scope, period))
         .values(
             reserved=MonthlyBudget.reserved - _dollars(reserved),
             total_spent=MonthlyBudget.total_spent + _dollars(cost),
@@ -156,26 +184,25 @@ def settle(session: Session, *, period: Period, reserved: Decimal, cost: Decimal
     )
 
 
-def release(session: Session, *, period: Period, reserved: Decimal) -> None:
+def release(session: Session, *, scope: str, period: Period, reserved: Decimal) -> None:
     """Give back a reservation whose job was never accepted, and uncount the request."""
     session.execute(
         update(MonthlyBudget)
-        .where(MonthlyBudget.year == period.year, MonthlyBudget.month == period.month)
+        .where(*_row(scope, period))
         .values(reserved=MonthlyBudget.reserved - _dollars(reserved), request_count=MonthlyBudget.request_count - 1)
         .execution_options(synchronize_session=False)
     )
 
 
-def get_view(session: Session, *, period: Period, limit: Decimal) -> BudgetView:
+def get_view(session: Session, *, scope: str, period: Period, limit: Decimal) -> BudgetView:
     """Return the month's ledger under the limit in force (an empty one when the month has no row yet)."""
     row = session.scalars(
-        select(MonthlyBudget)
-        .where(MonthlyBudget.year == period.year, MonthlyBudget.month == period.month)
-        .execution_options(populate_existing=True)
+        select(MonthlyBudget).where(*_row(scope, period)).execution_options(populate_existing=True)
     ).one_or_none()
     if row is None:
-        return BudgetView(period.year, period.month, limit, Decimal(0), Decimal(0), 0)
+        return BudgetView(scope, period.year, period.month, limit, Decimal(0), Decimal(0), 0)
     return BudgetView(
+        scope=scope,
         year=row.year,
         month=row.month,
         monthly_limit=limit,

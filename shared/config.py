@@ -63,6 +63,22 @@ class Settings(BaseSettings):
     # Jobs: a claimed job whose worker is silent this long may be claimed again.
     job_lease_s: int = Field(default=300, ge=10)
     worker_heartbeat_s: int = Field(default=10, ge=1)
+    # The reaper (a Celery beat task) re-enqueues jobs whose worker died or whose message was lost, and
+    # fails those that ran out of runs or age, releasing their reservations.
+    reaper_interval_s: int = Field(default=30, ge=1)
+    job_max_runs: int = Field(default=3, ge=1)
+    job_max_age_s: int = Field(default=3600, ge=60)
+
+    # API keys and rate limits. REQUIRE_API_KEY defaults to true in production and false elsewhere.
+    require_api_key: bool | None = None
+    default_rpm: int | None = Field(default=None, ge=1)
+
+    # Budget alerts: percentages of a scope's monthly budget that fire once per scope and month.
+    alert_thresholds: list[int] = Field(default=[50, 80, 100])
+    alert_webhook_url: str | None = None
+    alert_webhook_secret: SecretStr | None = None
+    alert_webhook_timeout_s: float = Field(default=5.0, gt=0)
+    alert_webhook_max_retries: int = Field(default=8, ge=0)
 
     @field_validator("openai_api_key", mode="before")
     @classmethod
@@ -96,6 +112,22 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
 
+    @field_validator("alert_thresholds")
+    @classmethod
+    def _check_thresholds(cls, value: list[int]) -> list[int]:
+        if any(not 0 < threshold <= 1000 for threshold in value):
+            raise ValueError("each threshold must be a percentage in 1..1000")
+        return sorted(set(value))
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
     @model_validator(mode="after")
     def _require_key_for_real_upstream(self) -> Settings:
         if self.openai_base_url is None and self.openai_api_key is None:
@@ -103,6 +135,11 @@ class Settings(BaseSettings):
                 "OPENAI_API_KEY is required when OPENAI_BASE_URL is not set (the default is api.openai.com)"
             )
         return self
+
+    @property
+    def api_keys_required(self) -> bool:
+        """Tell whether every /api route but health needs a key."""
+        return self.environment == "production" if self.require_api_key is None else self.require_api_key
 
     @property
     def is_sqlite(self) -> bool:

@@ -78,3 +78,9 @@ class PermanentLLMError(LLMError):
     """A failure that a retry cannot fix: any other 4xx, or a malformed answer."""
 
     code = "upstream_rejected"
+
+
+class Unauthorized(DomainError):
+    """The request carries no valid API key."""
+
+    code = "unauthorized"

@@ -34,6 +34,7 @@ from shared.db.models import JobStatus
 from shared.db.models import RequestAttempt
 from shared.db.models import RequestLog
 from shared.db.types import utcnow
+from shared.errors import BudgetExceeded
 from shared.errors import NotFound
 from shared.llm_client import AttemptRecord
 from shared.llm_client import CallResult
@@ -54,36 +55,59 @@ class JobRequest:
     model: str | None = None
     tier: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    on_budget_pressure: str = "fail"
 
 
-def create(session: Session, *, request: JobRequest, catalog: Catalog, settings: Settings) -> RequestLog:
+@dataclass(frozen=True)
+class Requester:
+    """The API key a job is charged to, and that key's own monthly budget (None: only the global one)."""
+
+    api_key_id: int
+    monthly_budget: Decimal | None = None
+
+
+def create(
+    session: Session,
+    *,
+    request: JobRequest,
+    catalog: Catalog,
+    settings: Settings,
+    requester: Requester | None = None,
+) -> RequestLog:
     """Reserve the job's cost bound and record it as queued; the caller commits, then enqueues.
 
-    Raises RoutingError for an unknown model or tier and BudgetExceeded when the bound does not fit.
+    With `on_budget_pressure="downgrade"` a routed job that does not fit is capped at the strongest tier
+    whose bound fits. Raises RoutingError for an unknown model or tier and BudgetExceeded when nothing fits.
     """
     tiers = routing.candidate_tiers(catalog=catalog, model=request.model, tier=request.tier)
     pinned = request.model is not None or request.tier is not None
-    bound = budget.reservation_bound(
-        catalog=catalog,
-        tiers=tiers,
-        prompt=request.prompt,
-        max_tokens=request.max_tokens,
-        escalation=settings.escalation_enabled and not pinned,
-    )
     now = utcnow()
     period = budget.Period.of(now)
-    budget.reserve(session, period=period, amount=bound, limit=settings.monthly_budget_limit)
+    limits = [(budget.GLOBAL_SCOPE, settings.monthly_budget_limit)]
+    if requester is not None:
+        own = requester.monthly_budget
+        limits.append((budget.key_scope(requester.api_key_id), settings.monthly_budget_limit if own is None else own))
+    ceilings: list[str | None] = [None]
+    if request.on_budget_pressure == "downgrade" and not pinned:
+        ceilings += list(reversed(catalog.tiers[:-1]))
+    bound, max_tier = _reserve_within(
+        session, request=request, catalog=catalog, tiers=tiers, escalation=settings.escalation_enabled and not pinned,
+        ceilings=ceilings, limits=limits, period=period,
+    )  # fmt: skip
     job = RequestLog(
         id=uuid.uuid4().hex,
         status=JobStatus.QUEUED,
         created_at=now,
         updated_at=now,
+        enqueued_at=now,
         prompt=request.prompt,
         max_tokens=request.max_tokens,
         preference=request.preference,
         requested_model=request.model,
         requested_tier=request.tier,
         metadata_json=request.metadata,
+        api_key_id=None if requester is None else requester.api_key_id,
+        max_tier=max_tier,
         budget_year=period.year,
         budget_month=period.month,
         reserved_cost=bound,
@@ -94,12 +118,45 @@ def create(session: Session, *, request: JobRequest, catalog: Catalog, settings:
     return job
 
 
+def _reserve_within(
+    session: Session,
+    *,
+    request: JobRequest,
+    catalog: Catalog,
+    tiers: tuple[str, ...],
+    escalation: bool,
+    ceilings: list[str | None],
+    limits: list[tuple[str, Decimal]],
+    period: budget.Period,
+) -> tuple[Decimal, str | None]:
+    """Reserve under the first ceiling (None: no cap) whose bound fits every scope; return bound and ceiling."""
+    refusal: BudgetExceeded | None = None
+    for ceiling in ceilings:
+        bound = budget.reservation_bound(
+            catalog=catalog, tiers=tiers, prompt=request.prompt, max_tokens=request.max_tokens,
+            escalation=escalation, max_tier=ceiling,
+        )  # fmt: skip
+        try:
+            # A savepoint: when the key's scope refuses, the global reservation made just before is undone.
+            with session.begin_nested():
+                for scope, limit in limits:
+                    budget.reserve(session, scope=scope, period=period, amount=bound, limit=limit)
+        except BudgetExceeded as exc:
+            refusal = refusal or exc
+            continue
+        return bound, ceiling
+    assert refusal is not None
+    raise refusal
+
+
 def withdraw(session: Session, *, job_id: str) -> None:
     """Undo an accepted job that could not be enqueued: release its reservation and forget it."""
     job = session.get(RequestLog, job_id)
     if job is None or job.status is not JobStatus.QUEUED:
         return
-    budget.release(session, period=budget.Period(job.budget_year, job.budget_month), reserved=job.reserved_cost)
+    period = budget.Period(job.budget_year, job.budget_month)
+    for scope in budget.scopes_of(job.api_key_id):
+        budget.release(session, scope=scope, period=period, reserved=job.reserved_cost)
     session.delete(job)
 
 
@@ -120,6 +177,8 @@ class Claim:
     request: JobRequest
     period: budget.Period
     reserved_cost: Decimal
+    api_key_id: int | None = None
+    max_tier: str | None = None
 
 
 @dataclass(frozen=True)
@@ -196,6 +255,8 @@ def _claim(job_id: str, *, deps: RunDeps) -> Claim | Busy | None:
             ),
             period=budget.Period(job.budget_year, job.budget_month),
             reserved_cost=job.reserved_cost,
+            api_key_id=job.api_key_id,
+            max_tier=job.max_tier,
         )
 
 
@@ -209,6 +270,7 @@ class _Outcome:
     confidence: float | None = None
     escalation_reason: str | None = None
     escalated: bool = False
+    downgraded_from: str | None = None
     attempts: list[tuple[str, AttemptRecord]] = field(default_factory=list)
     latency_ms: float = 0.0
 
@@ -229,6 +291,11 @@ def _route_and_call(claim: Claim, *, deps: RunDeps) -> _Outcome:
         model=request.model,
         tier=request.tier,
     )
+    if claim.max_tier is not None:
+        capped = routing.cap(catalog=catalog, decision=outcome.decision, max_tier=claim.max_tier)
+        if capped.tier != outcome.decision.tier:
+            outcome.downgraded_from = outcome.decision.tier
+        outcome.decision = capped
 
     def call(decision: routing.RoutingDecision, purpose: str) -> CallResult:
         result = complete_with_retries(
@@ -294,6 +361,7 @@ def _finish(claim: Claim, outcome: _Outcome, *, deps: RunDeps) -> JobStatus | No
         "retry_count": sum(1 for _, record in outcome.attempts) - (2 if outcome.escalated else 1),
         "escalated": outcome.escalated,
         "escalation_reason": outcome.escalation_reason,
+        "downgraded_from": outcome.downgraded_from,
         "prompt_tokens": sum(record.prompt_tokens for _, record in outcome.attempts),
         "completion_tokens": sum(record.completion_tokens for _, record in outcome.attempts),
         "cost": outcome.cost,
@@ -341,7 +409,8 @@ def _finish(claim: Claim, outcome: _Outcome, *, deps: RunDeps) -> JobStatus | No
             )
             for seq, (purpose, record) in enumerate(outcome.attempts, start=1)
         )
-        budget.settle(session, period=claim.period, reserved=claim.reserved_cost, cost=outcome.cost)
+        for scope in budget.scopes_of(claim.api_key_id):
+            budget.settle(session, scope=scope, period=claim.period, reserved=claim.reserved_cost, cost=outcome.cost)
     logger.info(
         "job finished job_id=%s status=%s model=%s cost=%s",
         claim.job_id,

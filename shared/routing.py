@@ -7,6 +7,7 @@ PREFERENCE_SHIFT: up for "cost" (more prompts stay cheap), down for "quality" (m
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ _SHIFT_SIGN = {"cost": 1, "balanced": 0, "quality": -1}
 # and a score of 1 to the strongest, whatever the number of tiers.
 THRESHOLD_MARGIN = 0.01
 
-Reason = Literal["score", "forced_model", "forced_tier", "escalation"]
+Reason = Literal["score", "forced_model", "forced_tier", "escalation", "budget_ceiling"]
 
 
 @dataclass(frozen=True)
@@ -140,3 +141,19 @@ def _check_score(score: float) -> None:
     # bool is an int subclass and NaN fails every comparison: reject both explicitly.
     if isinstance(score, bool) or not isinstance(score, int | float) or math.isnan(score) or not 0 <= score <= 1:
         raise RoutingError(f"difficulty score must be in [0, 1], got {score!r}", details={"field": "score"})
+
+
+def cap(*, catalog: Catalog, decision: RoutingDecision, max_tier: str) -> RoutingDecision:
+    """Keep `decision` at or below `max_tier` (a budget ceiling), escalation included."""
+    ceiling = catalog.tiers.index(max_tier)
+    if catalog.tiers.index(decision.tier) > ceiling:
+        return RoutingDecision(
+            tier=max_tier,
+            model=catalog.model_for_tier(max_tier).name,
+            reason="budget_ceiling",
+            score=decision.score,
+            escalation_tier=None,
+        )
+    if decision.escalation_tier is not None and catalog.tiers.index(decision.escalation_tier) > ceiling:
+        return dataclasses.replace(decision, escalation_tier=None)
+    return decision

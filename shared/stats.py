@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.db.models import JobStatus
+from shared.db.models import RequestAttempt
 from shared.db.models import RequestLog
 from shared.db.types import Money
 
@@ -54,9 +55,11 @@ def _percent(part: int, whole: int) -> float:
     return round(part * 100 / whole, 2) if whole else 0.0
 
 
-def get_stats(session: Session, *, since: datetime | None = None) -> Stats:
-    """Aggregate request_logs, optionally only requests created at or after `since`."""
+def get_stats(session: Session, *, since: datetime | None = None, api_key_id: int | None = None) -> Stats:
+    """Aggregate request_logs, optionally only since a moment and only one API key's requests."""
     where = [] if since is None else [RequestLog.created_at >= since]
+    if api_key_id is not None:
+        where.append(RequestLog.api_key_id == api_key_id)
     is_status = lambda status: func.sum(case((RequestLog.status == status, 1), else_=0))  # noqa: E731
     totals = session.execute(
         select(
@@ -100,3 +103,16 @@ def get_stats(session: Session, *, since: datetime | None = None) -> Stats:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(float(value), 3)
+
+
+def get_typical_completion_tokens(session: Session, *, model: str, sample: int = 500) -> float | None:
+    """Return the mean completion length of the model's recent successful answers, or None without any."""
+    recent = (
+        select(RequestAttempt.completion_tokens)
+        .where(RequestAttempt.model == model, RequestAttempt.outcome == "ok")
+        .order_by(RequestAttempt.id.desc())
+        .limit(sample)
+        .subquery()
+    )
+    value = session.execute(select(func.avg(recent.c.completion_tokens))).scalar()
+    return None if value is None else float(value)

@@ -12,11 +12,14 @@ from shared.config import Settings
 from shared.config import exit_on_config_error
 from shared.config import get_settings
 from shared.errors import ConfigError
+from web import auth
 from web import db
 from web import errors
+from web import ratelimit
 from web import waiter
 from web.api import budget
 from web.api import docs
+from web.api import estimate
 from web.api import health
 from web.api import jobs
 from web.api import prompt
@@ -43,7 +46,10 @@ def _build_app(settings: Settings) -> Flask:
     db.init_app(app, settings)
     _init_celery(app, settings)
     waiter.init_app(app, settings)
-    for blueprint in (prompt.bp, jobs.bp, budget.bp, stats.bp, health.bp, docs.bp):
+    auth.init_app(app)
+    metered = (prompt.bp, estimate.bp, jobs.bp, budget.bp, stats.bp)
+    ratelimit.init_app(app, settings, metered)
+    for blueprint in (*metered, health.bp, docs.bp):
         app.register_blueprint(blueprint)
     errors.register_error_handlers(app)
     return app

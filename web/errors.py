@@ -15,6 +15,7 @@ from shared.errors import DomainError
 from shared.errors import InvalidInput
 from shared.errors import NotFound
 from shared.errors import RoutingError
+from shared.errors import Unauthorized
 from shared.errors import Unavailable
 
 logger = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ STATUS_BY_ERROR: dict[type[DomainError], int] = {
     RoutingError: 400,
     NotFound: 404,
     BudgetExceeded: 402,
+    Unauthorized: 401,
     Unavailable: 503,
 }
 
@@ -53,7 +55,10 @@ def _domain_error(error: DomainError) -> Response:
     if status == 500:
         logger.error("unmapped domain error %s: %s", type(error).__name__, error.message)
         return error_response(500, "internal_error", "the server failed to handle this request")
-    return error_response(status, error.code, error.message, error.details)
+    response = error_response(status, error.code, error.message, error.details)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="model-router"'
+    return response
 
 
 def _http_error(error: HTTPException) -> Response:

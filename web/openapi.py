@@ -11,6 +11,7 @@ from pydantic.json_schema import models_json_schema
 
 from web.schemas import BudgetView
 from web.schemas import ErrorBody
+from web.schemas import EstimateView
 from web.schemas import HealthView
 from web.schemas import JobAccepted
 from web.schemas import JobResult
@@ -31,6 +32,7 @@ MODELS: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
     (BudgetView, "serialization"),
     (StatsView, "serialization"),
     (HealthView, "serialization"),
+    (EstimateView, "serialization"),
 )
 
 DESCRIPTION = (
@@ -113,6 +115,27 @@ def build_openapi_spec(*, version: str) -> dict[str, Any]:
                         },
                     ),
                     **prompt_errors,
+                },
+            }
+        },
+        "/api/estimate": {
+            "post": {
+                "operationId": "create_estimate",
+                "tags": ["prompts"],
+                "summary": "Estimate where a prompt would go and what it may cost",
+                "description": (
+                    "Takes the /api/prompt body. Answers the tier, model and difficulty the router would choose "
+                    "and the cost range: expected (one call with a typical answer length) and worst case (the "
+                    "bound that would be reserved, escalation included). Calls no upstream, reserves nothing."
+                ),
+                "requestBody": {"required": True, "content": {"application/json": {"schema": ref(PromptRequest)}}},
+                "responses": {
+                    "200": json_body(EstimateView, "The routing and cost range."),
+                    **{
+                        status: answer
+                        for status, answer in prompt_errors.items()
+                        if status in ("400", "401", "413", "415", "429")
+                    },
                 },
             }
         },

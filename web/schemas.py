@@ -34,6 +34,10 @@ class PromptRequest(BaseModel):
     model: StrictStr | None = Field(default=None, description="Force a catalog model.")
     tier: StrictStr | None = Field(default=None, description='Force a tier ("cheap", "mid", "high").')
     metadata: dict[str, Any] = Field(default_factory=dict, description="Stored and returned as is; <= 4 KiB.")
+    on_budget_pressure: Literal["fail", "downgrade"] = Field(
+        default="fail",
+        description="downgrade: when the budget cannot cover the routed tier, use the strongest tier it covers.",
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -101,6 +105,8 @@ class JobResult(BaseModel):
     latency_ms: float | None = None
     escalated: bool | None = None
     escalation_reason: str | None = None
+    downgraded: bool | None = None
+    downgraded_from: str | None = None
     confidence: float | None = None
     retry_count: int | None = None
     attempts: list[Attempt] | None = None
@@ -117,6 +123,7 @@ class JobAccepted(BaseModel):
 
 
 class BudgetView(BaseModel):
+    scope: str
     year: int
     month: int
     monthly_limit: float
@@ -155,3 +162,21 @@ class HealthChecks(BaseModel):
 class HealthView(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: HealthChecks
+
+
+class CostRange(BaseModel):
+    expected: float
+    worst_case: float
+
+
+class EstimateView(BaseModel):
+    """Where a prompt would be routed and what it may cost (POST /api/estimate)."""
+
+    tier: str
+    model: str
+    difficulty_score: float
+    difficulty_level: Literal["easy", "medium", "hard"]
+    escalation_tier: str | None
+    prompt_tokens_estimate: int
+    completion_tokens_estimate: int
+    cost: CostRange

@@ -33,6 +33,8 @@ def job_body(job: RequestLog) -> dict[str, Any]:
         latency_ms=job.latency_ms,
         escalated=job.escalated,
         escalation_reason=job.escalation_reason,
+        downgraded=job.downgraded_from is not None,
+        downgraded_from=job.downgraded_from,
         confidence=job.confidence,
         retry_count=job.retry_count,
         attempts=[

@@ -84,6 +84,12 @@ class RequestLog(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
 
+    # Who asked, and how the budget constrained the routing.
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    max_tier: Mapped[str | None] = mapped_column(String(32))
+    downgraded_from: Mapped[str | None] = mapped_column(String(32))
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
     # Money: the bound held in the ledger while the job runs, then the true cost.
     budget_year: Mapped[int] = mapped_column(Integer)
     budget_month: Mapped[int] = mapped_column(Integer)
@@ -121,12 +127,16 @@ class RequestAttempt(Base):
 
 
 class MonthlyBudget(Base):
-    """The ledger of one UTC calendar month: `total_spent + reserved <= monthly_limit` always holds."""
+    """The ledger of one budget scope in one UTC calendar month: `total_spent + reserved <= monthly_limit`.
+
+    The scope is "global" for the whole service, or "key:<id>" for one API key.
+    """
 
     __tablename__ = "monthly_budgets"
-    __table_args__ = (UniqueConstraint("year", "month", name="uq_monthly_budgets_year_month"),)
+    __table_args__ = (UniqueConstraint("scope", "year", "month", name="uq_monthly_budgets_scope_year_month"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(64), server_default="global")
     year: Mapped[int] = mapped_column(Integer)
     month: Mapped[int] = mapped_column(Integer)
     monthly_limit: Mapped[Decimal] = mapped_column(Money())
@@ -135,3 +145,37 @@ class MonthlyBudget(Base):
     request_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class ApiKey(Base):
+    """A client's key: only its SHA-256 and a short public prefix are stored, never the key itself."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    prefix: Mapped[str] = mapped_column(String(16), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    monthly_budget: Mapped[Decimal | None] = mapped_column(Money())
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class BudgetAlert(Base):
+    """A budget threshold that fired for a scope and month; the unique key makes each fire once."""
+
+    __tablename__ = "budget_alerts"
+    __table_args__ = (
+        UniqueConstraint("scope", "year", "month", "threshold", name="uq_budget_alerts_scope_year_month_threshold"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(64))
+    year: Mapped[int] = mapped_column(Integer)
+    month: Mapped[int] = mapped_column(Integer)
+    threshold: Mapped[int] = mapped_column(Integer)
+    spent: Mapped[Decimal] = mapped_column(Money())
+    monthly_limit: Mapped[Decimal] = mapped_column(Money())
+    fired_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -18,6 +18,7 @@ from shared.db.types import to_nanos
 from shared.errors import BudgetExceeded
 
 PERIOD = budget.Period(2026, 11)
+SCOPE = budget.GLOBAL_SCOPE
 
 
 def _ledger(engine: Engine) -> MonthlyBudget:
@@ -59,10 +60,10 @@ def test_reservation_bound_without_escalation_is_one_call(catalog: Catalog) -> N
 def test_reserve_then_settle_moves_reservation_into_spent(engine: Engine) -> None:
     sessions = make_sessionmaker(engine)
     with sessions.begin() as session:
-        budget.reserve(session, period=PERIOD, amount=Decimal("0.25"), limit=Decimal("1"))
+        budget.reserve(session, scope=SCOPE, period=PERIOD, amount=Decimal("0.25"), limit=Decimal("1"))
     assert _ledger(engine).reserved == Decimal("0.25")
     with sessions.begin() as session:
-        budget.settle(session, period=PERIOD, reserved=Decimal("0.25"), cost=Decimal("0.0001075"))
+        budget.settle(session, scope=SCOPE, period=PERIOD, reserved=Decimal("0.25"), cost=Decimal("0.0001075"))
     ledger = _ledger(engine)
     assert (ledger.reserved, ledger.total_spent, ledger.request_count) == (Decimal(0), Decimal("0.0001075"), 1)
 
@@ -70,9 +71,9 @@ def test_reserve_then_settle_moves_reservation_into_spent(engine: Engine) -> Non
 def test_reserve_refuses_what_does_not_fit_and_changes_nothing(engine: Engine) -> None:
     sessions = make_sessionmaker(engine)
     with sessions.begin() as session:
-        budget.reserve(session, period=PERIOD, amount=Decimal("0.75"), limit=Decimal("1"))
+        budget.reserve(session, scope=SCOPE, period=PERIOD, amount=Decimal("0.75"), limit=Decimal("1"))
     with pytest.raises(BudgetExceeded) as raised, sessions.begin() as session:
-        budget.reserve(session, period=PERIOD, amount=Decimal("0.250000001"), limit=Decimal("1"))
+        budget.reserve(session, scope=SCOPE, period=PERIOD, amount=Decimal("0.250000001"), limit=Decimal("1"))
     assert raised.value.details["remaining"] == pytest.approx(0.25)
     ledger = _ledger(engine)
     assert (ledger.reserved, ledger.request_count) == (Decimal("0.75"), 1)
@@ -80,7 +81,7 @@ def test_reserve_refuses_what_does_not_fit_and_changes_nothing(engine: Engine) -
 
 def test_reserve_accepts_an_exact_fit(engine: Engine) -> None:
     with make_sessionmaker(engine).begin() as session:
-        budget.reserve(session, period=PERIOD, amount=Decimal("1"), limit=Decimal("1"))
+        budget.reserve(session, scope=SCOPE, period=PERIOD, amount=Decimal("1"), limit=Decimal("1"))
     assert _ledger(engine).reserved == Decimal("1")
 
 
@@ -88,23 +89,23 @@ def test_small_amounts_sum_exactly(engine: Engine) -> None:
     sessions = make_sessionmaker(engine)
     for _ in range(300):
         with sessions.begin() as session:
-            budget.reserve(session, period=PERIOD, amount=Decimal("0.0000015"), limit=Decimal("1"))
+            budget.reserve(session, scope=SCOPE, period=PERIOD, amount=Decimal("0.0000015"), limit=Decimal("1"))
     assert _ledger(engine).reserved == Decimal("0.00045")
 
 
 def test_release_returns_the_reservation_and_uncounts_the_request(engine: Engine) -> None:
     sessions = make_sessionmaker(engine)
     with sessions.begin() as session:
-        budget.reserve(session, period=PERIOD, amount=Decimal("0.5"), limit=Decimal("1"))
+        budget.reserve(session, scope=SCOPE, period=PERIOD, amount=Decimal("0.5"), limit=Decimal("1"))
     with sessions.begin() as session:
-        budget.release(session, period=PERIOD, reserved=Decimal("0.5"))
+        budget.release(session, scope=SCOPE, period=PERIOD, reserved=Decimal("0.5"))
     ledger = _ledger(engine)
     assert (ledger.reserved, ledger.total_spent, ledger.request_count) == (Decimal(0), Decimal(0), 0)
 
 
 def test_view_of_an_unused_month_is_empty_under_the_limit(engine: Engine) -> None:
     with make_sessionmaker(engine)() as session:
-        view = budget.get_view(session, period=PERIOD, limit=Decimal("5"))
+        view = budget.get_view(session, scope=SCOPE, period=PERIOD, limit=Decimal("5"))
     assert (view.remaining, view.request_count, view.percentage_used) == (Decimal("5"), 0, 0.0)
 
 
@@ -120,7 +121,7 @@ def _hammer(engine: Engine, *, threads: int, per_thread: int, amount: Decimal, l
         for _ in range(per_thread):
             try:
                 with sessions.begin() as session:
-                    budget.reserve(session, period=PERIOD, amount=amount, limit=limit)
+                    budget.reserve(session, scope=SCOPE, period=PERIOD, amount=amount, limit=limit)
             except BudgetExceeded:
                 continue
             with lock:

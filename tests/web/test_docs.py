@@ -17,6 +17,7 @@ from web.schemas import PromptRequest
 
 CONTRACT_OPERATIONS = {
     ("/api/prompt", "post"),
+    ("/api/estimate", "post"),
     ("/api/jobs/{job_id}", "get"),
     ("/api/budget", "get"),
     ("/api/stats", "get"),

@@ -17,6 +17,7 @@ from kombu.exceptions import KombuError
 from shared import jobs
 from shared.errors import Unavailable
 from web import waiter
+from web.auth import current_identity
 from web.db import get_session
 from web.requests import read_json_object
 from web.requests import validate
@@ -42,6 +43,7 @@ def create_prompt() -> Response | tuple[Response, int]:
         max_metadata_bytes=settings.max_metadata_bytes,
     )
     session = get_session()
+    identity = current_identity()
     job = jobs.create(
         session,
         request=jobs.JobRequest(
@@ -51,9 +53,11 @@ def create_prompt() -> Response | tuple[Response, int]:
             model=body.model,
             tier=body.tier,
             metadata=body.metadata,
+            on_budget_pressure=body.on_budget_pressure,
         ),
         catalog=current_app.extensions["catalog"],
         settings=settings,
+        requester=None if identity is None else jobs.Requester(identity.api_key_id, identity.monthly_budget),
     )
     session.commit()
     completion_waiter = waiter.get_waiter()

@@ -12,6 +12,8 @@ from flask import request
 
 from shared import stats
 from shared.errors import InvalidInput
+from web.auth import current_identity
+from web.auth import sees_everything
 from web.db import get_session
 
 bp = Blueprint("stats", __name__, url_prefix="/api")
@@ -20,7 +22,9 @@ bp = Blueprint("stats", __name__, url_prefix="/api")
 @bp.get("/stats")
 def get_stats() -> Response:
     """Answer request counts, rates (0..100), cost, latency and tokens, in total and per model."""
-    result = stats.get_stats(get_session(), since=_since(request.args.get("since")))
+    identity = current_identity()
+    only_key = None if sees_everything() or identity is None else identity.api_key_id
+    result = stats.get_stats(get_session(), since=_since(request.args.get("since")), api_key_id=only_key)
     return jsonify(
         {
             "total_requests": result.total_requests,

@@ -1,0 +1,53 @@
+"""POST /api/estimate: where a prompt would go and what it may cost; nothing is called or reserved."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+from flask import Response
+from flask import current_app
+from flask import jsonify
+
+from shared import estimates
+from shared import stats
+from web.db import get_session
+from web.requests import read_json_object
+from web.requests import validate
+from web.schemas import PromptRequest
+
+bp = Blueprint("estimate", __name__, url_prefix="/api")
+
+
+@bp.post("/estimate")
+def create_estimate() -> Response:
+    """Answer the tier, model, difficulty and cost range for a /api/prompt body."""
+    settings = current_app.extensions["settings"]
+    catalog = current_app.extensions["catalog"]
+    body = validate(
+        PromptRequest,
+        read_json_object(),
+        max_prompt_chars=settings.max_prompt_chars,
+        max_metadata_bytes=settings.max_metadata_bytes,
+    )
+    session = get_session()
+    chosen = estimates.estimate_cost(
+        catalog=catalog,
+        prompt=body.prompt,
+        max_tokens=body.max_tokens,
+        preference=body.preference,
+        model=body.model,
+        tier=body.tier,
+        escalation=settings.escalation_enabled,
+        typical_completion_tokens=lambda model: stats.get_typical_completion_tokens(session, model=model),
+    )
+    return jsonify(
+        {
+            "tier": chosen.decision.tier,
+            "model": chosen.decision.model,
+            "difficulty_score": round(chosen.difficulty.score, 4),
+            "difficulty_level": chosen.difficulty.level,
+            "escalation_tier": chosen.decision.escalation_tier if settings.escalation_enabled else None,
+            "prompt_tokens_estimate": chosen.prompt_tokens,
+            "completion_tokens_estimate": chosen.completion_tokens,
+            "cost": {"expected": chosen.expected_cost, "worst_case": chosen.worst_case_cost},
+        }
+    )
