@@ -31,6 +31,76 @@ def db_upgrade(revision: str) -> None:
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
+    click.echo(f"database migrated to {revision}")
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys (in the database named by DATABASE_URL)."""
+
+
+def _key_sessions():
+    from shared.config import load_settings
+    from shared.db.session import make_engine
+    from shared.db.session import make_sessionmaker
+
+    try:
+        return make_sessionmaker(make_engine(load_settings()))
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="Who or what the key is for.")
+@click.option("--monthly-budget", type=click.FloatRange(min=0), help="This key's own monthly limit in USD.")
+@click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute allowed to this key.")
+@click.option("--admin", is_flag=True, help="May see the global budget, stats and every job.")
+def keys_create(name: str, monthly_budget: float | None, rpm: int | None, admin: bool) -> None:
+    """Create a key and print it once: it is not stored and cannot be shown again."""
+    from decimal import Decimal
+
+    from shared import api_keys
+
+    budget = None if monthly_budget is None else Decimal(str(monthly_budget))
+    with _key_sessions().begin() as session:
+        row, key = api_keys.create(session, name=name, monthly_budget=budget, rpm=rpm, is_admin=admin)
+        key_id = row.id
+    click.echo(key)
+    click.echo(f"created key {key_id} ({name}); store it now, it is shown only once", err=True)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List keys: id, prefix, name, limits, and whether revoked (never the keys themselves)."""
+    from shared import api_keys
+
+    with _key_sessions()() as session:
+        rows = api_keys.list_(session)
+    click.echo(f"{'id':>4}  {'prefix':<12} {'name':<24} {'admin':<5} {'budget':>10} {'rpm':>6}  status")
+    for row in rows:
+        budget = "-" if row.monthly_budget is None else f"{row.monthly_budget:.2f}"
+        status = "revoked " + row.revoked_at.date().isoformat() if row.revoked_at else "active"
+        click.echo(
+            f"{row.id:>4}  {'mr_' + row.prefix:<12} {row.name[:24]:<24} {'yes' if row.is_admin else 'no':<5} "
+            f"{budget:>10} {row.rpm or '-':>6}  {status}"
+        )
+
+
+@keys.command("revoke")
+@click.argument("key_id_or_prefix")
+def keys_revoke(key_id_or_prefix: str) -> None:
+    """Revoke a key by its id or prefix; requests with it get 401 from then on."""
+    from shared import api_keys
+    from shared.errors import NotFound
+
+    try:
+        with _key_sessions().begin() as session:
+            row = api_keys.revoke(session, key_id_or_prefix=key_id_or_prefix.removeprefix("mr_"))
+            click.echo(f"revoked key {row.id} ({row.name})")
+    except NotFound as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
 
 
 @main.command()

@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     alert_webhook_timeout_s: float = Field(default=5.0, gt=0)
     alert_webhook_max_retries: int = Field(default=8, ge=0)
 
-    @field_validator("openai_api_key", mode="before")
+    @field_validator("openai_api_key", "alert_webhook_secret", mode="before")
     @classmethod
     def _blank_key_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -24,6 +24,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
 
+from shared import alerts
 from shared import budget
 from shared import confidence
 from shared import difficulty
@@ -197,6 +198,7 @@ class RunDeps:
     settings: Settings
     client: LLMClient
     on_finished: Callable[[str], None] = lambda job_id: None
+    on_alert: Callable[[alerts.Alert], None] = alerts.log
     sleep: Callable[[float], None] = time.sleep
 
 
@@ -208,9 +210,13 @@ def run(job_id: str, *, deps: RunDeps) -> JobStatus | Busy | None:
     started = time.perf_counter()
     outcome = _route_and_call(claim, deps=deps)
     outcome.latency_ms = round((time.perf_counter() - started) * 1000, 3)
-    status = _finish(claim, outcome, deps=deps)
-    if status is not None:
-        deps.on_finished(job_id)
+    finished = _finish(claim, outcome, deps=deps)
+    if finished is None:
+        return None
+    status, fired = finished
+    deps.on_finished(job_id)
+    for alert in fired:
+        deps.on_alert(alert)
     return status
 
 
@@ -341,8 +347,11 @@ def _assess(prompt: str, result: CallResult, settings: Settings) -> confidence.A
     )
 
 
-def _finish(claim: Claim, outcome: _Outcome, *, deps: RunDeps) -> JobStatus | None:
-    """Record the outcome and settle the budget in one transaction, only while the claim still holds."""
+def _finish(claim: Claim, outcome: _Outcome, *, deps: RunDeps) -> tuple[JobStatus, list[alerts.Alert]] | None:
+    """Record the outcome and settle the budget in one transaction, only while the claim still holds.
+
+    Returns the final status and the budget alerts this settlement fired, or None if the claim was lost.
+    """
     now = utcnow()
     final = outcome.final
     assert final is not None and outcome.decision is not None and outcome.difficulty is not None
@@ -409,8 +418,13 @@ def _finish(claim: Claim, outcome: _Outcome, *, deps: RunDeps) -> JobStatus | No
             )
             for seq, (purpose, record) in enumerate(outcome.attempts, start=1)
         )
+        fired: list[alerts.Alert] = []
         for scope in budget.scopes_of(claim.api_key_id):
             budget.settle(session, scope=scope, period=claim.period, reserved=claim.reserved_cost, cost=outcome.cost)
+            if outcome.cost > 0:
+                fired += alerts.check(
+                    session, scope=scope, period=claim.period, thresholds=deps.settings.alert_thresholds
+                )
     logger.info(
         "job finished job_id=%s status=%s model=%s cost=%s",
         claim.job_id,
@@ -418,4 +432,4 @@ def _finish(claim: Claim, outcome: _Outcome, *, deps: RunDeps) -> JobStatus | No
         values["model_used"],
         values["cost"],
     )
-    return values["status"]
+    return values["status"], fired

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import tempfile
 import threading
 from collections.abc import Mapping
 from collections.abc import MutableMapping
@@ -86,6 +87,10 @@ def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: boo
     else:
         notes.append(f"Upstream: {settings.openai_base_url or 'https://api.openai.com/v1'}")
 
+    if settings.api_keys_required:
+        notes.append("API keys: required (create one with `model-router keys create --name NAME`)")
+    else:
+        notes.append("API keys: off, every request is served (set REQUIRE_API_KEY=true to require keys)")
     processes["web"] = (
         f"{_tool('gunicorn')} --worker-class gevent --workers {web_concurrency} --bind 127.0.0.1:{port} "
         "--graceful-timeout 10 --access-logfile - 'web:create_app()'"
@@ -93,6 +98,10 @@ def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: boo
     processes["worker"] = (
         f"{_tool('celery')} -A worker.celery_app:celery_app worker --pool threads "
         f"--concurrency {worker_concurrency} --loglevel INFO --without-gossip --without-mingle"
+    )
+    processes["beat"] = (
+        f"{_tool('celery')} -A worker.celery_app:celery_app beat --loglevel INFO "
+        f"--schedule {Path(tempfile.gettempdir()) / 'model-router-beat-schedule'}"
     )
     return StackPlan(processes=processes, env=env, web_url=f"http://127.0.0.1:{port}", notes=tuple(notes))
 

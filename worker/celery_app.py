@@ -15,9 +15,9 @@ PROMPTS_QUEUE = "prompts"
 def create_celery(settings: Settings) -> Celery:
     """Build a Celery app for `settings`; tasks are found in worker.tasks."""
     app = Celery("model_router", include=["worker.tasks", "worker.heartbeat"])
-    # A job may wait out its whole lease before a redelivered copy can claim it, so the hard limit sits
-    # just under the lease and Redis's visibility timeout above it (Celery's optimizing guide).
-    hard_limit = settings.job_lease_s - 5
+    # A run must end before its lease lapses (or another run may take the job over), so the hard time
+    # limit sits under the lease and Redis's visibility timeout above it (Celery's optimizing guide).
+    hard_limit = int(settings.job_lease_s * 0.9)
     app.conf.update(
         broker_url=settings.redis_url,
         broker_connection_retry_on_startup=True,
@@ -31,10 +31,13 @@ def create_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_soft_time_limit=hard_limit - 5,
+        task_soft_time_limit=int(settings.job_lease_s * 0.8),
         task_time_limit=hard_limit,
         # Fail a publish fast when Redis is down: the web tier answers 503 and releases the reservation.
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
+        beat_schedule={
+            "reap-stuck-jobs": {"task": "jobs.reap", "schedule": float(settings.reaper_interval_s)},
+        },
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )

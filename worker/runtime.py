@@ -6,6 +6,7 @@ import threading
 
 import redis
 
+from shared import alerts
 from shared import jobs
 from shared import notify
 from shared.catalog import load_catalog
@@ -31,8 +32,18 @@ def get_deps() -> jobs.RunDeps:
                 settings=settings,
                 client=OpenAIChatClient(settings),
                 on_finished=lambda job_id: notify.publish_job_done(publisher, job_id),
+                on_alert=_announce_alert,
             )
         return _deps
+
+
+def _announce_alert(alert: alerts.Alert) -> None:
+    alerts.log(alert)
+    if get_settings().alert_webhook_url is not None:
+        # Imported here: the tasks module imports this one.
+        from worker.tasks import deliver_alert
+
+        deliver_alert.apply_async(args=[alert.as_payload()])
 
 
 def reset() -> None:

@@ -1,0 +1,95 @@
+"""Budget alerts: thresholds of a scope's monthly budget that fire once per scope and month."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from shared import budget
+from shared.db.models import BudgetAlert
+from shared.db.models import MonthlyBudget
+from shared.db.types import utcnow
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Router-Signature"
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A threshold crossed: `spent` reached `threshold` percent of `monthly_limit` in `scope`."""
+
+    scope: str
+    year: int
+    month: int
+    threshold: int
+    spent: Decimal
+    monthly_limit: Decimal
+
+    def as_payload(self) -> dict[str, object]:
+        """Return the alert as the JSON body of a webhook and a log line."""
+        body = asdict(self)
+        body.update(event="budget_threshold", spent=str(self.spent), monthly_limit=str(self.monthly_limit))
+        return body
+
+
+def check(session: Session, *, scope: str, period: budget.Period, thresholds: Sequence[int]) -> list[Alert]:
+    """Record and return the thresholds the scope's spend has newly reached this month.
+
+    Each (scope, month, threshold) can be inserted only once, so concurrent settlements fire it once.
+    """
+    row = session.scalars(
+        select(MonthlyBudget)
+        .where(MonthlyBudget.scope == scope, MonthlyBudget.year == period.year, MonthlyBudget.month == period.month)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if row is None or row.total_spent <= 0:
+        return []
+    used = row.total_spent * 100 / row.monthly_limit if row.monthly_limit > 0 else Decimal(100)
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    fired = []
+    for threshold in thresholds:
+        if used < threshold:
+            break
+        result = session.execute(
+            insert(BudgetAlert)
+            .values(
+                scope=scope,
+                year=period.year,
+                month=period.month,
+                threshold=threshold,
+                spent=row.total_spent,
+                monthly_limit=row.monthly_limit,
+                fired_at=utcnow(),
+            )
+            .on_conflict_do_nothing(index_elements=["scope", "year", "month", "threshold"])
+        )
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            fired.append(Alert(scope, period.year, period.month, threshold, row.total_spent, row.monthly_limit))
+    return fired
+
+
+def sign(body: bytes, secret: str) -> str:
+    """Return the signature header value for `body`: sha256=<hex HMAC-SHA256>."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def encode(payload: dict[str, object]) -> bytes:
+    """Return the exact bytes of an alert's payload that are signed and sent."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+
+
+def log(alert: Alert) -> None:
+    """Write the alert as one structured log line."""
+    logger.warning("budget_alert %s", json.dumps(alert.as_payload(), sort_keys=True))

@@ -1,0 +1,135 @@
+"""Nothing stays stuck: find jobs whose worker died or whose queue message was lost, and deal with them.
+
+- A running job whose lease lapsed lost its worker: it is re-enqueued (the next run claims it), or, after
+  JOB_MAX_RUNS runs, failed with `worker_lost`.
+- A queued job not picked up within a lease lost its message (or the web process died before enqueueing):
+  it is re-enqueued, or, once older than JOB_MAX_AGE_S, failed with `expired`.
+A failed job's reservation is settled at what it recorded spending (nothing, for a job that never finished
+a call), in the month it was reserved in, so a month that ends with reservations open closes them correctly.
+Re-enqueueing a job twice is harmless: only one run can claim it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from dataclasses import field
+from datetime import datetime
+from datetime import timedelta
+
+from sqlalchemy import and_
+from sqlalchemy import or_
+from sqlalchemy import select
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm import sessionmaker
+
+from shared import budget
+from shared.config import Settings
+from shared.db.models import JobStatus
+from shared.db.models import RequestLog
+from shared.db.types import utcnow
+
+logger = logging.getLogger(__name__)
+
+BATCH = 500
+
+
+@dataclass
+class Sweep:
+    """What one pass of the reaper did."""
+
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def sweep(*, sessions: sessionmaker[Session], settings: Settings, now: datetime | None = None) -> Sweep:
+    """Fail what is beyond saving and return the ids to re-enqueue; each decision is its own transaction."""
+    now = now or utcnow()
+    result = Sweep()
+    lease = timedelta(seconds=settings.job_lease_s)
+    with sessions() as session:
+        stale = session.execute(
+            select(RequestLog.id, RequestLog.status, RequestLog.run_count, RequestLog.created_at)
+            .where(
+                or_(
+                    and_(RequestLog.status == JobStatus.RUNNING, RequestLog.lease_expires_at < now),
+                    and_(
+                        RequestLog.status == JobStatus.QUEUED,
+                        or_(RequestLog.enqueued_at.is_(None), RequestLog.enqueued_at < now - lease),
+                    ),
+                )
+            )
+            .order_by(RequestLog.created_at)
+            .limit(BATCH)
+        ).all()
+    for job_id, status, run_count, created_at in stale:
+        if status is JobStatus.RUNNING and run_count >= settings.job_max_runs:
+            reason = ("worker_lost", f"the job's worker stopped answering {run_count} times")
+        elif created_at < now - timedelta(seconds=settings.job_max_age_s):
+            reason = ("expired", "the job waited longer than JOB_MAX_AGE_S without finishing")
+        else:
+            if _mark_requeued(sessions, job_id=job_id, status=status, now=now, lease=lease):
+                result.requeued.append(job_id)
+            continue
+        if fail(sessions, job_id=job_id, code=reason[0], message=reason[1], now=now, lease=lease):
+            result.failed.append(job_id)
+    if result.requeued or result.failed:
+        logger.warning("reaper requeued=%d failed=%d", len(result.requeued), len(result.failed))
+    return result
+
+
+def _stale_condition(job_id: str, *, now: datetime, lease: timedelta) -> object:
+    # Re-checked inside the writing transaction: a worker may have claimed or finished the job meanwhile.
+    return and_(
+        RequestLog.id == job_id,
+        or_(
+            and_(RequestLog.status == JobStatus.RUNNING, RequestLog.lease_expires_at < now),
+            and_(
+                RequestLog.status == JobStatus.QUEUED,
+                or_(RequestLog.enqueued_at.is_(None), RequestLog.enqueued_at < now - lease),
+            ),
+        ),
+    )
+
+
+def _mark_requeued(
+    sessions: sessionmaker[Session], *, job_id: str, status: JobStatus, now: datetime, lease: timedelta
+) -> bool:
+    with sessions.begin() as session:
+        result = session.execute(
+            update(RequestLog)
+            .where(_stale_condition(job_id, now=now, lease=lease))
+            .values(enqueued_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def fail(
+    sessions: sessionmaker[Session], *, job_id: str, code: str, message: str, now: datetime, lease: timedelta
+) -> bool:
+    """Finish a stale job as failed and settle its reservation, once; False if it moved on meanwhile."""
+    with sessions.begin() as session:
+        result = session.execute(
+            update(RequestLog)
+            .where(_stale_condition(job_id, now=now, lease=lease))
+            .values(
+                status=JobStatus.FAILED,
+                error_code=code,
+                error_message=message,
+                finished_at=now,
+                updated_at=now,
+                lease_expires_at=None,
+                settled=True,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        job = session.get(RequestLog, job_id, populate_existing=True)
+        assert job is not None
+        period = budget.Period(job.budget_year, job.budget_month)
+        for scope in budget.scopes_of(job.api_key_id):
+            budget.settle(session, scope=scope, period=period, reserved=job.reserved_cost, cost=job.cost)
+    return True
