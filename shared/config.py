@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
 
     # Budget, in US dollars.
-    monthly_budget_limit: Decimal = Field(default=Decimal("100.0"), ge=0, max_digits=18, decimal_places=6)
+    monthly_budget_limit: Decimal = Field(default=Decimal("100.0"), ge=0, max_digits=19, decimal_places=9)
 
     # Request limits (the HTTP contract's ranges).
     max_prompt_chars: int = Field(default=32000, ge=1)

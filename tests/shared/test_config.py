@@ -81,7 +81,7 @@ def test_base_url_loses_its_trailing_slash() -> None:
     [
         pytest.param({"monthly_budget_limit": "abc"}, "MONTHLY_BUDGET_LIMIT", id="budget-not-a-number"),
         pytest.param({"monthly_budget_limit": "-1"}, "MONTHLY_BUDGET_LIMIT", id="budget-negative"),
-        pytest.param({"monthly_budget_limit": "1.1234567"}, "MONTHLY_BUDGET_LIMIT", id="budget-7-decimals"),
+        pytest.param({"monthly_budget_limit": "1.1234567891"}, "MONTHLY_BUDGET_LIMIT", id="budget-sub-nano"),
         pytest.param({"redis_url": "http://x"}, "REDIS_URL", id="redis-not-redis"),
         pytest.param({"database_url": "mysql://x/y"}, "DATABASE_URL", id="database-unsupported"),
         pytest.param({"openai_base_url": "ftp://x"}, "OPENAI_BASE_URL", id="base-url-not-http"),

@@ -18,6 +18,10 @@ from typing import Any
 from typing import BinaryIO
 
 BIN = Path(sys.executable).parent
+WORKER_COMMAND = (
+    str(BIN / "celery"), "-A", "worker.celery_app:celery_app", "worker", "--pool", "threads", "--concurrency", "8",
+    "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+)  # fmt: skip
 
 
 def free_port() -> int:
@@ -40,7 +44,11 @@ def http(method: str, url: str, body: Any = None, *, timeout: float = 60) -> tup
 
 @dataclass
 class Stack:
-    """Processes started for one test module; stopped together."""
+    """Processes started for one test module; stopped together.
+
+    Optional: `workers` Celery worker processes (more than one get distinct node names `workerN@%h`),
+    a Celery `beat` process, `web_workers` gunicorn workers and extra gunicorn arguments (`web_args`).
+    """
 
     env: dict[str, str]
     log_dir: Path
@@ -48,6 +56,10 @@ class Stack:
     sim_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     log_files: list[BinaryIO] = field(default_factory=list)
+    workers: int = 1
+    beat: bool = False
+    web_workers: int = 2
+    web_args: tuple[str, ...] = ()
 
     @property
     def web(self) -> str:
@@ -62,15 +74,43 @@ class Stack:
         self._spawn("simulator", [str(BIN / "model-router"), "simulate", "--port", str(self.sim_port)])
         self._spawn(
             "web",
-            [str(BIN / "gunicorn"), "--worker-class", "gevent", "--workers", "2", "--bind",
-             f"127.0.0.1:{self.web_port}", "web:create_app()"],
+            [str(BIN / "gunicorn"), "--worker-class", "gevent", "--workers", str(self.web_workers), "--bind",
+             f"127.0.0.1:{self.web_port}", *self.web_args, "web:create_app()"],
         )  # fmt: skip
-        self._spawn(
-            "worker",
-            [str(BIN / "celery"), "-A", "worker.celery_app:celery_app", "worker", "--pool", "threads",
-             "--concurrency", "8", "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
-        )  # fmt: skip
-        self._wait_until_ready()
+        if self.workers == 1:
+            self._spawn("worker", list(WORKER_COMMAND))
+        else:
+            for number in range(1, self.workers + 1):
+                self.start_worker(f"worker{number}", wait=False)
+        if self.beat:
+            self._spawn(
+                "beat",
+                [str(BIN / "celery"), "-A", "worker.celery_app:celery_app", "beat", "--loglevel", "INFO",
+                 "--schedule", str(self.log_dir / "beat-schedule")],
+            )  # fmt: skip
+        self._wait_until_ready(min_workers=self.workers)
+
+    def start_worker(self, name: str, *, wait: bool = True, timeout_s: float = 60) -> None:
+        """Start one more Celery worker process with node name `name@%h`; wait until it is ready."""
+        self._spawn(name, [*WORKER_COMMAND, "-n", f"{name}@%h"])
+        if not wait:
+            return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.processes[name].poll() is not None:
+                raise RuntimeError(f"{name} exited during start-up:\n{self.logs(name)}")
+            # Celery logs "<node name> ready." once it consumes; its heartbeat starts at the same signal.
+            log = (self.log_dir / f"{name}.log").read_text(errors="replace")
+            if f"{name}@" in log and " ready." in log:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{name} was not ready in time:\n{self.logs(name)}")
+
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Send `sig` to a process's whole group (it was started in its own session) and reap it."""
+        process = self.processes[name]
+        os.killpg(process.pid, sig)
+        process.wait(timeout=20)
 
     def _spawn(self, name: str, command: list[str]) -> None:
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115  (closed in stop())
@@ -79,7 +119,7 @@ class Stack:
             command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
-    def _wait_until_ready(self, timeout_s: float = 60) -> None:
+    def _wait_until_ready(self, timeout_s: float = 60, *, min_workers: int = 1) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for name, process in self.processes.items():
@@ -88,7 +128,7 @@ class Stack:
             try:
                 status, _, body = http("GET", f"{self.web}/api/health", timeout=2)
                 sim_status, _, _ = http("GET", f"{self.sim}/sim/stats", timeout=2)
-                if status == 200 and body["checks"]["workers"] >= 1 and sim_status == 200:
+                if status == 200 and body["checks"]["workers"] >= min_workers and sim_status == 200:
                     return
             except (OSError, ValueError):
                 pass
