@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -53,3 +55,9 @@ def test_estimate_validates_like_prompt(client: FlaskClient) -> None:
     response = client.post("/api/estimate", json={"prompt": "hi", "tier": "ultra"})
     assert response.status_code == 400
     assert response.get_json()["error"]["details"]["field"] == "tier"
+
+
+def test_unlimited_requests_log_no_rate_limit_errors(client: FlaskClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert client.post("/api/estimate", json={"prompt": "hi"}).status_code == 200
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR] == []
