@@ -24,9 +24,12 @@ PROMPTS = (
 )
 
 
+_HEADERS = {"Content-Type": "application/json"}
+
+
 def _call(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=data, method=method, headers=_HEADERS)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -62,6 +65,9 @@ def _show(job: dict[str, Any]) -> None:
 
 
 def _exercise(base: str) -> None:
+    print("\n== Estimate first: where would a prompt go, and what may it cost? (nothing is called)")
+    print(f"  {_call('POST', f'{base}/api/estimate', {'prompt': PROMPTS[1]})[1]}")
+
     print("\n== Synchronous prompts (wait: true)")
     for prompt in PROMPTS:
         print(f"  {prompt.splitlines()[0][:70]!r}")
@@ -89,6 +95,25 @@ def _exercise(base: str) -> None:
     print(f"  {_call('GET', f'{base}/api/stats')[1]}")
 
 
+def _use_a_key_if_required() -> None:
+    """Create a demo API key when keys are required; otherwise say that the demo runs without them."""
+    from shared import api_keys
+    from shared.config import load_settings
+    from shared.db.session import make_engine
+    from shared.db.session import make_sessionmaker
+
+    settings = load_settings(openai_base_url=os.environ.get("OPENAI_BASE_URL") or "http://127.0.0.1:9000/v1")
+    if not settings.api_keys_required:
+        print("API keys are off for this local run (REQUIRE_API_KEY=true turns them on).")
+        return
+    engine = make_engine(settings)
+    with make_sessionmaker(engine).begin() as session:
+        _, key = api_keys.create(session, name="demo", is_admin=True)
+    engine.dispose()
+    _HEADERS["Authorization"] = f"Bearer {key}"
+    print("API keys are required: created an admin key named 'demo' for this run.")
+
+
 def run_demo() -> int:
     """Run the demo; return the process exit code."""
     port = os.environ.setdefault("PORT", "8000")
@@ -101,6 +126,7 @@ def run_demo() -> int:
         )
     try:
         _wait_until_ready(base, stack)
+        _use_a_key_if_required()
         _exercise(base)
         return 0
     except RuntimeError as exc:
