@@ -92,16 +92,18 @@ def reservation_bound(
     escalation: bool,
     max_tier: str | None = None,
 ) -> Decimal:
-    """Return the most a job can cost: its dearest possible first call plus, if allowed, its escalation.
+    """Return the most a job can cost: its dearest possible answer plus, if allowed, its escalation.
 
-    With `max_tier`, neither the first call nor the escalation may go above that tier. Failed attempts
-    (429, 5xx, timeouts) are not billed, so retries add nothing to the bound.
+    An answer comes from the tier's model or one of its fallbacks, so each is priced at the dearest of that
+    chain. Failed attempts (429, 5xx, timeouts) are not billed, so retries add nothing. With `max_tier`,
+    neither the first call nor the escalation may go above that tier.
     """
     prompt_tokens = estimate_prompt_tokens_bound(prompt)
     allowed = catalog.tiers if max_tier is None else catalog.tiers[: catalog.tiers.index(max_tier) + 1]
 
     def call_bound(tier: str) -> Decimal:
-        return catalog.model_for_tier(tier).cost(prompt_tokens, max_tokens)
+        chain = catalog.chain(catalog.model_for_tier(tier).name)
+        return max(model.cost(prompt_tokens, max_tokens) for model in chain if model.tier in allowed)
 
     worst = Decimal(0)
     for tier in tiers:

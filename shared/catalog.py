@@ -32,6 +32,8 @@ class _ModelEntry(BaseModel):
     base_url: str | None = None
     api_key_env: str | None = None
     supports_logprobs: bool = True
+    # None: the default chain (the tier's other models, then the next tier up); []: no fallbacks.
+    fallbacks: list[str] | None = None
 
     @field_validator("input_per_1k", "output_per_1k")
     @classmethod
@@ -48,11 +50,19 @@ class _ModelEntry(BaseModel):
         return value.rstrip("/") if value else value
 
 
+class _Timeouts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    connect_s: float | None = Field(default=None, gt=0)
+    read_s: float | None = Field(default=None, gt=0)
+
+
 class _CatalogFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tiers: list[str] = Field(min_length=1)
     models: list[_ModelEntry] = Field(min_length=1)
+    timeouts: dict[str, _Timeouts] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> _CatalogFile:
@@ -67,6 +77,13 @@ class _CatalogFile(BaseModel):
         for tier in self.tiers:
             if not any(m.tier == tier for m in self.models):
                 raise ValueError(f"tier {tier!r} has no model")
+        for model in self.models:
+            for fallback in model.fallbacks or ():
+                if fallback not in names or fallback == model.name:
+                    raise ValueError(f"model {model.name!r} lists unknown or circular fallback {fallback!r}")
+        for tier in self.timeouts:
+            if tier not in self.tiers:
+                raise ValueError(f"timeouts name unknown tier {tier!r}")
         return self
 
 
@@ -81,6 +98,9 @@ class ModelSpec:
     base_url: str | None = None
     api_key_env: str | None = None
     supports_logprobs: bool = True
+    fallbacks: tuple[str, ...] = ()
+    connect_timeout_s: float | None = None
+    read_timeout_s: float | None = None
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
         """Return the exact cost in dollars of a call with these token counts."""
@@ -126,6 +146,11 @@ class Catalog:
     def model_names(self) -> list[str]:
         return [m.name for m in self.models]
 
+    def chain(self, name: str) -> tuple[ModelSpec, ...]:
+        """Return the model and, in order, the fallbacks that take over when it fails."""
+        model = self.get_model(name)
+        return (model, *(self.get_model(fallback) for fallback in model.fallbacks))
+
 
 def load_catalog(path: Path) -> Catalog:
     """Read and validate a catalog file; raise ConfigError naming what is wrong."""
@@ -142,5 +167,28 @@ def load_catalog(path: Path) -> Catalog:
         where = ".".join(str(part) for part in first["loc"])
         message = str(first["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"invalid model catalog {path}: {where + ': ' if where else ''}{message}") from None
-    models = tuple(ModelSpec(**entry.model_dump()) for entry in parsed.models)
+    models = tuple(_spec(entry, parsed) for entry in parsed.models)
     return Catalog(tiers=tuple(parsed.tiers), models=models)
+
+
+def _spec(entry: _ModelEntry, catalog: _CatalogFile) -> ModelSpec:
+    fields = entry.model_dump(exclude={"fallbacks"})
+    timeouts = catalog.timeouts.get(entry.tier, _Timeouts())
+    return ModelSpec(
+        **fields,
+        fallbacks=tuple(_default_fallbacks(entry, catalog) if entry.fallbacks is None else entry.fallbacks),
+        connect_timeout_s=timeouts.connect_s,
+        read_timeout_s=timeouts.read_s,
+    )
+
+
+def _default_fallbacks(entry: _ModelEntry, catalog: _CatalogFile) -> list[str]:
+    """The tier's other models first, then the model that serves the next tier up."""
+    same_tier = [m.name for m in catalog.models if m.tier == entry.tier and m.name != entry.name]
+    index = catalog.tiers.index(entry.tier)
+    above = (
+        [next(m.name for m in catalog.models if m.tier == catalog.tiers[index + 1])]
+        if index + 1 < len(catalog.tiers)
+        else []
+    )
+    return same_tier + above

@@ -55,6 +55,16 @@ class Settings(BaseSettings):
     upstream_backoff_max_s: float = Field(default=8.0, ge=0)
     upstream_retry_after_cap_s: float = Field(default=10.0, ge=0)
 
+    # One deadline per job for every retry, fallback and escalation (a request may set its own).
+    default_deadline_s: float = Field(default=60.0, gt=0, le=600)
+
+    # Circuit breakers per model, shared by every worker through Redis.
+    circuit_window_s: int = Field(default=30, ge=1)
+    circuit_min_failures: int = Field(default=5, ge=1)
+    circuit_failure_rate: float = Field(default=0.5, gt=0, le=1)
+    circuit_cooldown_s: float = Field(default=15.0, gt=0)
+    circuit_half_open_probes: int = Field(default=1, ge=1)
+
     # Escalation: an answer below the confidence threshold is retried one tier up.
     escalation_enabled: bool = True
     escalation_min_answer_chars: int = Field(default=20, ge=0)

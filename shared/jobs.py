@@ -21,15 +21,22 @@ from typing import Any
 
 from sqlalchemy import or_
 from sqlalchemy import update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import InterfaceError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
+from tenacity import Retrying
+from tenacity import retry_if_exception
+from tenacity import stop_after_delay
+from tenacity import wait_exponential_jitter
 
 from shared import alerts
+from shared import answering
 from shared import budget
-from shared import confidence
-from shared import difficulty
 from shared import routing
 from shared.catalog import Catalog
+from shared.circuit import CircuitBreaker
 from shared.config import Settings
 from shared.db.models import JobStatus
 from shared.db.models import RequestAttempt
@@ -37,11 +44,7 @@ from shared.db.models import RequestLog
 from shared.db.types import utcnow
 from shared.errors import BudgetExceeded
 from shared.errors import NotFound
-from shared.llm_client import AttemptRecord
-from shared.llm_client import CallResult
 from shared.llm_client import LLMClient
-from shared.llm_client import RetryPolicy
-from shared.llm_client import complete_with_retries
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,7 @@ class JobRequest:
     tier: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     on_budget_pressure: str = "fail"
+    deadline_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,7 @@ def create(
         metadata_json=request.metadata,
         api_key_id=None if requester is None else requester.api_key_id,
         max_tier=max_tier,
+        deadline_s=request.deadline_s or settings.default_deadline_s,
         budget_year=period.year,
         budget_month=period.month,
         reserved_cost=bound,
@@ -180,6 +185,7 @@ class Claim:
     reserved_cost: Decimal
     api_key_id: int | None = None
     max_tier: str | None = None
+    deadline_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -200,6 +206,13 @@ class RunDeps:
     on_finished: Callable[[str], None] = lambda job_id: None
     on_alert: Callable[[alerts.Alert], None] = alerts.log
     sleep: Callable[[float], None] = time.sleep
+    breaker: CircuitBreaker | None = None
+
+    @property
+    def answerer(self) -> answering.Answerer:
+        return answering.Answerer(
+            catalog=self.catalog, settings=self.settings, client=self.client, breaker=self.breaker, sleep=self.sleep
+        )
 
 
 def run(job_id: str, *, deps: RunDeps) -> JobStatus | Busy | None:
@@ -207,10 +220,22 @@ def run(job_id: str, *, deps: RunDeps) -> JobStatus | Busy | None:
     claim = _claim(job_id, deps=deps)
     if not isinstance(claim, Claim):
         return claim
-    started = time.perf_counter()
-    outcome = _route_and_call(claim, deps=deps)
-    outcome.latency_ms = round((time.perf_counter() - started) * 1000, 3)
-    finished = _finish(claim, outcome, deps=deps)
+    request = claim.request
+    outcome = answering.answer(
+        answering.Job(
+            prompt=request.prompt,
+            max_tokens=request.max_tokens,
+            preference=request.preference,
+            model=request.model,
+            tier=request.tier,
+            max_tier=claim.max_tier,
+            reserved_cost=claim.reserved_cost,
+            deadline_s=claim.deadline_s,
+            previous_runs=claim.run_count - 1,
+        ),
+        using=deps.answerer,
+    )
+    finished = _finish_with_retries(claim, outcome, deps=deps)
     if finished is None:
         return None
     status, fired = finished
@@ -263,99 +288,45 @@ def _claim(job_id: str, *, deps: RunDeps) -> Claim | Busy | None:
             reserved_cost=job.reserved_cost,
             api_key_id=job.api_key_id,
             max_tier=job.max_tier,
+            deadline_s=job.deadline_s or deps.settings.default_deadline_s,
         )
 
 
-@dataclass
-class _Outcome:
-    """Everything learned while running a job, written in one transaction at the end."""
+def _finish_with_retries(
+    claim: Claim, outcome: answering.Outcome, *, deps: RunDeps
+) -> tuple[JobStatus, list[alerts.Alert]] | None:
+    """Record the outcome, retrying while the database is unreachable: the answer in hand is not thrown away.
 
-    difficulty: difficulty.DifficultyEstimate | None = None
-    decision: routing.RoutingDecision | None = None
-    final: CallResult | None = None
-    confidence: float | None = None
-    escalation_reason: str | None = None
-    escalated: bool = False
-    downgraded_from: str | None = None
-    attempts: list[tuple[str, AttemptRecord]] = field(default_factory=list)
-    latency_ms: float = 0.0
-
-    @property
-    def cost(self) -> Decimal:
-        return sum((record.cost for _, record in self.attempts), Decimal(0))
-
-
-def _route_and_call(claim: Claim, *, deps: RunDeps) -> _Outcome:
-    request, settings, catalog = claim.request, deps.settings, deps.catalog
-    policy = RetryPolicy.from_settings(settings)
-    outcome = _Outcome()
-    outcome.difficulty = difficulty.estimate_difficulty(request.prompt)
-    outcome.decision = routing.route(
-        catalog=catalog,
-        score=outcome.difficulty.score,
-        preference=request.preference,
-        model=request.model,
-        tier=request.tier,
+    Retries stop before the lease lapses; past it another run may take the job over, and the conditional
+    finish makes sure only one of them records and settles it.
+    """
+    retrying = Retrying(
+        retry=retry_if_exception(_is_disconnect),
+        wait=wait_exponential_jitter(multiplier=0.2, max=5),
+        stop=stop_after_delay(deps.settings.job_lease_s * 0.5),
+        sleep=deps.sleep,
+        reraise=True,
+        before_sleep=lambda state: logger.warning(
+            "database unreachable while finishing job_id=%s; retrying", claim.job_id
+        ),
     )
-    if claim.max_tier is not None:
-        capped = routing.cap(catalog=catalog, decision=outcome.decision, max_tier=claim.max_tier)
-        if capped.tier != outcome.decision.tier:
-            outcome.downgraded_from = outcome.decision.tier
-        outcome.decision = capped
-
-    def call(decision: routing.RoutingDecision, purpose: str) -> CallResult:
-        result = complete_with_retries(
-            deps.client,
-            model=catalog.get_model(decision.model),
-            prompt=request.prompt,
-            max_tokens=request.max_tokens,
-            policy=policy,
-            sleep=deps.sleep,
-        )
-        outcome.attempts.extend((purpose, record) for record in result.attempts)
-        return result
-
-    outcome.final = call(outcome.decision, "primary")
-    if outcome.final.completion is None:
-        return outcome
-    assessed = _assess(request.prompt, outcome.final, settings)
-    outcome.confidence = assessed.score
-    if not settings.escalation_enabled or assessed.score >= settings.escalation_confidence_threshold:
-        return outcome
-    stronger = routing.escalate(catalog=catalog, decision=outcome.decision)
-    if stronger is None:
-        return outcome
-    outcome.escalated = True
-    outcome.escalation_reason = ",".join(assessed.reasons) or "low_confidence"
-    second = call(stronger, "escalation")
-    if second.completion is not None:
-        outcome.final = second
-        outcome.decision = stronger
-        outcome.confidence = _assess(request.prompt, second, settings).score
-    return outcome
+    return retrying(_finish, claim, outcome, deps=deps)
 
 
-def _assess(prompt: str, result: CallResult, settings: Settings) -> confidence.AnswerConfidence:
-    completion = result.completion
-    assert completion is not None
-    return confidence.assess_answer(
-        prompt=prompt,
-        answer=completion.text,
-        finish_reason=completion.finish_reason,
-        logprobs=completion.logprobs,
-        min_answer_chars=settings.escalation_min_answer_chars,
+def _is_disconnect(error: BaseException) -> bool:
+    return isinstance(error, OperationalError | InterfaceError) or (
+        isinstance(error, DBAPIError) and error.connection_invalidated
     )
 
 
-def _finish(claim: Claim, outcome: _Outcome, *, deps: RunDeps) -> tuple[JobStatus, list[alerts.Alert]] | None:
+def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> tuple[JobStatus, list[alerts.Alert]] | None:
     """Record the outcome and settle the budget in one transaction, only while the claim still holds.
 
     Returns the final status and the budget alerts this settlement fired, or None if the claim was lost.
     """
     now = utcnow()
-    final = outcome.final
-    assert final is not None and outcome.decision is not None and outcome.difficulty is not None
-    completion = final.completion
+    completion = outcome.completion
+    answered_by = outcome.model or deps.catalog.get_model(outcome.decision.model)
     values: dict[str, Any] = {
         "status": JobStatus.SUCCEEDED if completion is not None else JobStatus.FAILED,
         "finished_at": now,
@@ -363,11 +334,11 @@ def _finish(claim: Claim, outcome: _Outcome, *, deps: RunDeps) -> tuple[JobStatu
         "lease_expires_at": None,
         "difficulty_score": round(outcome.difficulty.score, 4),
         "difficulty_level": outcome.difficulty.level,
-        "model_used": outcome.decision.model,
-        "tier": outcome.decision.tier,
+        "model_used": answered_by.name,
+        "tier": answered_by.tier,
         "confidence": None if outcome.confidence is None else round(outcome.confidence, 4),
         "latency_ms": outcome.latency_ms,
-        "retry_count": sum(1 for _, record in outcome.attempts) - (2 if outcome.escalated else 1),
+        "retry_count": outcome.retry_count,
         "escalated": outcome.escalated,
         "escalation_reason": outcome.escalation_reason,
         "downgraded_from": outcome.downgraded_from,
@@ -380,7 +351,7 @@ def _finish(claim: Claim, outcome: _Outcome, *, deps: RunDeps) -> tuple[JobStatu
     if completion is not None:
         values.update(response=completion.text, finish_reason=completion.finish_reason)
     else:
-        error = final.error
+        error = outcome.error
         values.update(
             error_code=error.code if error else "upstream_error",
             error_message=error.message if error else "the upstream call failed",

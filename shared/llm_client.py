@@ -49,7 +49,9 @@ class Completion:
 class LLMClient(Protocol):
     """Anything that can answer one prompt with one model, raising Transient/PermanentLLMError."""
 
-    def complete(self, *, model: ModelSpec, prompt: str, max_tokens: int) -> Completion: ...
+    def complete(
+        self, *, model: ModelSpec, prompt: str, max_tokens: int, timeout_s: float | None = None
+    ) -> Completion: ...
 
 
 @dataclass(frozen=True)
@@ -108,15 +110,21 @@ class OpenAIChatClient:
         self._clients: dict[tuple[str | None, str | None], openai.OpenAI] = {}
         self._lock = threading.Lock()
 
-    def complete(self, *, model: ModelSpec, prompt: str, max_tokens: int) -> Completion:
-        """Ask `model` once; map every failure to a Transient or Permanent LLM error."""
+    def complete(self, *, model: ModelSpec, prompt: str, max_tokens: int, timeout_s: float | None = None) -> Completion:
+        """Ask `model` once within its tier's timeouts (and `timeout_s`, the job's time left); map failures."""
         client = self._client_for(model)
+        settings = self._settings
+        read_s = model.read_timeout_s or settings.upstream_read_timeout_s
+        connect_s = model.connect_timeout_s or settings.upstream_connect_timeout_s
+        if timeout_s is not None:
+            read_s, connect_s = min(read_s, timeout_s), min(connect_s, timeout_s)
         try:
             response = client.chat.completions.create(
                 model=model.name,
                 messages=[{"role": "user", "content": prompt}],
                 max_tokens=max_tokens,
                 logprobs=True if model.supports_logprobs else openai.omit,
+                timeout=openai.Timeout(read_s, connect=connect_s),
             )
         except openai.APITimeoutError:
             raise TransientLLMError(f"{model.name}: upstream timed out", details={"error_class": "timeout"}) from None
@@ -213,10 +221,15 @@ def complete_with_retries(
     max_tokens: int,
     policy: RetryPolicy,
     sleep: Callable[[float], None] = time.sleep,
+    deadline: float | None = None,
+    on_attempt: Callable[[AttemptRecord], None] | None = None,
 ) -> CallResult:
     """Call `model`, retrying transient failures with jittered exponential backoff or Retry-After.
 
-    Never raises for an upstream failure: the result carries the last error and every attempt.
+    `deadline` (a time.monotonic() value) bounds the whole call: no attempt starts or waits past it, and
+    each attempt's timeouts shrink to the time left. `on_attempt` sees every attempt as it ends (the
+    circuit breaker counts them). Never raises for an upstream failure: the result carries the last error
+    and every attempt.
     """
     result = CallResult()
     backoff = wait_exponential_jitter(
@@ -229,13 +242,24 @@ def complete_with_retries(
             return min(error.retry_after_s, policy.retry_after_cap_s)
         return backoff(state)
 
+    def time_left() -> float | None:
+        return None if deadline is None else deadline - time.monotonic()
+
+    def record(attempt: AttemptRecord) -> None:
+        result.attempts.append(attempt)
+        if on_attempt is not None:
+            on_attempt(attempt)
+
     def attempt() -> Completion:
         started_at = utcnow()
         start = time.perf_counter()
+        left = time_left()
         try:
-            completion = client.complete(model=model, prompt=prompt, max_tokens=max_tokens)
+            if left is not None and left <= 0:
+                raise TransientLLMError(f"{model.name}: the job's deadline passed", details={"error_class": "deadline"})
+            completion = client.complete(model=model, prompt=prompt, max_tokens=max_tokens, timeout_s=left)
         except LLMError as error:
-            result.attempts.append(
+            record(
                 AttemptRecord(
                     model=model.name,
                     tier=model.tier,
@@ -247,7 +271,7 @@ def complete_with_retries(
                 )
             )
             raise
-        result.attempts.append(
+        record(
             AttemptRecord(
                 model=model.name,
                 tier=model.tier,
@@ -261,8 +285,13 @@ def complete_with_retries(
         )
         return completion
 
+    def out_of_time(state: RetryCallState) -> bool:
+        # Stop when the wait before the next attempt would end past the deadline.
+        left = time_left()
+        return left is not None and (state.upcoming_sleep or 0) >= left
+
     retrying = Retrying(
-        stop=stop_after_attempt(policy.max_attempts),
+        stop=stop_after_attempt(policy.max_attempts) | out_of_time,
         wait=wait,
         retry=retry_if_exception_type(TransientLLMError),
         sleep=sleep,

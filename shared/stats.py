@@ -36,6 +36,8 @@ class Stats:
     avg_latency_ms: float | None
     total_tokens: int
     escalated_requests: int
+    total_retries: int
+    fallback_attempts: int
     by_model: dict[str, ModelStats]
 
     @property
@@ -70,8 +72,14 @@ def get_stats(session: Session, *, since: datetime | None = None, api_key_id: in
             func.avg(RequestLog.latency_ms),
             func.sum(RequestLog.tokens_used),
             func.sum(case((RequestLog.escalated, 1), else_=0)),
+            func.sum(RequestLog.retry_count),
         ).where(*where)
     ).one()
+    fallbacks = session.scalar(
+        select(func.count(RequestAttempt.id))
+        .join(RequestLog, RequestLog.id == RequestAttempt.job_id)
+        .where(RequestAttempt.purpose == "fallback", RequestAttempt.outcome != "skipped", *where)
+    )
     rows = session.execute(
         select(
             RequestLog.model_used,
@@ -92,6 +100,8 @@ def get_stats(session: Session, *, since: datetime | None = None, api_key_id: in
         avg_latency_ms=_round(totals[4]),
         total_tokens=int(totals[5] or 0),
         escalated_requests=int(totals[6] or 0),
+        total_retries=int(totals[7] or 0),
+        fallback_attempts=int(fallbacks or 0),
         by_model={
             model: ModelStats(
                 requests=count, cost=cost or Decimal(0), avg_latency_ms=_round(latency), tokens=int(tokens or 0)

@@ -21,12 +21,22 @@ StrictStr = Annotated[str, Strict()]
 StrictNumber = Annotated[float, Strict()]
 
 
+def _require_utf8(text: str) -> None:
+    # JSON's \ud800-style escapes can smuggle in lone surrogates, which no UTF-8 store or client accepts.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+
+
 class PromptRequest(BaseModel):
     """The body of POST /api/prompt. Unknown fields are rejected, so a typo never passes silently."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"prompt": "What is 2 + 2?"}})
 
-    prompt: StrictStr = Field(description="The text to route; not only whitespace; at most MAX_PROMPT_CHARS.")
+    prompt: StrictStr = Field(
+        min_length=1, description="The text to route; not only whitespace; at most MAX_PROMPT_CHARS."
+    )
     max_tokens: StrictInt = Field(default=1000, ge=1, le=4096)
     wait: StrictBool = Field(default=True, description="Answer with the result when ready within timeout_s.")
     timeout_s: StrictNumber = Field(default=30, gt=0, le=120, description="Only with wait=true.")
@@ -34,6 +44,9 @@ class PromptRequest(BaseModel):
     model: StrictStr | None = Field(default=None, description="Force a catalog model.")
     tier: StrictStr | None = Field(default=None, description='Force a tier ("cheap", "mid", "high").')
     metadata: dict[str, Any] = Field(default_factory=dict, description="Stored and returned as is; <= 4 KiB.")
+    deadline_s: StrictNumber | None = Field(
+        default=None, gt=0, le=600, description="Total time for retries, fallbacks and escalation (DEFAULT_DEADLINE_S)."
+    )
     on_budget_pressure: Literal["fail", "downgrade"] = Field(
         default="fail",
         description="downgrade: when the budget cannot cover the routed tier, use the strongest tier it covers.",
@@ -44,6 +57,9 @@ class PromptRequest(BaseModel):
     def _prompt_has_text(cls, value: str, info: ValidationInfo) -> str:
         if not value.strip():
             raise ValueError("must contain more than whitespace")
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        _require_utf8(value)
         limit = (info.context or {}).get("max_prompt_chars")
         if limit is not None and len(value) > limit:
             raise ValueError(f"must be at most {limit} characters")
@@ -52,8 +68,10 @@ class PromptRequest(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _metadata_small(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        serialized = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        _require_utf8(serialized)
         limit = (info.context or {}).get("max_metadata_bytes")
-        if limit is not None and len(json.dumps(value, separators=(",", ":")).encode()) > limit:
+        if limit is not None and len(serialized.encode()) > limit:
             raise ValueError(f"must serialize to at most {limit} bytes")
         return value
 
@@ -63,8 +81,8 @@ class Attempt(BaseModel):
 
     model: str
     tier: str
-    purpose: Literal["primary", "escalation"]
-    outcome: Literal["ok", "error"]
+    purpose: Literal["primary", "fallback", "escalation"]
+    outcome: Literal["ok", "error", "skipped"]
     error_class: str | None = None
     status_code: int | None = None
     latency_ms: float
@@ -150,13 +168,17 @@ class StatsView(BaseModel):
     avg_latency_ms: float | None
     total_tokens: int
     escalation_rate: float
+    total_retries: int
+    fallback_attempts: int
     by_model: dict[str, ModelStats]
+    circuits: dict[str, Literal["closed", "open", "half_open"]] = Field(default_factory=dict)
 
 
 class HealthChecks(BaseModel):
     database: str
     broker: str
     workers: int
+    circuits: dict[str, Literal["closed", "open", "half_open"]] = Field(default_factory=dict)
 
 
 class HealthView(BaseModel):

@@ -10,6 +10,8 @@ from shared import alerts
 from shared import jobs
 from shared import notify
 from shared.catalog import load_catalog
+from shared.circuit import BreakerPolicy
+from shared.circuit import CircuitBreaker
 from shared.config import get_settings
 from shared.db.session import make_engine
 from shared.db.session import make_sessionmaker
@@ -33,6 +35,7 @@ def get_deps() -> jobs.RunDeps:
                 client=OpenAIChatClient(settings),
                 on_finished=lambda job_id: notify.publish_job_done(publisher, job_id),
                 on_alert=_announce_alert,
+                breaker=CircuitBreaker(publisher, BreakerPolicy.from_settings(settings)),
             )
         return _deps
 

@@ -89,6 +89,7 @@ class RequestLog(Base):
     max_tier: Mapped[str | None] = mapped_column(String(32))
     downgraded_from: Mapped[str | None] = mapped_column(String(32))
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    deadline_s: Mapped[float | None] = mapped_column(Float)
 
     # Money: the bound held in the ledger while the job runs, then the true cost.
     budget_year: Mapped[int] = mapped_column(Integer)

@@ -42,19 +42,35 @@ def test_prompt_token_bound_counts_utf8_bytes() -> None:
     assert budget.estimate_prompt_tokens_bound("é") == 2 + budget.CHAT_OVERHEAD_TOKENS
 
 
-def test_reservation_bound_covers_dearest_call_plus_escalation(catalog: Catalog) -> None:
-    tokens = budget.estimate_prompt_tokens_bound("abc")
-    cost = {t: catalog.model_for_tier(t).cost(tokens, 100) for t in catalog.tiers}
+def _call_costs(catalog: Catalog, prompt: str, max_tokens: int) -> dict[str, Decimal]:
+    tokens = budget.estimate_prompt_tokens_bound(prompt)
+    return {model.name: model.cost(tokens, max_tokens) for model in catalog.models}
+
+
+def test_reservation_bound_covers_dearest_answer_plus_escalation_fallbacks_included(catalog: Catalog) -> None:
+    cost = _call_costs(catalog, "abc", 100)
+    # Default chains: cheap → gpt-4 (next tier up), mid → gpt-4-turbo, high → nothing.
+    cheap_chain = max(cost["gpt-3.5-turbo"], cost["gpt-4"])
+    mid_chain = max(cost["gpt-4"], cost["gpt-4-turbo"])
+    high_chain = cost["gpt-4-turbo"]
     bound = budget.reservation_bound(
         catalog=catalog, tiers=catalog.tiers, prompt="abc", max_tokens=100, escalation=True
     )
-    assert bound == max(cost["cheap"] + cost["mid"], cost["mid"] + cost["high"], cost["high"])
+    assert bound == max(cheap_chain + mid_chain, mid_chain + high_chain, high_chain)
 
 
-def test_reservation_bound_without_escalation_is_one_call(catalog: Catalog) -> None:
-    tokens = budget.estimate_prompt_tokens_bound("abc")
+def test_reservation_bound_without_escalation_is_one_answer_from_the_chain(catalog: Catalog) -> None:
+    cost = _call_costs(catalog, "abc", 100)
     bound = budget.reservation_bound(catalog=catalog, tiers=("cheap",), prompt="abc", max_tokens=100, escalation=False)
-    assert bound == catalog.model_for_tier("cheap").cost(tokens, 100)
+    assert bound == max(cost["gpt-3.5-turbo"], cost["gpt-4"])
+
+
+def test_a_tier_ceiling_excludes_fallbacks_above_it(catalog: Catalog) -> None:
+    cost = _call_costs(catalog, "abc", 100)
+    bound = budget.reservation_bound(
+        catalog=catalog, tiers=catalog.tiers, prompt="abc", max_tokens=100, escalation=True, max_tier="cheap"
+    )
+    assert bound == cost["gpt-3.5-turbo"]
 
 
 def test_reserve_then_settle_moves_reservation_into_spent(engine: Engine) -> None:

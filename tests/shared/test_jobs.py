@@ -11,6 +11,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
 
+from shared import answering
 from shared import budget
 from shared import jobs
 from shared.catalog import Catalog
@@ -107,8 +108,8 @@ def test_transient_errors_are_retried_honouring_retry_after(deps, sessions, cata
 
 
 def test_permanent_error_fails_without_retry_and_spends_nothing(deps, sessions, catalog, settings, fake) -> None:
-    fake.script("gpt-3.5-turbo", PermanentLLMError("bad", status_code=400, details={"error_class": "rejected"}))
-    job_id = _submit(sessions, catalog, settings, prompt=EASY)
+    fake.script("gpt-4-turbo", PermanentLLMError("bad", status_code=400, details={"error_class": "rejected"}))
+    job_id = _submit(sessions, catalog, settings, prompt=EASY, model="gpt-4-turbo")
     assert jobs.run(job_id, deps=deps) is JobStatus.FAILED
     job = _job(sessions, job_id)
     assert (job.error_code, job.retry_count, len(job.attempts), job.cost) == ("upstream_rejected", 0, 1, 0)
@@ -117,8 +118,8 @@ def test_permanent_error_fails_without_retry_and_spends_nothing(deps, sessions, 
 
 
 def test_exhausted_retries_fail_the_job(deps, sessions, catalog, settings, fake) -> None:
-    fake.script("gpt-3.5-turbo", *[TransientLLMError("500", status_code=500)] * settings.upstream_max_attempts)
-    job_id = _submit(sessions, catalog, settings, prompt=EASY)
+    fake.script("gpt-4-turbo", *[TransientLLMError("500", status_code=500)] * settings.upstream_max_attempts)
+    job_id = _submit(sessions, catalog, settings, prompt=EASY, model="gpt-4-turbo")
     assert jobs.run(job_id, deps=deps) is JobStatus.FAILED
     job = _job(sessions, job_id)
     assert (job.error_code, job.retry_count) == ("upstream_unavailable", settings.upstream_max_attempts - 1)
@@ -147,6 +148,7 @@ def test_truncated_answer_escalates(deps, sessions, catalog, settings, fake) -> 
 def test_failed_escalation_keeps_the_first_answer(deps, sessions, catalog, settings, fake) -> None:
     fake.script("gpt-3.5-turbo", ok(HEDGE))
     fake.script("gpt-4", PermanentLLMError("no", status_code=400))
+    fake.script("gpt-4-turbo", PermanentLLMError("no", status_code=400))
     job_id = _submit(sessions, catalog, settings, prompt=EASY)
     assert jobs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
     job = _job(sessions, job_id)
@@ -202,11 +204,18 @@ def test_an_expired_lease_is_taken_over_and_the_old_run_cannot_settle(deps, sess
         )
     assert jobs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
     spent = _ledger(sessions).total_spent
-    stale_outcome = jobs._route_and_call(stale, deps=deps)
+    stale_outcome = answering.answer(
+        answering.Job(prompt=EASY, max_tokens=1000, preference="balanced", model=None, tier=None, max_tier=None,
+                      reserved_cost=stale.reserved_cost, deadline_s=60),
+        using=deps.answerer,
+    )  # fmt: skip
     assert jobs._finish(stale, stale_outcome, deps=deps) is None
     ledger = _ledger(sessions)
     assert (ledger.total_spent, ledger.reserved) == (spent, Decimal(0))
-    assert len(_job(sessions, job_id).attempts) == 1
+    # The run that took over records the lapsed run as a lost attempt, then its own call.
+    assert [(a.outcome, a.error_class) for a in _job(sessions, job_id).attempts] == [
+        ("error", "worker_lost"), ("ok", None)
+    ]  # fmt: skip
 
 
 def test_unknown_model_is_refused_before_anything_is_reserved(sessions, catalog, settings) -> None:

@@ -24,12 +24,14 @@ class FakeLLMClient:
     def __init__(self) -> None:
         self.scripts: dict[str, deque[Completion | Exception]] = defaultdict(deque)
         self.calls: list[str] = []
+        self.timeouts: list[float | None] = []
 
     def script(self, model: str, *outcomes: Completion | Exception) -> None:
         self.scripts[model].extend(outcomes)
 
-    def complete(self, *, model: ModelSpec, prompt: str, max_tokens: int) -> Completion:
+    def complete(self, *, model: ModelSpec, prompt: str, max_tokens: int, timeout_s: float | None = None) -> Completion:
         self.calls.append(model.name)
+        self.timeouts.append(timeout_s)
         queue = self.scripts[model.name]
         outcome = queue.popleft() if queue else ok()
         if isinstance(outcome, Exception):

@@ -25,6 +25,8 @@ def recorded(app: Flask, catalog) -> list[RequestLog]:
     settings = app.extensions["settings"]
     fake = FakeLLMClient()
     fake.script("gpt-3.5-turbo", ok(), ok("I don't know."), PermanentLLMError("no", status_code=400))
+    # The escalation of the second job answers; the fallback of the third fails too.
+    fake.script("gpt-4", ok(), PermanentLLMError("no", status_code=400))
     deps = jobs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=fake, sleep=lambda _: None)
     ids = []
     for _ in range(4):

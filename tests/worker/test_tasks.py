@@ -112,13 +112,14 @@ def test_finished_job_is_announced(deps: jobs.RunDeps, finished: list[str]) -> N
 
 
 def test_permanent_upstream_error_fails_the_job_without_a_task_retry(deps: jobs.RunDeps, fake: FakeLLMClient) -> None:
-    fake.script("gpt-3.5-turbo", PermanentLLMError("rejected", status_code=400, details={"error_class": "rejected"}))
+    for model in ("gpt-3.5-turbo", "gpt-4"):  # the model and its fallback
+        fake.script(model, PermanentLLMError("rejected", status_code=400, details={"error_class": "rejected"}))
     job_id = _submit(deps)
     result = tasks.run_job.apply(args=[job_id])
     assert result.successful()
     assert result.result == "failed"
     assert _status(deps, job_id) is JobStatus.FAILED
-    assert fake.calls == ["gpt-3.5-turbo"]
+    assert fake.calls == ["gpt-3.5-turbo", "gpt-4"]
 
 
 def test_job_claimed_elsewhere_is_left_to_its_owner(deps: jobs.RunDeps, fake: FakeLLMClient) -> None:

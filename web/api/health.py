@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.heartbeat import count_alive_workers
+from web.circuits import circuit_states
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ def get_health() -> tuple[Response, int]:
         with client:
             client.ping()
             checks["workers"] = count_alive_workers(client)
+            checks["circuits"] = circuit_states(client)
     except redis.RedisError:
         logger.warning("health: broker unreachable", exc_info=True)
         checks["broker"] = "unreachable"

@@ -54,6 +54,7 @@ def create_prompt() -> Response | tuple[Response, int]:
             tier=body.tier,
             metadata=body.metadata,
             on_budget_pressure=body.on_budget_pressure,
+            deadline_s=body.deadline_s,
         ),
         catalog=current_app.extensions["catalog"],
         settings=settings,

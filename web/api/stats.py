@@ -14,6 +14,7 @@ from shared import stats
 from shared.errors import InvalidInput
 from web.auth import current_identity
 from web.auth import sees_everything
+from web.circuits import circuit_states
 from web.db import get_session
 
 bp = Blueprint("stats", __name__, url_prefix="/api")
@@ -35,6 +36,8 @@ def get_stats() -> Response:
             "avg_latency_ms": result.avg_latency_ms,
             "total_tokens": result.total_tokens,
             "escalation_rate": result.escalation_rate,
+            "total_retries": result.total_retries,
+            "fallback_attempts": result.fallback_attempts,
             "by_model": {
                 model: {
                     "requests": row.requests,
@@ -44,6 +47,7 @@ def get_stats() -> Response:
                 }
                 for model, row in result.by_model.items()
             },
+            "circuits": circuit_states(),
         }
     )
 
@@ -53,6 +57,6 @@ def _since(value: str | None) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(value)
-    except ValueError:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise InvalidInput("since must be an ISO 8601 date or time", details={"field": "since"}) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment

@@ -1,0 +1,212 @@
+"""Getting a job an answer: route, call through fallbacks and open circuits, escalate once if unsure.
+
+Everything here happens outside any database transaction. One deadline and the job's reserved dollars
+bound the whole of it: retries, fallbacks and the escalation together.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field
+from decimal import Decimal
+
+from shared import budget
+from shared import confidence
+from shared import difficulty
+from shared import routing
+from shared.catalog import Catalog
+from shared.catalog import ModelSpec
+from shared.circuit import CircuitBreaker
+from shared.config import Settings
+from shared.db.types import utcnow
+from shared.errors import LLMError
+from shared.errors import TransientLLMError
+from shared.llm_client import AttemptRecord
+from shared.llm_client import Completion
+from shared.llm_client import LLMClient
+from shared.llm_client import RetryPolicy
+from shared.llm_client import complete_with_retries
+
+# An escalation needs at least this much of the deadline left to be worth starting.
+MIN_ESCALATION_TIME_S = 0.5
+
+
+@dataclass(frozen=True)
+class Job:
+    """What answering needs to know about a claimed job."""
+
+    prompt: str
+    max_tokens: int
+    preference: str
+    model: str | None
+    tier: str | None
+    max_tier: str | None
+    reserved_cost: Decimal
+    deadline_s: float
+    previous_runs: int = 0
+
+
+@dataclass(frozen=True)
+class Answerer:
+    """The collaborators answering uses, built once per worker process."""
+
+    catalog: Catalog
+    settings: Settings
+    client: LLMClient
+    breaker: CircuitBreaker | None = None
+    sleep: Callable[[float], None] = time.sleep
+
+
+@dataclass
+class Outcome:
+    """Everything learned while answering a job; recorded in one transaction afterwards."""
+
+    difficulty: difficulty.DifficultyEstimate
+    decision: routing.RoutingDecision
+    model: ModelSpec | None = None
+    completion: Completion | None = None
+    error: LLMError | None = None
+    confidence: float | None = None
+    escalated: bool = False
+    escalation_reason: str | None = None
+    downgraded_from: str | None = None
+    retry_count: int = 0
+    attempts: list[tuple[str, AttemptRecord]] = field(default_factory=list)
+    latency_ms: float = 0.0
+
+    @property
+    def cost(self) -> Decimal:
+        return sum((record.cost for _, record in self.attempts), Decimal(0))
+
+
+def answer(job: Job, *, using: Answerer) -> Outcome:
+    """Route the job and get its best answer within its deadline and reservation."""
+    started = time.perf_counter()
+    deadline = time.monotonic() + job.deadline_s
+    catalog, settings = using.catalog, using.settings
+    estimate = difficulty.estimate_difficulty(job.prompt)
+    decision = routing.route(
+        catalog=catalog, score=estimate.score, preference=job.preference, model=job.model, tier=job.tier
+    )
+    outcome = Outcome(difficulty=estimate, decision=decision)
+    if job.max_tier is not None:
+        capped = routing.cap(catalog=catalog, decision=decision, max_tier=job.max_tier)
+        if capped.tier != decision.tier:
+            outcome.downgraded_from = decision.tier
+        outcome.decision = capped
+    for _ in range(job.previous_runs):
+        # A run whose worker died left no record of its calls; say so instead of pretending it never ran.
+        outcome.attempts.append(("primary", _lost_run(catalog.get_model(outcome.decision.model))))
+
+    _answer_slot(job, outcome, outcome.decision, "primary", deadline=deadline, using=using)
+    if outcome.completion is not None:
+        assessed = _assess(job.prompt, outcome.completion, settings)
+        outcome.confidence = assessed.score
+        stronger = routing.escalate(catalog=catalog, decision=outcome.decision)
+        if (
+            settings.escalation_enabled
+            and assessed.score < settings.escalation_confidence_threshold
+            and stronger is not None
+            and deadline - time.monotonic() > MIN_ESCALATION_TIME_S
+        ):
+            outcome.escalated = True
+            outcome.escalation_reason = ",".join(assessed.reasons) or "low_confidence"
+            first = (outcome.model, outcome.completion, outcome.confidence)
+            _answer_slot(job, outcome, stronger, "escalation", deadline=deadline, using=using)
+            if outcome.completion is None:
+                # The stronger tier could not answer: the first answer stands.
+                outcome.model, outcome.completion, outcome.confidence = first
+                outcome.error = None
+            else:
+                outcome.decision = stronger
+                outcome.confidence = _assess(job.prompt, outcome.completion, settings).score
+    outcome.latency_ms = round((time.perf_counter() - started) * 1000, 3)
+    return outcome
+
+
+def _answer_slot(
+    job: Job,
+    outcome: Outcome,
+    decision: routing.RoutingDecision,
+    purpose: str,
+    *,
+    deadline: float,
+    using: Answerer,
+) -> None:
+    """Try the decision's model, then its fallbacks, until one answers; leave the result on `outcome`."""
+    catalog = using.catalog
+    policy = RetryPolicy.from_settings(using.settings)
+    allowed = catalog.tiers if job.max_tier is None else catalog.tiers[: catalog.tiers.index(job.max_tier) + 1]
+    prompt_bound = budget.estimate_prompt_tokens_bound(job.prompt)
+    outcome.completion, outcome.model = None, None
+    for position, model in enumerate(catalog.chain(decision.model)):
+        label = purpose if position == 0 or purpose == "escalation" else "fallback"
+        if model.tier not in allowed:
+            continue
+        if outcome.cost + model.cost(prompt_bound, job.max_tokens) > job.reserved_cost:
+            outcome.attempts.append((label, _skipped(model, "over_reservation")))
+            continue
+        if using.breaker is not None and not using.breaker.allow(model.name):
+            outcome.attempts.append((label, _skipped(model, "circuit_open")))
+            outcome.error = outcome.error or TransientLLMError(
+                f"{model.name}: circuit open", details={"error_class": "circuit_open"}
+            )
+            continue
+        if time.monotonic() >= deadline:
+            outcome.error = TransientLLMError("the job's deadline passed", details={"error_class": "deadline"})
+            break
+        result = complete_with_retries(
+            using.client,
+            model=model,
+            prompt=job.prompt,
+            max_tokens=job.max_tokens,
+            policy=policy,
+            sleep=using.sleep,
+            deadline=deadline,
+            on_attempt=_breaker_recorder(using.breaker, model.name),
+        )
+        outcome.attempts.extend((label, record) for record in result.attempts)
+        outcome.retry_count += result.retry_count
+        if result.completion is not None:
+            outcome.model, outcome.completion, outcome.error = model, result.completion, None
+            return
+        outcome.error = result.error
+
+
+def _breaker_recorder(breaker: CircuitBreaker | None, model: str) -> Callable[[AttemptRecord], None] | None:
+    if breaker is None:
+        return None
+
+    def record(attempt: AttemptRecord) -> None:
+        # Only the upstream's own failures count against its circuit, not a deadline we ran out of.
+        if attempt.outcome == "ok":
+            breaker.record_success(model)
+        elif attempt.error_class in ("timeout", "connection", "rate_limited", "server_error"):
+            breaker.record_failure(model)
+
+    return record
+
+
+def _skipped(model: ModelSpec, reason: str) -> AttemptRecord:
+    return AttemptRecord(
+        model=model.name, tier=model.tier, outcome="skipped", latency_ms=0.0, started_at=utcnow(), error_class=reason
+    )
+
+
+def _lost_run(model: ModelSpec) -> AttemptRecord:
+    return AttemptRecord(
+        model=model.name, tier=model.tier, outcome="error", latency_ms=0.0, started_at=utcnow(),
+        error_class="worker_lost",
+    )  # fmt: skip
+
+
+def _assess(prompt: str, completion: Completion, settings: Settings) -> confidence.AnswerConfidence:
+    return confidence.assess_answer(
+        prompt=prompt,
+        answer=completion.text,
+        finish_reason=completion.finish_reason,
+        logprobs=completion.logprobs,
+        min_answer_chars=settings.escalation_min_answer_chars,
+    )
