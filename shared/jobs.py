@@ -19,6 +19,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import delete
 from sqlalchemy import or_
 from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError
@@ -157,13 +158,18 @@ def _reserve_within(
 
 def withdraw(session: Session, *, job_id: str) -> None:
     """Undo an accepted job that could not be enqueued: release its reservation and forget it."""
-    job = session.get(RequestLog, job_id)
-    if job is None or job.status is not JobStatus.QUEUED:
+    # One statement that writes first (see shared.db.session on SQLite transactions).
+    row = session.execute(
+        delete(RequestLog)
+        .where(RequestLog.id == job_id, RequestLog.status == JobStatus.QUEUED)
+        .returning(RequestLog.budget_year, RequestLog.budget_month, RequestLog.reserved_cost, RequestLog.api_key_id)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if row is None:
         return
-    period = budget.Period(job.budget_year, job.budget_month)
-    for scope in budget.scopes_of(job.api_key_id):
-        budget.release(session, scope=scope, period=period, reserved=job.reserved_cost)
-    session.delete(job)
+    year, month, reserved, api_key_id = row
+    for scope in budget.scopes_of(api_key_id):
+        budget.release(session, scope=scope, period=budget.Period(year, month), reserved=reserved)
 
 
 def get_or_raise(session: Session, *, job_id: str) -> RequestLog:

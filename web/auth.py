@@ -29,7 +29,10 @@ def _authenticate() -> None:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
-    identity = api_keys.authenticate(get_session(), key=token.strip())
+    session = get_session()
+    identity = api_keys.authenticate(session, key=token.strip())
+    # End the read here: the request's own write transaction must start with its write.
+    session.rollback()
     if identity is None:
         raise Unauthorized("the API key is unknown or revoked")
     g.identity = identity

@@ -16,9 +16,12 @@ def make_engine(settings: Settings) -> Engine:
     if settings.is_sqlite:
         engine = create_engine(settings.database_url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _configure_sqlite)
-        # pysqlite's own BEGIN handling defers the write lock; emit BEGIN IMMEDIATE ourselves so that
-        # concurrent writers queue on the lock instead of failing half way.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        # A deferred BEGIN: reads take no lock (WAL), and a transaction takes the write lock at its first
+        # write, waiting on busy_timeout. Write transactions therefore start with their write (a
+        # transaction that reads first and writes later could fail on a snapshot another writer moved),
+        # and no transaction holds the write lock across network I/O, which under gevent would stall
+        # every other request of the process waiting on that lock.
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
         return engine
     return create_engine(settings.database_url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 

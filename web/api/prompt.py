@@ -88,7 +88,6 @@ def _enqueue(job_id: str) -> None:
 
 def _wait_for(job_id: str, done: threading.Event, *, timeout_s: float) -> Response | tuple[Response, int]:
     """Sleep until the job's completion is announced or `timeout_s` passes, then answer its state."""
-    session = get_session()
     deadline = time.monotonic() + timeout_s
     while True:
         remaining = deadline - time.monotonic()
@@ -96,15 +95,22 @@ def _wait_for(job_id: str, done: threading.Event, *, timeout_s: float) -> Respon
             break
         done.clear()
         # A wake-up is either our job's announcement or a reconnect that may have lost one: look.
-        session.expire_all()
-        job = jobs.get_or_raise(session, job_id=job_id)
-        if job.status.is_terminal:
-            return jsonify(job_body(job))
+        status, body = _look(job_id)
+        if body is not None:
+            return jsonify(body)
+    status, body = _look(job_id)
+    return jsonify(body) if body is not None else _accepted(job_id, status)
+
+
+def _look(job_id: str) -> tuple[str, dict[str, object] | None]:
+    """Return the job's status and, once it has finished, its body; no transaction stays open afterwards."""
+    session = get_session()
     session.expire_all()
-    job = jobs.get_or_raise(session, job_id=job_id)
-    if job.status.is_terminal:
-        return jsonify(job_body(job))
-    return _accepted(job_id, job.status.value)
+    try:
+        job = jobs.get_or_raise(session, job_id=job_id)
+        return job.status.value, job_body(job) if job.status.is_terminal else None
+    finally:
+        session.rollback()
 
 
 def _accepted(job_id: str, status: str) -> tuple[Response, int]:
