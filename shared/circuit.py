@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from shared.config import Settings
 
@@ -47,6 +49,11 @@ class BreakerPolicy:
             cooldown_s=settings.circuit_cooldown_s,
             half_open_probes=settings.circuit_half_open_probes,
         )
+
+
+def fast_failing_client(redis_url: str) -> redis.Redis:
+    """Return a Redis client that gives up at once: a down Redis must not slow every upstream call."""
+    return redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
 
 
 class CircuitBreaker:

@@ -7,6 +7,7 @@ from flask import current_app
 
 from shared.circuit import BreakerPolicy
 from shared.circuit import CircuitBreaker
+from shared.circuit import fast_failing_client
 
 
 def circuit_states(client: redis.Redis | None = None) -> dict[str, str]:
@@ -14,7 +15,7 @@ def circuit_states(client: redis.Redis | None = None) -> dict[str, str]:
     settings = current_app.extensions["settings"]
     models = current_app.extensions["catalog"].model_names
     owned = client is None
-    client = client or redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    client = client or fast_failing_client(settings.redis_url)
     try:
         return CircuitBreaker(client, BreakerPolicy.from_settings(settings)).states(models)
     finally:

@@ -7,10 +7,10 @@ import threading
 import redis
 
 from shared import alerts
+from shared import circuit
 from shared import jobs
 from shared import notify
 from shared.catalog import load_catalog
-from shared.circuit import BreakerPolicy
 from shared.circuit import CircuitBreaker
 from shared.config import get_settings
 from shared.db.session import make_engine
@@ -35,7 +35,9 @@ def get_deps() -> jobs.RunDeps:
                 client=OpenAIChatClient(settings),
                 on_finished=lambda job_id: notify.publish_job_done(publisher, job_id),
                 on_alert=_announce_alert,
-                breaker=CircuitBreaker(publisher, BreakerPolicy.from_settings(settings)),
+                breaker=CircuitBreaker(
+                    circuit.fast_failing_client(settings.redis_url), circuit.BreakerPolicy.from_settings(settings)
+                ),
             )
         return _deps
 

@@ -253,3 +253,22 @@ def test_true_cost_never_exceeds_the_reservation(deps, sessions, catalog, settin
     assert job.escalated
     assert job.cost <= job.reserved_cost
     assert budget.Period(job.budget_year, job.budget_month) == budget.Period.of(utcnow())
+
+
+def test_the_answer_in_hand_survives_a_database_outage_at_finish(deps, sessions, catalog, settings, fake, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    real_finish = jobs._finish
+    failures = iter([OperationalError("UPDATE", {}, Exception("server closed the connection"))] * 2)
+
+    def flaky_finish(*args, **kwargs):
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(jobs, "_finish", flaky_finish)
+    job_id = _submit(sessions, catalog, settings, prompt=EASY)
+    assert jobs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
+    assert fake.calls == ["gpt-3.5-turbo"]  # the upstream was not asked again
+    assert _ledger(sessions).total_spent == _job(sessions, job_id).cost

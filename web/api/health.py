@@ -12,6 +12,7 @@ from flask import jsonify
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from shared.circuit import fast_failing_client
 from shared.heartbeat import count_alive_workers
 from web.circuits import circuit_states
 
@@ -31,9 +32,7 @@ def get_health() -> tuple[Response, int]:
         logger.warning("health: database unreachable", exc_info=True)
         checks["database"] = "unreachable"
     try:
-        client = redis.Redis.from_url(
-            current_app.extensions["settings"].redis_url, socket_timeout=2, socket_connect_timeout=2
-        )
+        client = fast_failing_client(current_app.extensions["settings"].redis_url)
         with client:
             client.ping()
             checks["workers"] = count_alive_workers(client)

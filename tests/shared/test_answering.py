@@ -1,0 +1,142 @@
+"""Answering a job: fallbacks, open circuits, the deadline, the reservation, and lost runs."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+import fakeredis
+import pytest
+
+from shared import answering
+from shared import budget
+from shared.catalog import Catalog
+from shared.circuit import BreakerPolicy
+from shared.circuit import CircuitBreaker
+from shared.errors import PermanentLLMError
+from shared.errors import TransientLLMError
+from tests.support.fakes import FakeLLMClient
+from tests.support.fakes import ok
+from tests.support.prompts import EASY
+
+DOWN = TransientLLMError("503", status_code=503, details={"error_class": "server_error"})
+
+
+@pytest.fixture
+def fake() -> FakeLLMClient:
+    return FakeLLMClient()
+
+
+@pytest.fixture
+def breaker() -> CircuitBreaker:
+    return CircuitBreaker(fakeredis.FakeRedis(), BreakerPolicy(min_failures=3, failure_rate=0.5, cooldown_s=60))
+
+
+def _job(catalog: Catalog, **overrides) -> answering.Job:
+    values = {"prompt": EASY, "max_tokens": 100, "preference": "balanced", "model": None, "tier": None,
+              "max_tier": None, "deadline_s": 30.0}  # fmt: skip
+    values.update(overrides)
+    values.setdefault(
+        "reserved_cost",
+        budget.reservation_bound(catalog=catalog, tiers=catalog.tiers, prompt=values["prompt"],
+                                 max_tokens=values["max_tokens"], escalation=True),
+    )  # fmt: skip
+    return answering.Job(**values)
+
+
+def _using(catalog: Catalog, settings, fake: FakeLLMClient, breaker: CircuitBreaker | None = None):
+    return answering.Answerer(catalog=catalog, settings=settings, client=fake, breaker=breaker, sleep=lambda _: None)
+
+
+def test_a_failing_model_hands_the_job_to_its_fallback(catalog, settings, fake) -> None:
+    fake.script("gpt-3.5-turbo", *[DOWN] * settings.upstream_max_attempts)
+    outcome = answering.answer(_job(catalog), using=_using(catalog, settings, fake))
+    assert outcome.model.name == "gpt-4"
+    assert [(purpose, a.model, a.outcome) for purpose, a in outcome.attempts] == [
+        ("primary", "gpt-3.5-turbo", "error"), ("primary", "gpt-3.5-turbo", "error"),
+        ("primary", "gpt-3.5-turbo", "error"), ("fallback", "gpt-4", "ok"),
+    ]  # fmt: skip
+    assert outcome.retry_count == settings.upstream_max_attempts - 1
+
+
+def test_a_permanent_error_falls_back_without_retrying(catalog, settings, fake) -> None:
+    fake.script("gpt-3.5-turbo", PermanentLLMError("400", status_code=400))
+    outcome = answering.answer(_job(catalog), using=_using(catalog, settings, fake))
+    assert fake.calls == ["gpt-3.5-turbo", "gpt-4"]
+    assert (outcome.model.name, outcome.retry_count) == ("gpt-4", 0)
+
+
+def test_when_the_whole_chain_fails_the_last_error_is_kept(catalog, settings, fake) -> None:
+    fake.script("gpt-4", PermanentLLMError("400", status_code=400))
+    fake.script("gpt-4-turbo", PermanentLLMError("401", status_code=401))
+    outcome = answering.answer(_job(catalog, tier="mid"), using=_using(catalog, settings, fake))
+    assert outcome.completion is None
+    assert outcome.error.status_code == 401
+
+
+def test_an_open_circuit_is_skipped_without_a_call(catalog, settings, fake, breaker) -> None:
+    for _ in range(3):
+        breaker.record_failure("gpt-3.5-turbo")
+    outcome = answering.answer(_job(catalog), using=_using(catalog, settings, fake, breaker))
+    assert fake.calls == ["gpt-4"]
+    assert outcome.attempts[0][1].outcome == "skipped"
+    assert outcome.attempts[0][1].error_class == "circuit_open"
+
+
+def test_failures_open_the_circuit_for_later_jobs(catalog, settings, fake, breaker) -> None:
+    fake.script("gpt-3.5-turbo", *[DOWN] * settings.upstream_max_attempts)
+    answering.answer(_job(catalog), using=_using(catalog, settings, fake, breaker))
+    assert breaker.state("gpt-3.5-turbo") == "open"
+    fake.calls.clear()
+    answering.answer(_job(catalog), using=_using(catalog, settings, fake, breaker))
+    assert fake.calls == ["gpt-4"]
+
+
+def test_no_call_starts_after_the_deadline(catalog, settings, fake) -> None:
+    class Slow(FakeLLMClient):
+        def complete(self, **kwargs):
+            time.sleep(0.2)
+            raise DOWN
+
+    slow = Slow()
+    outcome = answering.answer(_job(catalog, deadline_s=0.3), using=_using(catalog, settings, slow))
+    assert outcome.completion is None
+    assert len(slow.calls) <= 2
+    assert all(timeout is None or timeout <= 0.3 for timeout in slow.timeouts)
+
+
+def test_each_call_gets_at_most_the_time_left(catalog, settings, fake) -> None:
+    answering.answer(_job(catalog, deadline_s=5.0), using=_using(catalog, settings, fake))
+    assert 0 < fake.timeouts[0] <= 5.0
+
+
+def test_a_model_whose_worst_case_exceeds_the_reservation_is_skipped(catalog, settings, fake) -> None:
+    cheap_only = budget.reservation_bound(catalog=catalog, tiers=("cheap",), prompt=EASY, max_tokens=100,
+                                          escalation=False, max_tier="cheap")  # fmt: skip
+    fake.script("gpt-3.5-turbo", PermanentLLMError("400", status_code=400))
+    outcome = answering.answer(_job(catalog, reserved_cost=cheap_only), using=_using(catalog, settings, fake))
+    assert fake.calls == ["gpt-3.5-turbo"]
+    assert outcome.attempts[-1][1].error_class == "over_reservation"
+    assert outcome.cost <= cheap_only
+
+
+def test_a_budget_ceiling_keeps_fallbacks_below_it(catalog, settings, fake) -> None:
+    fake.script("gpt-3.5-turbo", PermanentLLMError("400", status_code=400))
+    outcome = answering.answer(_job(catalog, max_tier="cheap"), using=_using(catalog, settings, fake))
+    assert fake.calls == ["gpt-3.5-turbo"]
+    assert outcome.completion is None
+
+
+def test_previous_lost_runs_are_recorded_as_such(catalog, settings, fake) -> None:
+    outcome = answering.answer(_job(catalog, previous_runs=2), using=_using(catalog, settings, fake))
+    assert [a.error_class for _, a in outcome.attempts] == ["worker_lost", "worker_lost", None]
+    assert outcome.cost == outcome.attempts[-1][1].cost > Decimal(0)
+
+
+def test_escalation_uses_the_stronger_tiers_chain(catalog, settings, fake) -> None:
+    fake.script("gpt-3.5-turbo", ok("I'm not sure."))
+    fake.script("gpt-4", PermanentLLMError("400", status_code=400))
+    outcome = answering.answer(_job(catalog), using=_using(catalog, settings, fake))
+    assert fake.calls == ["gpt-3.5-turbo", "gpt-4", "gpt-4-turbo"]
+    assert (outcome.escalated, outcome.model.name) == (True, "gpt-4-turbo")
+    assert [purpose for purpose, _ in outcome.attempts] == ["primary", "escalation", "escalation"]
