@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 from collections.abc import Sequence
@@ -22,8 +20,6 @@ from shared.db.models import MonthlyBudget
 from shared.db.types import utcnow
 
 logger = logging.getLogger(__name__)
-
-SIGNATURE_HEADER = "X-Router-Signature"
 
 
 @dataclass(frozen=True)
@@ -78,16 +74,6 @@ def check(session: Session, *, scope: str, period: budget.Period, thresholds: Se
         if result.rowcount == 1:  # type: ignore[attr-defined]
             fired.append(Alert(scope, period.year, period.month, threshold, row.total_spent, row.monthly_limit))
     return fired
-
-
-def sign(body: bytes, secret: str) -> str:
-    """Return the signature header value for `body`: sha256=<hex HMAC-SHA256>."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def encode(payload: dict[str, object]) -> bytes:
-    """Return the exact bytes of an alert's payload that are signed and sent."""
-    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
 
 
 def log(alert: Alert) -> None:

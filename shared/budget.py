@@ -140,8 +140,8 @@ def _row(scope: str, period: Period) -> tuple[object, ...]:
     return (MonthlyBudget.scope == scope, MonthlyBudget.year == period.year, MonthlyBudget.month == period.month)
 
 
-def reserve(session: Session, *, scope: str, period: Period, amount: Decimal, limit: Decimal) -> None:
-    """Hold `amount` in the scope's ledger for the month or raise BudgetExceeded; counts the request.
+def reserve(session: Session, *, scope: str, period: Period, amount: Decimal, limit: Decimal, count: int = 1) -> None:
+    """Hold `amount` in the scope's ledger for the month or raise BudgetExceeded; counts `count` requests.
 
     The limit in force is written with the reservation, so a changed MONTHLY_BUDGET_LIMIT takes effect
     at the next request.
@@ -155,7 +155,7 @@ def reserve(session: Session, *, scope: str, period: Period, amount: Decimal, li
         )
         .values(
             reserved=MonthlyBudget.reserved + _dollars(amount),
-            request_count=MonthlyBudget.request_count + 1,
+            request_count=MonthlyBudget.request_count + count,
             monthly_limit=limit,
         )
         .execution_options(synchronize_session=False)
@@ -186,12 +186,12 @@ def settle(session: Session, *, scope: str, period: Period, reserved: Decimal, c
     )
 
 
-def release(session: Session, *, scope: str, period: Period, reserved: Decimal) -> None:
-    """Give back a reservation whose job was never accepted, and uncount the request."""
+def release(session: Session, *, scope: str, period: Period, reserved: Decimal, count: int = 1) -> None:
+    """Give back a reservation whose jobs were never accepted, and uncount their `count` requests."""
     session.execute(
         update(MonthlyBudget)
         .where(*_row(scope, period))
-        .values(reserved=MonthlyBudget.reserved - _dollars(reserved), request_count=MonthlyBudget.request_count - 1)
+        .values(reserved=MonthlyBudget.reserved - _dollars(reserved), request_count=MonthlyBudget.request_count - count)
         .execution_options(synchronize_session=False)
     )
 

@@ -83,6 +83,16 @@ class Settings(BaseSettings):
     require_api_key: bool | None = None
     default_rpm: int | None = Field(default=None, ge=1)
 
+    # Webhooks for finished jobs and batches (`callback_url`): signed with WEBHOOK_SECRET, retried with
+    # backoff for up to WEBHOOK_RETRY_FOR_S; WEBHOOK_ALLOWED_HOSTS, when set, lists the only hosts called.
+    webhook_secret: SecretStr | None = None
+    webhook_allowed_hosts: list[str] = Field(default_factory=list)
+    webhook_retry_for_s: int = Field(default=3600, ge=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+
+    # Batches: the most items one POST /api/batch may carry.
+    max_batch_items: int = Field(default=1000, ge=1, le=10000)
+
     # Budget alerts: percentages of a scope's monthly budget that fire once per scope and month.
     alert_thresholds: list[int] = Field(default=[50, 80, 100])
     alert_webhook_url: str | None = None
@@ -90,7 +100,7 @@ class Settings(BaseSettings):
     alert_webhook_timeout_s: float = Field(default=5.0, gt=0)
     alert_webhook_max_retries: int = Field(default=8, ge=0)
 
-    @field_validator("openai_api_key", "alert_webhook_secret", mode="before")
+    @field_validator("openai_api_key", "alert_webhook_secret", "webhook_secret", mode="before")
     @classmethod
     def _blank_key_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -84,3 +84,15 @@ class Unauthorized(DomainError):
     """The request carries no valid API key."""
 
     code = "unauthorized"
+
+
+class IdempotencyConflict(DomainError):
+    """The Idempotency-Key was used before with a different request."""
+
+    code = "idempotency_conflict"
+
+
+class NotCancellable(DomainError):
+    """The job has already started or finished."""
+
+    code = "not_cancellable"

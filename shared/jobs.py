@@ -44,10 +44,16 @@ from shared.db.models import RequestAttempt
 from shared.db.models import RequestLog
 from shared.db.types import utcnow
 from shared.errors import BudgetExceeded
+from shared.errors import NotCancellable
 from shared.errors import NotFound
 from shared.llm_client import LLMClient
 
 logger = logging.getLogger(__name__)
+
+
+# A run must end well inside its lease, or the reaper would hand the job to a second run while the first
+# is still calling upstream (and paying for it): deadlines are capped at this share of JOB_LEASE_S.
+DEADLINE_SHARE_OF_LEASE = 0.8
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,7 @@ class JobRequest:
     metadata: dict[str, Any] = field(default_factory=dict)
     on_budget_pressure: str = "fail"
     deadline_s: float | None = None
+    callback_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,29 +86,87 @@ def create(
     catalog: Catalog,
     settings: Settings,
     requester: Requester | None = None,
+    job_id: str | None = None,
 ) -> RequestLog:
     """Reserve the job's cost bound and record it as queued; the caller commits, then enqueues.
 
     With `on_budget_pressure="downgrade"` a routed job that does not fit is capped at the strongest tier
     whose bound fits. Raises RoutingError for an unknown model or tier and BudgetExceeded when nothing fits.
     """
-    tiers = routing.candidate_tiers(catalog=catalog, model=request.model, tier=request.tier)
     pinned = request.model is not None or request.tier is not None
     now = utcnow()
     period = budget.Period.of(now)
+    ceilings: list[str | None] = [None]
+    if request.on_budget_pressure == "downgrade" and not pinned:
+        ceilings += list(reversed(catalog.tiers[:-1]))
+    refusal: BudgetExceeded | None = None
+    for ceiling in ceilings:
+        bound = bound_for(request, catalog=catalog, settings=settings, max_tier=ceiling)
+        try:
+            reserve(session, amount=bound, period=period, settings=settings, requester=requester)
+        except BudgetExceeded as exc:
+            refusal = refusal or exc
+            continue
+        job = new_job(
+            request, job_id=job_id or uuid.uuid4().hex, bound=bound, period=period, settings=settings,
+            requester=requester, max_tier=ceiling, now=now,
+        )  # fmt: skip
+        session.add(job)
+        session.flush()
+        return job
+    assert refusal is not None
+    raise refusal
+
+
+def bound_for(request: JobRequest, *, catalog: Catalog, settings: Settings, max_tier: str | None = None) -> Decimal:
+    """Return the most the job can cost (RoutingError for an unknown model or tier)."""
+    pinned = request.model is not None or request.tier is not None
+    return budget.reservation_bound(
+        catalog=catalog,
+        tiers=routing.candidate_tiers(catalog=catalog, model=request.model, tier=request.tier),
+        prompt=request.prompt,
+        max_tokens=request.max_tokens,
+        escalation=settings.escalation_enabled and not pinned,
+        max_tier=max_tier,
+    )
+
+
+def reserve(
+    session: Session,
+    *,
+    amount: Decimal,
+    period: budget.Period,
+    settings: Settings,
+    requester: Requester | None,
+    count: int = 1,
+) -> None:
+    """Reserve `amount` for `count` requests in every scope they are charged to, or in none of them."""
     limits = [(budget.GLOBAL_SCOPE, settings.monthly_budget_limit)]
     if requester is not None:
         own = requester.monthly_budget
         limits.append((budget.key_scope(requester.api_key_id), settings.monthly_budget_limit if own is None else own))
-    ceilings: list[str | None] = [None]
-    if request.on_budget_pressure == "downgrade" and not pinned:
-        ceilings += list(reversed(catalog.tiers[:-1]))
-    bound, max_tier = _reserve_within(
-        session, request=request, catalog=catalog, tiers=tiers, escalation=settings.escalation_enabled and not pinned,
-        ceilings=ceilings, limits=limits, period=period,
-    )  # fmt: skip
-    job = RequestLog(
-        id=uuid.uuid4().hex,
+    # A savepoint: when the key's scope refuses, the global reservation made just before is undone.
+    with session.begin_nested():
+        for scope, limit in limits:
+            budget.reserve(session, scope=scope, period=period, amount=amount, limit=limit, count=count)
+
+
+def new_job(
+    request: JobRequest,
+    *,
+    job_id: str,
+    bound: Decimal,
+    period: budget.Period,
+    settings: Settings,
+    requester: Requester | None,
+    now: datetime,
+    max_tier: str | None = None,
+    batch_id: str | None = None,
+    batch_index: int | None = None,
+) -> RequestLog:
+    """Return the row of a queued job whose bound is already reserved."""
+    return RequestLog(
+        id=job_id,
         status=JobStatus.QUEUED,
         created_at=now,
         updated_at=now,
@@ -112,48 +177,19 @@ def create(
         requested_model=request.model,
         requested_tier=request.tier,
         metadata_json=request.metadata,
+        callback_url=request.callback_url,
         api_key_id=None if requester is None else requester.api_key_id,
         max_tier=max_tier,
-        deadline_s=request.deadline_s or settings.default_deadline_s,
+        deadline_s=min(
+            request.deadline_s or settings.default_deadline_s, settings.job_lease_s * DEADLINE_SHARE_OF_LEASE
+        ),
+        batch_id=batch_id,
+        batch_index=batch_index,
         budget_year=period.year,
         budget_month=period.month,
         reserved_cost=bound,
         cost=Decimal(0),
     )
-    session.add(job)
-    session.flush()
-    return job
-
-
-def _reserve_within(
-    session: Session,
-    *,
-    request: JobRequest,
-    catalog: Catalog,
-    tiers: tuple[str, ...],
-    escalation: bool,
-    ceilings: list[str | None],
-    limits: list[tuple[str, Decimal]],
-    period: budget.Period,
-) -> tuple[Decimal, str | None]:
-    """Reserve under the first ceiling (None: no cap) whose bound fits every scope; return bound and ceiling."""
-    refusal: BudgetExceeded | None = None
-    for ceiling in ceilings:
-        bound = budget.reservation_bound(
-            catalog=catalog, tiers=tiers, prompt=request.prompt, max_tokens=request.max_tokens,
-            escalation=escalation, max_tier=ceiling,
-        )  # fmt: skip
-        try:
-            # A savepoint: when the key's scope refuses, the global reservation made just before is undone.
-            with session.begin_nested():
-                for scope, limit in limits:
-                    budget.reserve(session, scope=scope, period=period, amount=bound, limit=limit)
-        except BudgetExceeded as exc:
-            refusal = refusal or exc
-            continue
-        return bound, ceiling
-    assert refusal is not None
-    raise refusal
 
 
 def withdraw(session: Session, *, job_id: str) -> None:
@@ -194,6 +230,61 @@ class Claim:
     deadline_s: float = 60.0
 
 
+@dataclass
+class Finished:
+    """A job that reached a terminal state, and what that set off once committed."""
+
+    status: JobStatus
+    job_id: str
+    alerts: list[alerts.Alert] = field(default_factory=list)
+    callbacks: list[tuple[str, str]] = field(default_factory=list)
+
+
+def after_terminal(session: Session, *, job_id: str, finished: Finished) -> None:
+    """In the transaction that ended a job: note its callback and complete its batch if it was the last."""
+    job = session.get(RequestLog, job_id, populate_existing=True)
+    assert job is not None
+    if job.callback_url:
+        finished.callbacks.append(("job", job.id))
+    if job.batch_id is not None:
+        from shared import batches  # batches builds on this module
+
+        completed = batches.complete_if_done(session, batch_id=job.batch_id)
+        if completed is not None and completed.callback_url:
+            finished.callbacks.append(("batch", completed.id))
+
+
+def announce(finished: Finished, *, deps: RunDeps) -> None:
+    """After commit: fire the alerts and callbacks a terminal job set off."""
+    for alert in finished.alerts:
+        deps.on_alert(alert)
+    for resource, resource_id in finished.callbacks:
+        deps.on_callback(resource, resource_id)
+
+
+def cancel(session: Session, *, job_id: str) -> Finished:
+    """Cancel a job that has not started, releasing its reservation; NotCancellable once it has."""
+    from shared import batches
+
+    now = utcnow()
+    row = session.execute(
+        update(RequestLog)
+        .where(RequestLog.id == job_id, RequestLog.status == JobStatus.QUEUED)
+        .values(**batches.cancelled_values(now))
+        .returning(RequestLog.api_key_id, RequestLog.budget_year, RequestLog.budget_month, RequestLog.reserved_cost)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if row is None:
+        get_or_raise(session, job_id=job_id)
+        raise NotCancellable(f"job {job_id!r} has already started or finished")
+    api_key_id, year, month, reserved = row
+    for scope in budget.scopes_of(api_key_id):
+        budget.settle(session, scope=scope, period=budget.Period(year, month), reserved=reserved, cost=Decimal(0))
+    finished = Finished(status=JobStatus.FAILED, job_id=job_id)
+    after_terminal(session, job_id=job_id, finished=finished)
+    return finished
+
+
 @dataclass(frozen=True)
 class Busy:
     """Another worker holds the job's lease until `lease_expires_at`."""
@@ -210,6 +301,8 @@ class RunDeps:
     settings: Settings
     client: LLMClient
     on_finished: Callable[[str], None] = lambda job_id: None
+    # Called after commit with ("job" | "batch", id) when a callback_url is due a POST.
+    on_callback: Callable[[str, str], None] = lambda resource, resource_id: None
     on_alert: Callable[[alerts.Alert], None] = alerts.log
     sleep: Callable[[float], None] = time.sleep
     breaker: CircuitBreaker | None = None
@@ -244,11 +337,9 @@ def run(job_id: str, *, deps: RunDeps) -> JobStatus | Busy | None:
     finished = _finish_with_retries(claim, outcome, deps=deps)
     if finished is None:
         return None
-    status, fired = finished
     deps.on_finished(job_id)
-    for alert in fired:
-        deps.on_alert(alert)
-    return status
+    announce(finished, deps=deps)
+    return finished.status
 
 
 def _claim(job_id: str, *, deps: RunDeps) -> Claim | Busy | None:
@@ -298,9 +389,7 @@ def _claim(job_id: str, *, deps: RunDeps) -> Claim | Busy | None:
         )
 
 
-def _finish_with_retries(
-    claim: Claim, outcome: answering.Outcome, *, deps: RunDeps
-) -> tuple[JobStatus, list[alerts.Alert]] | None:
+def _finish_with_retries(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> Finished | None:
     """Record the outcome, retrying while the database is unreachable: the answer in hand is not thrown away.
 
     Retries stop before the lease lapses; past it another run may take the job over, and the conditional
@@ -325,10 +414,10 @@ def _is_disconnect(error: BaseException) -> bool:
     )
 
 
-def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> tuple[JobStatus, list[alerts.Alert]] | None:
+def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> Finished | None:
     """Record the outcome and settle the budget in one transaction, only while the claim still holds.
 
-    Returns the final status and the budget alerts this settlement fired, or None if the claim was lost.
+    Returns what the settlement set off (alerts, callbacks), or None if the claim was lost.
     """
     now = utcnow()
     completion = outcome.completion
@@ -395,13 +484,14 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> tuple
             )
             for seq, (purpose, record) in enumerate(outcome.attempts, start=1)
         )
-        fired: list[alerts.Alert] = []
+        finished = Finished(status=values["status"], job_id=claim.job_id)
         for scope in budget.scopes_of(claim.api_key_id):
             budget.settle(session, scope=scope, period=claim.period, reserved=claim.reserved_cost, cost=outcome.cost)
             if outcome.cost > 0:
-                fired += alerts.check(
+                finished.alerts += alerts.check(
                     session, scope=scope, period=claim.period, thresholds=deps.settings.alert_thresholds
                 )
+        after_terminal(session, job_id=claim.job_id, finished=finished)
     logger.info(
         "job finished job_id=%s status=%s model=%s cost=%s",
         claim.job_id,
@@ -409,4 +499,4 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> tuple
         values["model_used"],
         values["cost"],
     )
-    return values["status"], fired
+    return finished

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
 
 from shared import budget
+from shared import jobs
 from shared.config import Settings
 from shared.db.models import JobStatus
 from shared.db.models import RequestLog
@@ -37,10 +38,10 @@ BATCH = 500
 
 @dataclass
 class Sweep:
-    """What one pass of the reaper did."""
+    """What one pass of the reaper did: jobs to re-enqueue (id, is a batch item) and jobs it failed."""
 
-    requeued: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
+    requeued: list[tuple[str, bool]] = field(default_factory=list)
+    failed: list[jobs.Finished] = field(default_factory=list)
 
 
 def sweep(*, sessions: sessionmaker[Session], settings: Settings, now: datetime | None = None) -> Sweep:
@@ -50,7 +51,7 @@ def sweep(*, sessions: sessionmaker[Session], settings: Settings, now: datetime 
     lease = timedelta(seconds=settings.job_lease_s)
     with sessions() as session:
         stale = session.execute(
-            select(RequestLog.id, RequestLog.status, RequestLog.run_count, RequestLog.created_at)
+            select(RequestLog.id, RequestLog.status, RequestLog.run_count, RequestLog.created_at, RequestLog.batch_id)
             .where(
                 or_(
                     and_(RequestLog.status == JobStatus.RUNNING, RequestLog.lease_expires_at < now),
@@ -63,17 +64,18 @@ def sweep(*, sessions: sessionmaker[Session], settings: Settings, now: datetime 
             .order_by(RequestLog.created_at)
             .limit(BATCH)
         ).all()
-    for job_id, status, run_count, created_at in stale:
+    for job_id, status, run_count, created_at, batch_id in stale:
         if status is JobStatus.RUNNING and run_count >= settings.job_max_runs:
             reason = ("worker_lost", f"the job's worker stopped answering {run_count} times")
         elif created_at < now - timedelta(seconds=settings.job_max_age_s):
             reason = ("expired", "the job waited longer than JOB_MAX_AGE_S without finishing")
         else:
             if _mark_requeued(sessions, job_id=job_id, status=status, now=now, lease=lease):
-                result.requeued.append(job_id)
+                result.requeued.append((job_id, batch_id is not None))
             continue
-        if fail(sessions, job_id=job_id, code=reason[0], message=reason[1], now=now, lease=lease):
-            result.failed.append(job_id)
+        finished = fail(sessions, job_id=job_id, code=reason[0], message=reason[1], now=now, lease=lease)
+        if finished is not None:
+            result.failed.append(finished)
     if result.requeued or result.failed:
         logger.warning("reaper requeued=%d failed=%d", len(result.requeued), len(result.failed))
     return result
@@ -108,8 +110,8 @@ def _mark_requeued(
 
 def fail(
     sessions: sessionmaker[Session], *, job_id: str, code: str, message: str, now: datetime, lease: timedelta
-) -> bool:
-    """Finish a stale job as failed and settle its reservation, once; False if it moved on meanwhile."""
+) -> jobs.Finished | None:
+    """Finish a stale job as failed and settle its reservation, once; None if it moved on meanwhile."""
     with sessions.begin() as session:
         result = session.execute(
             update(RequestLog)
@@ -126,10 +128,12 @@ def fail(
             .execution_options(synchronize_session=False)
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
-            return False
+            return None
         job = session.get(RequestLog, job_id, populate_existing=True)
         assert job is not None
         period = budget.Period(job.budget_year, job.budget_month)
         for scope in budget.scopes_of(job.api_key_id):
             budget.settle(session, scope=scope, period=period, reserved=job.reserved_cost, cost=job.cost)
-    return True
+        finished = jobs.Finished(status=JobStatus.FAILED, job_id=job_id)
+        jobs.after_terminal(session, job_id=job_id, finished=finished)
+    return finished

@@ -12,7 +12,9 @@ from werkzeug.exceptions import HTTPException
 
 from shared.errors import BudgetExceeded
 from shared.errors import DomainError
+from shared.errors import IdempotencyConflict
 from shared.errors import InvalidInput
+from shared.errors import NotCancellable
 from shared.errors import NotFound
 from shared.errors import RoutingError
 from shared.errors import Unauthorized
@@ -25,6 +27,8 @@ STATUS_BY_ERROR: dict[type[DomainError], int] = {
     RoutingError: 400,
     NotFound: 404,
     BudgetExceeded: 402,
+    IdempotencyConflict: 409,
+    NotCancellable: 409,
     Unauthorized: 401,
     Unavailable: 503,
 }

@@ -47,6 +47,9 @@ class PromptRequest(BaseModel):
     deadline_s: StrictNumber | None = Field(
         default=None, gt=0, le=600, description="Total time for retries, fallbacks and escalation (DEFAULT_DEADLINE_S)."
     )
+    callback_url: StrictStr | None = Field(
+        default=None, description="POSTed the finished job, signed (X-Router-Signature: sha256=<HMAC>)."
+    )
     on_budget_pressure: Literal["fail", "downgrade"] = Field(
         default="fail",
         description="downgrade: when the budget cannot cover the routed tier, use the strongest tier it covers.",

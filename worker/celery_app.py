@@ -10,6 +10,7 @@ from shared.config import get_settings
 from shared.errors import ConfigError
 
 PROMPTS_QUEUE = "prompts"
+BATCH_QUEUE = "batch"
 
 
 def create_celery(settings: Settings) -> Celery:

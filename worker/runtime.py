@@ -35,6 +35,7 @@ def get_deps() -> jobs.RunDeps:
                 client=OpenAIChatClient(settings),
                 on_finished=lambda job_id: notify.publish_job_done(publisher, job_id),
                 on_alert=_announce_alert,
+                on_callback=_send_callback,
                 breaker=CircuitBreaker(
                     circuit.fast_failing_client(settings.redis_url), circuit.BreakerPolicy.from_settings(settings)
                 ),
@@ -49,6 +50,12 @@ def _announce_alert(alert: alerts.Alert) -> None:
         from worker.tasks import deliver_alert
 
         deliver_alert.apply_async(args=[alert.as_payload()])
+
+
+def _send_callback(resource: str, resource_id: str) -> None:
+    from worker.tasks import deliver_callback
+
+    deliver_callback.apply_async(args=[resource, resource_id])
 
 
 def reset() -> None:

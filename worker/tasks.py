@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import redis
 from celery import shared_task
@@ -9,10 +11,15 @@ from celery.signals import worker_process_init
 from celery.utils.log import get_task_logger
 from sqlalchemy.exc import OperationalError
 
-from shared import alerts
+from shared import batches
 from shared import jobs
 from shared import reaper
+from shared import webhooks
+from shared.representations import batch_body
+from shared.representations import job_body
 from worker import runtime
+from worker.celery_app import BATCH_QUEUE
+from worker.celery_app import PROMPTS_QUEUE
 
 logger = get_task_logger(__name__)
 
@@ -49,11 +56,17 @@ def reap_jobs() -> dict[str, int]:
     """Re-enqueue jobs whose worker or message was lost; fail those beyond saving."""
     deps = runtime.get_deps()
     swept = reaper.sweep(sessions=deps.sessions, settings=deps.settings)
-    for job_id in swept.requeued:
-        run_job.apply_async(args=[job_id])
-    for job_id in swept.failed:
-        deps.on_finished(job_id)
+    for job_id, in_batch in swept.requeued:
+        enqueue_job(job_id, batch=in_batch)
+    for finished in swept.failed:
+        deps.on_finished(finished.job_id)
+        jobs.announce(finished, deps=deps)
     return {"requeued": len(swept.requeued), "failed": len(swept.failed)}
+
+
+def enqueue_job(job_id: str, *, batch: bool = False, producer: object = None) -> None:
+    """Send a job to its queue: batch items never wait behind, nor hold up, single prompts."""
+    run_job.apply_async(args=[job_id], queue=BATCH_QUEUE if batch else PROMPTS_QUEUE, producer=producer)
 
 
 @shared_task(name="alerts.deliver", bind=True, acks_late=True)
@@ -62,10 +75,10 @@ def deliver_alert(self, payload: dict[str, object]) -> int:
     settings = runtime.get_deps().settings
     if settings.alert_webhook_url is None:
         return 0
-    body = alerts.encode(payload)
+    body = webhooks.encode(payload)
     headers = {"Content-Type": "application/json"}
     if settings.alert_webhook_secret is not None:
-        headers[alerts.SIGNATURE_HEADER] = alerts.sign(body, settings.alert_webhook_secret.get_secret_value())
+        headers[webhooks.SIGNATURE_HEADER] = webhooks.sign(body, settings.alert_webhook_secret.get_secret_value())
     try:
         response = httpx.post(
             settings.alert_webhook_url, content=body, headers=headers, timeout=settings.alert_webhook_timeout_s
@@ -77,3 +90,47 @@ def deliver_alert(self, payload: dict[str, object]) -> int:
                        countdown)  # fmt: skip
         raise self.retry(exc=exc, countdown=countdown, max_retries=settings.alert_webhook_max_retries) from None
     return response.status_code
+
+
+@shared_task(name="webhooks.deliver", bind=True, acks_late=True, autoretry_for=INFRASTRUCTURE_ERRORS, max_retries=10)
+def deliver_callback(self, resource: str, resource_id: str, first_attempt_at: float | None = None) -> int | None:
+    """POST a finished job or batch to its callback_url, signed; retried with backoff, recorded per attempt."""
+    deps = runtime.get_deps()
+    settings = deps.settings
+    first_attempt_at = first_attempt_at or time.time()
+    with deps.sessions() as session:
+        if resource == "batch":
+            view = batches.get_view(session, batch_id=resource_id)
+            url, payload = view.batch.callback_url, {"event": "batch.completed", **batch_body(view)}
+        else:
+            job = jobs.get_or_raise(session, job_id=resource_id)
+            url, payload = job.callback_url, {"event": "job.finished", **job_body(job)}
+    if url is None:
+        return None
+    body = webhooks.encode(payload)
+    headers = {"Content-Type": "application/json"}
+    if settings.webhook_secret is not None:
+        headers[webhooks.SIGNATURE_HEADER] = webhooks.sign(body, settings.webhook_secret.get_secret_value())
+    status_code, error = None, None
+    try:
+        response = httpx.post(url, content=body, headers=headers, timeout=settings.webhook_timeout_s)
+        status_code = response.status_code
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        error = f"{type(exc).__name__}: {exc}"[:500]
+    with deps.sessions.begin() as session:
+        attempt = webhooks.record_attempt(
+            session, resource=resource, resource_id=resource_id, url=url, status_code=status_code, error=error,
+            delivered=error is None,
+        )  # fmt: skip
+    if error is None:
+        return status_code
+    countdown = min(2 ** (attempt - 1), 300)
+    if time.time() + countdown - first_attempt_at > settings.webhook_retry_for_s:
+        logger.warning("giving up on %s %s webhook after %d attempts", resource, resource_id, attempt)
+        return status_code
+    logger.info("webhook for %s %s failed (%s); retry %d in %ss", resource, resource_id, error, attempt, countdown)
+    # Bounded by WEBHOOK_RETRY_FOR_S above, not by a retry count.
+    raise self.retry(
+        args=[resource, resource_id, first_attempt_at], countdown=countdown, max_retries=self.request.retries + 1
+    )

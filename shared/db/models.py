@@ -90,6 +90,9 @@ class RequestLog(Base):
     downgraded_from: Mapped[str | None] = mapped_column(String(32))
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     deadline_s: Mapped[float | None] = mapped_column(Float)
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"), index=True)
+    batch_index: Mapped[int | None] = mapped_column(Integer)
+    callback_url: Mapped[str | None] = mapped_column(Text)
 
     # Money: the bound held in the ledger while the job runs, then the true cost.
     budget_year: Mapped[int] = mapped_column(Integer)
@@ -180,3 +183,47 @@ class BudgetAlert(Base):
     spent: Mapped[Decimal] = mapped_column(Money())
     monthly_limit: Mapped[Decimal] = mapped_column(Money())
     fired_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Batch(Base):
+    """A set of jobs submitted together; it is complete when every job is terminal."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    total: Mapped[int] = mapped_column(Integer)
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    callback_url: Mapped[str | None] = mapped_column(Text)
+
+
+class IdempotencyKey(Base):
+    """A client's Idempotency-Key: the request it came with and the job or batch it made."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("owner", "key", name="uq_idempotency_keys_owner_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    resource: Mapped[str] = mapped_column(String(16))
+    resource_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class WebhookDelivery(Base):
+    """One attempt to POST a finished job or batch to its callback URL."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    resource: Mapped[str] = mapped_column(String(16))
+    resource_id: Mapped[str] = mapped_column(String(32), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    delivered: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -11,7 +11,10 @@ from sqlalchemy import inspect
 from shared.db import migrate
 from tests.support.databases import temporary_postgres_database
 
-TABLES = {"request_logs", "request_attempts", "monthly_budgets", "api_keys", "budget_alerts", "alembic_version"}
+TABLES = {
+    "request_logs", "request_attempts", "monthly_budgets", "api_keys", "budget_alerts", "batches",
+    "idempotency_keys", "webhook_deliveries", "alembic_version",
+}  # fmt: skip
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -11,6 +11,7 @@ from shared import alerts
 from shared import api_keys
 from shared import budget
 from shared import jobs
+from shared import webhooks
 from shared.db.models import BudgetAlert
 from shared.db.models import RequestLog
 from shared.errors import BudgetExceeded
@@ -115,7 +116,7 @@ def test_alert_signature_is_hmac_sha256_of_the_exact_body() -> None:
     import hmac
 
     alert = alerts.Alert("global", 2026, 11, 80, Decimal("80.5"), Decimal("100"))
-    body = alerts.encode(alert.as_payload())
+    body = webhooks.encode(alert.as_payload())
     expected = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
-    assert alerts.sign(body, "s3cret") == f"sha256={expected}"
+    assert webhooks.sign(body, "s3cret") == f"sha256={expected}"
     assert b'"spent":"80.5"' in body and b'"threshold":80' in body

@@ -272,3 +272,10 @@ def test_the_answer_in_hand_survives_a_database_outage_at_finish(deps, sessions,
     assert jobs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
     assert fake.calls == ["gpt-3.5-turbo"]  # the upstream was not asked again
     assert _ledger(sessions).total_spent == _job(sessions, job_id).cost
+
+
+def test_a_deadline_never_outlasts_the_lease(sessions, catalog, settings) -> None:
+    with sessions.begin() as session:
+        job = jobs.create(session, request=jobs.JobRequest(prompt=EASY, deadline_s=600), catalog=catalog,
+                          settings=settings)  # fmt: skip
+    assert job.deadline_s == settings.job_lease_s * jobs.DEADLINE_SHARE_OF_LEASE < 600

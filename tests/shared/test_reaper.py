@@ -56,7 +56,7 @@ def test_a_running_job_whose_worker_died_is_requeued_and_can_finish(deps: jobs.R
     job_id = _submit(deps)
     _lapse(deps, job_id, runs=1)
     swept = reaper.sweep(sessions=deps.sessions, settings=deps.settings)
-    assert (swept.requeued, swept.failed) == ([job_id], [])
+    assert (swept.requeued, swept.failed) == ([(job_id, False)], [])
     assert jobs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
     assert _ledger(deps).reserved == Decimal(0)
 
@@ -65,7 +65,7 @@ def test_a_job_that_lost_its_worker_too_often_fails_and_releases_its_reservation
     job_id = _submit(deps)
     _lapse(deps, job_id, runs=deps.settings.job_max_runs)
     swept = reaper.sweep(sessions=deps.sessions, settings=deps.settings)
-    assert swept.failed == [job_id]
+    assert [finished.job_id for finished in swept.failed] == [job_id]
     job = _job(deps, job_id)
     assert (job.status, job.error_code, job.settled) == (JobStatus.FAILED, "worker_lost", True)
     ledger = _ledger(deps)
@@ -76,7 +76,7 @@ def test_a_queued_job_whose_message_was_lost_is_requeued(deps: jobs.RunDeps) -> 
     job_id = _submit(deps)
     _set(deps, job_id, enqueued_at=utcnow() - timedelta(seconds=deps.settings.job_lease_s + 1))
     swept = reaper.sweep(sessions=deps.sessions, settings=deps.settings)
-    assert swept.requeued == [job_id]
+    assert swept.requeued == [(job_id, False)]
     assert _job(deps, job_id).enqueued_at > utcnow() - timedelta(seconds=5)
     assert reaper.sweep(sessions=deps.sessions, settings=deps.settings).requeued == []
 
@@ -85,7 +85,7 @@ def test_a_queued_job_past_its_age_fails_as_expired(deps: jobs.RunDeps) -> None:
     job_id = _submit(deps)
     old = utcnow() - timedelta(seconds=deps.settings.job_max_age_s + 1)
     _set(deps, job_id, created_at=old, enqueued_at=old)
-    assert reaper.sweep(sessions=deps.sessions, settings=deps.settings).failed == [job_id]
+    assert [f.job_id for f in reaper.sweep(sessions=deps.sessions, settings=deps.settings).failed] == [job_id]
     assert _job(deps, job_id).error_code == "expired"
     assert _ledger(deps).reserved == Decimal(0)
 

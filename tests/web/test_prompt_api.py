@@ -168,11 +168,13 @@ def test_wait_true_answers_200_with_the_result(
         on_finished=lambda job_id: notify.publish_job_done(publisher, job_id),
     )
     # The "worker" runs the job in another thread a moment after it was enqueued.
-    monkeypatch.setattr(
-        tasks.run_job,
-        "apply_async",
-        lambda args, **_: threading.Timer(0.05, jobs.run, args=(args[0],), kwargs={"deps": deps}).start(),
-    )
+    workers: list[threading.Timer] = []
+
+    def run_soon(args, **_):
+        workers.append(threading.Timer(0.05, jobs.run, args=(args[0],), kwargs={"deps": deps}))
+        workers[-1].start()
+
+    monkeypatch.setattr(tasks.run_job, "apply_async", run_soon)
     response = client.post("/api/prompt", json={"prompt": "What is the capital of France?", "timeout_s": 10})
     assert response.status_code == 200
     body = response.get_json()
@@ -184,6 +186,8 @@ def test_wait_true_answers_200_with_the_result(
     assert expected_keys <= body.keys()
     assert (body["status"], body["success"], body["model_used"]) == ("succeeded", True, "gpt-3.5-turbo")
     assert body["attempts"][0]["outcome"] == "ok"
+    for worker in workers:
+        worker.join()
     publisher.close()
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from shared import alerts
 from shared import jobs
+from shared import webhooks
 from tests.conftest import make_test_settings
 from tests.support.fakes import FakeLLMClient
 from worker import runtime
@@ -27,7 +28,7 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
             _Receiver.failures_left -= 1
             self.send_response(503)
         else:
-            _Receiver.received.append((body, self.headers.get(alerts.SIGNATURE_HEADER)))
+            _Receiver.received.append((body, self.headers.get(webhooks.SIGNATURE_HEADER)))
             self.send_response(204)
         self.end_headers()
 
@@ -64,8 +65,8 @@ def test_an_alert_is_posted_signed(webhook_settings) -> None:
     result = tasks.deliver_alert.apply(args=[PAYLOAD])
     assert result.result == 204
     [(body, signature)] = _Receiver.received
-    assert body == alerts.encode(PAYLOAD)
-    assert signature == alerts.sign(body, "s3cret")
+    assert body == webhooks.encode(PAYLOAD)
+    assert signature == webhooks.sign(body, "s3cret")
 
 
 def test_a_failing_receiver_is_retried_until_it_accepts(webhook_settings, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,9 +7,9 @@ from flask import Response
 from flask import jsonify
 
 from shared import jobs
+from shared.representations import job_body
 from web.auth import check_owner
 from web.db import get_session
-from web.serializers import job_body
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/jobs")
 

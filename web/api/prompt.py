@@ -5,85 +5,79 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 
-import redis
 from flask import Blueprint
 from flask import Response
 from flask import current_app
 from flask import jsonify
 from flask import url_for
-from kombu.exceptions import KombuError
 
 from shared import jobs
-from shared.errors import Unavailable
+from shared.representations import job_body
+from web import submission
 from web import waiter
-from web.auth import current_identity
 from web.db import get_session
 from web.requests import read_json_object
 from web.requests import validate
 from web.schemas import PromptRequest
-from web.serializers import job_body
-from worker import tasks
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("prompt", __name__, url_prefix="/api")
-
-BROKER_ERRORS = (KombuError, redis.RedisError, OSError)
 
 
 @bp.post("/prompt")
 def create_prompt() -> Response | tuple[Response, int]:
     """Route one prompt."""
     settings = current_app.extensions["settings"]
+    raw = read_json_object()
     body = validate(
         PromptRequest,
-        read_json_object(),
+        raw,
         max_prompt_chars=settings.max_prompt_chars,
         max_metadata_bytes=settings.max_metadata_bytes,
     )
     session = get_session()
-    identity = current_identity()
-    job = jobs.create(
-        session,
-        request=jobs.JobRequest(
-            prompt=body.prompt,
-            max_tokens=body.max_tokens,
-            preference=body.preference,
-            model=body.model,
-            tier=body.tier,
-            metadata=body.metadata,
-            on_budget_pressure=body.on_budget_pressure,
-            deadline_s=body.deadline_s,
-        ),
-        catalog=current_app.extensions["catalog"],
-        settings=settings,
-        requester=None if identity is None else jobs.Requester(identity.api_key_id, identity.monthly_budget),
-    )
-    session.commit()
+    job_id = uuid.uuid4().hex
+    existing = submission.claim_idempotency_key(session, body=raw, resource="job", resource_id=job_id)
+    if existing is None:
+        jobs.create(
+            session,
+            request=jobs.JobRequest(
+                prompt=body.prompt,
+                max_tokens=body.max_tokens,
+                preference=body.preference,
+                model=body.model,
+                tier=body.tier,
+                metadata=body.metadata,
+                on_budget_pressure=body.on_budget_pressure,
+                deadline_s=body.deadline_s,
+                callback_url=submission.check_callback_url(body.callback_url),
+            ),
+            catalog=current_app.extensions["catalog"],
+            settings=settings,
+            requester=submission.requester(),
+            job_id=job_id,
+        )
+        session.commit()
+    else:
+        # The same request came before: answer its job, never a second one.
+        session.rollback()
+        job_id = existing
     completion_waiter = waiter.get_waiter()
     # Register before enqueueing so that even an instant completion is heard.
-    done = completion_waiter.register(job.id) if body.wait else None
+    done = completion_waiter.register(job_id) if body.wait else None
     try:
-        _enqueue(job.id)
+        if existing is None:
+            submission.enqueue([job_id], batch=False, withdraw=lambda s: jobs.withdraw(s, job_id=job_id))
         if done is None:
-            return _accepted(job.id, "queued")
-        return _wait_for(job.id, done, timeout_s=body.timeout_s)
+            status, finished = _look(job_id)
+            return jsonify(finished) if finished is not None else _accepted(job_id, status)
+        return _wait_for(job_id, done, timeout_s=body.timeout_s)
     finally:
         if done is not None:
-            completion_waiter.unregister(job.id, done)
-
-
-def _enqueue(job_id: str) -> None:
-    try:
-        tasks.run_job.apply_async(args=[job_id])
-    except BROKER_ERRORS:
-        logger.warning("could not enqueue job_id=%s; withdrawing it", job_id, exc_info=True)
-        session = get_session()
-        session.rollback()
-        jobs.withdraw(session, job_id=job_id)
-        session.commit()
-        raise Unavailable("the job queue is unreachable; nothing was reserved or charged") from None
+            completion_waiter.unregister(job_id, done)
 
 
 def _wait_for(job_id: str, done: threading.Event, *, timeout_s: float) -> Response | tuple[Response, int]:

@@ -1,9 +1,10 @@
-"""Jobs as the API shows them."""
+"""Jobs and batches as the API shows them, for HTTP answers and webhook bodies alike."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from shared.batches import BatchView
 from shared.db.models import RequestLog
 
 
@@ -14,6 +15,8 @@ def job_body(job: RequestLog) -> dict[str, Any]:
         "status": job.status.value,
         "created_at": job.created_at.isoformat(),
     }
+    if job.batch_id is not None:
+        body.update(batch_id=job.batch_id, batch_index=job.batch_index)
     if not job.status.is_terminal:
         body["metadata"] = job.metadata_json
         return body
@@ -56,4 +59,21 @@ def job_body(job: RequestLog) -> dict[str, Any]:
     )
     if not succeeded:
         body["error"] = {"code": job.error_code, "message": job.error_message or "", "details": {}}
+    return body
+
+
+def batch_body(view: BatchView, *, with_jobs: bool = True) -> dict[str, Any]:
+    """Return the batch's counts and, unless asked not to, its jobs in submission order."""
+    body: dict[str, Any] = {
+        "batch_id": view.batch.id,
+        "status": "running" if view.pending else "completed",
+        "created_at": view.batch.created_at.isoformat(),
+        "total": view.batch.total,
+        "succeeded": view.succeeded,
+        "failed": view.failed,
+        "pending": view.pending,
+        "cost": view.cost,
+    }
+    if with_jobs:
+        body["jobs"] = [job_body(job) for job in view.jobs]
     return body

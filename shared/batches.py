@@ -1,0 +1,193 @@
+"""Batches: many prompts accepted at once, reserved at once, run in parallel, finished together."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import and_
+from sqlalchemy import delete
+from sqlalchemy import exists
+from sqlalchemy import select
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from shared import budget
+from shared import jobs
+from shared.catalog import Catalog
+from shared.config import Settings
+from shared.db.models import Batch
+from shared.db.models import JobStatus
+from shared.db.models import RequestLog
+from shared.db.types import utcnow
+from shared.errors import NotFound
+
+PENDING = (JobStatus.QUEUED, JobStatus.RUNNING)
+CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class BatchView:
+    """A batch's counts and its jobs in submission order."""
+
+    batch: Batch
+    jobs: list[RequestLog]
+
+    @property
+    def succeeded(self) -> int:
+        return sum(job.status is JobStatus.SUCCEEDED for job in self.jobs)
+
+    @property
+    def failed(self) -> int:
+        return sum(job.status is JobStatus.FAILED for job in self.jobs)
+
+    @property
+    def pending(self) -> int:
+        return sum(job.status in PENDING for job in self.jobs)
+
+    @property
+    def cost(self) -> Decimal:
+        return sum((job.cost for job in self.jobs), Decimal(0))
+
+
+def create(
+    session: Session,
+    *,
+    requests: Sequence[jobs.JobRequest],
+    catalog: Catalog,
+    settings: Settings,
+    requester: jobs.Requester | None = None,
+    callback_url: str | None = None,
+    batch_id: str | None = None,
+) -> tuple[Batch, list[RequestLog]]:
+    """Reserve the whole batch's bound in one step (or raise BudgetExceeded) and record its jobs as queued."""
+    bounds = [jobs.bound_for(request, catalog=catalog, settings=settings) for request in requests]
+    now = utcnow()
+    period = budget.Period.of(now)
+    jobs.reserve(
+        session, amount=sum(bounds, Decimal(0)), period=period, settings=settings, requester=requester,
+        count=len(requests),
+    )  # fmt: skip
+    batch = Batch(
+        id=batch_id or uuid.uuid4().hex,
+        created_at=now,
+        total=len(requests),
+        api_key_id=None if requester is None else requester.api_key_id,
+        callback_url=callback_url,
+    )
+    session.add(batch)
+    rows = [
+        jobs.new_job(
+            request,
+            job_id=uuid.uuid4().hex,
+            bound=bound,
+            period=period,
+            settings=settings,
+            requester=requester,
+            now=now,
+            batch_id=batch.id,
+            batch_index=index,
+        )
+        for index, (request, bound) in enumerate(zip(requests, bounds, strict=True))
+    ]
+    session.add_all(rows)
+    session.flush()
+    return batch, rows
+
+
+def get_view(session: Session, *, batch_id: str) -> BatchView:
+    """Return the batch and its jobs in submission order, or raise NotFound."""
+    batch = session.get(Batch, batch_id, populate_existing=True)
+    if batch is None:
+        raise NotFound(f"no batch {batch_id!r}")
+    rows = list(
+        session.scalars(
+            select(RequestLog)
+            .where(RequestLog.batch_id == batch_id)
+            .order_by(RequestLog.batch_index)
+            .execution_options(populate_existing=True)
+        )
+    )
+    return BatchView(batch=batch, jobs=rows)
+
+
+def cancel(session: Session, *, batch_id: str) -> list[str]:
+    """Cancel the batch's jobs that have not started, releasing their reservations; return their ids."""
+    now = utcnow()
+    cancelled = session.execute(
+        update(RequestLog)
+        .where(RequestLog.batch_id == batch_id, RequestLog.status == JobStatus.QUEUED)
+        .values(**cancelled_values(now))
+        .returning(
+            RequestLog.id,
+            RequestLog.api_key_id,
+            RequestLog.budget_year,
+            RequestLog.budget_month,
+            RequestLog.reserved_cost,
+        )
+        .execution_options(synchronize_session=False)
+    ).all()
+    held: dict[tuple[str, budget.Period], Decimal] = defaultdict(Decimal)
+    for _, api_key_id, year, month, reserved in cancelled:
+        for scope in budget.scopes_of(api_key_id):
+            held[(scope, budget.Period(year, month))] += reserved
+    for (scope, period), reserved in held.items():
+        budget.settle(session, scope=scope, period=period, reserved=reserved, cost=Decimal(0))
+    return [row[0] for row in cancelled]
+
+
+def cancelled_values(now: object) -> dict[str, object]:
+    """Return the columns of a job cancelled before it started."""
+    return {
+        "status": JobStatus.FAILED,
+        "error_code": CANCELLED,
+        "error_message": "cancelled before it started",
+        "finished_at": now,
+        "updated_at": now,
+        "settled": True,
+    }
+
+
+def complete_if_done(session: Session, *, batch_id: str) -> Batch | None:
+    """Mark the batch complete if none of its jobs is pending; return it when this call completed it.
+
+    Locks the batch row first, so that of two jobs finishing last at the same moment one sees the other's
+    result: otherwise each could see the other still running and the batch would never complete.
+    """
+    locked = session.scalars(select(Batch).where(Batch.id == batch_id).with_for_update()).one_or_none()
+    if locked is None or locked.completed_at is not None:
+        return None
+    result = session.execute(
+        update(Batch)
+        .where(
+            Batch.id == batch_id,
+            Batch.completed_at.is_(None),
+            ~exists().where(and_(RequestLog.batch_id == batch_id, RequestLog.status.in_(PENDING))),
+        )
+        .values(completed_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    return session.get(Batch, batch_id, populate_existing=True)
+
+
+def withdraw(session: Session, *, batch_id: str) -> None:
+    """Undo an accepted batch that could not be enqueued: release every reservation and forget it."""
+    removed = session.execute(
+        delete(RequestLog)
+        .where(RequestLog.batch_id == batch_id, RequestLog.status == JobStatus.QUEUED)
+        .returning(RequestLog.api_key_id, RequestLog.budget_year, RequestLog.budget_month, RequestLog.reserved_cost)
+        .execution_options(synchronize_session=False)
+    ).all()
+    held: dict[tuple[str, budget.Period], tuple[Decimal, int]] = {}
+    for api_key_id, year, month, reserved in removed:
+        for scope in budget.scopes_of(api_key_id):
+            amount, count = held.get((scope, budget.Period(year, month)), (Decimal(0), 0))
+            held[(scope, budget.Period(year, month))] = (amount + reserved, count + 1)
+    for (scope, period), (amount, count) in held.items():
+        budget.release(session, scope=scope, period=period, reserved=amount, count=count)
+    session.execute(delete(Batch).where(Batch.id == batch_id))

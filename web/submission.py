@@ -1,0 +1,116 @@
+"""What accepting work shares: Idempotency-Key claims, enqueueing with rollback, and callbacks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from flask import current_app
+from flask import request
+from kombu.exceptions import KombuError
+from sqlalchemy.orm import Session
+
+from shared import idempotency
+from shared import jobs
+from shared import notify
+from shared import webhooks
+from shared.db.types import utcnow
+from shared.errors import InvalidInput
+from shared.errors import Unavailable
+from web.auth import current_identity
+from worker import tasks
+
+logger = logging.getLogger(__name__)
+
+BROKER_ERRORS = (KombuError, redis.RedisError, OSError)
+
+
+def requester() -> jobs.Requester | None:
+    """Return the API key the work is charged to, if keys are on."""
+    identity = current_identity()
+    return None if identity is None else jobs.Requester(identity.api_key_id, identity.monthly_budget)
+
+
+def claim_idempotency_key(session: Session, *, body: dict[str, Any], resource: str, resource_id: str) -> str | None:
+    """Claim the request's Idempotency-Key, if any; return the id it already stands for, or None.
+
+    Must be the first write of the request's transaction.
+    """
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    return idempotency.claim(
+        session,
+        owner=_idempotency_owner(),
+        key=idempotency.check_key(key),
+        request_hash=idempotency.fingerprint(body),
+        resource=resource,
+        resource_id=resource_id,
+        now=utcnow(),
+    )
+
+
+def forget_idempotency_key(session: Session) -> None:
+    """Drop the request's key again (its work was withdrawn), so that a retry may create it anew."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        idempotency.forget(session, owner=_idempotency_owner(), key=key)
+
+
+def _idempotency_owner() -> str:
+    identity = current_identity()
+    return idempotency.owner_of(None if identity is None else identity.api_key_id)
+
+
+def check_callback_url(url: str | None) -> str | None:
+    """Return a usable callback URL, or raise 400: http(s), an allowed host, and a secret to sign with."""
+    if url is None:
+        return None
+    settings = current_app.extensions["settings"]
+    webhooks.check_url(url, allowed_hosts=settings.webhook_allowed_hosts)
+    if settings.webhook_secret is None:
+        raise InvalidInput("callbacks need WEBHOOK_SECRET set on the server", details={"field": "callback_url"})
+    return url
+
+
+def enqueue(job_ids: Sequence[str], *, batch: bool, withdraw: Callable[[Session], None]) -> None:
+    """Send the jobs to their queue; if not even the first can be sent, withdraw the work and answer 503.
+
+    Jobs left unsent after the first was sent stay queued with their reservation: the reaper enqueues them.
+    """
+    sent = 0
+    try:
+        with tasks.run_job.app.producer_or_acquire() as producer:
+            for job_id in job_ids:
+                tasks.enqueue_job(job_id, batch=batch, producer=producer)
+                sent += 1
+    except BROKER_ERRORS:
+        if sent:
+            logger.warning("enqueued %d of %d jobs; the reaper will send the rest", sent, len(job_ids))
+            return
+        logger.warning("could not enqueue; withdrawing %d jobs", len(job_ids), exc_info=True)
+        session = current_app.extensions["db_sessions"]()
+        try:
+            withdraw(session)
+            forget_idempotency_key(session)
+            session.commit()
+        finally:
+            session.close()
+        raise Unavailable("the job queue is unreachable; nothing was reserved or charged") from None
+
+
+def announce(finished: jobs.Finished) -> None:
+    """After commit: wake waiters of a job the web tier ended (a cancel) and send its callbacks."""
+    try:
+        with redis.Redis.from_url(current_app.extensions["settings"].redis_url, socket_timeout=2) as client:
+            notify.publish_job_done(client, finished.job_id)
+    except redis.RedisError:
+        logger.warning("could not announce job_id=%s", finished.job_id)
+    for resource, resource_id in finished.callbacks:
+        try:
+            tasks.deliver_callback.apply_async(args=[resource, resource_id])
+        except BROKER_ERRORS:
+            logger.warning("could not queue the %s callback for %s", resource, resource_id)
