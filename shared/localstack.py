@@ -95,10 +95,12 @@ def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: boo
         f"{_tool('gunicorn')} --worker-class gevent --workers {web_concurrency} --bind 127.0.0.1:{port} "
         "--graceful-timeout 10 --access-logfile - 'web:create_app()'"
     )
-    processes["worker"] = (
-        f"{_tool('celery')} -A worker.celery_app:celery_app worker --pool threads "
-        f"--concurrency {worker_concurrency} --loglevel INFO --without-gossip --without-mingle"
-    )
+    # Single prompts and batch items have workers of their own, so a big batch never delays a prompt.
+    for name, queue in (("worker", "prompts"), ("batch_worker", "batch")):
+        processes[name] = (
+            f"{_tool('celery')} -A worker.celery_app:celery_app worker --pool threads --queues {queue} "
+            f"--hostname {queue}@%h --concurrency {worker_concurrency} --loglevel INFO --without-gossip --without-mingle"
+        )
     processes["beat"] = (
         f"{_tool('celery')} -A worker.celery_app:celery_app beat --loglevel INFO "
         f"--schedule {Path(tempfile.gettempdir()) / 'model-router-beat-schedule'}"

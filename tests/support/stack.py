@@ -20,7 +20,7 @@ from typing import BinaryIO
 BIN = Path(sys.executable).parent
 WORKER_COMMAND = (
     str(BIN / "celery"), "-A", "worker.celery_app:celery_app", "worker", "--pool", "threads", "--concurrency", "8",
-    "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+    "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--queues", "prompts,batch",
 )  # fmt: skip
 
 
