@@ -99,7 +99,8 @@ def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: boo
     for name, queue in (("worker", "prompts"), ("batch_worker", "batch")):
         processes[name] = (
             f"{_tool('celery')} -A worker.celery_app:celery_app worker --pool threads --queues {queue} "
-            f"--hostname {queue}@%h --concurrency {worker_concurrency} --loglevel INFO --without-gossip --without-mingle"
+            f"--hostname {queue}@%h --concurrency {worker_concurrency} --loglevel INFO "
+            "--without-gossip --without-mingle"
         )
     processes["beat"] = (
         f"{_tool('celery')} -A worker.celery_app:celery_app beat --loglevel INFO "

@@ -14,9 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 from typing import ClassVar
 
 from hypothesis import HealthCheck
+from hypothesis import event
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -53,6 +55,7 @@ from shared.db.types import utcnow
 from shared.errors import BudgetExceeded
 from shared.errors import PermanentLLMError
 from shared.errors import TransientLLMError
+from shared.llm_client import Completion
 from tests.conftest import make_test_settings
 from tests.support.fakes import FLUENT
 from tests.support.fakes import FakeLLMClient
@@ -62,30 +65,40 @@ HEDGE = "I'm not sure, maybe Paris."
 LEASE_S = 60
 MAX_AGE_S = 3600
 MAX_RUNS = 2
-# How far ahead of the wall clock a sweep looks: not at all, past every lease, past every job's age.
-SWEEP_AHEAD_S = (0, LEASE_S + 1, MAX_AGE_S + LEASE_S + 1)
+# How far ahead of the wall clock a sweep looks: not at all, past every lease, past every job's age (rarer,
+# as it fails every stale job).
+SWEEP_AHEAD_S = (0, LEASE_S + 1, LEASE_S + 1, MAX_AGE_S + LEASE_S + 1)
 # Words that move the difficulty score around (and "café"/"naïve" make bytes outnumber characters).
 WORDS = ("what is", "capital of", "prove", "derive", "algorithm", "optimize", "the", "café", "naïve", "x", "?")
+# What happens while a run waits on its upstream: nothing, its worker dies, the reaper fails the job under
+# it, or its lease lapses and another worker finishes the job first.
+MEANWHILE = ("nothing", "nothing", "worker dies", "reaped", "taken over")
 # What a model does when called: answer well, answer unsure (forcing escalation), or fail.
-OUTCOMES = ("fluent", "hedge", "transient", "permanent")
+OUTCOMES = ("fluent", "fluent", "hedge", "transient", "permanent")
 ANSWERS = ("fluent", "hedge")
 
-SQLITE_SETTINGS = settings(max_examples=40, stateful_step_count=30, deadline=None, derandomize=True, database=None)
-POSTGRES_SETTINGS = settings(
-    max_examples=6,
-    stateful_step_count=25,
+# Reproducible runs that leave no example database in the tree. Function-scoped fixtures are fine here:
+# each example truncates or creates its own tables.
+COMMON = settings(
     deadline=None,
     derandomize=True,
     database=None,
+    report_multiple_bugs=False,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
+SQLITE_MACHINE = settings(COMMON, max_examples=50, stateful_step_count=40)
+POSTGRES_MACHINE = settings(COMMON, max_examples=8, stateful_step_count=25)
 
-nanos = st.integers(min_value=0, max_value=60_000_000).map(from_nanos)
+# A global limit of a few typical job bounds (an unpinned 50-word, 200-token job reserves about $0.03),
+# so that refusals are common but not universal; a key's own budget is often smaller still.
+global_limits = st.integers(min_value=5_000_000, max_value=300_000_000).map(from_nanos)
+key_budgets = st.one_of(st.none(), st.integers(min_value=0, max_value=100_000_000).map(from_nanos))
 prompts = st.lists(st.sampled_from(WORDS), min_size=1, max_size=40).map(" ".join)
 # Token usage as percentages of the bound, often exactly at it: the worst case must still fit.
 percent = st.one_of(st.just(100), st.integers(min_value=0, max_value=100))
 shares = st.tuples(percent, percent)
-scripts = st.lists(st.sampled_from(OUTCOMES), min_size=3, max_size=3)
+# One behaviour per catalog model (extra entries are ignored).
+scripts = st.lists(st.sampled_from(OUTCOMES), min_size=8, max_size=8)
 picks = st.integers(min_value=0, max_value=10_000)
 
 LedgerKey = tuple[str, int, int]
@@ -149,33 +162,64 @@ def _job(sessions: sessionmaker[Session], job_id: str) -> RequestLog | None:
         return session.get(RequestLog, job_id)
 
 
+class _WorkerDied(BaseException):
+    """The worker process vanished mid-call (a BaseException, so nothing on the way up handles it)."""
+
+
+class _InterleavingClient(FakeLLMClient):
+    """A fake upstream that, while its first call is in flight, lets something else happen to the job."""
+
+    def __init__(self, meanwhile: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self.meanwhile = meanwhile
+        self.interrupted = False
+
+    def complete(self, **call: Any) -> Completion:
+        if self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            self.interrupted = True
+            meanwhile()
+        return super().complete(**call)
+
+
 def _scripted_client(
-    catalog: Catalog, script: list[str], *, job: RequestLog, share: tuple[int, int], attempts: int
-) -> tuple[FakeLLMClient, dict[str, str], tuple[int, int]]:
-    """Return a fake whose models answer as `script` says, every answer within the job's token bound."""
-    prompt_tokens = budget.estimate_prompt_tokens_bound(job.prompt) * share[0] // 100
-    completion_tokens = job.max_tokens * share[1] // 100
-    fake = FakeLLMClient()
+    catalog: Catalog,
+    script: list[str],
+    *,
+    job: RequestLog,
+    share: tuple[int, int],
+    attempts: int,
+    meanwhile: Callable[[], None] | None = None,
+) -> tuple[_InterleavingClient, Callable[[], tuple[JobStatus, Decimal]]]:
+    """Return a fake whose models behave as `script` says, and the status and cost a run with it must record.
+
+    Every answer bills tokens within the job's bound, and each model is scripted for more calls than any run
+    makes (fallbacks and escalation may call a model twice), so no unscripted default answer slips in.
+    """
+    tokens = (
+        budget.estimate_prompt_tokens_bound(job.prompt) * share[0] // 100,
+        job.max_tokens * share[1] // 100,
+    )
+    fake = _InterleavingClient(meanwhile)
     behaviour: dict[str, str] = {}
-    for outcome, tier in zip(script, catalog.tiers, strict=True):
-        model = catalog.model_for_tier(tier).name
-        behaviour[model] = outcome
+    for outcome, model in zip(script, catalog.models, strict=False):
+        behaviour[model.name] = outcome
         if outcome in ANSWERS:
             answer = FLUENT if outcome == "fluent" else HEDGE
-            fake.script(model, ok(answer, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
+            fake.script(model.name, *[ok(answer, prompt_tokens=tokens[0], completion_tokens=tokens[1])] * 4)
         elif outcome == "transient":
-            fake.script(model, *[TransientLLMError("503", status_code=503)] * attempts)
+            fake.script(model.name, *[TransientLLMError("503", status_code=503)] * attempts * 4)
         else:
-            fake.script(model, PermanentLLMError("400", status_code=400))
-    return fake, behaviour, (prompt_tokens, completion_tokens)
+            fake.script(model.name, *[PermanentLLMError("400", status_code=400)] * 4)
 
+    def expected() -> tuple[JobStatus, Decimal]:
+        # Whatever the routing, fallbacks and escalation did: a run that got any answer succeeded, and it
+        # was billed for exactly the calls that answered.
+        answered = [name for name in fake.calls if behaviour[name] in ANSWERS]
+        cost = sum((catalog.get_model(name).cost(*tokens) for name in answered), Decimal(0))
+        return (JobStatus.SUCCEEDED if answered else JobStatus.FAILED), cost
 
-def _expected_run(catalog: Catalog, fake: FakeLLMClient, behaviour: dict[str, str], tokens: tuple[int, int]):
-    """Return the status and cost a run must record, from the models it called and how they answered."""
-    called = list(dict.fromkeys(fake.calls))
-    status = JobStatus.SUCCEEDED if behaviour[called[0]] in ANSWERS else JobStatus.FAILED
-    cost = sum((catalog.get_model(m).cost(*tokens) for m in called if behaviour[m] in ANSWERS), Decimal(0))
-    return status, cost
+    return fake, expected
 
 
 class LedgerMachine(RuleBasedStateMachine):
@@ -190,10 +234,12 @@ class LedgerMachine(RuleBasedStateMachine):
         self.catalog = _catalog()
         self.settings: Settings = make_test_settings(self.database.url)
         self.requesters: list[jobs.Requester] = []
-        self.accepted: set[str] = set()
         self.created = 0
         self.withdrawn = 0
-        self.abandoned: dict[str, jobs.Claim] = {}
+        # Job ids in the order they were accepted: ids are random, and picks must replay exactly.
+        self.order: dict[str, int] = {}
+        # Job ids by status as of the last invariant check, for preconditions and picking.
+        self.by_status: dict[JobStatus, list[str]] = {status: [] for status in JobStatus}
 
     def teardown(self) -> None:
         self.database.close()
@@ -208,13 +254,18 @@ class LedgerMachine(RuleBasedStateMachine):
             sleep=lambda seconds: None,
         )
 
-    def pick(self, pick: int, *, where: Callable[[RequestLog], bool] = lambda job: True) -> RequestLog | None:
-        with self.sessions() as session:
-            found = [j for j in session.scalars(select(RequestLog).order_by(RequestLog.created_at, RequestLog.id))]
-        found = [job for job in found if where(job)]
-        return found[pick % len(found)] if found else None
+    def unfinished(self) -> list[str]:
+        return self.by_status[JobStatus.QUEUED] + self.by_status[JobStatus.RUNNING]
 
-    @initialize(limit=nanos, key_budgets=st.lists(st.one_of(st.none(), nanos), min_size=1, max_size=2))
+    def finished(self) -> list[str]:
+        return self.by_status[JobStatus.SUCCEEDED] + self.by_status[JobStatus.FAILED]
+
+    def pick(self, pick: int, ids: list[str]) -> RequestLog:
+        job = _job(self.sessions, ids[pick % len(ids)])
+        assert job is not None
+        return job
+
+    @initialize(limit=global_limits, key_budgets=st.lists(key_budgets, min_size=1, max_size=2))
     def configure(self, limit: Decimal, key_budgets: list[Decimal | None]) -> None:
         self.settings = make_test_settings(
             self.database.url,
@@ -236,6 +287,7 @@ class LedgerMachine(RuleBasedStateMachine):
         key=st.integers(min_value=-1, max_value=1),
     )
     def create_job(self, prompt: str, max_tokens: int, tier: str | None, pressure: str, key: int) -> None:
+        """A prompt arrives, with or without an API key; it is accepted exactly when its bound fits."""
         requester = None if key < 0 or not self.requesters else self.requesters[key % len(self.requesters)]
         request = jobs.JobRequest(prompt=prompt, max_tokens=max_tokens, tier=tier, on_budget_pressure=pressure)
         before = _snapshot(self.sessions)
@@ -246,18 +298,22 @@ class LedgerMachine(RuleBasedStateMachine):
                     session, request=request, catalog=self.catalog, settings=self.settings, requester=requester
                 ).id
         except BudgetExceeded:
+            event(f"create: refused ({pressure})")
             assert expected is None, f"refused although {expected} fits"
             assert _snapshot(self.sessions) == before
             return
+        event(f"create: accepted ({pressure}, ceiling {expected and expected[1]})")
         assert expected is not None, "accepted although no bound fits"
         job = _job(self.sessions, job_id)
         assert job is not None
         assert (job.reserved_cost, job.max_tier) == expected
-        self.accepted.add(job_id)
+        self.order[job_id] = len(self.order)
         self.created += 1
 
-    def fitting_bound(self, request: jobs.JobRequest, requester: jobs.Requester | None):
-        """Return the (bound, ceiling) create must reserve: the first ceiling that fits every scope."""
+    def fitting_bound(
+        self, request: jobs.JobRequest, requester: jobs.Requester | None
+    ) -> tuple[Decimal, str | None] | None:
+        """Return the (bound, ceiling) create must reserve: the first ceiling whose bound fits every scope."""
         limit = self.settings.monthly_budget_limit
         scopes = [(budget.GLOBAL_SCOPE, limit)]
         if requester is not None:
@@ -287,100 +343,103 @@ class LedgerMachine(RuleBasedStateMachine):
                 return bound, ceiling
         return None
 
-    @precondition(lambda self: self.accepted)
-    @rule(pick=picks, script=scripts, share=shares)
-    def run_job(self, pick: int, script: list[str], share: tuple[int, int]) -> None:
-        """A worker takes the job's message and runs it (or finds it busy or finished)."""
-        job = self.pick(pick)
-        assert job is not None
-        fake, behaviour, tokens = _scripted_client(
-            self.catalog, script, job=job, share=share, attempts=self.settings.upstream_max_attempts
+    @precondition(lambda self: self.unfinished())
+    @rule(pick=picks, script=scripts, share=shares, meanwhile=st.sampled_from(MEANWHILE))
+    def run_job(self, pick: int, script: list[str], share: tuple[int, int], meanwhile: str) -> None:
+        """A worker runs an unfinished job; while its upstream call is in flight, `meanwhile` happens."""
+        job = self.pick(pick, self.unfinished())
+        fake, expected = _scripted_client(
+            self.catalog,
+            script,
+            job=job,
+            share=share,
+            attempts=self.settings.upstream_max_attempts,
+            meanwhile=functools.partial(self.interrupt, job.id, meanwhile),
         )
         before = _snapshot(self.sessions)
-        result = jobs.run(job.id, deps=self.deps(fake))
-        if job.status.is_terminal:
-            assert result is None and fake.calls == []
-            assert _snapshot(self.sessions) == before
+        try:
+            result = jobs.run(job.id, deps=self.deps(fake))
+        except _WorkerDied:
+            event("run: the worker died mid-call")
+            after = _job(self.sessions, job.id)
+            assert after is not None and after.status is JobStatus.RUNNING
             return
+        event(f"run: {job.status} -> {getattr(result, 'value', type(result).__name__)} ({meanwhile})")
         if job.status is JobStatus.RUNNING and job.lease_expires_at is not None and job.lease_expires_at > utcnow():
             assert isinstance(result, jobs.Busy) and fake.calls == []
             assert _snapshot(self.sessions) == before
             return
-        status, cost = _expected_run(self.catalog, fake, behaviour, tokens)
+        if fake.interrupted and meanwhile in ("reaped", "taken over"):
+            # The job was finished by someone else while this run was calling: its outcome is dropped.
+            assert result is None
+            return
+        status, cost = expected()
         after = _job(self.sessions, job.id)
         assert after is not None
         assert (result, after.status, after.cost, after.settled) == (status, status, cost, True)
 
-    @precondition(lambda self: self.accepted)
-    @rule(pick=picks)
-    def abandon_job(self, pick: int) -> None:
-        """A worker claims the job and dies before finishing it; its lease runs on."""
-        job = self.pick(pick)
-        assert job is not None
-        claim = jobs._claim(job.id, deps=self.deps(FakeLLMClient()))
-        claimable = job.status is JobStatus.QUEUED or (
-            job.status is JobStatus.RUNNING and job.lease_expires_at is not None and job.lease_expires_at < utcnow()
-        )
-        assert isinstance(claim, jobs.Claim) is claimable
-        if isinstance(claim, jobs.Claim):
-            self.abandoned[job.id] = claim
+    def interrupt(self, job_id: str, meanwhile: str) -> None:
+        """Do `meanwhile` to a job whose run is waiting on its upstream call; the ledger must hold throughout."""
+        self.ledger_matches_the_jobs()
+        if meanwhile == "worker dies":
+            raise _WorkerDied
+        if meanwhile == "reaped":
+            # The reaper's clock is past the lease and the job's age: it fails the job under the run.
+            self.sweep(MAX_AGE_S + LEASE_S + 1)
+            after = _job(self.sessions, job_id)
+            assert after is not None and after.status is JobStatus.FAILED
+        elif meanwhile == "taken over":
+            # The lease lapses and another worker runs the job to the end.
+            self.lapse(job_id)
+            job = _job(self.sessions, job_id)
+            assert job is not None
+            fake, expected = _scripted_client(
+                self.catalog, ["fluent"] * 8, job=job, share=(100, 100), attempts=self.settings.upstream_max_attempts
+            )
+            result = jobs.run(job_id, deps=self.deps(fake))
+            status, cost = expected()
+            after = _job(self.sessions, job_id)
+            assert after is not None
+            assert (result, after.status, after.cost) == (JobStatus.SUCCEEDED, status, cost)
+        self.ledger_matches_the_jobs()
 
-    @rule(pick=picks)
-    def lapse_lease(self, pick: int) -> None:
-        """Let the lease of a running job run out, as if its worker went silent long ago."""
-        job = self.pick(pick, where=lambda j: j.status is JobStatus.RUNNING)
-        if job is None:
-            return
+    def lapse(self, job_id: str) -> None:
         with self.sessions.begin() as session:
             session.execute(
                 update(RequestLog)
-                .where(RequestLog.id == job.id)
+                .where(RequestLog.id == job_id)
                 .values(lease_expires_at=utcnow() - timedelta(seconds=1))
             )
 
-    @precondition(lambda self: self.abandoned)
-    @rule(pick=picks, script=scripts, share=shares)
-    def finish_late(self, pick: int, script: list[str], share: tuple[int, int]) -> None:
-        """A worker thought dead comes back and tries to record its outcome."""
-        job_id = sorted(self.abandoned)[pick % len(self.abandoned)]
-        claim = self.abandoned.pop(job_id)
-        job = _job(self.sessions, job_id)
-        assert job is not None
-        fake, _, _ = _scripted_client(
-            self.catalog, script, job=job, share=share, attempts=self.settings.upstream_max_attempts
-        )
-        deps = self.deps(fake)
-        outcome = jobs._route_and_call(claim, deps=deps)
-        before = _snapshot(self.sessions)
-        finished = jobs._finish(claim, outcome, deps=deps)
-        still_ours = job.status is JobStatus.RUNNING and job.run_count == claim.run_count
-        assert (finished is not None) is still_ours
-        if finished is None:
-            assert _snapshot(self.sessions) == before
-            return
-        after = _job(self.sessions, job_id)
-        assert after is not None
-        assert (after.status, after.cost, after.settled) == (finished[0], outcome.cost, True)
+    @precondition(lambda self: self.by_status[JobStatus.RUNNING])
+    @rule(pick=picks)
+    def lapse_lease(self, pick: int) -> None:
+        """Time passes: the lease of a running job runs out, as if its worker went silent long ago."""
+        self.lapse(self.pick(pick, self.by_status[JobStatus.RUNNING]).id)
 
-    @precondition(lambda self: self.accepted)
+    @precondition(lambda self: self.unfinished())
     @rule(pick=picks)
     def withdraw_job(self, pick: int) -> None:
-        """The web tier could not enqueue the job and takes it back (a no-op once it left the queue)."""
-        job = self.pick(pick)
-        assert job is not None
+        """The web tier could not enqueue the job and takes it back (a no-op once a worker has it)."""
+        job = self.pick(pick, self.unfinished())
         before = _snapshot(self.sessions)
         with self.sessions.begin() as session:
             jobs.withdraw(session, job_id=job.id)
+        event(f"withdraw: {job.status}")
         if job.status is JobStatus.QUEUED:
             assert _job(self.sessions, job.id) is None
-            self.accepted.remove(job.id)
             self.withdrawn += 1
         else:
             assert _snapshot(self.sessions) == before
 
+    @precondition(lambda self: self.unfinished())
     @rule(ahead=st.sampled_from(SWEEP_AHEAD_S))
-    def sweep(self, ahead: int) -> None:
+    def reap(self, ahead: int) -> None:
         """The reaper runs, its clock `ahead` seconds past the wall clock."""
+        self.sweep(ahead)
+
+    def sweep(self, ahead: int) -> None:
+        """Sweep; exactly the stale jobs are failed (out of runs or too old) or requeued, failures settled."""
         now = utcnow() + timedelta(seconds=ahead)
         lease = timedelta(seconds=LEASE_S)
         with self.sessions() as session:
@@ -396,58 +455,68 @@ class LedgerMachine(RuleBasedStateMachine):
             too_old = job.created_at < now - timedelta(seconds=MAX_AGE_S)
             (expected_failed if runs_out or too_old else expected_requeued).add(job.id)
         swept = reaper.sweep(sessions=self.sessions, settings=self.settings, now=now)
+        event(f"sweep +{ahead}s: {'some' if swept.requeued else 'none'} requeued")
         assert (set(swept.failed), set(swept.requeued)) == (expected_failed, expected_requeued)
         for job_id in expected_failed:
             after = _job(self.sessions, job_id)
             assert after is not None
             assert (after.status, after.cost, after.settled) == (JobStatus.FAILED, before[job_id].cost, True)
+            event(f"sweep: failed as {after.error_code}")
 
+    @precondition(lambda self: self.finished())
     @rule(pick=picks)
     def repeat_on_finished_job(self, pick: int) -> None:
-        """Redelivering or reaping a finished job changes nothing: it was settled exactly once."""
-        job = self.pick(pick, where=lambda j: j.status.is_terminal)
-        if job is None:
-            return
+        """Redelivering, reaping or withdrawing a finished job changes nothing: it was settled exactly once."""
+        job = self.pick(pick, self.finished())
         before = _snapshot(self.sessions)
         assert jobs.run(job.id, deps=self.deps(FakeLLMClient())) is None
         far = utcnow() + timedelta(seconds=MAX_AGE_S * 2)
         lease = timedelta(seconds=LEASE_S)
         assert not reaper.fail(self.sessions, job_id=job.id, code="expired", message="again", now=far, lease=lease)
+        with self.sessions.begin() as session:
+            jobs.withdraw(session, job_id=job.id)
         assert _snapshot(self.sessions) == before
 
     @invariant()
     def ledger_matches_the_jobs(self) -> None:
+        """Every scope's row is the sum of its jobs: reserved for the unfinished, spent for the finished."""
         with self.sessions() as session:
             ledgers = _ledgers(session)
-            job_rows = session.scalars(select(RequestLog)).all()
-        expected: dict[LedgerKey, list] = {}
+            job_rows = sorted(session.scalars(select(RequestLog)), key=lambda j: self.order[j.id])
+        expected: dict[LedgerKey, list[Decimal | int]] = {}
         for job in job_rows:
+            terminal = job.status.is_terminal
             assert Decimal(0) <= job.cost <= job.reserved_cost, job.id
-            assert job.settled is job.status.is_terminal, job.id
-            if not job.status.is_terminal:
-                assert job.cost == 0, job.id
+            assert job.settled is terminal, job.id
+            assert terminal or job.cost == 0, job.id
             for scope in budget.scopes_of(job.api_key_id):
-                totals = expected.setdefault((scope, job.budget_year, job.budget_month), [Decimal(0), Decimal(0), 0])
-                totals[0 if job.status.is_terminal else 1] += job.cost if job.status.is_terminal else job.reserved_cost
+                key = (scope, job.budget_year, job.budget_month)
+                totals = expected.setdefault(key, [Decimal(0), Decimal(0), 0])
+                if terminal:
+                    totals[0] += job.cost
+                else:
+                    totals[1] += job.reserved_cost
                 totals[2] += 1
         assert set(expected) <= set(ledgers)
         for key, (limit, spent, reserved, count) in ledgers.items():
             assert spent >= 0 and reserved >= 0, key
             assert spent + reserved <= limit, key
             assert [spent, reserved, count] == expected.get(key, [Decimal(0), Decimal(0), 0]), key
-        global_count = sum(count for (scope, _, _), (*_, count) in ledgers.items() if scope == budget.GLOBAL_SCOPE)
-        assert global_count == self.created - self.withdrawn == len(job_rows) == len(self.accepted)
+        global_count = sum(row[3] for (scope, _, _), row in ledgers.items() if scope == budget.GLOBAL_SCOPE)
+        assert global_count == self.created - self.withdrawn == len(job_rows)
+        # Refresh the view the preconditions and picks use (the rules just changed the jobs).
+        self.by_status = {status: [j.id for j in job_rows if j.status is status] for status in JobStatus}
 
 
 def test_ledger_invariant_holds_under_random_interleavings_on_sqlite() -> None:
-    run_state_machine_as_test(LedgerMachine, settings=SQLITE_SETTINGS)
+    run_state_machine_as_test(LedgerMachine, settings=SQLITE_MACHINE)
 
 
 def test_ledger_invariant_holds_under_random_interleavings_on_postgres(postgres_engine: Engine) -> None:
     class OnPostgres(LedgerMachine):
         open_database = staticmethod(lambda: _truncated_postgres(postgres_engine))
 
-    run_state_machine_as_test(OnPostgres, settings=POSTGRES_SETTINGS)
+    run_state_machine_as_test(OnPostgres, settings=POSTGRES_MACHINE)
 
 
 @dataclass(frozen=True)
@@ -512,7 +581,7 @@ def _race_creates(database: _Database, race: _Race) -> None:
             outcome: object = "accepted"
         except BudgetExceeded:
             outcome = "refused"
-        except Exception as exc:  # noqa: BLE001  (re-raised below, in the test's own thread)
+        except Exception as exc:
             outcome = exc
         with lock:
             outcomes.append(outcome)
@@ -536,7 +605,7 @@ def _race_creates(database: _Database, race: _Race) -> None:
         assert (reserved, count) == (bound * accepted, accepted), key
 
 
-@settings(max_examples=25, deadline=None, derandomize=True, database=None)
+@settings(COMMON, max_examples=25)
 @given(race=races)
 def test_concurrent_creates_accept_exactly_what_fits_on_sqlite(race: _Race) -> None:
     database = _fresh_sqlite()
@@ -546,13 +615,7 @@ def test_concurrent_creates_accept_exactly_what_fits_on_sqlite(race: _Race) -> N
         database.close()
 
 
-@settings(
-    max_examples=6,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@settings(COMMON, max_examples=6)
 @given(race=races)
 def test_concurrent_creates_accept_exactly_what_fits_on_postgres(postgres_engine: Engine, race: _Race) -> None:
     _race_creates(_truncated_postgres(postgres_engine), race)
