@@ -9,6 +9,10 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 from pydantic.json_schema import models_json_schema
 
+from web.schemas import BatchAccepted
+from web.schemas import BatchItem
+from web.schemas import BatchRequest
+from web.schemas import BatchResult
 from web.schemas import BudgetView
 from web.schemas import ErrorBody
 from web.schemas import EstimateView
@@ -33,6 +37,10 @@ MODELS: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
     (StatsView, "serialization"),
     (HealthView, "serialization"),
     (EstimateView, "serialization"),
+    (BatchRequest, "validation"),
+    (BatchItem, "validation"),
+    (BatchAccepted, "serialization"),
+    (BatchResult, "serialization"),
 )
 
 DESCRIPTION = (
@@ -153,7 +161,94 @@ def build_openapi_spec(*, version: str) -> dict[str, Any]:
                     "401": unauthorized,
                     "404": error("`not_found`: no such job (or another key's job when keys are enabled)."),
                 },
+            },
+            "delete": {
+                "operationId": "cancel_job",
+                "tags": ["jobs"],
+                "summary": "Cancel a job that has not started",
+                "description": "Releases its reservation; it ends `failed` with error code `cancelled`.",
+                "parameters": [
+                    {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": json_body(JobResult, "The cancelled job."),
+                    "401": unauthorized,
+                    "404": error("`not_found`: no such job (or another key's job when keys are enabled)."),
+                    "409": error("`not_cancellable`: the job has already started or finished."),
+                },
+            },
+        },
+        "/api/batch": {
+            "post": {
+                "operationId": "create_batch",
+                "tags": ["batches"],
+                "summary": "Submit up to 1000 prompts at once",
+                "description": (
+                    "Every item is validated first (a bad one rejects the batch, `details.index` names it), then "
+                    "the whole batch is reserved at once or refused with 402. Items run on their own workers, "
+                    "so a batch never delays single prompts. `callback_url` is POSTed the finished batch."
+                ),
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "description": "The same key with the same body returns the same batch; another body: 409.",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": ref(BatchRequest)}}},
+                "responses": {
+                    "202": json_body(
+                        BatchAccepted,
+                        "Accepted: the batch and its job ids, in submission order.",
+                        headers={"Location": {"description": "The batch's URL.", "schema": {"type": "string"}}},
+                    ),
+                    **prompt_errors,
+                },
             }
+        },
+        "/api/batch/{batch_id}": {
+            "get": {
+                "operationId": "get_batch",
+                "tags": ["batches"],
+                "summary": "Get a batch: counts and jobs in submission order",
+                "parameters": [
+                    {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {
+                        "name": "format",
+                        "in": "query",
+                        "required": False,
+                        "description": "`jsonl` streams the jobs as JSON Lines instead.",
+                        "schema": {"type": "string", "enum": ["json", "jsonl"]},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The batch (JSON), or one job per line (JSON Lines).",
+                        "content": {
+                            "application/json": {"schema": ref(BatchResult)},
+                            "application/x-ndjson": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "401": unauthorized,
+                    "404": error("`not_found`: no such batch (or another key's batch when keys are enabled)."),
+                },
+            },
+            "delete": {
+                "operationId": "cancel_batch",
+                "tags": ["batches"],
+                "summary": "Cancel the batch's jobs that have not started",
+                "description": "Their reservations are released; jobs already running finish.",
+                "parameters": [
+                    {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": json_body(BatchResult, "The batch after cancelling."),
+                    "401": unauthorized,
+                    "404": error("`not_found`: no such batch (or another key's batch when keys are enabled)."),
+                },
+            },
         },
         "/api/budget": {
             "get": {

@@ -12,6 +12,7 @@ from pydantic import ConfigDict
 from pydantic import Field
 from pydantic import Strict
 from pydantic import ValidationInfo
+from pydantic import WithJsonSchema
 from pydantic import field_validator
 
 StrictInt = Annotated[int, Strict()]
@@ -29,30 +30,21 @@ def _require_utf8(text: str) -> None:
         raise ValueError("must be valid Unicode (no lone surrogates)") from None
 
 
-class PromptRequest(BaseModel):
-    """The body of POST /api/prompt. Unknown fields are rejected, so a typo never passes silently."""
+class PromptFields(BaseModel):
+    """What a prompt may say, alone or as a batch item. Unknown fields are rejected: a typo never passes."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"prompt": "What is 2 + 2?"}})
+    model_config = ConfigDict(extra="forbid")
 
     prompt: StrictStr = Field(
         min_length=1, description="The text to route; not only whitespace; at most MAX_PROMPT_CHARS."
     )
     max_tokens: StrictInt = Field(default=1000, ge=1, le=4096)
-    wait: StrictBool = Field(default=True, description="Answer with the result when ready within timeout_s.")
-    timeout_s: StrictNumber = Field(default=30, gt=0, le=120, description="Only with wait=true.")
     preference: Literal["cost", "balanced", "quality"] = "balanced"
     model: StrictStr | None = Field(default=None, description="Force a catalog model.")
     tier: StrictStr | None = Field(default=None, description='Force a tier ("cheap", "mid", "high").')
     metadata: dict[str, Any] = Field(default_factory=dict, description="Stored and returned as is; <= 4 KiB.")
     deadline_s: StrictNumber | None = Field(
         default=None, gt=0, le=600, description="Total time for retries, fallbacks and escalation (DEFAULT_DEADLINE_S)."
-    )
-    callback_url: StrictStr | None = Field(
-        default=None, description="POSTed the finished job, signed (X-Router-Signature: sha256=<HMAC>)."
-    )
-    on_budget_pressure: Literal["fail", "downgrade"] = Field(
-        default="fail",
-        description="downgrade: when the budget cannot cover the routed tier, use the strongest tier it covers.",
     )
 
     @field_validator("prompt")
@@ -77,6 +69,22 @@ class PromptRequest(BaseModel):
         if limit is not None and len(serialized.encode()) > limit:
             raise ValueError(f"must serialize to at most {limit} bytes")
         return value
+
+
+class PromptRequest(PromptFields):
+    """The body of POST /api/prompt."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"prompt": "What is 2 + 2?"}})
+
+    wait: StrictBool = Field(default=True, description="Answer with the result when ready within timeout_s.")
+    timeout_s: StrictNumber = Field(default=30, gt=0, le=120, description="Only with wait=true.")
+    callback_url: StrictStr | None = Field(
+        default=None, description="POSTed the finished job, signed (X-Router-Signature: sha256=<HMAC>)."
+    )
+    on_budget_pressure: Literal["fail", "downgrade"] = Field(
+        default="fail",
+        description="downgrade: when the budget cannot cover the routed tier, use the strongest tier it covers.",
+    )
 
 
 class Attempt(BaseModel):
@@ -205,3 +213,47 @@ class EstimateView(BaseModel):
     prompt_tokens_estimate: int
     completion_tokens_estimate: int
     cost: CostRange
+
+
+class BatchItem(PromptFields):
+    """One batch item given as an object: the /api/prompt body without wait, timeout_s, callbacks or downgrade."""
+
+
+class BatchRequest(BaseModel):
+    """The body of POST /api/batch: 1..MAX_BATCH_ITEMS items, each a prompt string or an object."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Items are checked one by one afterwards (each against BatchItem), so that an error names its index.
+    prompts: Annotated[
+        list[Any],
+        WithJsonSchema(
+            {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 1000,
+                "items": {"anyOf": [{"type": "string", "minLength": 1}, {"$ref": "#/components/schemas/BatchItem"}]},
+            }
+        ),
+    ] = Field(min_length=1, max_length=10000)
+    callback_url: StrictStr | None = Field(default=None, description="POSTed the finished batch, signed.")
+
+
+class BatchAccepted(BaseModel):
+    batch_id: str
+    job_ids: list[str]
+    poll_url: str
+
+
+class BatchResult(BaseModel):
+    """A batch's counts and its jobs in submission order."""
+
+    batch_id: str
+    status: Literal["running", "completed"]
+    created_at: str
+    total: int
+    succeeded: int
+    failed: int
+    pending: int
+    cost: float
+    jobs: list[JobResult] = Field(default_factory=list)

@@ -109,7 +109,12 @@ def announce(finished: jobs.Finished) -> None:
             notify.publish_job_done(client, finished.job_id)
     except redis.RedisError:
         logger.warning("could not announce job_id=%s", finished.job_id)
-    for resource, resource_id in finished.callbacks:
+    send_callbacks(finished.callbacks)
+
+
+def send_callbacks(callbacks: Sequence[tuple[str, str]]) -> None:
+    """Queue the webhook deliveries of finished jobs or batches; a broker outage loses only the callback."""
+    for resource, resource_id in callbacks:
         try:
             tasks.deliver_callback.apply_async(args=[resource, resource_id])
         except BROKER_ERRORS:

@@ -1,0 +1,134 @@
+"""POST /api/batch, GET /api/batch/<id> (JSON or JSON Lines), DELETE /api/batch/<id>."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from flask import Blueprint
+from flask import Response
+from flask import current_app
+from flask import jsonify
+from flask import request
+from flask import url_for
+
+from shared import batches
+from shared import jobs
+from shared.errors import InvalidInput
+from shared.representations import batch_body
+from shared.representations import job_body
+from web import submission
+from web.auth import check_owner
+from web.db import get_session
+from web.requests import read_json_object
+from web.requests import validate
+from web.schemas import BatchItem
+from web.schemas import BatchRequest
+
+bp = Blueprint("batch", __name__, url_prefix="/api/batch")
+
+
+@bp.post("")
+def create_batch() -> tuple[Response, int]:
+    """Accept up to MAX_BATCH_ITEMS prompts at once: all valid, all reserved, or none."""
+    settings = current_app.extensions["settings"]
+    catalog = current_app.extensions["catalog"]
+    raw = read_json_object()
+    body = validate(BatchRequest, raw)
+    if len(body.prompts) > settings.max_batch_items:
+        raise InvalidInput(f"a batch holds at most {settings.max_batch_items} items", details={"field": "prompts"})
+    items = [_item(index, item, settings=settings) for index, item in enumerate(body.prompts)]
+    for index, item in enumerate(items):
+        try:
+            jobs.bound_for(item, catalog=catalog, settings=settings)
+        except InvalidInput as exc:  # an unknown model or tier: name the item
+            raise _at(index, exc) from None
+    session = get_session()
+    batch_id = uuid.uuid4().hex
+    existing = submission.claim_idempotency_key(session, body=raw, resource="batch", resource_id=batch_id)
+    if existing is None:
+        _, rows = batches.create(
+            session,
+            requests=items,
+            catalog=catalog,
+            settings=settings,
+            requester=submission.requester(),
+            callback_url=submission.check_callback_url(body.callback_url),
+            batch_id=batch_id,
+        )
+        job_ids = [row.id for row in rows]
+        session.commit()
+        submission.enqueue(job_ids, batch=True, withdraw=lambda s: batches.withdraw(s, batch_id=batch_id))
+    else:
+        session.rollback()
+        batch_id = existing
+        job_ids = [job.id for job in batches.get_view(session, batch_id=batch_id).jobs]
+    poll_url = url_for("batch.get_batch", batch_id=batch_id)
+    response = jsonify({"batch_id": batch_id, "job_ids": job_ids, "poll_url": poll_url})
+    response.headers["Location"] = poll_url
+    return response, 202
+
+
+def _item(index: int, item: Any, *, settings: Any) -> jobs.JobRequest:
+    """Validate one item against the limits in force and turn it into a job request."""
+    if not isinstance(item, str | dict):
+        raise InvalidInput(
+            f"prompts[{index}]: must be a string or an object", details={"field": f"prompts[{index}]", "index": index}
+        )
+    fields = {"prompt": item} if isinstance(item, str) else item
+    try:
+        checked = validate(
+            BatchItem,
+            fields,
+            max_prompt_chars=settings.max_prompt_chars,
+            max_metadata_bytes=settings.max_metadata_bytes,
+        )
+    except InvalidInput as exc:
+        raise _at(index, exc) from None
+    return jobs.JobRequest(
+        prompt=checked.prompt,
+        max_tokens=checked.max_tokens,
+        preference=checked.preference,
+        model=checked.model,
+        tier=checked.tier,
+        metadata=checked.metadata,
+        deadline_s=checked.deadline_s,
+    )
+
+
+def _at(index: int, exc: InvalidInput) -> InvalidInput:
+    field = exc.details.get("field", "")
+    return InvalidInput(
+        f"prompts[{index}]: {exc.message}",
+        details={**exc.details, "index": index, "field": f"prompts[{index}]" + (f".{field}" if field else "")},
+    )
+
+
+@bp.get("/<batch_id>")
+def get_batch(batch_id: str) -> Response:
+    """Answer the batch's counts and jobs in submission order; `?format=jsonl` streams one job per line."""
+    view = batches.get_view(get_session(), batch_id=batch_id)
+    check_owner(view.batch.api_key_id, what=f"batch {batch_id!r}")
+    if request.args.get("format") == "jsonl":
+        bodies = [job_body(job) for job in view.jobs]
+        lines = (json.dumps(body, default=current_app.json.default) + "\n" for body in bodies)
+        return Response(lines, mimetype="application/x-ndjson")
+    return jsonify(batch_body(view))
+
+
+@bp.delete("/<batch_id>")
+def cancel_batch(batch_id: str) -> Response:
+    """Cancel the batch's jobs that have not started; started ones finish. Answer the batch."""
+    session = get_session()
+    view = batches.get_view(session, batch_id=batch_id)
+    check_owner(view.batch.api_key_id, what=f"batch {batch_id!r}")
+    session.rollback()  # the cancel below writes first
+    cancelled = batches.cancel(session, batch_id=batch_id)
+    completed = batches.complete_if_done(session, batch_id=batch_id) if cancelled else None
+    session.commit()
+    if completed is not None and completed.callback_url:
+        submission.send_callbacks([("batch", completed.id)])
+    body = batch_body(batches.get_view(session, batch_id=batch_id))
+    body["cancelled"] = len(cancelled)
+    return jsonify(body)
