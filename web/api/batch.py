@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -11,11 +10,13 @@ from flask import Response
 from flask import current_app
 from flask import jsonify
 from flask import request
+from flask import stream_with_context
 from flask import url_for
 
 from shared import batches
 from shared import jobs
 from shared.errors import InvalidInput
+from shared.errors import RoutingError
 from shared.representations import batch_body
 from shared.representations import job_body
 from web import submission
@@ -42,7 +43,7 @@ def create_batch() -> tuple[Response, int]:
     for index, item in enumerate(items):
         try:
             jobs.bound_for(item, catalog=catalog, settings=settings)
-        except InvalidInput as exc:  # an unknown model or tier: name the item
+        except RoutingError as exc:  # an unknown model or tier: name the item
             raise _at(index, exc) from None
     session = get_session()
     batch_id = uuid.uuid4().hex
@@ -97,7 +98,7 @@ def _item(index: int, item: Any, *, settings: Any) -> jobs.JobRequest:
     )
 
 
-def _at(index: int, exc: InvalidInput) -> InvalidInput:
+def _at(index: int, exc: InvalidInput | RoutingError) -> InvalidInput:
     field = exc.details.get("field", "")
     return InvalidInput(
         f"prompts[{index}]: {exc.message}",
@@ -111,9 +112,9 @@ def get_batch(batch_id: str) -> Response:
     view = batches.get_view(get_session(), batch_id=batch_id)
     check_owner(view.batch.api_key_id, what=f"batch {batch_id!r}")
     if request.args.get("format") == "jsonl":
-        bodies = [job_body(job) for job in view.jobs]
-        lines = (json.dumps(body, default=current_app.json.default) + "\n" for body in bodies)
-        return Response(lines, mimetype="application/x-ndjson")
+        dumps = current_app.json.dumps  # the app's encoder (Decimals as numbers), bound before streaming
+        lines = (dumps(job_body(job)) + "\n" for job in view.jobs)
+        return Response(stream_with_context(lines), mimetype="application/x-ndjson")
     return jsonify(batch_body(view))
 
 
