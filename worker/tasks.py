@@ -12,9 +12,11 @@ from celery.utils.log import get_task_logger
 from sqlalchemy.exc import OperationalError
 
 from shared import batches
+from shared import idempotency
 from shared import jobs
 from shared import reaper
 from shared import webhooks
+from shared.db.types import utcnow
 from shared.representations import batch_body
 from shared.representations import job_body
 from worker import runtime
@@ -61,7 +63,9 @@ def reap_jobs() -> dict[str, int]:
     for finished in swept.failed:
         deps.on_finished(finished.job_id)
         jobs.announce(finished, deps=deps)
-    return {"requeued": len(swept.requeued), "failed": len(swept.failed)}
+    with deps.sessions.begin() as session:
+        purged = idempotency.purge(session, now=utcnow())
+    return {"requeued": len(swept.requeued), "failed": len(swept.failed), "idempotency_keys_purged": purged}
 
 
 def enqueue_job(job_id: str, *, batch: bool = False, producer: object = None) -> None:
