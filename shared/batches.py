@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -26,7 +25,6 @@ from shared.db.types import utcnow
 from shared.errors import NotFound
 
 PENDING = (JobStatus.QUEUED, JobStatus.RUNNING)
-CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -116,39 +114,7 @@ def get_view(session: Session, *, batch_id: str) -> BatchView:
 
 def cancel(session: Session, *, batch_id: str) -> list[str]:
     """Cancel the batch's jobs that have not started, releasing their reservations; return their ids."""
-    now = utcnow()
-    cancelled = session.execute(
-        update(RequestLog)
-        .where(RequestLog.batch_id == batch_id, RequestLog.status == JobStatus.QUEUED)
-        .values(**cancelled_values(now))
-        .returning(
-            RequestLog.id,
-            RequestLog.api_key_id,
-            RequestLog.budget_year,
-            RequestLog.budget_month,
-            RequestLog.reserved_cost,
-        )
-        .execution_options(synchronize_session=False)
-    ).all()
-    held: dict[tuple[str, budget.Period], Decimal] = defaultdict(Decimal)
-    for _, api_key_id, year, month, reserved in cancelled:
-        for scope in budget.scopes_of(api_key_id):
-            held[(scope, budget.Period(year, month))] += reserved
-    for (scope, period), reserved in held.items():
-        budget.settle(session, scope=scope, period=period, reserved=reserved, cost=Decimal(0))
-    return [row[0] for row in cancelled]
-
-
-def cancelled_values(now: object) -> dict[str, object]:
-    """Return the columns of a job cancelled before it started."""
-    return {
-        "status": JobStatus.FAILED,
-        "error_code": CANCELLED,
-        "error_message": "cancelled before it started",
-        "finished_at": now,
-        "updated_at": now,
-        "settled": True,
-    }
+    return jobs.cancel_queued(session, batch_id=batch_id)
 
 
 def complete_if_done(session: Session, *, batch_id: str) -> Batch | None:
@@ -177,17 +143,5 @@ def complete_if_done(session: Session, *, batch_id: str) -> Batch | None:
 
 def withdraw(session: Session, *, batch_id: str) -> None:
     """Undo an accepted batch that could not be enqueued: release every reservation and forget it."""
-    removed = session.execute(
-        delete(RequestLog)
-        .where(RequestLog.batch_id == batch_id, RequestLog.status == JobStatus.QUEUED)
-        .returning(RequestLog.api_key_id, RequestLog.budget_year, RequestLog.budget_month, RequestLog.reserved_cost)
-        .execution_options(synchronize_session=False)
-    ).all()
-    held: dict[tuple[str, budget.Period], tuple[Decimal, int]] = {}
-    for api_key_id, year, month, reserved in removed:
-        for scope in budget.scopes_of(api_key_id):
-            amount, count = held.get((scope, budget.Period(year, month)), (Decimal(0), 0))
-            held[(scope, budget.Period(year, month))] = (amount + reserved, count + 1)
-    for (scope, period), (amount, count) in held.items():
-        budget.release(session, scope=scope, period=period, reserved=amount, count=count)
+    jobs.withdraw(session, batch_id=batch_id)
     session.execute(delete(Batch).where(Batch.id == batch_id))

@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 from datetime import datetime
@@ -19,6 +20,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import Row
 from sqlalchemy import delete
 from sqlalchemy import or_
 from sqlalchemy import update
@@ -54,6 +56,8 @@ logger = logging.getLogger(__name__)
 # A run must end well inside its lease, or the reaper would hand the job to a second run while the first
 # is still calling upstream (and paying for it): deadlines are capped at this share of JOB_LEASE_S.
 DEADLINE_SHARE_OF_LEASE = 0.8
+
+CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -192,20 +196,60 @@ def new_job(
     )
 
 
-def withdraw(session: Session, *, job_id: str) -> None:
-    """Undo an accepted job that could not be enqueued: release its reservation and forget it."""
+def withdraw(session: Session, *, job_id: str | None = None, batch_id: str | None = None) -> None:
+    """Undo accepted work that could not be enqueued: forget its queued jobs and give back their reservations."""
     # One statement that writes first (see shared.db.session on SQLite transactions).
-    row = session.execute(
+    removed = session.execute(
         delete(RequestLog)
-        .where(RequestLog.id == job_id, RequestLog.status == JobStatus.QUEUED)
-        .returning(RequestLog.budget_year, RequestLog.budget_month, RequestLog.reserved_cost, RequestLog.api_key_id)
+        .where(_selected(job_id, batch_id), RequestLog.status == JobStatus.QUEUED)
+        .returning(RequestLog.api_key_id, RequestLog.budget_year, RequestLog.budget_month, RequestLog.reserved_cost)
         .execution_options(synchronize_session=False)
-    ).first()
-    if row is None:
-        return
-    year, month, reserved, api_key_id = row
-    for scope in budget.scopes_of(api_key_id):
-        budget.release(session, scope=scope, period=budget.Period(year, month), reserved=reserved)
+    ).all()
+    for (scope, period), (reserved, count) in _held(removed).items():
+        budget.release(session, scope=scope, period=period, reserved=reserved, count=count)
+
+
+def cancel_queued(session: Session, *, job_id: str | None = None, batch_id: str | None = None) -> list[str]:
+    """End the selected jobs that have not started as cancelled and settle their reservations at nothing."""
+    now = utcnow()
+    cancelled = session.execute(
+        update(RequestLog)
+        .where(_selected(job_id, batch_id), RequestLog.status == JobStatus.QUEUED)
+        .values(
+            status=JobStatus.FAILED,
+            error_code=CANCELLED,
+            error_message="cancelled before it started",
+            finished_at=now,
+            updated_at=now,
+            settled=True,
+        )
+        .returning(
+            RequestLog.api_key_id,
+            RequestLog.budget_year,
+            RequestLog.budget_month,
+            RequestLog.reserved_cost,
+            RequestLog.id,
+        )
+        .execution_options(synchronize_session=False)
+    ).all()
+    for (scope, period), (reserved, _) in _held(cancelled).items():
+        budget.settle(session, scope=scope, period=period, reserved=reserved, cost=Decimal(0))
+    return [row.id for row in cancelled]
+
+
+def _selected(job_id: str | None, batch_id: str | None) -> object:
+    assert (job_id is None) != (batch_id is None), "select one job or one batch"
+    return RequestLog.id == job_id if job_id is not None else RequestLog.batch_id == batch_id
+
+
+def _held(rows: Sequence[Row[Any]]) -> dict[tuple[str, budget.Period], tuple[Decimal, int]]:
+    """Sum (api_key_id, year, month, reserved, ...) rows into what each scope's month holds for them."""
+    held: dict[tuple[str, budget.Period], tuple[Decimal, int]] = {}
+    for api_key_id, year, month, reserved, *_ in rows:
+        for scope in budget.scopes_of(api_key_id):
+            amount, count = held.get((scope, budget.Period(year, month)), (Decimal(0), 0))
+            held[(scope, budget.Period(year, month))] = (amount + reserved, count + 1)
+    return held
 
 
 def get_or_raise(session: Session, *, job_id: str) -> RequestLog:
@@ -264,22 +308,9 @@ def announce(finished: Finished, *, deps: RunDeps) -> None:
 
 def cancel(session: Session, *, job_id: str) -> Finished:
     """Cancel a job that has not started, releasing its reservation; NotCancellable once it has."""
-    from shared import batches
-
-    now = utcnow()
-    row = session.execute(
-        update(RequestLog)
-        .where(RequestLog.id == job_id, RequestLog.status == JobStatus.QUEUED)
-        .values(**batches.cancelled_values(now))
-        .returning(RequestLog.api_key_id, RequestLog.budget_year, RequestLog.budget_month, RequestLog.reserved_cost)
-        .execution_options(synchronize_session=False)
-    ).first()
-    if row is None:
+    if not cancel_queued(session, job_id=job_id):
         get_or_raise(session, job_id=job_id)
         raise NotCancellable(f"job {job_id!r} has already started or finished")
-    api_key_id, year, month, reserved = row
-    for scope in budget.scopes_of(api_key_id):
-        budget.settle(session, scope=scope, period=budget.Period(year, month), reserved=reserved, cost=Decimal(0))
     finished = Finished(status=JobStatus.FAILED, job_id=job_id)
     after_terminal(session, job_id=job_id, finished=finished)
     return finished

@@ -1,0 +1,225 @@
+"""Operational commands that act locally: the database, API keys, the simulator and the service processes."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from shared.errors import ConfigError
+
+BIN_DIR = Path(sys.executable).parent
+CELERY_APP = "worker.celery_app:celery_app"
+PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": False}
+
+
+@click.group()
+def db() -> None:
+    """Manage the database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+def db_upgrade(revision: str) -> None:
+    """Migrate the database named by DATABASE_URL to REVISION."""
+    from shared.db import migrate
+
+    try:
+        migrate.upgrade(revision)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    click.echo(f"database migrated to {revision}")
+
+
+@click.group()
+def keys() -> None:
+    """Create, list and revoke API keys (in the database named by DATABASE_URL)."""
+
+
+def _key_sessions():
+    from shared.config import load_settings
+    from shared.db.session import make_engine
+    from shared.db.session import make_sessionmaker
+
+    try:
+        return make_sessionmaker(make_engine(load_settings()))
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="Who or what the key is for.")
+@click.option("--monthly-budget", type=click.FloatRange(min=0), help="This key's own monthly limit in USD.")
+@click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute allowed to this key.")
+@click.option("--admin", is_flag=True, help="May see the global budget, stats and every job.")
+def keys_create(name: str, monthly_budget: float | None, rpm: int | None, admin: bool) -> None:
+    """Create a key and print it once: it is not stored and cannot be shown again."""
+    from decimal import Decimal
+
+    from shared import api_keys
+
+    budget = None if monthly_budget is None else Decimal(str(monthly_budget))
+    with _key_sessions().begin() as session:
+        row, key = api_keys.create(session, name=name, monthly_budget=budget, rpm=rpm, is_admin=admin)
+        key_id = row.id
+    click.echo(key)
+    click.echo(f"created key {key_id} ({name}); store it now, it is shown only once", err=True)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List keys: id, prefix, name, limits, and whether revoked (never the keys themselves)."""
+    from shared import api_keys
+
+    with _key_sessions()() as session:
+        rows = api_keys.list_(session)
+    click.echo(f"{'id':>4}  {'prefix':<12} {'name':<24} {'admin':<5} {'budget':>10} {'rpm':>6}  status")
+    for row in rows:
+        budget = "-" if row.monthly_budget is None else f"{row.monthly_budget:.2f}"
+        status = "revoked " + row.revoked_at.date().isoformat() if row.revoked_at else "active"
+        click.echo(
+            f"{row.id:>4}  {'mr_' + row.prefix:<12} {row.name[:24]:<24} {'yes' if row.is_admin else 'no':<5} "
+            f"{budget:>10} {row.rpm or '-':>6}  {status}"
+        )
+
+
+@keys.command("revoke")
+@click.argument("key_id_or_prefix")
+def keys_revoke(key_id_or_prefix: str) -> None:
+    """Revoke a key by its id or prefix; requests with it get 401 from then on."""
+    from shared import api_keys
+    from shared.errors import NotFound
+
+    try:
+        with _key_sessions().begin() as session:
+            row = api_keys.revoke(session, key_id_or_prefix=key_id_or_prefix.removeprefix("mr_"))
+            click.echo(f"revoked key {row.id} ({row.name})")
+    except NotFound as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=9000, show_default=True, type=int)
+def simulate(host: str, port: int) -> None:
+    """Serve the OpenAI-compatible upstream simulator."""
+    from shared.simulator import server
+
+    server.serve(host=host, port=port)
+
+
+@click.command()
+def run() -> None:
+    """Start the local stack in the foreground: Redis if needed, the simulator, web and worker."""
+    from shared import localstack
+    from shared.config import load_settings
+    from shared.db import migrate
+
+    environ = os.environ
+    simulator = localstack.use_simulator(environ)
+    try:
+        settings = load_settings()
+        migrate.upgrade("head", database_url=settings.database_url)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    plan = localstack.plan_stack(settings, environ, simulator=simulator)
+    for note in plan.notes:
+        click.echo(note)
+    click.echo(f"Database: {settings.database_url}")
+    click.echo(f"Serving {plan.web_url} (Ctrl-C stops everything)")
+    sys.exit(localstack.run_stack(plan))
+
+
+@click.command()
+def demo() -> None:
+    """Start the stack, send a few prompts, print where they went and what they cost, then stop."""
+    from shared import demo as demo_script
+
+    sys.exit(demo_script.run_demo())
+
+
+@click.command(context_settings=PASS_THROUGH)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 in a container).")
+@click.option("--port", envvar="PORT", default=8000, show_default=True, type=click.IntRange(1, 65535), help="[env: PORT]")
+@click.option(
+    "--workers",
+    envvar="WEB_CONCURRENCY",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="gunicorn worker processes. [env: WEB_CONCURRENCY]",
+)
+@click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
+def web(host: str, port: int, workers: int, gunicorn_args: tuple[str, ...]) -> None:
+    """Serve the HTTP API with gunicorn (gevent workers), as `make run` does.
+
+    Arguments after `--` go to gunicorn unchanged, e.g. `model-router web -- --timeout 60`.
+    Migrate first with `model-router db upgrade`.
+    """
+    _exec(
+        [
+            _tool("gunicorn"), "--worker-class", "gevent", "--workers", str(workers), "--bind", f"{host}:{port}",
+            "--graceful-timeout", "10", "--access-logfile", "-", *gunicorn_args, "web:create_app()",
+        ]
+    )  # fmt: skip
+
+
+@click.command(context_settings=PASS_THROUGH)
+@click.option(
+    "--queues",
+    default="prompts,batch",
+    show_default=True,
+    help="Comma-separated queues to consume: prompts (single prompts), batch (batch items).",
+)
+@click.option(
+    "--concurrency",
+    envvar="WORKER_CONCURRENCY",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Threads running jobs. [env: WORKER_CONCURRENCY]",
+)
+@click.option("--hostname", help="Celery node name (default: <queues>@%h).")
+@click.option("--loglevel", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@click.option("--beat", is_flag=True, help="Also run the beat scheduler (the reaper) in this process; run it once.")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(
+    queues: str, concurrency: int, hostname: str | None, loglevel: str, beat: bool, celery_args: tuple[str, ...]
+) -> None:
+    """Run a Celery worker for the job queues, as `make run` does.
+
+    Arguments after `--` go to `celery worker` unchanged.
+    """
+    names = [name.strip() for name in queues.split(",") if name.strip()]
+    if not names:
+        raise click.BadParameter("name at least one queue", param_hint="--queues")
+    argv = [
+        _tool("celery"), "-A", CELERY_APP, "worker", "--pool", "threads", "--queues", ",".join(names),
+        "--hostname", hostname or f"{'-'.join(names)}@%h", "--concurrency", str(concurrency),
+        "--loglevel", loglevel, "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+    if beat:
+        argv += ["--beat", "--schedule", str(Path(tempfile.gettempdir()) / "model-router-beat-schedule")]
+    _exec([*argv, *celery_args])
+
+
+def _tool(name: str) -> str:
+    # The console scripts of the interpreter we run under (the project's virtualenv), else the PATH's.
+    local = BIN_DIR / name
+    return str(local) if local.exists() else name
+
+
+def _exec(argv: list[str]) -> None:
+    """Replace this process with `argv`, so that signals and the exit code are the tool's own."""
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        click.echo(f"cannot start {argv[0]}: {exc.strerror or exc}", err=True)
+        sys.exit(2)
