@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from datetime import datetime
+from decimal import Decimal
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,8 +27,16 @@ def sign(body: bytes, secret: str) -> str:
 
 
 def encode(payload: dict[str, Any]) -> bytes:
-    """Return the exact bytes that are signed and sent."""
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()
+    """Return the exact bytes that are signed and sent; money is a JSON number, as in the API's answers."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), default=_json_value).encode()
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot encode {type(value).__name__}")
 
 
 def check_url(url: str, *, allowed_hosts: Sequence[str], field: str = "callback_url") -> str:

@@ -24,6 +24,14 @@ WORKER_COMMAND = (
 )  # fmt: skip
 
 
+def worker_command(queues: str | None = None) -> list[str]:
+    """Return WORKER_COMMAND, consuming `queues` (comma-separated) instead of "prompts,batch" when given."""
+    command = list(WORKER_COMMAND)
+    if queues is not None:
+        command[command.index("--queues") + 1] = queues
+    return command
+
+
 def free_port() -> int:
     """Return a loopback port that nothing listens on right now."""
     with socket.socket() as sock:
@@ -31,10 +39,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def http(method: str, url: str, body: Any = None, *, timeout: float = 60) -> tuple[int, dict[str, str], Any]:
-    """Send one JSON request; return status, headers and the decoded body."""
+def http(
+    method: str, url: str, body: Any = None, *, timeout: float = 60, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], Any]:
+    """Send one JSON request (with extra `headers`, if any); return status, headers and the decoded body."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, dict(response.headers), json.loads(response.read() or b"null")
@@ -48,6 +60,8 @@ class Stack:
 
     Optional: `workers` Celery worker processes (more than one get distinct node names `workerN@%h`),
     a Celery `beat` process, `web_workers` gunicorn workers and extra gunicorn arguments (`web_args`).
+    `worker_queues`, when given, starts one worker per entry (`workerN@%h`, consuming that entry's
+    comma-separated queues, e.g. ("prompts", "batch") as in production) instead of `workers` workers.
     """
 
     env: dict[str, str]
@@ -60,6 +74,7 @@ class Stack:
     beat: bool = False
     web_workers: int = 2
     web_args: tuple[str, ...] = ()
+    worker_queues: tuple[str, ...] | None = None
 
     @property
     def web(self) -> str:
@@ -77,7 +92,11 @@ class Stack:
             [str(BIN / "gunicorn"), "--worker-class", "gevent", "--workers", str(self.web_workers), "--bind",
              f"127.0.0.1:{self.web_port}", *self.web_args, "web:create_app()"],
         )  # fmt: skip
-        if self.workers == 1:
+        if self.worker_queues is not None:
+            self.workers = len(self.worker_queues)
+            for number, queues in enumerate(self.worker_queues, start=1):
+                self.start_worker(f"worker{number}", wait=False, queues=queues)
+        elif self.workers == 1:
             self._spawn("worker", list(WORKER_COMMAND))
         else:
             for number in range(1, self.workers + 1):
@@ -90,9 +109,12 @@ class Stack:
             )  # fmt: skip
         self._wait_until_ready(min_workers=self.workers)
 
-    def start_worker(self, name: str, *, wait: bool = True, timeout_s: float = 60) -> None:
-        """Start one more Celery worker process with node name `name@%h`; wait until it is ready."""
-        self._spawn(name, [*WORKER_COMMAND, "-n", f"{name}@%h"])
+    def start_worker(self, name: str, *, wait: bool = True, timeout_s: float = 60, queues: str | None = None) -> None:
+        """Start one more Celery worker process with node name `name@%h`; wait until it is ready.
+
+        `queues` (comma-separated) replaces the default "prompts,batch".
+        """
+        self._spawn(name, [*worker_command(queues), "-n", f"{name}@%h"])
         if not wait:
             return
         deadline = time.monotonic() + timeout_s

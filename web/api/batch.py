@@ -10,7 +10,6 @@ from flask import Response
 from flask import current_app
 from flask import jsonify
 from flask import request
-from flask import stream_with_context
 from flask import url_for
 
 from shared import batches
@@ -112,9 +111,9 @@ def get_batch(batch_id: str) -> Response:
     view = batches.get_view(get_session(), batch_id=batch_id)
     check_owner(view.batch.api_key_id, what=f"batch {batch_id!r}")
     if request.args.get("format") == "jsonl":
-        dumps = current_app.json.dumps  # the app's encoder (Decimals as numbers), bound before streaming
-        lines = (dumps(job_body(job)) + "\n" for job in view.jobs)
-        return Response(stream_with_context(lines), mimetype="application/x-ndjson")
+        # Encoded now, while the request's session is open (at most MAX_BATCH_ITEMS lines).
+        lines = [current_app.json.dumps(job_body(job)) + "\n" for job in view.jobs]
+        return Response(lines, mimetype="application/x-ndjson")
     return jsonify(batch_body(view))
 
 

@@ -71,6 +71,9 @@ def create_prompt() -> Response | tuple[Response, int]:
     try:
         if existing is None:
             submission.enqueue([job_id], batch=False, withdraw=lambda s: jobs.withdraw(s, job_id=job_id))
+        elif done is not None:
+            # A repeated request's job may have finished long ago: its announcement will not come again.
+            done.set()
         if done is None:
             status, finished = _look(job_id)
             return jsonify(finished) if finished is not None else _accepted(job_id, status)
