@@ -21,7 +21,14 @@ EPILOG = (
 )
 
 
-@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """A group that lists its commands in the order they were added: client commands first."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(cls=_Group, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--url",
     envvar="MODEL_ROUTER_URL",
@@ -39,16 +46,16 @@ EPILOG = (
     help="API key sent as 'Authorization: Bearer KEY' (when the server requires keys).",
 )
 @click.option(
-    "--timeout",
+    "--request-timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=30.0,
     show_default=True,
     metavar="SECONDS",
-    help="How long one HTTP request may take.",
+    help="How long one HTTP request may take to answer.",
 )
 @click.version_option(package_name="model-router", prog_name="model-router")
 @click.pass_context
-def main(ctx: click.Context, url: str, key: str | None, timeout: float) -> None:
+def main(ctx: click.Context, url: str, key: str | None, request_timeout: float) -> None:
     """Route prompts to the cheapest model tier likely to answer them well.
 
     Client commands talk to the HTTP API at --url; operational commands (web, worker, simulate, run,
@@ -56,7 +63,7 @@ def main(ctx: click.Context, url: str, key: str | None, timeout: float) -> None:
     """
     # A caller may hand in an httpx transport (tests do, through `obj`); real runs use sockets.
     transport = ctx.obj.get("transport") if isinstance(ctx.obj, dict) else None
-    ctx.obj = Endpoint(url=url, key=key or None, timeout_s=timeout, transport=transport)
+    ctx.obj = Endpoint(url=url, key=key or None, timeout_s=request_timeout, transport=transport)
 
 
 for command in (

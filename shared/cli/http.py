@@ -185,8 +185,9 @@ class ApiClient:
             hint = f" (retry after {response.headers['Retry-After']} s)"
         elif status == 402:
             details = error.get("details") or {}
-            if isinstance(details, dict) and "remaining" in details and "required" in details:
-                hint = f" (needs up to ${details['required']:.6f}, ${details['remaining']:.6f} left)"
+            required, remaining = details.get("required"), details.get("remaining")
+            if isinstance(required, int | float) and isinstance(remaining, int | float):
+                hint = f" (needs up to ${required:.6f}; ${remaining:.6f} left)"
         return ApiError(f"{status} {code}: {message}{hint}", exit_code=exit_code, status=status)
 
 

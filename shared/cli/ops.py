@@ -147,7 +147,9 @@ def demo() -> None:
 
 @click.command(context_settings=PASS_THROUGH)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 in a container).")
-@click.option("--port", envvar="PORT", default=8000, show_default=True, type=click.IntRange(1, 65535), help="[env: PORT]")
+@click.option(
+    "--port", envvar="PORT", default=8000, show_default=True, type=click.IntRange(1, 65535), help="[env: PORT]"
+)
 @click.option(
     "--workers",
     envvar="WEB_CONCURRENCY",
