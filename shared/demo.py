@@ -85,6 +85,20 @@ def _exercise(base: str) -> None:
         time.sleep(0.25)
     _show(job)
 
+    print("\n== A small batch, polled until complete")
+    status, batch = _call("POST", f"{base}/api/batch", {"prompts": ["Name a prime.", "Define entropy.", "Hi!"]})
+    print(f"  {status} batch {batch['batch_id']} with {len(batch['job_ids'])} jobs")
+    view = batch
+    for _ in range(120):
+        view = _call("GET", f"{base}{batch['poll_url']}")[1]
+        if view["status"] == "completed":
+            break
+        time.sleep(0.25)
+    print(
+        f"    → {view['status']}: {view['succeeded']} succeeded, {view['failed']} failed, ${view['cost']:.6f}, "
+        f"models {[job['model_used'] for job in view['jobs']]}"
+    )
+
     print("\n== A bad request")
     status, error = _call("POST", f"{base}/api/prompt", {"prompt": "   "})
     print(f"  {status} {error}")
