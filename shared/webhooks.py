@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 

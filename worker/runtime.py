@@ -8,8 +8,8 @@ import redis
 
 from shared import alerts
 from shared import circuit
-from shared import jobs
 from shared import notify
+from shared import runs
 from shared.catalog import load_catalog
 from shared.circuit import CircuitBreaker
 from shared.config import get_settings
@@ -18,17 +18,17 @@ from shared.db.session import make_sessionmaker
 from shared.llm_client import OpenAIChatClient
 
 _lock = threading.Lock()
-_deps: jobs.RunDeps | None = None
+_deps: runs.RunDeps | None = None
 
 
-def get_deps() -> jobs.RunDeps:
+def get_deps() -> runs.RunDeps:
     """Return this process's job dependencies: one engine, one catalog, one HTTP client per upstream."""
     global _deps
     with _lock:
         if _deps is None:
             settings = get_settings()
             publisher = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
-            _deps = jobs.RunDeps(
+            _deps = runs.RunDeps(
                 sessions=make_sessionmaker(make_engine(settings)),
                 catalog=load_catalog(settings.model_catalog_path),
                 settings=settings,

@@ -15,6 +15,7 @@ from shared import batches
 from shared import idempotency
 from shared import jobs
 from shared import reaper
+from shared import runs
 from shared import webhooks
 from shared.db.types import utcnow
 from shared.representations import batch_body
@@ -43,8 +44,8 @@ def _reset_after_fork(**_: object) -> None:
 )
 def run_job(job_id: str) -> str | None:
     """Route, call and settle one job."""
-    result = jobs.run(job_id, deps=runtime.get_deps())
-    if isinstance(result, jobs.Busy):
+    result = runs.run(job_id, deps=runtime.get_deps())
+    if isinstance(result, runs.Busy):
         # Another run holds the lease (a redelivered message, say); if that run dies, the reaper
         # re-enqueues the job once the lease lapses.
         logger.info("job is claimed elsewhere until %s job_id=%s", result.lease_expires_at.isoformat(), job_id)
@@ -62,7 +63,7 @@ def reap_jobs() -> dict[str, int]:
         enqueue_job(job_id, batch=in_batch)
     for finished in swept.failed:
         deps.on_finished(finished.job_id)
-        jobs.announce(finished, deps=deps)
+        runs.announce(finished, deps=deps)
     with deps.sessions.begin() as session:
         purged = idempotency.purge(session, now=utcnow())
     return {"requeued": len(swept.requeued), "failed": len(swept.failed), "idempotency_keys_purged": purged}

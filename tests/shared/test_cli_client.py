@@ -1,6 +1,6 @@
 """The `model-router` client commands against the real Flask app served on a loopback port.
 
-Jobs are run by a fake worker (a thread running `jobs.run` with a scripted LLM client) or held queued;
+Jobs are run by a fake worker (a thread running `runs.run` with a scripted LLM client) or held queued;
 error statuses the app cannot easily be made to answer (429, 503) come from an httpx.MockTransport.
 """
 
@@ -31,8 +31,8 @@ from sqlalchemy import select
 from werkzeug.serving import make_server
 
 from shared import api_keys
-from shared import jobs
 from shared import notify
+from shared import runs
 from shared.cli import batch as batch_cli
 from shared.cli import inputs
 from shared.cli import main
@@ -50,7 +50,7 @@ class FakeWorker:
     def __init__(self, app: Flask, catalog: Any) -> None:
         settings = app.extensions["settings"]
         self.publisher = redis.Redis.from_url(settings.redis_url)
-        self.deps = jobs.RunDeps(
+        self.deps = runs.RunDeps(
             sessions=make_sessionmaker(app.extensions["db_engine"]),
             catalog=catalog,
             settings=settings,
@@ -93,7 +93,7 @@ class FakeWorker:
             try:
                 if job_id is None:
                     return
-                jobs.run(job_id, deps=self.deps)
+                runs.run(job_id, deps=self.deps)
             finally:
                 self._queue.task_done()
 
@@ -306,10 +306,10 @@ def test_prompt_metadata_must_be_a_json_object(server: Served) -> None:
 
 def test_prompt_polls_when_the_server_stops_waiting(server: Served) -> None:
     server.worker.hold = True
-    threading.Timer(0.5, server.worker.release).start()
     result = server.cli("prompt", "Hello", "--json", "--timeout", "0.2")
     # The server gave up at 0.2 s; so did the CLI's own wait: the job goes on.
     assert result.exit_code == 1 and "model-router job" in result.stderr
+    server.worker.release()
     job_id = server.worker.enqueued[0]
     waited = server.cli("job", job_id, "--wait", "--json")
     assert waited.exit_code == 0, waited.stderr

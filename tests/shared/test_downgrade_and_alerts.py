@@ -11,6 +11,7 @@ from shared import alerts
 from shared import api_keys
 from shared import budget
 from shared import jobs
+from shared import runs
 from shared import webhooks
 from shared.db.models import BudgetAlert
 from shared.db.models import RequestLog
@@ -37,7 +38,7 @@ def test_downgrade_caps_a_hard_prompt_at_the_tier_the_budget_covers(sessions, ca
     limit = _limit_between(catalog, prompt=HARD, max_tokens=1000, below="cheap")
     settings = make_test_settings(f"sqlite:///{tmp_path}/router.db", monthly_budget_limit=limit)
     fake = FakeLLMClient()
-    deps = jobs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=fake, sleep=lambda _: None)
+    deps = runs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=fake, sleep=lambda _: None)
     with sessions.begin() as session:
         job_id = jobs.create(
             session,
@@ -45,7 +46,7 @@ def test_downgrade_caps_a_hard_prompt_at_the_tier_the_budget_covers(sessions, ca
             catalog=catalog,
             settings=settings,
         ).id
-    jobs.run(job_id, deps=deps)
+    runs.run(job_id, deps=deps)
     with sessions() as session:
         job = session.get(RequestLog, job_id)
         assert (job.max_tier, job.tier, job.downgraded_from) == ("cheap", "cheap", "high")
@@ -66,7 +67,7 @@ def test_downgraded_jobs_never_escalate_past_the_cap(sessions, catalog, tmp_path
     settings = make_test_settings(f"sqlite:///{tmp_path}/router.db", monthly_budget_limit=limit)
     fake = FakeLLMClient()
     fake.script("gpt-3.5-turbo", ok("I'm not sure."))
-    deps = jobs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=fake, sleep=lambda _: None)
+    deps = runs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=fake, sleep=lambda _: None)
     with sessions.begin() as session:
         job_id = jobs.create(
             session,
@@ -74,7 +75,7 @@ def test_downgraded_jobs_never_escalate_past_the_cap(sessions, catalog, tmp_path
             catalog=catalog,
             settings=settings,
         ).id
-    jobs.run(job_id, deps=deps)
+    runs.run(job_id, deps=deps)
     assert fake.calls == ["gpt-3.5-turbo"]
 
 
@@ -95,7 +96,7 @@ def test_thresholds_fire_once_per_scope_and_month(sessions, catalog, tmp_path) -
     settings = make_test_settings(f"sqlite:///{tmp_path}/router.db", monthly_budget_limit=Decimal("1"))
     fired: list[alerts.Alert] = []
     fake = FakeLLMClient()
-    deps = jobs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=fake,
+    deps = runs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=fake,
                         sleep=lambda _: None, on_alert=fired.append)  # fmt: skip
     # gpt-4 at 6000 completion tokens would be $0.36; 1000 tokens cost $0.06 + prompt: about 6% per job.
     for _ in range(10):
@@ -103,7 +104,7 @@ def test_thresholds_fire_once_per_scope_and_month(sessions, catalog, tmp_path) -
         with sessions.begin() as session:
             job_id = jobs.create(session, request=jobs.JobRequest(prompt="hi", tier="mid"), catalog=catalog,
                                  settings=settings).id  # fmt: skip
-        jobs.run(job_id, deps=deps)
+        runs.run(job_id, deps=deps)
     assert [(alert.scope, alert.threshold) for alert in fired] == [("global", 50)]
     with sessions() as session:
         rows = session.scalars(select(BudgetAlert)).all()

@@ -14,6 +14,7 @@ from sqlalchemy.orm import sessionmaker
 from shared import answering
 from shared import budget
 from shared import jobs
+from shared import runs
 from shared.catalog import Catalog
 from shared.config import Settings
 from shared.db.models import JobStatus
@@ -43,9 +44,9 @@ def sleeps() -> list[float]:
 
 
 @pytest.fixture
-def deps(sessions, catalog, settings, fake, sleeps) -> jobs.RunDeps:
+def deps(sessions, catalog, settings, fake, sleeps) -> runs.RunDeps:
     finished: list[str] = []
-    return jobs.RunDeps(
+    return runs.RunDeps(
         sessions=sessions,
         catalog=catalog,
         settings=settings,
@@ -75,7 +76,7 @@ def _ledger(sessions: sessionmaker[Session]) -> MonthlyBudget:
 
 def test_easy_prompt_goes_to_the_cheap_model_and_settles_its_cost(deps, sessions, catalog, settings, fake) -> None:
     job_id = _submit(sessions, catalog, settings, prompt=EASY)
-    assert jobs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
+    assert runs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
     job = _job(sessions, job_id)
     expected = catalog.get_model("gpt-3.5-turbo").cost(12, 24)
     assert (job.model_used, job.tier, job.difficulty_level) == ("gpt-3.5-turbo", "cheap", "easy")
@@ -87,7 +88,7 @@ def test_easy_prompt_goes_to_the_cheap_model_and_settles_its_cost(deps, sessions
 def test_finished_job_is_announced(deps, sessions, catalog, settings) -> None:
     announced: list[str] = []
     job_id = _submit(sessions, catalog, settings, prompt=EASY)
-    jobs.run(job_id, deps=jobs.RunDeps(**{**deps.__dict__, "on_finished": announced.append}))
+    runs.run(job_id, deps=runs.RunDeps(**{**deps.__dict__, "on_finished": announced.append}))
     assert announced == [job_id]
 
 
@@ -99,7 +100,7 @@ def test_transient_errors_are_retried_honouring_retry_after(deps, sessions, cata
         ok(),
     )
     job_id = _submit(sessions, catalog, settings, prompt=EASY)
-    assert jobs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
+    assert runs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
     job = _job(sessions, job_id)
     assert job.retry_count == 2
     assert [a.outcome for a in job.attempts] == ["error", "error", "ok"]
@@ -110,7 +111,7 @@ def test_transient_errors_are_retried_honouring_retry_after(deps, sessions, cata
 def test_permanent_error_fails_without_retry_and_spends_nothing(deps, sessions, catalog, settings, fake) -> None:
     fake.script("gpt-4-turbo", PermanentLLMError("bad", status_code=400, details={"error_class": "rejected"}))
     job_id = _submit(sessions, catalog, settings, prompt=EASY, model="gpt-4-turbo")
-    assert jobs.run(job_id, deps=deps) is JobStatus.FAILED
+    assert runs.run(job_id, deps=deps) is JobStatus.FAILED
     job = _job(sessions, job_id)
     assert (job.error_code, job.retry_count, len(job.attempts), job.cost) == ("upstream_rejected", 0, 1, 0)
     ledger = _ledger(sessions)
@@ -120,7 +121,7 @@ def test_permanent_error_fails_without_retry_and_spends_nothing(deps, sessions, 
 def test_exhausted_retries_fail_the_job(deps, sessions, catalog, settings, fake) -> None:
     fake.script("gpt-4-turbo", *[TransientLLMError("500", status_code=500)] * settings.upstream_max_attempts)
     job_id = _submit(sessions, catalog, settings, prompt=EASY, model="gpt-4-turbo")
-    assert jobs.run(job_id, deps=deps) is JobStatus.FAILED
+    assert runs.run(job_id, deps=deps) is JobStatus.FAILED
     job = _job(sessions, job_id)
     assert (job.error_code, job.retry_count) == ("upstream_unavailable", settings.upstream_max_attempts - 1)
 
@@ -128,7 +129,7 @@ def test_exhausted_retries_fail_the_job(deps, sessions, catalog, settings, fake)
 def test_hedging_answer_escalates_one_tier_and_sums_both_costs(deps, sessions, catalog, settings, fake) -> None:
     fake.script("gpt-3.5-turbo", ok(HEDGE, completion_tokens=6))
     job_id = _submit(sessions, catalog, settings, prompt=EASY)
-    assert jobs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
+    assert runs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
     job = _job(sessions, job_id)
     assert fake.calls == ["gpt-3.5-turbo", "gpt-4"]
     assert (job.escalated, job.model_used, job.tier) == (True, "gpt-4", "mid")
@@ -141,7 +142,7 @@ def test_hedging_answer_escalates_one_tier_and_sums_both_costs(deps, sessions, c
 def test_truncated_answer_escalates(deps, sessions, catalog, settings, fake) -> None:
     fake.script("gpt-3.5-turbo", ok(finish_reason="length"))
     job_id = _submit(sessions, catalog, settings, prompt=EASY)
-    jobs.run(job_id, deps=deps)
+    runs.run(job_id, deps=deps)
     assert _job(sessions, job_id).escalated is True
 
 
@@ -150,7 +151,7 @@ def test_failed_escalation_keeps_the_first_answer(deps, sessions, catalog, setti
     fake.script("gpt-4", PermanentLLMError("no", status_code=400))
     fake.script("gpt-4-turbo", PermanentLLMError("no", status_code=400))
     job_id = _submit(sessions, catalog, settings, prompt=EASY)
-    assert jobs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
+    assert runs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
     job = _job(sessions, job_id)
     assert (job.response, job.model_used, job.escalated) == (HEDGE, "gpt-3.5-turbo", True)
 
@@ -158,58 +159,58 @@ def test_failed_escalation_keeps_the_first_answer(deps, sessions, catalog, setti
 def test_forced_tier_never_escalates(deps, sessions, catalog, settings, fake) -> None:
     fake.script("gpt-4", ok(HEDGE))
     job_id = _submit(sessions, catalog, settings, prompt=EASY, tier="mid")
-    jobs.run(job_id, deps=deps)
+    runs.run(job_id, deps=deps)
     job = _job(sessions, job_id)
     assert (fake.calls, job.escalated, job.tier) == (["gpt-4"], False, "mid")
 
 
 def test_forced_model_is_used_whatever_the_difficulty(deps, sessions, catalog, settings, fake) -> None:
     job_id = _submit(sessions, catalog, settings, prompt=EASY, model="gpt-4-turbo")
-    jobs.run(job_id, deps=deps)
+    runs.run(job_id, deps=deps)
     assert _job(sessions, job_id).model_used == "gpt-4-turbo"
 
 
 def test_escalation_can_be_switched_off(sessions, catalog, tmp_path, fake) -> None:
     settings = make_test_settings(f"sqlite:///{tmp_path}/router.db", escalation_enabled=False)
-    deps = jobs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=fake, sleep=lambda _: None)
+    deps = runs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=fake, sleep=lambda _: None)
     fake.script("gpt-3.5-turbo", ok(HEDGE))
     job_id = _submit(sessions, catalog, settings, prompt=EASY)
-    jobs.run(job_id, deps=deps)
+    runs.run(job_id, deps=deps)
     assert fake.calls == ["gpt-3.5-turbo"]
 
 
 def test_a_redelivered_job_is_not_run_or_charged_twice(deps, sessions, catalog, settings, fake) -> None:
     job_id = _submit(sessions, catalog, settings, prompt=EASY)
-    jobs.run(job_id, deps=deps)
+    runs.run(job_id, deps=deps)
     spent = _ledger(sessions).total_spent
-    assert jobs.run(job_id, deps=deps) is None
+    assert runs.run(job_id, deps=deps) is None
     assert fake.calls == ["gpt-3.5-turbo"]
     assert _ledger(sessions).total_spent == spent
 
 
 def test_a_job_running_elsewhere_is_busy(deps, sessions, catalog, settings, fake) -> None:
     job_id = _submit(sessions, catalog, settings, prompt=EASY)
-    assert isinstance(jobs._claim(job_id, deps=deps), jobs.Claim)
-    assert isinstance(jobs.run(job_id, deps=deps), jobs.Busy)
+    assert isinstance(runs._claim(job_id, deps=deps), runs.Claim)
+    assert isinstance(runs.run(job_id, deps=deps), runs.Busy)
     assert fake.calls == []
 
 
 def test_an_expired_lease_is_taken_over_and_the_old_run_cannot_settle(deps, sessions, catalog, settings) -> None:
     job_id = _submit(sessions, catalog, settings, prompt=EASY)
-    stale = jobs._claim(job_id, deps=deps)
-    assert isinstance(stale, jobs.Claim)
+    stale = runs._claim(job_id, deps=deps)
+    assert isinstance(stale, runs.Claim)
     with sessions.begin() as session:
         session.execute(
             update(RequestLog).where(RequestLog.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1))
         )
-    assert jobs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
+    assert runs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
     spent = _ledger(sessions).total_spent
     stale_outcome = answering.answer(
         answering.Job(prompt=EASY, max_tokens=1000, preference="balanced", model=None, tier=None, max_tier=None,
                       reserved_cost=stale.reserved_cost, deadline_s=60),
         using=deps.answerer,
     )  # fmt: skip
-    assert jobs._finish(stale, stale_outcome, deps=deps) is None
+    assert runs._finish(stale, stale_outcome, deps=deps) is None
     ledger = _ledger(sessions)
     assert (ledger.total_spent, ledger.reserved) == (spent, Decimal(0))
     # The run that took over records the lapsed run as a lost attempt, then its own call.
@@ -248,7 +249,7 @@ def test_true_cost_never_exceeds_the_reservation(deps, sessions, catalog, settin
     fake.script("gpt-3.5-turbo", ok(HEDGE, prompt_tokens=66, completion_tokens=100))
     fake.script("gpt-4", ok(prompt_tokens=66, completion_tokens=100))
     job_id = _submit(sessions, catalog, settings, prompt=prompt, max_tokens=100)
-    jobs.run(job_id, deps=deps)
+    runs.run(job_id, deps=deps)
     job = _job(sessions, job_id)
     assert job.escalated
     assert job.cost <= job.reserved_cost
@@ -258,7 +259,7 @@ def test_true_cost_never_exceeds_the_reservation(deps, sessions, catalog, settin
 def test_the_answer_in_hand_survives_a_database_outage_at_finish(deps, sessions, catalog, settings, fake, monkeypatch):
     from sqlalchemy.exc import OperationalError
 
-    real_finish = jobs._finish
+    real_finish = runs._finish
     failures = iter([OperationalError("UPDATE", {}, Exception("server closed the connection"))] * 2)
 
     def flaky_finish(*args, **kwargs):
@@ -267,9 +268,9 @@ def test_the_answer_in_hand_survives_a_database_outage_at_finish(deps, sessions,
             raise error
         return real_finish(*args, **kwargs)
 
-    monkeypatch.setattr(jobs, "_finish", flaky_finish)
+    monkeypatch.setattr(runs, "_finish", flaky_finish)
     job_id = _submit(sessions, catalog, settings, prompt=EASY)
-    assert jobs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
+    assert runs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
     assert fake.calls == ["gpt-3.5-turbo"]  # the upstream was not asked again
     assert _ledger(sessions).total_spent == _job(sessions, job_id).cost
 

@@ -17,7 +17,9 @@ from decimal import Decimal
 from typing import Any
 from typing import ClassVar
 
+import pytest
 from hypothesis import HealthCheck
+from hypothesis import Phase
 from hypothesis import event
 from hypothesis import given
 from hypothesis import settings
@@ -36,10 +38,12 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
 
 from shared import api_keys
+from shared import batches
 from shared import budget
 from shared import jobs
 from shared import reaper
 from shared import routing
+from shared import runs
 from shared.catalog import Catalog
 from shared.catalog import load_catalog
 from shared.config import DEFAULT_CATALOG_PATH
@@ -53,6 +57,7 @@ from shared.db.session import make_sessionmaker
 from shared.db.types import from_nanos
 from shared.db.types import utcnow
 from shared.errors import BudgetExceeded
+from shared.errors import NotCancellable
 from shared.errors import PermanentLLMError
 from shared.errors import TransientLLMError
 from shared.llm_client import Completion
@@ -70,23 +75,26 @@ MAX_RUNS = 2
 SWEEP_AHEAD_S = (0, LEASE_S + 1, LEASE_S + 1, MAX_AGE_S + LEASE_S + 1)
 # Words that move the difficulty score around (and "café"/"naïve" make bytes outnumber characters).
 WORDS = ("what is", "capital of", "prove", "derive", "algorithm", "optimize", "the", "café", "naïve", "x", "?")
-# What happens while a run waits on its upstream: nothing, its worker dies, the reaper fails the job under
-# it, or its lease lapses and another worker finishes the job first.
-MEANWHILE = ("nothing", "nothing", "worker dies", "reaped", "taken over")
+# What happens while a run waits on its upstream: nothing; its worker dies (its lease running on, or long
+# since lapsed); the reaper fails the job under it; or its lease lapses and another worker claims the job
+# and either finishes it first or dies holding it.
+MEANWHILE = ("nothing", "nothing", "worker dies", "worker dies, long ago", "reaped", "taken over", "taken, dies")
 # What a model does when called: answer well, answer unsure (forcing escalation), or fail.
 OUTCOMES = ("fluent", "fluent", "hedge", "transient", "permanent")
 ANSWERS = ("fluent", "hedge")
 
 # Reproducible runs that leave no example database in the tree. Function-scoped fixtures are fine here:
-# each example truncates or creates its own tables.
+# each example truncates or creates its own tables. The explain phase traces every line while shrinking,
+# which turns a half-minute shrink of a failing machine into a five-minute one that hits the test timeout.
 COMMON = settings(
     deadline=None,
     derandomize=True,
     database=None,
     report_multiple_bugs=False,
+    phases=[phase for phase in Phase if phase is not Phase.explain],
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-SQLITE_MACHINE = settings(COMMON, max_examples=50, stateful_step_count=40)
+SQLITE_MACHINE = settings(COMMON, max_examples=80, stateful_step_count=40)
 POSTGRES_MACHINE = settings(COMMON, max_examples=8, stateful_step_count=25)
 
 # A global limit of a few typical job bounds (an unpinned 50-word, 200-token job reserves about $0.03),
@@ -94,6 +102,10 @@ POSTGRES_MACHINE = settings(COMMON, max_examples=8, stateful_step_count=25)
 global_limits = st.integers(min_value=5_000_000, max_value=300_000_000).map(from_nanos)
 key_budgets = st.one_of(st.none(), st.integers(min_value=0, max_value=100_000_000).map(from_nanos))
 prompts = st.lists(st.sampled_from(WORDS), min_size=1, max_size=40).map(" ".join)
+token_limits = st.integers(min_value=1, max_value=400)
+tiers = st.sampled_from([None, None, "cheap", "mid", "high"])
+# An API key by index (-1: none).
+keys = st.integers(min_value=-1, max_value=1)
 # Token usage as percentages of the bound, often exactly at it: the worst case must still fit.
 percent = st.one_of(st.just(100), st.integers(min_value=0, max_value=100))
 shares = st.tuples(percent, percent)
@@ -164,6 +176,10 @@ def _job(sessions: sessionmaker[Session], job_id: str) -> RequestLog | None:
 
 class _WorkerDied(BaseException):
     """The worker process vanished mid-call (a BaseException, so nothing on the way up handles it)."""
+
+
+def _die() -> None:
+    raise _WorkerDied
 
 
 class _InterleavingClient(FakeLLMClient):
@@ -240,12 +256,15 @@ class LedgerMachine(RuleBasedStateMachine):
         self.order: dict[str, int] = {}
         # Job ids by status as of the last invariant check, for preconditions and picking.
         self.by_status: dict[JobStatus, list[str]] = {status: [] for status in JobStatus}
+        self.batches: list[str] = []
+        # The ledger and jobs as an interrupted run's `meanwhile` left them; the run must not change them.
+        self.interrupted_at: Snapshot = ()
 
     def teardown(self) -> None:
         self.database.close()
 
-    def deps(self, client: FakeLLMClient) -> jobs.RunDeps:
-        return jobs.RunDeps(
+    def deps(self, client: FakeLLMClient) -> runs.RunDeps:
+        return runs.RunDeps(
             sessions=self.sessions,
             catalog=self.catalog,
             settings=self.settings,
@@ -279,16 +298,19 @@ class LedgerMachine(RuleBasedStateMachine):
                 row, _ = api_keys.create(session, name=f"key {index}", monthly_budget=monthly_budget)
                 self.requesters.append(jobs.Requester(row.id, row.monthly_budget))
 
+    def requester(self, key: int) -> jobs.Requester | None:
+        return None if key < 0 or not self.requesters else self.requesters[key % len(self.requesters)]
+
     @rule(
         prompt=prompts,
-        max_tokens=st.integers(min_value=1, max_value=400),
-        tier=st.sampled_from([None, None, "cheap", "mid", "high"]),
+        max_tokens=token_limits,
+        tier=tiers,
         pressure=st.sampled_from(["fail", "downgrade"]),
-        key=st.integers(min_value=-1, max_value=1),
+        key=keys,
     )
     def create_job(self, prompt: str, max_tokens: int, tier: str | None, pressure: str, key: int) -> None:
         """A prompt arrives, with or without an API key; it is accepted exactly when its bound fits."""
-        requester = None if key < 0 or not self.requesters else self.requesters[key % len(self.requesters)]
+        requester = self.requester(key)
         request = jobs.JobRequest(prompt=prompt, max_tokens=max_tokens, tier=tier, on_budget_pressure=pressure)
         before = _snapshot(self.sessions)
         expected = self.fitting_bound(request, requester)
@@ -310,10 +332,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.order[job_id] = len(self.order)
         self.created += 1
 
-    def fitting_bound(
-        self, request: jobs.JobRequest, requester: jobs.Requester | None
-    ) -> tuple[Decimal, str | None] | None:
-        """Return the (bound, ceiling) create must reserve: the first ceiling whose bound fits every scope."""
+    def remaining(self, requester: jobs.Requester | None) -> list[Decimal]:
+        """Return what is left this month in each scope a request of `requester` is charged to."""
         limit = self.settings.monthly_budget_limit
         scopes = [(budget.GLOBAL_SCOPE, limit)]
         if requester is not None:
@@ -322,26 +342,105 @@ class LedgerMachine(RuleBasedStateMachine):
         period = budget.Period.of(utcnow())
         with self.sessions() as session:
             ledgers = _ledgers(session)
-        remaining = []
+        left = []
         for scope, scope_limit in scopes:
             _, spent, reserved, _ = ledgers.get((scope, period.year, period.month), (scope_limit, 0, 0, 0))
-            remaining.append(scope_limit - spent - reserved)
+            left.append(scope_limit - spent - reserved)
+        return left
+
+    def bound(self, request: jobs.JobRequest, *, ceiling: str | None = None) -> Decimal:
+        """Return the most `request` may cost under `ceiling`: the documented reservation bound."""
         pinned = request.tier is not None
+        return budget.reservation_bound(
+            catalog=self.catalog,
+            tiers=routing.candidate_tiers(catalog=self.catalog, model=None, tier=request.tier),
+            prompt=request.prompt,
+            max_tokens=request.max_tokens,
+            escalation=self.settings.escalation_enabled and not pinned,
+            max_tier=ceiling,
+        )
+
+    def fitting_bound(
+        self, request: jobs.JobRequest, requester: jobs.Requester | None
+    ) -> tuple[Decimal, str | None] | None:
+        """Return the (bound, ceiling) create must reserve: the first ceiling whose bound fits every scope."""
+        remaining = self.remaining(requester)
         ceilings: list[str | None] = [None]
-        if request.on_budget_pressure == "downgrade" and not pinned:
+        if request.on_budget_pressure == "downgrade" and request.tier is None:
             ceilings += list(reversed(self.catalog.tiers[:-1]))
         for ceiling in ceilings:
-            bound = budget.reservation_bound(
-                catalog=self.catalog,
-                tiers=routing.candidate_tiers(catalog=self.catalog, model=None, tier=request.tier),
-                prompt=request.prompt,
-                max_tokens=request.max_tokens,
-                escalation=self.settings.escalation_enabled and not pinned,
-                max_tier=ceiling,
-            )
+            bound = self.bound(request, ceiling=ceiling)
             if all(bound <= left for left in remaining):
                 return bound, ceiling
         return None
+
+    @rule(items=st.lists(st.tuples(prompts, token_limits, tiers), min_size=1, max_size=4), key=keys)
+    def create_batch(self, items: list[tuple[str, int, str | None]], key: int) -> None:
+        """Several prompts arrive as one batch: all are reserved at once, or none."""
+        requester = self.requester(key)
+        requests = [jobs.JobRequest(prompt=p, max_tokens=m, tier=t) for p, m, t in items]
+        total = sum((self.bound(request) for request in requests), Decimal(0))
+        fits = all(total <= left for left in self.remaining(requester))
+        before = _snapshot(self.sessions)
+        try:
+            with self.sessions.begin() as session:
+                batch, rows = batches.create(
+                    session, requests=requests, catalog=self.catalog, settings=self.settings, requester=requester
+                )
+                ids = [row.id for row in rows]
+        except BudgetExceeded:
+            event("batch: refused")
+            assert not fits, f"batch refused although {total} fits"
+            assert _snapshot(self.sessions) == before
+            return
+        event("batch: accepted")
+        assert fits, "batch accepted although it does not fit"
+        for job_id in ids:
+            self.order[job_id] = len(self.order)
+        self.created += len(ids)
+        self.batches.append(batch.id)
+
+    @precondition(lambda self: self.batches)
+    @rule(pick=picks)
+    def cancel_batch(self, pick: int) -> None:
+        """A client cancels a batch: exactly its jobs that have not started end, their reservations unspent."""
+        batch_id = self.batches[pick % len(self.batches)]
+        with self.sessions() as session:
+            batch_jobs = session.scalars(select(RequestLog).where(RequestLog.batch_id == batch_id)).all()
+        queued = {job.id for job in batch_jobs if job.status is JobStatus.QUEUED}
+        with self.sessions.begin() as session:
+            cancelled = batches.cancel(session, batch_id=batch_id)
+        event(f"batch cancel: {'some' if cancelled else 'none'} cancelled")
+        assert set(cancelled) == queued
+        for job_id in queued:
+            after = _job(self.sessions, job_id)
+            assert after is not None
+            assert (after.status, after.cost, after.settled) == (JobStatus.FAILED, Decimal(0), True)
+
+    @precondition(lambda self: self.unfinished())
+    @rule(pick=picks)
+    def cancel_job(self, pick: int) -> None:
+        """A client cancels a job: only one that has not started, and its reservation comes back unspent."""
+        job = self.pick(pick, self.unfinished())
+        before = _snapshot(self.sessions)
+        try:
+            with self.sessions.begin() as session:
+                finished = jobs.cancel(session, job_id=job.id)
+        except NotCancellable:
+            event(f"cancel: {job.status} refused")
+            assert job.status is not JobStatus.QUEUED
+            assert _snapshot(self.sessions) == before
+            return
+        event("cancel: queued")
+        assert job.status is JobStatus.QUEUED
+        after = _job(self.sessions, job.id)
+        assert after is not None
+        assert (finished.status, after.status, after.cost, after.settled) == (
+            JobStatus.FAILED,
+            JobStatus.FAILED,
+            Decimal(0),
+            True,
+        )
 
     @precondition(lambda self: self.unfinished())
     @rule(pick=picks, script=scripts, share=shares, meanwhile=st.sampled_from(MEANWHILE))
@@ -358,7 +457,7 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         before = _snapshot(self.sessions)
         try:
-            result = jobs.run(job.id, deps=self.deps(fake))
+            result = runs.run(job.id, deps=self.deps(fake))
         except _WorkerDied:
             event("run: the worker died mid-call")
             after = _job(self.sessions, job.id)
@@ -366,12 +465,14 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         event(f"run: {job.status} -> {getattr(result, 'value', type(result).__name__)} ({meanwhile})")
         if job.status is JobStatus.RUNNING and job.lease_expires_at is not None and job.lease_expires_at > utcnow():
-            assert isinstance(result, jobs.Busy) and fake.calls == []
+            assert isinstance(result, runs.Busy) and fake.calls == []
             assert _snapshot(self.sessions) == before
             return
-        if fake.interrupted and meanwhile in ("reaped", "taken over"):
-            # The job was finished by someone else while this run was calling: its outcome is dropped.
+        if fake.interrupted and meanwhile in ("reaped", "taken over", "taken, dies"):
+            # Another run or the reaper owns the job now: this run's outcome is dropped, whether or not
+            # the new owner has finished.
             assert result is None
+            assert _snapshot(self.sessions) == self.interrupted_at
             return
         status, cost = expected()
         after = _job(self.sessions, job.id)
@@ -381,7 +482,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def interrupt(self, job_id: str, meanwhile: str) -> None:
         """Do `meanwhile` to a job whose run is waiting on its upstream call; the ledger must hold throughout."""
         self.ledger_matches_the_jobs()
-        if meanwhile == "worker dies":
+        if meanwhile.startswith("worker dies"):
+            if meanwhile == "worker dies, long ago":
+                self.lapse(job_id)
             raise _WorkerDied
         if meanwhile == "reaped":
             # The reaper's clock is past the lease and the job's age: it fails the job under the run.
@@ -396,12 +499,20 @@ class LedgerMachine(RuleBasedStateMachine):
             fake, expected = _scripted_client(
                 self.catalog, ["fluent"] * 8, job=job, share=(100, 100), attempts=self.settings.upstream_max_attempts
             )
-            result = jobs.run(job_id, deps=self.deps(fake))
+            result = runs.run(job_id, deps=self.deps(fake))
             status, cost = expected()
             after = _job(self.sessions, job_id)
             assert after is not None
             assert (result, after.status, after.cost) == (JobStatus.SUCCEEDED, status, cost)
+        elif meanwhile == "taken, dies":
+            # The lease lapses; another worker claims the job and dies mid-call, so it is still running.
+            self.lapse(job_id)
+            with pytest.raises(_WorkerDied):
+                runs.run(job_id, deps=self.deps(_InterleavingClient(meanwhile=_die)))
+            after = _job(self.sessions, job_id)
+            assert after is not None and after.status is JobStatus.RUNNING
         self.ledger_matches_the_jobs()
+        self.interrupted_at = _snapshot(self.sessions)
 
     def lapse(self, job_id: str) -> None:
         with self.sessions.begin() as session:
@@ -456,7 +567,9 @@ class LedgerMachine(RuleBasedStateMachine):
             (expected_failed if runs_out or too_old else expected_requeued).add(job.id)
         swept = reaper.sweep(sessions=self.sessions, settings=self.settings, now=now)
         event(f"sweep +{ahead}s: {'some' if swept.requeued else 'none'} requeued")
-        assert (set(swept.failed), set(swept.requeued)) == (expected_failed, expected_requeued)
+        failed = {finished.job_id for finished in swept.failed}
+        requeued = {job_id for job_id, _ in swept.requeued}
+        assert (failed, requeued) == (expected_failed, expected_requeued)
         for job_id in expected_failed:
             after = _job(self.sessions, job_id)
             assert after is not None
@@ -469,7 +582,7 @@ class LedgerMachine(RuleBasedStateMachine):
         """Redelivering, reaping or withdrawing a finished job changes nothing: it was settled exactly once."""
         job = self.pick(pick, self.finished())
         before = _snapshot(self.sessions)
-        assert jobs.run(job.id, deps=self.deps(FakeLLMClient())) is None
+        assert runs.run(job.id, deps=self.deps(FakeLLMClient())) is None
         far = utcnow() + timedelta(seconds=MAX_AGE_S * 2)
         lease = timedelta(seconds=LEASE_S)
         assert not reaper.fail(self.sessions, job_id=job.id, code="expired", message="again", now=far, lease=lease)
@@ -537,7 +650,7 @@ races = st.builds(
     _Race,
     threads=st.integers(min_value=2, max_value=8),
     prompt=prompts,
-    max_tokens=st.integers(min_value=1, max_value=400),
+    max_tokens=token_limits,
     tier=st.sampled_from([None, "cheap", "mid", "high"]),
     fits_global=st.integers(min_value=0, max_value=8),
     global_slack=st.integers(min_value=0, max_value=999),

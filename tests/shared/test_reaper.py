@@ -12,6 +12,7 @@ from sqlalchemy import update
 from shared import budget
 from shared import jobs
 from shared import reaper
+from shared import runs
 from shared.db.models import JobStatus
 from shared.db.models import MonthlyBudget
 from shared.db.models import RequestLog
@@ -21,49 +22,49 @@ from tests.support.prompts import EASY
 
 
 @pytest.fixture
-def deps(sessions, catalog, settings) -> jobs.RunDeps:
-    return jobs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=FakeLLMClient(),
+def deps(sessions, catalog, settings) -> runs.RunDeps:
+    return runs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=FakeLLMClient(),
                         sleep=lambda _: None)  # fmt: skip
 
 
-def _submit(deps: jobs.RunDeps) -> str:
+def _submit(deps: runs.RunDeps) -> str:
     with deps.sessions.begin() as session:
         return jobs.create(session, request=jobs.JobRequest(prompt=EASY), catalog=deps.catalog,
                            settings=deps.settings).id  # fmt: skip
 
 
-def _set(deps: jobs.RunDeps, job_id: str, **values) -> None:
+def _set(deps: runs.RunDeps, job_id: str, **values) -> None:
     with deps.sessions.begin() as session:
         session.execute(update(RequestLog).where(RequestLog.id == job_id).values(**values))
 
 
-def _job(deps: jobs.RunDeps, job_id: str) -> RequestLog:
+def _job(deps: runs.RunDeps, job_id: str) -> RequestLog:
     with deps.sessions() as session:
         return session.get(RequestLog, job_id)
 
 
-def _ledger(deps: jobs.RunDeps) -> MonthlyBudget:
+def _ledger(deps: runs.RunDeps) -> MonthlyBudget:
     with deps.sessions() as session:
         return session.scalars(select(MonthlyBudget)).one()
 
 
-def _lapse(deps: jobs.RunDeps, job_id: str, *, runs: int) -> None:
-    assert isinstance(jobs._claim(job_id, deps=deps), jobs.Claim)
-    _set(deps, job_id, lease_expires_at=utcnow() - timedelta(seconds=1), run_count=runs)
+def _lapse(deps: runs.RunDeps, job_id: str, *, run_count: int) -> None:
+    assert isinstance(runs._claim(job_id, deps=deps), runs.Claim)
+    _set(deps, job_id, lease_expires_at=utcnow() - timedelta(seconds=1), run_count=run_count)
 
 
-def test_a_running_job_whose_worker_died_is_requeued_and_can_finish(deps: jobs.RunDeps) -> None:
+def test_a_running_job_whose_worker_died_is_requeued_and_can_finish(deps: runs.RunDeps) -> None:
     job_id = _submit(deps)
-    _lapse(deps, job_id, runs=1)
+    _lapse(deps, job_id, run_count=1)
     swept = reaper.sweep(sessions=deps.sessions, settings=deps.settings)
     assert (swept.requeued, swept.failed) == ([(job_id, False)], [])
-    assert jobs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
+    assert runs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
     assert _ledger(deps).reserved == Decimal(0)
 
 
-def test_a_job_that_lost_its_worker_too_often_fails_and_releases_its_reservation(deps: jobs.RunDeps) -> None:
+def test_a_job_that_lost_its_worker_too_often_fails_and_releases_its_reservation(deps: runs.RunDeps) -> None:
     job_id = _submit(deps)
-    _lapse(deps, job_id, runs=deps.settings.job_max_runs)
+    _lapse(deps, job_id, run_count=deps.settings.job_max_runs)
     swept = reaper.sweep(sessions=deps.sessions, settings=deps.settings)
     assert [finished.job_id for finished in swept.failed] == [job_id]
     job = _job(deps, job_id)
@@ -72,7 +73,7 @@ def test_a_job_that_lost_its_worker_too_often_fails_and_releases_its_reservation
     assert (ledger.reserved, ledger.total_spent) == (Decimal(0), Decimal(0))
 
 
-def test_a_queued_job_whose_message_was_lost_is_requeued(deps: jobs.RunDeps) -> None:
+def test_a_queued_job_whose_message_was_lost_is_requeued(deps: runs.RunDeps) -> None:
     job_id = _submit(deps)
     _set(deps, job_id, enqueued_at=utcnow() - timedelta(seconds=deps.settings.job_lease_s + 1))
     swept = reaper.sweep(sessions=deps.sessions, settings=deps.settings)
@@ -81,7 +82,7 @@ def test_a_queued_job_whose_message_was_lost_is_requeued(deps: jobs.RunDeps) -> 
     assert reaper.sweep(sessions=deps.sessions, settings=deps.settings).requeued == []
 
 
-def test_a_queued_job_past_its_age_fails_as_expired(deps: jobs.RunDeps) -> None:
+def test_a_queued_job_past_its_age_fails_as_expired(deps: runs.RunDeps) -> None:
     job_id = _submit(deps)
     old = utcnow() - timedelta(seconds=deps.settings.job_max_age_s + 1)
     _set(deps, job_id, created_at=old, enqueued_at=old)
@@ -90,12 +91,12 @@ def test_a_queued_job_past_its_age_fails_as_expired(deps: jobs.RunDeps) -> None:
     assert _ledger(deps).reserved == Decimal(0)
 
 
-def test_fresh_and_finished_jobs_are_left_alone(deps: jobs.RunDeps) -> None:
+def test_fresh_and_finished_jobs_are_left_alone(deps: runs.RunDeps) -> None:
     queued = _submit(deps)
     running = _submit(deps)
-    assert isinstance(jobs._claim(running, deps=deps), jobs.Claim)
+    assert isinstance(runs._claim(running, deps=deps), runs.Claim)
     done = _submit(deps)
-    jobs.run(done, deps=deps)
+    runs.run(done, deps=deps)
     swept = reaper.sweep(sessions=deps.sessions, settings=deps.settings)
     assert (swept.requeued, swept.failed) == ([], [])
     assert {_job(deps, j).status for j in (queued, running, done)} == {
@@ -103,9 +104,9 @@ def test_fresh_and_finished_jobs_are_left_alone(deps: jobs.RunDeps) -> None:
     }  # fmt: skip
 
 
-def test_a_failed_job_is_settled_once_however_often_the_reaper_runs(deps: jobs.RunDeps) -> None:
+def test_a_failed_job_is_settled_once_however_often_the_reaper_runs(deps: runs.RunDeps) -> None:
     job_id = _submit(deps)
-    _lapse(deps, job_id, runs=deps.settings.job_max_runs)
+    _lapse(deps, job_id, run_count=deps.settings.job_max_runs)
     later = utcnow() + timedelta(hours=2)
     for _ in range(3):
         reaper.sweep(sessions=deps.sessions, settings=deps.settings, now=later)
@@ -113,7 +114,7 @@ def test_a_failed_job_is_settled_once_however_often_the_reaper_runs(deps: jobs.R
     assert (ledger.reserved, ledger.request_count) == (Decimal(0), 1)
 
 
-def test_a_reservation_left_open_at_month_end_closes_in_its_own_month(deps: jobs.RunDeps) -> None:
+def test_a_reservation_left_open_at_month_end_closes_in_its_own_month(deps: runs.RunDeps) -> None:
     job_id = _submit(deps)
     job = _job(deps, job_id)
     reserved = job.reserved_cost
@@ -126,7 +127,7 @@ def test_a_reservation_left_open_at_month_end_closes_in_its_own_month(deps: jobs
         budget.reserve(session, scope=budget.GLOBAL_SCOPE, period=last, amount=reserved,
                        limit=deps.settings.monthly_budget_limit)  # fmt: skip
     _set(deps, job_id, budget_year=last.year, budget_month=last.month)
-    _lapse(deps, job_id, runs=deps.settings.job_max_runs)
+    _lapse(deps, job_id, run_count=deps.settings.job_max_runs)
     reaper.sweep(sessions=deps.sessions, settings=deps.settings)
     with deps.sessions() as session:
         rows = {(row.year, row.month): row for row in session.scalars(select(MonthlyBudget))}

@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func
 from sqlalchemy import select
 
-from shared import jobs
+from shared import runs
 from shared.db.models import IdempotencyKey
 from shared.db.models import MonthlyBudget
 from shared.db.models import RequestLog
@@ -90,9 +90,9 @@ def test_cancelling_a_batch_releases_what_has_not_started(client, app, catalog, 
     batch = client.post("/api/batch", json={"prompts": ["a", "b", "c"]}).get_json()
     sessions = make_sessionmaker(app.extensions["db_engine"])
     settings = app.extensions["settings"]
-    deps = jobs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=FakeLLMClient(),
+    deps = runs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=FakeLLMClient(),
                         sleep=lambda _: None)  # fmt: skip
-    jobs.run(batch["job_ids"][0], deps=deps)
+    runs.run(batch["job_ids"][0], deps=deps)
     body = client.delete(batch["poll_url"]).get_json()
     assert (body["cancelled"], body["status"], body["succeeded"], body["failed"]) == (2, "completed", 1, 2)
     assert [job.get("error", {}).get("code") for job in body["jobs"]] == [None, "cancelled", "cancelled"]
@@ -104,9 +104,9 @@ def test_cancelling_a_batch_releases_what_has_not_started(client, app, catalog, 
 def test_cancelling_a_queued_job_releases_it_and_a_finished_one_is_409(client, app, catalog, enqueued) -> None:
     queued = client.post("/api/prompt", json={"prompt": "a", "wait": False}).get_json()["job_id"]
     done = client.post("/api/prompt", json={"prompt": "b", "wait": False}).get_json()["job_id"]
-    deps = jobs.RunDeps(sessions=make_sessionmaker(app.extensions["db_engine"]), catalog=catalog,
+    deps = runs.RunDeps(sessions=make_sessionmaker(app.extensions["db_engine"]), catalog=catalog,
                         settings=app.extensions["settings"], client=FakeLLMClient(), sleep=lambda _: None)  # fmt: skip
-    jobs.run(done, deps=deps)
+    runs.run(done, deps=deps)
     cancelled = client.delete(f"/api/jobs/{queued}")
     assert cancelled.status_code == 200
     assert (cancelled.get_json()["status"], cancelled.get_json()["error"]["code"]) == ("failed", "cancelled")

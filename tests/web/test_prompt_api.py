@@ -12,8 +12,8 @@ from flask.testing import FlaskClient
 from kombu.exceptions import OperationalError
 from sqlalchemy import select
 
-from shared import jobs
 from shared import notify
+from shared import runs
 from shared.db.models import MonthlyBudget
 from shared.db.models import RequestLog
 from shared.db.session import make_sessionmaker
@@ -160,7 +160,7 @@ def test_wait_true_answers_200_with_the_result(
 ) -> None:
     settings = app.extensions["settings"]
     publisher = redis.Redis.from_url(settings.redis_url)
-    deps = jobs.RunDeps(
+    deps = runs.RunDeps(
         sessions=make_sessionmaker(app.extensions["db_engine"]),
         catalog=catalog,
         settings=settings,
@@ -171,7 +171,7 @@ def test_wait_true_answers_200_with_the_result(
     workers: list[threading.Timer] = []
 
     def run_soon(args, **_):
-        workers.append(threading.Timer(0.05, jobs.run, args=(args[0],), kwargs={"deps": deps}))
+        workers.append(threading.Timer(0.05, runs.run, args=(args[0],), kwargs={"deps": deps}))
         workers[-1].start()
 
     monkeypatch.setattr(tasks.run_job, "apply_async", run_soon)

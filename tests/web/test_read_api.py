@@ -10,6 +10,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from shared import jobs
+from shared import runs
 from shared.db.models import RequestLog
 from shared.db.session import make_sessionmaker
 from shared.errors import PermanentLLMError
@@ -27,14 +28,14 @@ def recorded(app: Flask, catalog) -> list[RequestLog]:
     fake.script("gpt-3.5-turbo", ok(), ok("I don't know."), PermanentLLMError("no", status_code=400))
     # The escalation of the second job answers; the fallback of the third fails too.
     fake.script("gpt-4", ok(), PermanentLLMError("no", status_code=400))
-    deps = jobs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=fake, sleep=lambda _: None)
+    deps = runs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=fake, sleep=lambda _: None)
     ids = []
     for _ in range(4):
         with sessions.begin() as session:
             ids.append(jobs.create(session, request=jobs.JobRequest(prompt="Hi there"), catalog=catalog,
                                    settings=settings).id)  # fmt: skip
     for job_id in ids[:3]:
-        jobs.run(job_id, deps=deps)
+        runs.run(job_id, deps=deps)
     with sessions() as session:
         return list(session.scalars(select(RequestLog)))
 

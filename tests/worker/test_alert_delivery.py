@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 
 from shared import alerts
-from shared import jobs
+from shared import runs
 from shared import webhooks
 from tests.conftest import make_test_settings
 from tests.support.fakes import FakeLLMClient
@@ -52,7 +52,7 @@ def webhook_settings(receiver: str, tmp_path, sessions, catalog, monkeypatch: py
     settings = make_test_settings(
         f"sqlite:///{tmp_path}/router.db", alert_webhook_url=receiver, alert_webhook_secret="s3cret"
     )
-    deps = jobs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=FakeLLMClient())
+    deps = runs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=FakeLLMClient())
     monkeypatch.setattr(runtime, "get_deps", lambda: deps)
     return settings
 

@@ -1,4 +1,4 @@
-"""The `jobs.run` Celery task, run in-process (no broker) on a test database and a fake LLM client."""
+"""The `runs.run` Celery task, run in-process (no broker) on a test database and a fake LLM client."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
 
 from shared import jobs
+from shared import runs
 from shared.catalog import Catalog
 from shared.config import Settings
 from shared.db.models import JobStatus
@@ -43,9 +44,9 @@ def deps(
     fake: FakeLLMClient,
     finished: list[str],
     monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[jobs.RunDeps]:
+) -> Iterator[runs.RunDeps]:
     """Install test dependencies where the task looks them up, as a worker process would have built them."""
-    deps = jobs.RunDeps(
+    deps = runs.RunDeps(
         sessions=sessions,
         catalog=catalog,
         settings=settings,
@@ -57,21 +58,21 @@ def deps(
     yield deps
 
 
-def _submit(deps: jobs.RunDeps, prompt: str = EASY) -> str:
+def _submit(deps: runs.RunDeps, prompt: str = EASY) -> str:
     with deps.sessions.begin() as session:
         return jobs.create(
             session, request=jobs.JobRequest(prompt=prompt), catalog=deps.catalog, settings=deps.settings
         ).id
 
 
-def _status(deps: jobs.RunDeps, job_id: str) -> JobStatus:
+def _status(deps: runs.RunDeps, job_id: str) -> JobStatus:
     with deps.sessions() as session:
         job = session.get(RequestLog, job_id)
         assert job is not None
         return job.status
 
 
-def _hold_lease(deps: jobs.RunDeps, job_id: str, *, seconds: int) -> None:
+def _hold_lease(deps: runs.RunDeps, job_id: str, *, seconds: int) -> None:
     """Mark the job as claimed by another worker whose lease runs `seconds` more."""
     with deps.sessions.begin() as session:
         session.execute(
@@ -96,7 +97,7 @@ def _run_as_a_worker_would(job_id: str) -> str | None:
         tasks.run_job.pop_request()
 
 
-def test_queued_job_runs_to_succeeded(deps: jobs.RunDeps, fake: FakeLLMClient) -> None:
+def test_queued_job_runs_to_succeeded(deps: runs.RunDeps, fake: FakeLLMClient) -> None:
     job_id = _submit(deps)
     result = tasks.run_job.apply(args=[job_id])
     assert result.successful()
@@ -105,13 +106,13 @@ def test_queued_job_runs_to_succeeded(deps: jobs.RunDeps, fake: FakeLLMClient) -
     assert fake.calls == ["gpt-3.5-turbo"]
 
 
-def test_finished_job_is_announced(deps: jobs.RunDeps, finished: list[str]) -> None:
+def test_finished_job_is_announced(deps: runs.RunDeps, finished: list[str]) -> None:
     job_id = _submit(deps)
     tasks.run_job.apply(args=[job_id])
     assert finished == [job_id]
 
 
-def test_permanent_upstream_error_fails_the_job_without_a_task_retry(deps: jobs.RunDeps, fake: FakeLLMClient) -> None:
+def test_permanent_upstream_error_fails_the_job_without_a_task_retry(deps: runs.RunDeps, fake: FakeLLMClient) -> None:
     for model in ("gpt-3.5-turbo", "gpt-4"):  # the model and its fallback
         fake.script(model, PermanentLLMError("rejected", status_code=400, details={"error_class": "rejected"}))
     job_id = _submit(deps)
@@ -122,7 +123,7 @@ def test_permanent_upstream_error_fails_the_job_without_a_task_retry(deps: jobs.
     assert fake.calls == ["gpt-3.5-turbo", "gpt-4"]
 
 
-def test_job_claimed_elsewhere_is_left_to_its_owner(deps: jobs.RunDeps, fake: FakeLLMClient) -> None:
+def test_job_claimed_elsewhere_is_left_to_its_owner(deps: runs.RunDeps, fake: FakeLLMClient) -> None:
     job_id = _submit(deps)
     _hold_lease(deps, job_id, seconds=LEASE_LEFT_S)
     result = tasks.run_job.apply(args=[job_id])
@@ -133,7 +134,7 @@ def test_job_claimed_elsewhere_is_left_to_its_owner(deps: jobs.RunDeps, fake: Fa
 
 
 def test_already_finished_job_returns_none_without_calling_the_client(
-    deps: jobs.RunDeps, fake: FakeLLMClient, finished: list[str]
+    deps: runs.RunDeps, fake: FakeLLMClient, finished: list[str]
 ) -> None:
     job_id = _submit(deps)
     tasks.run_job.apply(args=[job_id])
@@ -145,7 +146,7 @@ def test_already_finished_job_returns_none_without_calling_the_client(
     assert finished == [job_id]
 
 
-def test_unknown_job_returns_none_without_calling_the_client(deps: jobs.RunDeps, fake: FakeLLMClient) -> None:
+def test_unknown_job_returns_none_without_calling_the_client(deps: runs.RunDeps, fake: FakeLLMClient) -> None:
     assert _run_as_a_worker_would("no-such-job") is None
     assert fake.calls == []
 
@@ -154,5 +155,5 @@ def test_task_has_a_stable_name() -> None:
     assert tasks.run_job.name == "jobs.run"
 
 
-def test_task_takes_its_dependencies_from_the_worker_runtime(deps: jobs.RunDeps) -> None:
+def test_task_takes_its_dependencies_from_the_worker_runtime(deps: runs.RunDeps) -> None:
     assert runtime.get_deps() is deps

@@ -1,0 +1,283 @@
+"""Running a job: claim it under a lease, get its answer, then record and settle it under that claim.
+
+Claiming is a conditional UPDATE with a lease and finishing is conditional on still holding that claim, so a
+redelivered task never runs a job twice at once and its reservation is settled exactly once. No
+transaction stays open across an upstream call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import or_
+from sqlalchemy import update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import InterfaceError
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm import sessionmaker
+from tenacity import Retrying
+from tenacity import retry_if_exception
+from tenacity import stop_after_delay
+from tenacity import wait_exponential_jitter
+
+from shared import alerts
+from shared import answering
+from shared import budget
+from shared import jobs
+from shared.catalog import Catalog
+from shared.circuit import CircuitBreaker
+from shared.config import Settings
+from shared.db.models import JobStatus
+from shared.db.models import RequestAttempt
+from shared.db.models import RequestLog
+from shared.db.types import utcnow
+from shared.llm_client import LLMClient
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this worker now owns, with the fencing value that proves it when finishing."""
+
+    job_id: str
+    run_count: int
+    request: jobs.JobRequest
+    period: budget.Period
+    reserved_cost: Decimal
+    api_key_id: int | None = None
+    max_tier: str | None = None
+    deadline_s: float = 60.0
+
+
+def announce(finished: jobs.Finished, *, deps: RunDeps) -> None:
+    """After commit: fire the alerts and callbacks a terminal job set off."""
+    for alert in finished.alerts:
+        deps.on_alert(alert)
+    for resource, resource_id in finished.callbacks:
+        deps.on_callback(resource, resource_id)
+
+
+@dataclass(frozen=True)
+class Busy:
+    """Another worker holds the job's lease until `lease_expires_at`."""
+
+    lease_expires_at: datetime
+
+
+@dataclass(frozen=True)
+class RunDeps:
+    """What running a job needs, built once per worker process."""
+
+    sessions: sessionmaker[Session]
+    catalog: Catalog
+    settings: Settings
+    client: LLMClient
+    on_finished: Callable[[str], None] = lambda job_id: None
+    # Called after commit with ("job" | "batch", id) when a callback_url is due a POST.
+    on_callback: Callable[[str, str], None] = lambda resource, resource_id: None
+    on_alert: Callable[[alerts.Alert], None] = alerts.log
+    sleep: Callable[[float], None] = time.sleep
+    breaker: CircuitBreaker | None = None
+
+    @property
+    def answerer(self) -> answering.Answerer:
+        return answering.Answerer(
+            catalog=self.catalog, settings=self.settings, client=self.client, breaker=self.breaker, sleep=self.sleep
+        )
+
+
+def run(job_id: str, *, deps: RunDeps) -> JobStatus | Busy | None:
+    """Run the job if it is ours to run; return its final status, Busy, or None when already finished."""
+    claim = _claim(job_id, deps=deps)
+    if not isinstance(claim, Claim):
+        return claim
+    request = claim.request
+    outcome = answering.answer(
+        answering.Job(
+            prompt=request.prompt,
+            max_tokens=request.max_tokens,
+            preference=request.preference,
+            model=request.model,
+            tier=request.tier,
+            max_tier=claim.max_tier,
+            reserved_cost=claim.reserved_cost,
+            deadline_s=claim.deadline_s,
+            previous_runs=claim.run_count - 1,
+        ),
+        using=deps.answerer,
+    )
+    finished = _finish_with_retries(claim, outcome, deps=deps)
+    if finished is None:
+        return None
+    deps.on_finished(job_id)
+    announce(finished, deps=deps)
+    return finished.status
+
+
+def _claim(job_id: str, *, deps: RunDeps) -> Claim | Busy | None:
+    now = utcnow()
+    with deps.sessions.begin() as session:
+        result = session.execute(
+            update(RequestLog)
+            .where(
+                RequestLog.id == job_id,
+                or_(
+                    RequestLog.status == JobStatus.QUEUED,
+                    (RequestLog.status == JobStatus.RUNNING) & (RequestLog.lease_expires_at < now),
+                ),
+            )
+            .values(
+                status=JobStatus.RUNNING,
+                started_at=now,
+                updated_at=now,
+                lease_expires_at=now + timedelta(seconds=deps.settings.job_lease_s),
+                run_count=RequestLog.run_count + 1,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        job = session.get(RequestLog, job_id, populate_existing=True)
+        if job is None:
+            logger.error("job does not exist job_id=%s", job_id)
+            return None
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            if job.status is JobStatus.RUNNING and job.lease_expires_at is not None:
+                return Busy(lease_expires_at=job.lease_expires_at)
+            return None
+        return Claim(
+            job_id=job.id,
+            run_count=job.run_count,
+            request=jobs.JobRequest(
+                prompt=job.prompt,
+                max_tokens=job.max_tokens,
+                preference=job.preference,
+                model=job.requested_model,
+                tier=job.requested_tier,
+            ),
+            period=budget.Period(job.budget_year, job.budget_month),
+            reserved_cost=job.reserved_cost,
+            api_key_id=job.api_key_id,
+            max_tier=job.max_tier,
+            deadline_s=job.deadline_s or deps.settings.default_deadline_s,
+        )
+
+
+def _finish_with_retries(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.Finished | None:
+    """Record the outcome, retrying while the database is unreachable: the answer in hand is not thrown away.
+
+    Retries stop before the lease lapses; past it another run may take the job over, and the conditional
+    finish makes sure only one of them records and settles it.
+    """
+    retrying = Retrying(
+        retry=retry_if_exception(_is_disconnect),
+        wait=wait_exponential_jitter(multiplier=0.2, max=5),
+        stop=stop_after_delay(deps.settings.job_lease_s * 0.5),
+        sleep=deps.sleep,
+        reraise=True,
+        before_sleep=lambda state: logger.warning(
+            "database unreachable while finishing job_id=%s; retrying", claim.job_id
+        ),
+    )
+    return retrying(_finish, claim, outcome, deps=deps)
+
+
+def _is_disconnect(error: BaseException) -> bool:
+    return isinstance(error, OperationalError | InterfaceError) or (
+        isinstance(error, DBAPIError) and error.connection_invalidated
+    )
+
+
+def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.Finished | None:
+    """Record the outcome and settle the budget in one transaction, only while the claim still holds.
+
+    Returns what the settlement set off (alerts, callbacks), or None if the claim was lost.
+    """
+    now = utcnow()
+    completion = outcome.completion
+    answered_by = outcome.model or deps.catalog.get_model(outcome.decision.model)
+    values: dict[str, Any] = {
+        "status": JobStatus.SUCCEEDED if completion is not None else JobStatus.FAILED,
+        "finished_at": now,
+        "updated_at": now,
+        "lease_expires_at": None,
+        "difficulty_score": round(outcome.difficulty.score, 4),
+        "difficulty_level": outcome.difficulty.level,
+        "model_used": answered_by.name,
+        "tier": answered_by.tier,
+        "confidence": None if outcome.confidence is None else round(outcome.confidence, 4),
+        "latency_ms": outcome.latency_ms,
+        "retry_count": outcome.retry_count,
+        "escalated": outcome.escalated,
+        "escalation_reason": outcome.escalation_reason,
+        "downgraded_from": outcome.downgraded_from,
+        "prompt_tokens": sum(record.prompt_tokens for _, record in outcome.attempts),
+        "completion_tokens": sum(record.completion_tokens for _, record in outcome.attempts),
+        "cost": outcome.cost,
+        "settled": True,
+    }
+    values["tokens_used"] = values["prompt_tokens"] + values["completion_tokens"]
+    if completion is not None:
+        values.update(response=completion.text, finish_reason=completion.finish_reason)
+    else:
+        error = outcome.error
+        values.update(
+            error_code=error.code if error else "upstream_error",
+            error_message=error.message if error else "the upstream call failed",
+        )
+    with deps.sessions.begin() as session:
+        result = session.execute(
+            update(RequestLog)
+            .where(
+                RequestLog.id == claim.job_id,
+                RequestLog.status == JobStatus.RUNNING,
+                RequestLog.run_count == claim.run_count,
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            # Our lease lapsed and another run took the job over; it will record and settle it.
+            logger.warning("lost the claim before finishing job_id=%s", claim.job_id)
+            return None
+        session.add_all(
+            RequestAttempt(
+                job_id=claim.job_id,
+                seq=seq,
+                model=record.model,
+                tier=record.tier,
+                purpose=purpose,
+                outcome=record.outcome,
+                error_class=record.error_class,
+                status_code=record.status_code,
+                latency_ms=record.latency_ms,
+                prompt_tokens=record.prompt_tokens,
+                completion_tokens=record.completion_tokens,
+                cost=record.cost,
+                started_at=record.started_at,
+            )
+            for seq, (purpose, record) in enumerate(outcome.attempts, start=1)
+        )
+        finished = jobs.Finished(status=values["status"], job_id=claim.job_id)
+        for scope in budget.scopes_of(claim.api_key_id):
+            budget.settle(session, scope=scope, period=claim.period, reserved=claim.reserved_cost, cost=outcome.cost)
+            if outcome.cost > 0:
+                finished.alerts += alerts.check(
+                    session, scope=scope, period=claim.period, thresholds=deps.settings.alert_thresholds
+                )
+        jobs.after_terminal(session, job_id=claim.job_id, finished=finished)
+    logger.info(
+        "job finished job_id=%s status=%s model=%s cost=%s",
+        claim.job_id,
+        values["status"],
+        values["model_used"],
+        values["cost"],
+    )
+    return finished
