@@ -144,4 +144,5 @@ def complete_if_done(session: Session, *, batch_id: str) -> Batch | None:
 def withdraw(session: Session, *, batch_id: str) -> None:
     """Undo an accepted batch that could not be enqueued: release every reservation and forget it."""
     jobs.withdraw(session, batch_id=batch_id)
-    session.execute(delete(Batch).where(Batch.id == batch_id))
+    # A job that left the queue meanwhile stays, and so does its batch.
+    session.execute(delete(Batch).where(Batch.id == batch_id, ~exists().where(RequestLog.batch_id == batch_id)))
