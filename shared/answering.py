@@ -6,11 +6,13 @@ bound the whole of it: retries, fallbacks and the escalation together.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
 from decimal import Decimal
+from typing import Any
 
 from shared import budget
 from shared import confidence
@@ -27,6 +29,7 @@ from shared.llm_client import AttemptRecord
 from shared.llm_client import Completion
 from shared.llm_client import LLMClient
 from shared.llm_client import RetryPolicy
+from shared.llm_client import StreamInterrupted
 from shared.llm_client import complete_with_retries
 
 # An escalation needs at least this much of the deadline left to be worth starting.
@@ -46,6 +49,9 @@ class Job:
     reserved_cost: Decimal
     deadline_s: float
     previous_runs: int = 0
+    # A chat's turns and sampling options, sent upstream as they are (see shared.jobs.JobRequest).
+    messages: list[dict[str, str]] | None = None
+    options: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -81,8 +87,13 @@ class Outcome:
         return sum((record.cost for _, record in self.attempts), Decimal(0))
 
 
-def answer(job: Job, *, using: Answerer) -> Outcome:
-    """Route the job and get its best answer within its deadline and reservation."""
+def answer(job: Job, *, using: Answerer, on_delta: Callable[[ModelSpec, str], None] | None = None) -> Outcome:
+    """Route the job and get its best answer within its deadline and reservation.
+
+    With `on_delta` the answer is streamed: each text delta goes to it with the model producing it, as it
+    arrives. A streamed answer is never escalated (its tokens are already out), and retries and fallbacks
+    stop at its first token.
+    """
     started = time.perf_counter()
     deadline = time.monotonic() + job.deadline_s
     catalog, settings = using.catalog, using.settings
@@ -100,8 +111,8 @@ def answer(job: Job, *, using: Answerer) -> Outcome:
         # A run whose worker died left no record of its calls; say so instead of pretending it never ran.
         outcome.attempts.append(("primary", _lost_run(catalog.get_model(outcome.decision.model))))
 
-    _answer_slot(job, outcome, outcome.decision, "primary", deadline=deadline, using=using)
-    if outcome.completion is not None:
+    _answer_slot(job, outcome, outcome.decision, "primary", deadline=deadline, using=using, on_delta=on_delta)
+    if outcome.completion is not None and on_delta is None:
         assessed = _assess(job.prompt, outcome.completion, settings)
         outcome.confidence = assessed.score
         stronger = routing.escalate(catalog=catalog, decision=outcome.decision)
@@ -134,6 +145,7 @@ def _answer_slot(
     *,
     deadline: float,
     using: Answerer,
+    on_delta: Callable[[ModelSpec, str], None] | None = None,
 ) -> None:
     """Try the decision's model, then its fallbacks, until one answers; leave the result on `outcome`."""
     catalog = using.catalog
@@ -166,6 +178,9 @@ def _answer_slot(
             sleep=using.sleep,
             deadline=deadline,
             on_attempt=_breaker_recorder(using.breaker, model.name),
+            messages=job.messages,
+            options=job.options,
+            on_delta=None if on_delta is None else functools.partial(on_delta, model),
         )
         outcome.attempts.extend((label, record) for record in result.attempts)
         outcome.retry_count += result.retry_count
@@ -173,6 +188,10 @@ def _answer_slot(
             outcome.model, outcome.completion, outcome.error = model, result.completion, None
             return
         outcome.error = result.error
+        if isinstance(result.error, StreamInterrupted):
+            # Its tokens are out already: another model cannot take over mid-answer.
+            outcome.model = model
+            return
 
 
 def _breaker_recorder(breaker: CircuitBreaker | None, model: str) -> Callable[[AttemptRecord], None] | None:

@@ -54,6 +54,13 @@ class JobRequest:
     on_budget_pressure: str = "fail"
     deadline_s: float | None = None
     callback_url: str | None = None
+    # A chat's turns ({"role", "content"}) sent upstream as they are; `prompt` is then the conversation's
+    # text, which difficulty and the cost bound are estimated from.
+    messages: list[dict[str, str]] | None = None
+    # Sampling parameters passed through to the upstream as they are (temperature, top_p, stop, user, ...).
+    options: dict[str, Any] | None = None
+    # Stream the answer's deltas to the waiting request (shared.streams); never escalated.
+    stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,9 @@ def new_job(
         updated_at=now,
         enqueued_at=now,
         prompt=request.prompt,
+        messages=request.messages,
+        upstream_options=request.options,
+        stream=request.stream,
         max_tokens=request.max_tokens,
         preference=request.preference,
         requested_model=request.model,

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from dataclasses import field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 from typing import Protocol
 
+import httpx
 import openai
 from tenacity import RetryCallState
 from tenacity import Retrying
@@ -30,6 +32,7 @@ from shared.db.types import utcnow
 from shared.errors import LLMError
 from shared.errors import PermanentLLMError
 from shared.errors import TransientLLMError
+from shared.simulator import tokens
 
 # Keys never travel to a server that did not ask for one; a local simulator accepts any.
 PLACEHOLDER_KEY = "no-key"
@@ -52,6 +55,20 @@ class LLMClient(Protocol):
     def complete(
         self, *, model: ModelSpec, prompt: str, max_tokens: int, timeout_s: float | None = None
     ) -> Completion: ...
+
+
+class StreamInterrupted(LLMError):
+    """A streamed answer the upstream cut after its first token: what was produced is billed, never retried."""
+
+    code = "upstream_cut"
+
+    def __init__(self, message: str, *, partial: Completion, details: dict[str, object] | None = None) -> None:
+        super().__init__(message, details=details)
+        self.partial = partial
+
+
+# The sampling options a chat request may pass through to the upstream untouched.
+PASSTHROUGH_OPTIONS = ("temperature", "top_p", "stop", "user", "seed", "presence_penalty", "frequency_penalty")
 
 
 @dataclass(frozen=True)
@@ -110,8 +127,21 @@ class OpenAIChatClient:
         self._clients: dict[tuple[str | None, str | None], openai.OpenAI] = {}
         self._lock = threading.Lock()
 
-    def complete(self, *, model: ModelSpec, prompt: str, max_tokens: int, timeout_s: float | None = None) -> Completion:
-        """Ask `model` once within its tier's timeouts (and `timeout_s`, the job's time left); map failures."""
+    def complete(
+        self,
+        *,
+        model: ModelSpec,
+        prompt: str,
+        max_tokens: int,
+        timeout_s: float | None = None,
+        messages: list[dict[str, str]] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> Completion:
+        """Ask `model` once within its tier's timeouts (and `timeout_s`, the job's time left); map failures.
+
+        `messages` (a chat's turns) replace the single user turn made of `prompt`; `options` are
+        PASSTHROUGH_OPTIONS sent as they are.
+        """
         client = self._client_for(model)
         settings = self._settings
         read_s = model.read_timeout_s or settings.upstream_read_timeout_s
@@ -121,10 +151,11 @@ class OpenAIChatClient:
         try:
             response = client.chat.completions.create(
                 model=model.name,
-                messages=[{"role": "user", "content": prompt}],
+                messages=messages or [{"role": "user", "content": prompt}],  # type: ignore[arg-type]
                 max_tokens=max_tokens,
                 logprobs=True if model.supports_logprobs else openai.omit,
                 timeout=openai.Timeout(read_s, connect=connect_s),
+                **{name: value for name, value in (options or {}).items() if name in PASSTHROUGH_OPTIONS},
             )
         except openai.APITimeoutError:
             raise TransientLLMError(f"{model.name}: upstream timed out", details={"error_class": "timeout"}) from None
@@ -148,6 +179,70 @@ class OpenAIChatClient:
             completion_tokens=usage.completion_tokens if usage else 0,
             logprobs=logprobs,
         )
+
+    def stream(
+        self,
+        *,
+        model: ModelSpec,
+        prompt: str,
+        max_tokens: int,
+        on_delta: Callable[[str], None],
+        timeout_s: float | None = None,
+        messages: list[dict[str, str]] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> Completion:
+        """Ask `model` once with a streamed answer, passing each text delta to `on_delta` as it arrives.
+
+        Failures before the first delta map as in complete(); a failure after it raises StreamInterrupted
+        with what was produced (usage counted with the simulator's token rule when the server sent none).
+        """
+        client = self._client_for(model)
+        settings = self._settings
+        read_s = model.read_timeout_s or settings.upstream_read_timeout_s
+        connect_s = model.connect_timeout_s or settings.upstream_connect_timeout_s
+        if timeout_s is not None:
+            read_s, connect_s = min(read_s, timeout_s), min(connect_s, timeout_s)
+        sent = messages or [{"role": "user", "content": prompt}]
+        pieces: list[str] = []
+        finish_reason: str | None = None
+        usage = None
+        try:
+            stream = client.chat.completions.create(
+                model=model.name,
+                messages=sent,  # type: ignore[arg-type]
+                max_tokens=max_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+                timeout=openai.Timeout(read_s, connect=connect_s),
+                **{name: value for name, value in (options or {}).items() if name in PASSTHROUGH_OPTIONS},
+            )
+            with stream:
+                for chunk in stream:
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    if not chunk.choices:
+                        continue
+                    choice = chunk.choices[0]
+                    if choice.delta is not None and choice.delta.content:
+                        pieces.append(choice.delta.content)
+                        on_delta(choice.delta.content)
+                    if choice.finish_reason is not None:
+                        finish_reason = choice.finish_reason
+        except (openai.APIError, httpx.HTTPError) as exc:
+            # A connection lost mid-stream surfaces from the SDK's iterator as httpx's own error.
+            if not pieces:
+                raise _mapped(model.name, exc) from None
+            raise StreamInterrupted(
+                f"{model.name}: the upstream cut the stream", partial=_counted(sent, pieces, None, None),
+                details={"error_class": "stream_cut"},
+            ) from None  # fmt: skip
+        if finish_reason is None and pieces:
+            # The connection ended without a finishing chunk: the answer is incomplete.
+            raise StreamInterrupted(
+                f"{model.name}: the stream ended early", partial=_counted(sent, pieces, None, usage),
+                details={"error_class": "stream_cut"},
+            )  # fmt: skip
+        return _counted(sent, pieces, finish_reason, usage)
 
     def close(self) -> None:
         """Close every SDK client and its connection pool."""
@@ -183,6 +278,29 @@ class OpenAIChatClient:
             max_retries=0,
             timeout=openai.Timeout(settings.upstream_read_timeout_s, connect=settings.upstream_connect_timeout_s),
         )
+
+
+def _mapped(model_name: str, exc: openai.APIError | httpx.HTTPError) -> LLMError:
+    if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException):
+        return TransientLLMError(f"{model_name}: upstream timed out", details={"error_class": "timeout"})
+    if isinstance(exc, openai.APIStatusError):
+        return _status_error(model_name, exc)
+    return TransientLLMError(f"{model_name}: cannot connect to upstream", details={"error_class": "connection"})
+
+
+def _counted(
+    messages: list[dict[str, str]], pieces: list[str], finish_reason: str | None, usage: object | None
+) -> Completion:
+    """Return a streamed answer with the server's usage, or with tokens counted by the simulator's rule."""
+    text = "".join(pieces)
+    if usage is not None:
+        prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens  # type: ignore[attr-defined]
+    else:
+        prompt_tokens = tokens.count_prompt_tokens(str(m.get("content") or "") for m in messages)
+        completion_tokens = tokens.count_tokens(text)
+    return Completion(
+        text=text, finish_reason=finish_reason, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+    )
 
 
 def _status_error(model_name: str, exc: openai.APIStatusError) -> LLMError:
@@ -223,12 +341,19 @@ def complete_with_retries(
     sleep: Callable[[float], None] = time.sleep,
     deadline: float | None = None,
     on_attempt: Callable[[AttemptRecord], None] | None = None,
+    messages: list[dict[str, str]] | None = None,
+    options: dict[str, Any] | None = None,
+    on_delta: Callable[[str], None] | None = None,
 ) -> CallResult:
     """Call `model`, retrying transient failures with jittered exponential backoff or Retry-After.
 
     `deadline` (a time.monotonic() value) bounds the whole call: no attempt starts or waits past it, and
     each attempt's timeouts shrink to the time left. `on_attempt` sees every attempt as it ends (the
-    circuit breaker counts them). Never raises for an upstream failure: the result carries the last error
+    circuit breaker counts them). `messages` and `options`, when given, go to the client as they are
+    (OpenAIChatClient.complete). With `on_delta` the answer is streamed to it (client.stream); a stream
+    cut after its first token is billed for what it produced and not retried.
+
+    Never raises for an upstream failure: the result carries the last error
     and every attempt.
     """
     result = CallResult()
@@ -241,6 +366,13 @@ def complete_with_retries(
         if isinstance(error, LLMError) and error.retry_after_s is not None:
             return min(error.retry_after_s, policy.retry_after_cap_s)
         return backoff(state)
+
+    # Only chat requests carry these, so clients that take a single prompt keep working for the rest.
+    chat: dict[str, Any] = {}
+    if messages is not None:
+        chat["messages"] = messages
+    if options:
+        chat["options"] = options
 
     def time_left() -> float | None:
         return None if deadline is None else deadline - time.monotonic()
@@ -257,8 +389,14 @@ def complete_with_retries(
         try:
             if left is not None and left <= 0:
                 raise TransientLLMError(f"{model.name}: the job's deadline passed", details={"error_class": "deadline"})
-            completion = client.complete(model=model, prompt=prompt, max_tokens=max_tokens, timeout_s=left)
+            if on_delta is not None:
+                completion = client.stream(  # type: ignore[attr-defined]
+                    model=model, prompt=prompt, max_tokens=max_tokens, timeout_s=left, on_delta=on_delta, **chat
+                )
+            else:
+                completion = client.complete(model=model, prompt=prompt, max_tokens=max_tokens, timeout_s=left, **chat)
         except LLMError as error:
+            partial = error.partial if isinstance(error, StreamInterrupted) else Completion("", None, 0, 0)
             record(
                 AttemptRecord(
                     model=model.name,
@@ -268,6 +406,9 @@ def complete_with_retries(
                     started_at=started_at,
                     error_class=str(error.details.get("error_class", type(error).__name__)),
                     status_code=error.status_code,
+                    prompt_tokens=partial.prompt_tokens,
+                    completion_tokens=partial.completion_tokens,
+                    cost=model.cost(partial.prompt_tokens, partial.completion_tokens),
                 )
             )
             raise

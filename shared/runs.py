@@ -32,7 +32,9 @@ from shared import alerts
 from shared import answering
 from shared import budget
 from shared import jobs
+from shared import streams
 from shared.catalog import Catalog
+from shared.catalog import ModelSpec
 from shared.circuit import CircuitBreaker
 from shared.config import Settings
 from shared.db.models import JobStatus
@@ -40,6 +42,7 @@ from shared.db.models import RequestAttempt
 from shared.db.models import RequestLog
 from shared.db.types import utcnow
 from shared.llm_client import LLMClient
+from shared.llm_client import StreamInterrupted
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +90,9 @@ class RunDeps:
     on_alert: Callable[[alerts.Alert], None] = alerts.log
     sleep: Callable[[float], None] = time.sleep
     breaker: CircuitBreaker | None = None
+    # Appends an entry to a streamed job's relay (shared.streams.append); None: streamed jobs are answered
+    # whole, like any other.
+    relay: Callable[[str, dict[str, str]], None] | None = None
 
     @property
     def answerer(self) -> answering.Answerer:
@@ -101,6 +107,7 @@ def run(job_id: str, *, deps: RunDeps) -> JobStatus | Busy | None:
     if not isinstance(claim, Claim):
         return claim
     request = claim.request
+    relay = deps.relay if request.stream else None
     outcome = answering.answer(
         answering.Job(
             prompt=request.prompt,
@@ -112,15 +119,67 @@ def run(job_id: str, *, deps: RunDeps) -> JobStatus | Busy | None:
             reserved_cost=claim.reserved_cost,
             deadline_s=claim.deadline_s,
             previous_runs=claim.run_count - 1,
+            messages=request.messages,
+            options=request.options,
         ),
         using=deps.answerer,
+        on_delta=None if relay is None else _delta_relay(job_id, relay),
     )
-    finished = _finish_with_retries(claim, outcome, deps=deps)
+    try:
+        finished = _finish_with_retries(claim, outcome, deps=deps)
+    except Exception:
+        if relay is not None:
+            # The job stays running until the reaper takes it over; its reader need not wait that long.
+            relay(job_id, {"type": streams.ERROR, "code": "unavailable", "message": "the job could not be recorded"})
+        raise
+    if relay is not None:
+        # After the commit: a reader that sees the last entry finds the job recorded and settled.
+        relay(job_id, _last_entry(outcome, recorded=finished is not None))
     if finished is None:
         return None
     deps.on_finished(job_id)
     announce(finished, deps=deps)
     return finished.status
+
+
+def _delta_relay(job_id: str, relay: Callable[[str, dict[str, str]], None]) -> Callable[[ModelSpec, str], None]:
+    first = True
+
+    def on_delta(model: ModelSpec, text: str) -> None:
+        nonlocal first
+        entry = {"type": streams.DELTA, "text": text}
+        if first:
+            entry.update(model=model.name, tier=model.tier)
+            first = False
+        relay(job_id, entry)
+
+    return on_delta
+
+
+def _last_entry(outcome: answering.Outcome, *, recorded: bool) -> dict[str, str]:
+    """Return the entry that ends a streamed job's relay: its finish and usage, or its error."""
+    completion = outcome.completion
+    prompt_tokens = sum(record.prompt_tokens for _, record in outcome.attempts)
+    completion_tokens = sum(record.completion_tokens for _, record in outcome.attempts)
+    common = {
+        "prompt_tokens": str(prompt_tokens),
+        "completion_tokens": str(completion_tokens),
+        "cost": str(outcome.cost),
+        "retries": str(outcome.retry_count),
+        "difficulty": str(round(outcome.difficulty.score, 4)),
+    }
+    if outcome.model is not None:
+        # An answer without a single delta (empty text) still tells the reader who answered.
+        common.update(model=outcome.model.name, tier=outcome.model.tier)
+    if completion is not None and recorded:
+        return {"type": streams.DONE, "finish_reason": completion.finish_reason or "stop", **common}
+    error = outcome.error
+    if not recorded:
+        code, message = "lost_claim", "the job was taken over by another run"
+    else:
+        code = error.code if error else "upstream_error"
+        message = error.message if error else "the upstream call failed"
+    return {"type": streams.ERROR, "code": code, "message": message, **common}
 
 
 def _claim(job_id: str, *, deps: RunDeps) -> Claim | Busy | None:
@@ -161,6 +220,9 @@ def _claim(job_id: str, *, deps: RunDeps) -> Claim | Busy | None:
                 preference=job.preference,
                 model=job.requested_model,
                 tier=job.requested_tier,
+                messages=job.messages,
+                options=job.upstream_options,
+                stream=job.stream,
             ),
             period=budget.Period(job.budget_year, job.budget_month),
             reserved_cost=job.reserved_cost,
@@ -232,6 +294,8 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
             error_code=error.code if error else "upstream_error",
             error_message=error.message if error else "the upstream call failed",
         )
+        if isinstance(error, StreamInterrupted):
+            values.update(response=error.partial.text)
     with deps.sessions.begin() as session:
         result = session.execute(
             update(RequestLog)

@@ -19,6 +19,7 @@ from web import ratelimit
 from web import waiter
 from web.api import batch
 from web.api import budget
+from web.api import chat
 from web.api import docs
 from web.api import estimate
 from web.api import health
@@ -48,7 +49,7 @@ def _build_app(settings: Settings) -> Flask:
     _init_celery(app, settings)
     waiter.init_app(app, settings)
     auth.init_app(app)
-    metered = (prompt.bp, batch.bp, estimate.bp, jobs.bp, budget.bp, stats.bp)
+    metered = (prompt.bp, batch.bp, estimate.bp, jobs.bp, budget.bp, stats.bp, chat.bp)
     ratelimit.init_app(app, settings, metered)
     for blueprint in (*metered, health.bp, docs.bp):
         app.register_blueprint(blueprint)

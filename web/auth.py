@@ -1,4 +1,4 @@
-"""Bearer API keys: who is calling, checked before every /api route but health."""
+"""Bearer API keys: who is calling, checked before every /api and /v1 route but health."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def init_app(app: Flask) -> None:
 
 def _authenticate() -> None:
     g.identity = None
-    if not request.path.startswith("/api/") or request.path.startswith(OPEN_PATHS):
+    if not request.path.startswith(("/api/", "/v1/")) or request.path.startswith(OPEN_PATHS):
         return
     if not current_app.extensions["settings"].api_keys_required:
         return

@@ -6,7 +6,9 @@ import logging
 
 from flask import Flask
 from flask import Response
+from flask import has_request_context
 from flask import jsonify
+from flask import request
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
@@ -14,9 +16,11 @@ from shared.errors import BudgetExceeded
 from shared.errors import DomainError
 from shared.errors import IdempotencyConflict
 from shared.errors import InvalidInput
+from shared.errors import LLMError
 from shared.errors import NotCancellable
 from shared.errors import NotFound
 from shared.errors import RoutingError
+from shared.errors import TransientLLMError
 from shared.errors import Unauthorized
 from shared.errors import Unavailable
 
@@ -31,6 +35,9 @@ STATUS_BY_ERROR: dict[type[DomainError], int] = {
     NotCancellable: 409,
     Unauthorized: 401,
     Unavailable: 503,
+    # A job whose upstream failed, answered synchronously (POST /v1/chat/completions).
+    TransientLLMError: 503,
+    LLMError: 502,
 }
 
 CODE_BY_STATUS = {
@@ -44,12 +51,39 @@ CODE_BY_STATUS = {
     415: "unsupported_media_type",
     429: "rate_limited",
     503: "unavailable",
+    504: "timeout",
 }
 
 
+# OpenAI's error `type` for each status, for the OpenAI-compatible routes under /v1.
+OPENAI_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "insufficient_quota",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+}
+OPENAI_PREFIX = "/v1/"
+
+
 def error_response(status: int, code: str, message: str, details: dict[str, object] | None = None) -> Response:
-    """Build the contract's error answer."""
+    """Build the contract's error answer (on /v1 routes, OpenAI's error shape, which its SDKs parse)."""
+    if has_request_context() and request.path.startswith(OPENAI_PREFIX):
+        return _openai_error_response(status, code, message, details or {})
     response = jsonify({"error": {"code": code, "message": message, "details": details or {}}})
+    response.status_code = status
+    return response
+
+
+def _openai_error_response(status: int, code: str, message: str, details: dict[str, object]) -> Response:
+    kind = OPENAI_TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    field = details.get("field")
+    response = jsonify(
+        {"error": {"message": message, "type": kind, "param": field if isinstance(field, str) else None, "code": code}}
+    )
     response.status_code = status
     return response
 

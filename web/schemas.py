@@ -257,3 +257,73 @@ class BatchResult(BaseModel):
     pending: int
     cost: float
     jobs: list[JobResult] = Field(default_factory=list)
+
+
+class ChatTextPart(BaseModel):
+    """A text part of a message's content (the array form of `content`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ChatMessage(BaseModel):
+    """One turn of a chat: OpenAI's message object, text only."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: StrictStr | list[ChatTextPart] | None = None
+    name: StrictStr | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _content_is_text(cls, value: str | list[ChatTextPart] | None) -> str | list[ChatTextPart] | None:
+        for text in [value] if isinstance(value, str) else [part.text for part in value or []]:
+            if "\x00" in text:
+                raise ValueError("must not contain NUL characters")
+            _require_utf8(text)
+        return value
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "\n".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ChatStreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: StrictBool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """The body of POST /v1/chat/completions: OpenAI's request; fields the router cannot honour are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr = Field(description='"router" or "auto", "router:cost|balanced|quality", or a catalog model.')
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: StrictInt | None = Field(default=None, ge=1, le=4096)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1, le=4096)
+    temperature: StrictNumber | None = Field(default=None, ge=0, le=2)
+    top_p: StrictNumber | None = Field(default=None, ge=0, le=1)
+    stop: StrictStr | list[StrictStr] | None = None
+    n: Literal[1] | None = None
+    user: StrictStr | None = None
+    seed: StrictInt | None = None
+    presence_penalty: StrictNumber | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: StrictNumber | None = Field(default=None, ge=-2, le=2)
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
+    stream: StrictBool | None = None
+    stream_options: ChatStreamOptions | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return value

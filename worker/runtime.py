@@ -10,6 +10,7 @@ from shared import alerts
 from shared import circuit
 from shared import notify
 from shared import runs
+from shared import streams
 from shared.catalog import load_catalog
 from shared.circuit import CircuitBreaker
 from shared.config import get_settings
@@ -34,6 +35,7 @@ def get_deps() -> runs.RunDeps:
                 settings=settings,
                 client=OpenAIChatClient(settings),
                 on_finished=lambda job_id: notify.publish_job_done(publisher, job_id),
+                relay=lambda job_id, entry: streams.append(publisher, job_id, entry),
                 on_alert=_announce_alert,
                 on_callback=_send_callback,
                 breaker=CircuitBreaker(

@@ -17,6 +17,7 @@ from sqlalchemy import Integer
 from sqlalchemy import String
 from sqlalchemy import Text
 from sqlalchemy import UniqueConstraint
+from sqlalchemy import false
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
@@ -65,6 +66,11 @@ class RequestLog(Base):
     requested_model: Mapped[str | None] = mapped_column(String(128))
     requested_tier: Mapped[str | None] = mapped_column(String(32))
     metadata_json: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    # A chat request's turns (POST /v1/chat/completions) and the sampling options it passes through.
+    messages: Mapped[list[dict[str, str]] | None] = mapped_column(JSON)
+    upstream_options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Streamed: the worker relays the answer's deltas to the waiting request as they arrive (shared.streams).
+    stream: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     # Routing and outcome.
     difficulty_score: Mapped[float | None] = mapped_column(Float)

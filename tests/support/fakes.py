@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections import deque
+from collections.abc import Callable
 
 from shared.catalog import ModelSpec
 from shared.llm_client import Completion
+from shared.llm_client import StreamInterrupted
 
 FLUENT = "Paris is the capital of France. It has been the seat of government for centuries and is its largest city."
 
@@ -18,6 +21,14 @@ def ok(text: str = FLUENT, *, finish_reason: str = "stop", prompt_tokens: int = 
     )
 
 
+class Cut(Exception):
+    """Scripted for a streamed call: send `text`'s words, then cut the stream."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
 class FakeLLMClient:
     """An LLMClient whose answers are scripted per model; unscripted calls answer FLUENT."""
 
@@ -25,15 +36,56 @@ class FakeLLMClient:
         self.scripts: dict[str, deque[Completion | Exception]] = defaultdict(deque)
         self.calls: list[str] = []
         self.timeouts: list[float | None] = []
+        self.requests: list[dict[str, object]] = []
+        self.streamed: list[str] = []
 
     def script(self, model: str, *outcomes: Completion | Exception) -> None:
         self.scripts[model].extend(outcomes)
 
-    def complete(self, *, model: ModelSpec, prompt: str, max_tokens: int, timeout_s: float | None = None) -> Completion:
+    def complete(
+        self,
+        *,
+        model: ModelSpec,
+        prompt: str,
+        max_tokens: int,
+        timeout_s: float | None = None,
+        messages: list[dict[str, str]] | None = None,
+        options: dict[str, object] | None = None,
+    ) -> Completion:
         self.calls.append(model.name)
+        self.requests.append({"prompt": prompt, "messages": messages, "options": options})
         self.timeouts.append(timeout_s)
         queue = self.scripts[model.name]
         outcome = queue.popleft() if queue else ok()
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
+
+    def stream(
+        self,
+        *,
+        model: ModelSpec,
+        prompt: str,
+        max_tokens: int,
+        on_delta: Callable[[str], None],
+        timeout_s: float | None = None,
+        messages: list[dict[str, str]] | None = None,
+        options: dict[str, object] | None = None,
+    ) -> Completion:
+        """Answer as complete() would, sending the answer word by word to `on_delta` first."""
+        self.streamed.append(model.name)
+        queue = self.scripts[model.name]
+        outcome = queue[0] if queue else None
+        if isinstance(outcome, Cut):
+            queue.popleft()
+            self.calls.append(model.name)
+            for word in re.findall(r"\S+\s*", outcome.text):
+                on_delta(word)
+            partial = ok(outcome.text, prompt_tokens=12, completion_tokens=len(outcome.text.split()))
+            raise StreamInterrupted(f"{model.name}: cut", partial=partial, details={"error_class": "stream_cut"})
+        completion = self.complete(
+            model=model, prompt=prompt, max_tokens=max_tokens, timeout_s=timeout_s, messages=messages, options=options
+        )
+        for word in re.findall(r"\S+\s*", completion.text):
+            on_delta(word)
+        return completion

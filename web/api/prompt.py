@@ -74,7 +74,10 @@ def create_prompt() -> Response | tuple[Response, int]:
         elif done is not None:
             # A repeated request's job may have finished long ago: its announcement will not come again.
             done.set()
+        if done is None and existing is None:
+            return _accepted(job_id, "queued")
         if done is None:
+            # A repeated request answers its job as it stands: the result once finished.
             status, finished = _look(job_id)
             return jsonify(finished) if finished is not None else _accepted(job_id, status)
         return _wait_for(job_id, done, timeout_s=body.timeout_s)

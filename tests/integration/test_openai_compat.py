@@ -1,0 +1,136 @@
+"""/v1 on the real stack: the official `openai` SDK (and langchain-openai) pointed at the router's base URL.
+
+gunicorn (gevent) serves Flask, a Celery worker streams from the simulator over HTTP and relays the deltas
+through Redis (DB 7) to the waiting request.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import openai
+import pytest
+import redis
+
+from shared.db import migrate
+from tests.support.stack import Stack
+from tests.support.stack import http
+
+pytestmark = pytest.mark.integration
+
+REDIS_URL = "redis://127.0.0.1:6379/7"
+# Small enough that one gpt-4 call allowed 4096 tokens cannot be reserved.
+BUDGET_LIMIT = "0.2"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[Stack]:
+    database_url = f"sqlite:///{tmp_path_factory.mktemp('db')}/router.db"
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    migrate.upgrade("head", database_url=database_url)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("OPENAI_", "SIM_", "DATABASE_"))}
+    env.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=REDIS_URL,
+        MONTHLY_BUDGET_LIMIT=BUDGET_LIMIT,
+        UPSTREAM_BACKOFF_INITIAL_S="0.05",
+        UPSTREAM_BACKOFF_MAX_S="0.2",
+        WORKER_HEARTBEAT_S="2",
+    )
+    stack = Stack(env=env, log_dir=tmp_path_factory.mktemp("logs"))
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+        redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+@pytest.fixture(autouse=True)
+def _clean_simulator(stack: Stack) -> Iterator[None]:
+    http("POST", f"{stack.sim}/sim/config", {"reset": True})
+    yield
+    http("POST", f"{stack.sim}/sim/config", {"reset": True})
+
+
+@pytest.fixture
+def sdk(stack: Stack) -> Iterator[openai.OpenAI]:
+    client = openai.OpenAI(api_key="unused", base_url=f"{stack.web}/v1", max_retries=0, timeout=30)
+    yield client
+    client.close()
+
+
+def test_a_routed_completion(sdk: openai.OpenAI, stack: Stack) -> None:
+    before = http("GET", f"{stack.web}/api/stats")[2]["total_requests"]
+    raw = sdk.chat.completions.with_raw_response.create(model="router", messages=QUESTION)
+    completion = raw.parse()
+    assert completion.model == "gpt-3.5-turbo" and raw.headers["x-router-tier"] == "cheap"
+    assert completion.choices[0].message.content and completion.choices[0].finish_reason == "stop"
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens > 0
+    job_id = raw.headers["x-router-job-id"]
+    assert completion.id == f"chatcmpl-{job_id}"
+    # The same job record and ledger as /api/prompt.
+    job = http("GET", f"{stack.web}/api/jobs/{job_id}")[2]
+    assert (job["status"], job["model_used"], job["cost"]) == (
+        "succeeded", "gpt-3.5-turbo", float(raw.headers["x-router-cost"])
+    )  # fmt: skip
+    assert http("GET", f"{stack.web}/api/stats")[2]["total_requests"] == before + 1
+
+
+def test_a_forced_model(sdk: openai.OpenAI) -> None:
+    completion = sdk.chat.completions.create(model="gpt-4-turbo", messages=QUESTION, max_tokens=50)
+    assert completion.model == "gpt-4-turbo"
+
+
+def test_a_streamed_completion_arrives_incrementally_with_usage_last(sdk: openai.OpenAI) -> None:
+    stream = sdk.chat.completions.create(
+        model="router", messages=QUESTION, stream=True, stream_options={"include_usage": True}, max_tokens=200
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert chunks[-2].choices[0].finish_reason in ("stop", "length")
+    assert {c.model for c in chunks} == {"gpt-3.5-turbo"}
+
+
+def test_the_first_chunk_arrives_before_the_simulator_has_finished(sdk: openai.OpenAI, stack: Stack) -> None:
+    http("POST", f"{stack.sim}/sim/config", {"ttft_ms": 100, "latency_ms": 2000})
+    started = time.monotonic()
+    stream = sdk.chat.completions.create(model="router", messages=QUESTION, stream=True)
+    first_at, last_at, pieces = None, 0.0, 0
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces += 1
+            first_at = first_at if first_at is not None else time.monotonic() - started
+        last_at = time.monotonic() - started
+    assert first_at is not None and pieces > 1
+    assert last_at >= 1.9  # the simulator took its 2 s ...
+    assert first_at < 1.0  # ... and the first token was relayed long before that
+
+
+def test_an_exhausted_budget_surfaces_as_the_sdks_402_error(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk.chat.completions.create(model="gpt-4", messages=QUESTION, max_tokens=4096)
+    assert caught.value.status_code == 402
+    assert (caught.value.type, caught.value.code) == ("insufficient_quota", "budget_exceeded")
+
+
+def test_models_lists_aliases_and_catalog(sdk: openai.OpenAI) -> None:
+    ids = [model.id for model in sdk.models.list()]
+    assert {"router", "auto", "router:cost", "router:balanced", "router:quality", "gpt-3.5-turbo"} <= set(ids)
+
+
+def test_langchain_chat_openai_invokes_and_streams(stack: Stack) -> None:
+    langchain_openai = pytest.importorskip("langchain_openai")
+    chat = langchain_openai.ChatOpenAI(
+        model="router", base_url=f"{stack.web}/v1", api_key="unused", max_retries=0, timeout=30
+    )
+    message = chat.invoke("What is the capital of France?")
+    assert message.content
+    assert message.response_metadata["model_name"] == "gpt-3.5-turbo"
+    pieces = [chunk.content for chunk in chat.stream("What is the capital of France?")]
+    assert len([p for p in pieces if p]) > 1 and "".join(pieces)

@@ -1,0 +1,315 @@
+"""POST /v1/chat/completions and GET /v1/models: the router behind OpenAI's own API shape.
+
+A chat completion is the same job as POST /api/prompt (same reservation, ledger, stats and record); the
+answer comes back as OpenAI's `chat.completion`, and the router's own details travel in `x-router-*`
+headers. Errors on /v1 leave in OpenAI's error shape (web.errors).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from flask import Blueprint
+from flask import Response
+from flask import current_app
+from flask import jsonify
+from flask import stream_with_context
+from werkzeug.exceptions import GatewayTimeout
+
+from shared import jobs
+from shared import streams
+from shared.catalog import Catalog
+from shared.db.models import RequestLog
+from shared.errors import InvalidInput
+from shared.errors import LLMError
+from shared.errors import RoutingError
+from shared.errors import TransientLLMError
+from web import submission
+from web import waiter
+from web.db import get_session
+from web.requests import read_json_object
+from web.requests import validate
+from web.schemas import ChatCompletionRequest
+
+bp = Blueprint("openai", __name__, url_prefix="/v1")
+
+# `model` values that route rather than force a model, and the preference each one routes with.
+ROUTER_ALIASES = {
+    "router": "balanced",
+    "auto": "balanced",
+    "router:cost": "cost",
+    "router:balanced": "balanced",
+    "router:quality": "quality",
+}
+# How long past the job's own deadline a request waits before answering 504 (queueing, recording).
+WAIT_SLACK_S = 15.0
+# The request's fields passed to the upstream as they are.
+OPTION_FIELDS = ("temperature", "top_p", "stop", "user", "seed", "presence_penalty", "frequency_penalty")
+
+
+@bp.get("/models")
+def list_models() -> Response:
+    """List the router's aliases, then every catalog model."""
+    catalog: Catalog = current_app.extensions["catalog"]
+    aliases = [_model_object(name, owned_by="model-router") for name in ROUTER_ALIASES]
+    models = [_model_object(name, owned_by="model-router-catalog") for name in catalog.model_names]
+    return jsonify({"object": "list", "data": aliases + models})
+
+
+@bp.post("/chat/completions")
+def create_chat_completion() -> Response:
+    """Route one chat and answer it as a `chat.completion`."""
+    settings = current_app.extensions["settings"]
+    raw = read_json_object()
+    body = validate(ChatCompletionRequest, raw)
+    request = job_request(body, catalog=current_app.extensions["catalog"], max_prompt_chars=settings.max_prompt_chars)
+    session = get_session()
+    job_id = uuid.uuid4().hex
+    existing = submission.claim_idempotency_key(session, body=raw, resource="job", resource_id=job_id)
+    if existing is None:
+        jobs.create(
+            session,
+            request=request,
+            catalog=current_app.extensions["catalog"],
+            settings=settings,
+            requester=submission.requester(),
+            job_id=job_id,
+        )
+        session.commit()
+    else:
+        session.rollback()
+        job_id = existing
+    timeout_s = settings.default_deadline_s + WAIT_SLACK_S
+    if request.stream:
+        if existing is None:
+            submission.enqueue([job_id], batch=False, withdraw=lambda s: jobs.withdraw(s, job_id=job_id))
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        return _stream(job_id, timeout_s=timeout_s, include_usage=include_usage)
+    completion_waiter = waiter.get_waiter()
+    done = completion_waiter.register(job_id)
+    try:
+        if existing is None:
+            submission.enqueue([job_id], batch=False, withdraw=lambda s: jobs.withdraw(s, job_id=job_id))
+        else:
+            done.set()
+        answer = _wait_for(job_id, done, timeout_s=timeout_s)
+    finally:
+        completion_waiter.unregister(job_id, done)
+    if answer is None:
+        # Clients of this API cannot poll: say which job it was, so that /api/jobs can still tell.
+        raise GatewayTimeout(
+            f"job {job_id} did not finish in time; it may still finish and be charged (GET /api/jobs/{job_id})"
+        )
+    body_out, headers = answer
+    response = jsonify(body_out)
+    response.headers.update(headers)
+    return response
+
+
+def job_request(body: ChatCompletionRequest, *, catalog: Catalog, max_prompt_chars: int) -> jobs.JobRequest:
+    """Turn a validated chat request into the job it stands for (RoutingError for an unknown model)."""
+    preference, model = "balanced", None
+    if body.model in ROUTER_ALIASES:
+        preference = ROUTER_ALIASES[body.model]
+    elif body.model in catalog.model_names:
+        model = body.model
+    else:
+        known = [*ROUTER_ALIASES, *catalog.model_names]
+        raise RoutingError(f"unknown model {body.model!r}", details={"field": "model", "known": known})
+    messages = [{"role": message.role, "content": message.text} for message in body.messages]
+    # Difficulty is estimated from, and the cost bound covers, the whole conversation.
+    prompt = "\n".join(message["content"] for message in messages)
+    if not prompt.strip():
+        raise InvalidInput("the messages must contain some text", details={"field": "messages"})
+    if len(prompt) > max_prompt_chars:
+        raise InvalidInput(
+            f"the messages must be at most {max_prompt_chars} characters together", details={"field": "messages"}
+        )
+    options = {name: getattr(body, name) for name in OPTION_FIELDS if getattr(body, name) is not None}
+    return jobs.JobRequest(
+        prompt=prompt,
+        max_tokens=body.max_completion_tokens or body.max_tokens or 1000,
+        preference=preference,
+        model=model,
+        messages=messages,
+        options=options or None,
+        stream=bool(body.stream),
+    )
+
+
+def _wait_for(job_id: str, done: threading.Event, *, timeout_s: float) -> tuple[dict[str, Any], dict[str, str]] | None:
+    """Sleep until the job's completion is announced; return its answer, or None past `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not done.wait(remaining):
+            break
+        done.clear()
+        answer = _look(job_id)
+        if answer is not None:
+            return answer
+    return _look(job_id)
+
+
+def _look(job_id: str) -> tuple[dict[str, Any], dict[str, str]] | None:
+    """Return the finished job's completion and headers, or None; no transaction stays open afterwards."""
+    session = get_session()
+    session.expire_all()
+    try:
+        job = jobs.get_or_raise(session, job_id=job_id)
+        if not job.status.is_terminal:
+            return None
+        if job.error_code is not None:
+            raise _job_error(job)
+        return completion_body(job), router_headers(job)
+    finally:
+        session.rollback()
+
+
+def _job_error(job: RequestLog) -> LLMError:
+    message = f"job {job.id}: {job.error_message or 'the upstream call failed'}"
+    if job.error_code == TransientLLMError.code:
+        return TransientLLMError(message, details={"job_id": job.id})
+    return LLMError(message, details={"job_id": job.id})
+
+
+def completion_body(job: RequestLog) -> dict[str, Any]:
+    """Return a succeeded job as OpenAI's `chat.completion` object."""
+    return {
+        "id": f"chatcmpl-{job.id}",
+        "object": "chat.completion",
+        "created": int((job.finished_at or job.created_at).timestamp()),
+        "model": job.model_used,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": job.response or "", "refusal": None},
+                "logprobs": None,
+                "finish_reason": job.finish_reason or "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": job.prompt_tokens,
+            "completion_tokens": job.completion_tokens,
+            "total_tokens": job.tokens_used,
+        },
+    }
+
+
+def router_headers(job: RequestLog) -> dict[str, str]:
+    """Return the router's details of a job as `x-router-*` headers."""
+    headers = {"x-router-job-id": job.id}
+    if job.tier is not None:
+        headers["x-router-tier"] = job.tier
+    if job.model_used is not None:
+        headers["x-router-model"] = job.model_used
+    if job.difficulty_score is not None:
+        headers["x-router-difficulty"] = f"{job.difficulty_score}"
+    if job.difficulty_level is not None:
+        headers["x-router-difficulty-level"] = job.difficulty_level
+    headers["x-router-cost"] = str(float(job.cost))  # as the JSON answers show it
+    headers["x-router-escalated"] = "true" if job.escalated else "false"
+    headers["x-router-retries"] = str(job.retry_count)
+    return headers
+
+
+def _stream(job_id: str, *, timeout_s: float, include_usage: bool) -> Response:
+    """Relay the job's streamed answer as OpenAI's chunks, once its first entry (a token or an error) is in.
+
+    Waiting for the first entry before answering lets a job that fails before its first token answer with
+    the same error status as a whole answer would; after that, failures end the stream with an error event.
+    """
+    client = _stream_client()
+    deadline = time.monotonic() + timeout_s
+    entries: list[tuple[str, dict[str, str]]] = []
+    while not entries:
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        if left_ms <= 0:
+            raise GatewayTimeout(f"job {job_id} sent no token in time; it may still finish and be charged")
+        entries = streams.read(client, job_id, after="0-0", block_ms=min(left_ms, 5000))
+    first = entries[0][1]
+    if first["type"] == streams.ERROR:
+        raise _stream_error(job_id, first)
+    model = first.get("model", "")
+    headers = {"x-router-job-id": job_id, "x-router-model": model, "x-router-tier": first.get("tier", "")}
+    chunk_base = {"id": f"chatcmpl-{job_id}", "object": "chat.completion.chunk", "created": int(time.time())}
+
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+        body = {**chunk_base, "model": model, "system_fingerprint": None, "choices": choices, **extra}
+        if include_usage and "usage" not in extra:
+            body["usage"] = None
+        return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
+
+    def events() -> Iterator[str]:
+        pending, last_id, opened = list(entries), "0-0", False
+        while True:
+            for entry_id, entry in pending:
+                last_id = entry_id
+                if entry["type"] == streams.DELTA:
+                    delta = {"content": entry["text"]}
+                    if not opened:
+                        delta = {"role": "assistant", **delta}
+                        opened = True
+                    yield chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+                elif entry["type"] == streams.DONE:
+                    finish = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": entry["finish_reason"]}
+                    yield chunk([finish])
+                    if include_usage:
+                        yield chunk([], usage=_usage(entry))
+                    yield "data: [DONE]\n\n"
+                    return
+                else:
+                    yield _error_event(f"job {job_id}: {entry['message']}", entry["code"])
+                    return
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                yield _error_event(f"job {job_id} did not finish streaming in time", "timeout")
+                return
+            pending = streams.read(client, job_id, after=last_id, block_ms=min(left_ms, 5000))
+
+    response = Response(stream_with_context(events()), mimetype="text/event-stream", headers=headers)
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    return response
+
+
+def _error_event(message: str, code: str) -> str:
+    """Return the SSE event that ends a stream cut after its first token (the `openai` SDK raises on it)."""
+    error = {"message": message, "type": "server_error", "param": None, "code": code}
+    return f"data: {json.dumps({'error': error})}\n\n"
+
+
+def _usage(entry: dict[str, str]) -> dict[str, int]:
+    prompt_tokens, completion_tokens = int(entry["prompt_tokens"]), int(entry["completion_tokens"])
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _stream_error(job_id: str, entry: dict[str, str]) -> LLMError:
+    message = f"job {job_id}: {entry['message']}"
+    if entry["code"] == TransientLLMError.code:
+        return TransientLLMError(message, details={"job_id": job_id})
+    return LLMError(message, details={"job_id": job_id})
+
+
+def _stream_client() -> redis.Redis:
+    """Return this process's Redis client for reading streams, made on first use (after gunicorn forks)."""
+    client = current_app.extensions.get("stream_redis")
+    if client is None:
+        client = redis.Redis.from_url(current_app.extensions["settings"].redis_url, health_check_interval=30)
+        current_app.extensions["stream_redis"] = client
+    return client
+
+
+def _model_object(name: str, *, owned_by: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": owned_by}
