@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import uuid
@@ -21,8 +20,6 @@ from web.db import get_session
 from web.requests import read_json_object
 from web.requests import validate
 from web.schemas import PromptRequest
-
-logger = logging.getLogger(__name__)
 
 bp = Blueprint("prompt", __name__, url_prefix="/api")
 
@@ -71,15 +68,15 @@ def create_prompt() -> Response | tuple[Response, int]:
     try:
         if existing is None:
             submission.enqueue([job_id], batch=False, withdraw=lambda s: jobs.withdraw(s, job_id=job_id))
-        elif done is not None:
-            # A repeated request's job may have finished long ago: its announcement will not come again.
-            done.set()
-        if done is None and existing is None:
-            return _accepted(job_id, "queued")
-        if done is None:
-            # A repeated request answers its job as it stands: the result once finished.
+            if done is None:
+                return _accepted(job_id, "queued")
+        else:
+            # A repeated request answers its job as it stands; the announcement of its end may be long gone.
             status, finished = _look(job_id)
-            return jsonify(finished) if finished is not None else _accepted(job_id, status)
+            if finished is not None:
+                return jsonify(finished)
+            if done is None:
+                return _accepted(job_id, status)
         return _wait_for(job_id, done, timeout_s=body.timeout_s)
     finally:
         if done is not None:
