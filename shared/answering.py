@@ -49,6 +49,7 @@ class Job:
     reserved_cost: Decimal
     deadline_s: float
     previous_runs: int = 0
+    difficulty_estimator: str = "heuristic"
     # A chat's turns and sampling options, sent upstream as they are (see shared.jobs.JobRequest).
     messages: list[dict[str, str]] | None = None
     options: dict[str, Any] | None = None
@@ -97,7 +98,7 @@ def answer(job: Job, *, using: Answerer, on_delta: Callable[[ModelSpec, str], No
     started = time.perf_counter()
     deadline = time.monotonic() + job.deadline_s
     catalog, settings = using.catalog, using.settings
-    estimate = difficulty.estimate_difficulty(job.prompt)
+    estimate = difficulty.estimate_difficulty(job.prompt, estimator=job.difficulty_estimator)
     decision = routing.route(
         catalog=catalog, score=estimate.score, preference=job.preference, model=job.model, tier=job.tier
     )

@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     escalation_enabled: bool = True
     escalation_min_answer_chars: int = Field(default=20, ge=0)
     escalation_confidence_threshold: float = Field(default=0.5, ge=0, le=1)
+    # Difficulty estimator that scores prompts for routing: "heuristic" or "learned" (shared.difficulty).
+    difficulty_estimator: Literal["heuristic", "learned"] = "heuristic"
 
     # Jobs: a claimed job whose worker is silent this long may be claimed again.
     job_lease_s: int = Field(default=300, ge=10)

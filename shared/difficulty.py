@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
+from shared import learned_router
 from shared.errors import InvalidInput
 from shared.errors import RoutingError
 
@@ -159,7 +160,11 @@ class HeuristicEstimator:
         return DifficultyEstimate(score=score, level=choose_level(score), components=components)
 
 
-ESTIMATORS: dict[str, type[DifficultyEstimator]] = {"heuristic": HeuristicEstimator}
+# "learned" reads its artifact on first use, not here (shared/learned_router.py).
+ESTIMATORS: dict[str, type[DifficultyEstimator]] = {
+    "heuristic": HeuristicEstimator,
+    "learned": learned_router.LearnedEstimator,
+}
 
 
 @functools.cache

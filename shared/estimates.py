@@ -40,6 +40,7 @@ def estimate_cost(
     tier: str | None,
     escalation: bool,
     typical_completion_tokens: Callable[[str], float | None],
+    estimator: str = "heuristic",
 ) -> CostEstimate:
     """Route the prompt as a worker would and price it.
 
@@ -47,7 +48,7 @@ def estimate_cost(
     average from `typical_completion_tokens(model)`, else a share of max_tokens. The worst case is the
     bound the ledger would reserve, escalation included.
     """
-    estimate = difficulty.estimate_difficulty(prompt)
+    estimate = difficulty.estimate_difficulty(prompt, estimator=estimator)
     decision = routing.route(catalog=catalog, score=estimate.score, preference=preference, model=model, tier=tier)
     prompt_tokens = math.ceil(len(prompt) / CHARS_PER_TOKEN) + budget.CHAT_OVERHEAD_TOKENS // 2
     typical = typical_completion_tokens(decision.model) or max_tokens * DEFAULT_COMPLETION_SHARE

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from shared import alerts
 from shared import budget
+from shared import difficulty
 from shared import routing
 from shared.catalog import Catalog
 from shared.config import Settings
@@ -53,6 +54,7 @@ class JobRequest:
     metadata: dict[str, Any] = field(default_factory=dict)
     on_budget_pressure: str = "fail"
     deadline_s: float | None = None
+    difficulty_estimator: str | None = None
     callback_url: str | None = None
     # A chat's turns ({"role", "content"}) sent upstream as they are; `prompt` is then the conversation's
     # text, which difficulty and the cost bound are estimated from.
@@ -111,7 +113,8 @@ def create(
 
 
 def bound_for(request: JobRequest, *, catalog: Catalog, settings: Settings, max_tier: str | None = None) -> Decimal:
-    """Return the most the job can cost (RoutingError for an unknown model or tier)."""
+    """Return the most the job can cost (RoutingError for an unknown model, tier or estimator)."""
+    difficulty.get_estimator(request.difficulty_estimator or settings.difficulty_estimator)
     pinned = request.model is not None or request.tier is not None
     return budget.reservation_bound(
         catalog=catalog,
@@ -175,6 +178,7 @@ def new_job(
         callback_url=request.callback_url,
         api_key_id=None if requester is None else requester.api_key_id,
         max_tier=max_tier,
+        difficulty_estimator=request.difficulty_estimator or settings.difficulty_estimator,
         deadline_s=min(
             request.deadline_s or settings.default_deadline_s, settings.job_lease_s * DEADLINE_SHARE_OF_LEASE
         ),

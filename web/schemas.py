@@ -46,6 +46,9 @@ class PromptFields(BaseModel):
     deadline_s: StrictNumber | None = Field(
         default=None, gt=0, le=600, description="Total time for retries, fallbacks and escalation (DEFAULT_DEADLINE_S)."
     )
+    difficulty_estimator: Literal["heuristic", "learned"] | None = Field(
+        default=None, description="How difficulty is scored for routing (DIFFICULTY_ESTIMATOR)."
+    )
 
     @field_validator("prompt")
     @classmethod

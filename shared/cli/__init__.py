@@ -11,6 +11,7 @@ import click
 
 from shared.cli import batch
 from shared.cli import commands
+from shared.cli import evaluation
 from shared.cli import ops
 from shared.cli.http import DEFAULT_URL
 from shared.cli.http import Endpoint
@@ -81,6 +82,8 @@ for command in (
     ops.demo,
     ops.db,
     ops.keys,
+    evaluation.eval_command,
+    evaluation.train_router,
 ):
     main.add_command(command)
 

@@ -96,6 +96,7 @@ class RequestLog(Base):
     downgraded_from: Mapped[str | None] = mapped_column(String(32))
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     deadline_s: Mapped[float | None] = mapped_column(Float)
+    difficulty_estimator: Mapped[str | None] = mapped_column(String(32))
     batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"), index=True)
     batch_index: Mapped[int | None] = mapped_column(Integer)
     callback_url: Mapped[str | None] = mapped_column(Text)

@@ -280,3 +280,22 @@ def test_a_deadline_never_outlasts_the_lease(sessions, catalog, settings) -> Non
         job = jobs.create(session, request=jobs.JobRequest(prompt=EASY, deadline_s=600), catalog=catalog,
                           settings=settings)  # fmt: skip
     assert job.deadline_s == settings.job_lease_s * jobs.DEADLINE_SHARE_OF_LEASE < 600
+
+
+def test_a_job_can_ask_for_the_learned_estimator(deps, sessions, catalog, settings) -> None:
+    from shared import difficulty
+
+    prompt = "Solve step by step: a train leaves at 3 pm at 60 mph; another at 4 pm at 80 mph. When do they meet?"
+    job_id = _submit(sessions, catalog, settings, prompt=prompt, difficulty_estimator="learned")
+    runs.run(job_id, deps=deps)
+    job = _job(sessions, job_id)
+    learned = difficulty.estimate_difficulty(prompt, estimator="learned").score
+    assert job.difficulty_estimator == "learned"
+    assert job.difficulty_score == pytest.approx(learned, abs=1e-4)
+    assert job.difficulty_score != pytest.approx(difficulty.estimate_difficulty(prompt).score, abs=1e-4)
+
+
+def test_the_estimator_setting_is_the_default(sessions, catalog, tmp_path) -> None:
+    settings = make_test_settings(f"sqlite:///{tmp_path}/router.db", difficulty_estimator="learned")
+    job_id = _submit(sessions, catalog, settings, prompt=EASY)
+    assert _job(sessions, job_id).difficulty_estimator == "learned"

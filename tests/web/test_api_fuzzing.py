@@ -46,6 +46,14 @@ CHECKS = [
     # The gap the document could close is pinned by test_openapi_document_states_that_prompt_cannot_be_empty.
 ]
 
+def _checks_for(response: schemathesis.Response) -> list[object]:
+    # A generated body past MAX_REQUEST_BYTES is refused with the contract's 413 before it is read;
+    # schemathesis's negative-data check does not count 413 as a rejection.
+    if response.status_code == 413:
+        return [check for check in CHECKS if check is not checks.negative_data_rejection]
+    return CHECKS
+
+
 SNAKE_CASE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 # The code the contract names for each status; a status it does not name still needs a snake_case code.
 CODE_BY_STATUS = {
@@ -148,7 +156,7 @@ def test_fuzzed_requests_conform_and_rejections_leave_the_ledger_alone(
 ) -> None:
     before = _ledger(fuzz_app)
     response = case.call(app=fuzz_app)
-    case.validate_response(response, checks=CHECKS)
+    case.validate_response(response, checks=_checks_for(response))
     after = _ledger(fuzz_app)
     if 400 <= response.status_code < 500:
         _assert_contract_error(response)

@@ -195,3 +195,8 @@ def test_wait_true_times_out_into_202(client: FlaskClient, enqueued: list[str]) 
     response = client.post("/api/prompt", json={"prompt": "Hi", "timeout_s": 0.2})
     assert response.status_code == 202
     assert response.get_json()["status"] == "queued"
+
+
+def test_an_unknown_estimator_is_400(client: FlaskClient, enqueued: list[str]) -> None:
+    response = client.post("/api/prompt", json={"prompt": "x", "difficulty_estimator": "oracle"})
+    assert _error(response, 400, "invalid_request")["details"]["field"] == "difficulty_estimator"

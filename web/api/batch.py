@@ -94,6 +94,7 @@ def _item(index: int, item: Any, *, settings: Any) -> jobs.JobRequest:
         tier=checked.tier,
         metadata=checked.metadata,
         deadline_s=checked.deadline_s,
+        difficulty_estimator=checked.difficulty_estimator,
     )
 
 

@@ -38,6 +38,7 @@ def create_estimate() -> Response:
         tier=body.tier,
         escalation=settings.escalation_enabled,
         typical_completion_tokens=lambda model: stats.get_typical_completion_tokens(session, model=model),
+        estimator=body.difficulty_estimator or settings.difficulty_estimator,
     )
     return jsonify(
         {

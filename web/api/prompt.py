@@ -50,6 +50,7 @@ def create_prompt() -> Response | tuple[Response, int]:
                 metadata=body.metadata,
                 on_budget_pressure=body.on_budget_pressure,
                 deadline_s=body.deadline_s,
+                difficulty_estimator=body.difficulty_estimator,
                 callback_url=submission.check_callback_url(body.callback_url),
             ),
             catalog=current_app.extensions["catalog"],
