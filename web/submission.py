@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +22,7 @@ from shared.db.types import utcnow
 from shared.errors import InvalidInput
 from shared.errors import Unavailable
 from web.auth import current_identity
+from web.db import get_session
 from worker import tasks
 
 logger = logging.getLogger(__name__)
@@ -32,6 +34,32 @@ def requester() -> jobs.Requester | None:
     """Return the API key the work is charged to, if keys are on."""
     identity = current_identity()
     return None if identity is None else jobs.Requester(identity.api_key_id, identity.monthly_budget)
+
+
+def accept_job(body: dict[str, Any], request: jobs.JobRequest) -> tuple[str, bool]:
+    """Create the request's job, or find the one its Idempotency-Key already made; return (job id, created)."""
+    session = get_session()
+    job_id = uuid.uuid4().hex
+    existing = claim_idempotency_key(session, body=body, resource="job", resource_id=job_id)
+    if existing is not None:
+        # The same request came before: answer its job, never a second one.
+        session.rollback()
+        return existing, False
+    jobs.create(
+        session,
+        request=request,
+        catalog=current_app.extensions["catalog"],
+        settings=current_app.extensions["settings"],
+        requester=requester(),
+        job_id=job_id,
+    )
+    session.commit()
+    return job_id, True
+
+
+def enqueue_job(job_id: str) -> None:
+    """Send a single prompt's job to its queue, or withdraw it and answer 503."""
+    enqueue([job_id], batch=False, withdraw=lambda session: jobs.withdraw(session, job_id=job_id))
 
 
 def claim_idempotency_key(session: Session, *, body: dict[str, Any], resource: str, resource_id: str) -> str | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,33 +68,18 @@ def create_chat_completion() -> Response:
     raw = read_json_object()
     body = validate(ChatCompletionRequest, raw)
     request = job_request(body, catalog=current_app.extensions["catalog"], max_prompt_chars=settings.max_prompt_chars)
-    session = get_session()
-    job_id = uuid.uuid4().hex
-    existing = submission.claim_idempotency_key(session, body=raw, resource="job", resource_id=job_id)
-    if existing is None:
-        jobs.create(
-            session,
-            request=request,
-            catalog=current_app.extensions["catalog"],
-            settings=settings,
-            requester=submission.requester(),
-            job_id=job_id,
-        )
-        session.commit()
-    else:
-        session.rollback()
-        job_id = existing
+    job_id, created = submission.accept_job(raw, request)
     timeout_s = settings.default_deadline_s + WAIT_SLACK_S
     if request.stream:
-        if existing is None:
-            submission.enqueue([job_id], batch=False, withdraw=lambda s: jobs.withdraw(s, job_id=job_id))
+        if created:
+            submission.enqueue_job(job_id)
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         return _stream(job_id, timeout_s=timeout_s, include_usage=include_usage)
     completion_waiter = waiter.get_waiter()
     done = completion_waiter.register(job_id)
     try:
-        if existing is None:
-            submission.enqueue([job_id], batch=False, withdraw=lambda s: jobs.withdraw(s, job_id=job_id))
+        if created:
+            submission.enqueue_job(job_id)
         else:
             done.set()
         answer = _wait_for(job_id, done, timeout_s=timeout_s)

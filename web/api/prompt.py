@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 
 from flask import Blueprint
 from flask import Response
@@ -35,40 +34,27 @@ def create_prompt() -> Response | tuple[Response, int]:
         max_prompt_chars=settings.max_prompt_chars,
         max_metadata_bytes=settings.max_metadata_bytes,
     )
-    session = get_session()
-    job_id = uuid.uuid4().hex
-    existing = submission.claim_idempotency_key(session, body=raw, resource="job", resource_id=job_id)
-    if existing is None:
-        jobs.create(
-            session,
-            request=jobs.JobRequest(
-                prompt=body.prompt,
-                max_tokens=body.max_tokens,
-                preference=body.preference,
-                model=body.model,
-                tier=body.tier,
-                metadata=body.metadata,
-                on_budget_pressure=body.on_budget_pressure,
-                deadline_s=body.deadline_s,
-                difficulty_estimator=body.difficulty_estimator,
-                callback_url=submission.check_callback_url(body.callback_url),
-            ),
-            catalog=current_app.extensions["catalog"],
-            settings=settings,
-            requester=submission.requester(),
-            job_id=job_id,
-        )
-        session.commit()
-    else:
-        # The same request came before: answer its job, never a second one.
-        session.rollback()
-        job_id = existing
+    job_id, created = submission.accept_job(
+        raw,
+        jobs.JobRequest(
+            prompt=body.prompt,
+            max_tokens=body.max_tokens,
+            preference=body.preference,
+            model=body.model,
+            tier=body.tier,
+            metadata=body.metadata,
+            on_budget_pressure=body.on_budget_pressure,
+            deadline_s=body.deadline_s,
+            difficulty_estimator=body.difficulty_estimator,
+            callback_url=submission.check_callback_url(body.callback_url),
+        ),
+    )
     completion_waiter = waiter.get_waiter()
     # Register before enqueueing so that even an instant completion is heard.
     done = completion_waiter.register(job_id) if body.wait else None
     try:
-        if existing is None:
-            submission.enqueue([job_id], batch=False, withdraw=lambda s: jobs.withdraw(s, job_id=job_id))
+        if created:
+            submission.enqueue_job(job_id)
             if done is None:
                 return _accepted(job_id, "queued")
         else:
