@@ -36,3 +36,11 @@ simulate: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache model_router.db*
+
+.PHONY: bench bench-compare
+
+bench: install  ## Load the stack (and the simulator directly) at several latencies and concurrencies; JSON + table.
+	$(BIN)/python -m bench.throughput $(BENCH_ARGS)
+
+bench-compare: install  ## The same, with LiteLLM's proxy (own venv) on the same simulator, and the ratios.
+	$(BIN)/python -m bench.compare $(BENCH_ARGS)
