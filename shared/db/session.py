@@ -23,7 +23,12 @@ def make_engine(settings: Settings) -> Engine:
         # every other request of the process waiting on that lock.
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
         return engine
-    return create_engine(settings.database_url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(
+        settings.database_url,
+        pool_pre_ping=True,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+    )
 
 
 def _configure_sqlite(dbapi_connection: object, _record: object) -> None:

@@ -331,3 +331,16 @@ def test_missing_catalog_file_names_the_setting_and_file(tmp_path: Path) -> None
     message = _catalog_error(path)
     assert message.startswith("invalid setting MODEL_CATALOG_PATH: ")
     assert f"cannot read {path}" in message
+
+
+def test_the_postgres_pool_follows_the_settings() -> None:
+    from shared.db.session import make_engine
+
+    engine = make_engine(
+        load_settings(database_url="postgresql://u@127.0.0.1:5432/x", db_pool_size=3, db_max_overflow=1,
+                      openai_base_url="http://127.0.0.1:9/v1")
+    )  # fmt: skip
+    try:
+        assert (engine.pool.size(), engine.pool._max_overflow) == (3, 1)
+    finally:
+        engine.dispose()
