@@ -46,6 +46,7 @@ CHECKS = [
     # The gap the document could close is pinned by test_openapi_document_states_that_prompt_cannot_be_empty.
 ]
 
+
 def _checks_for(response: schemathesis.Response) -> list[object]:
     # A generated body past MAX_REQUEST_BYTES is refused with the contract's 413 before it is read;
     # schemathesis's negative-data check does not count 413 as a rejection.
