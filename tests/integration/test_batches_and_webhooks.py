@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import statistics
 import threading
 import time
@@ -29,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import Engine
 from sqlalchemy import create_engine
 from sqlalchemy import func
@@ -45,6 +43,7 @@ from shared.db.models import WebhookDelivery
 from tests.support.stack import Stack
 from tests.support.stack import free_port
 from tests.support.stack import http
+from tests.support.stack import running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -151,28 +150,25 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    redis.Redis.from_url(REDIS_URL).flushdb()
     migrate.upgrade("head", database_url=database_url)
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("OPENAI_", "SIM_", "DATABASE_"))}
-    env.update(
-        DATABASE_URL=database_url,
-        REDIS_URL=REDIS_URL,
-        MONTHLY_BUDGET_LIMIT="1000",
-        UPSTREAM_BACKOFF_INITIAL_S="0.05",
-        UPSTREAM_BACKOFF_MAX_S="0.2",
-        WORKER_HEARTBEAT_S="2",
-        SIM_LATENCY_MS=str(SIM_LATENCY_MS),
-        WEBHOOK_SECRET=SECRET,
-        WEBHOOK_RETRY_FOR_S=str(WEBHOOK_RETRY_FOR_S),
-        WEBHOOK_TIMEOUT_S="2",
-    )
-    stack = Stack(env=env, log_dir=tmp_path_factory.mktemp("logs"), worker_queues=("prompts", "batch"))
-    try:
-        stack.start()
+    settings = {
+        "MONTHLY_BUDGET_LIMIT": "1000",
+        "UPSTREAM_BACKOFF_INITIAL_S": "0.05",
+        "UPSTREAM_BACKOFF_MAX_S": "0.2",
+        "WORKER_HEARTBEAT_S": "2",
+        "SIM_LATENCY_MS": str(SIM_LATENCY_MS),
+        "WEBHOOK_SECRET": SECRET,
+        "WEBHOOK_RETRY_FOR_S": str(WEBHOOK_RETRY_FOR_S),
+        "WEBHOOK_TIMEOUT_S": "2",
+    }
+    with running_stack(
+        database_url=database_url,
+        redis_url=REDIS_URL,
+        log_dir=tmp_path_factory.mktemp("logs"),
+        settings=settings,
+        worker_queues=("prompts", "batch"),
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()
-        redis.Redis.from_url(REDIS_URL).flushdb()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
 import threading
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import Engine
 from sqlalchemy import create_engine
 from sqlalchemy import func
@@ -48,17 +46,13 @@ from tests.support.databases import temporary_postgres_database
 from tests.support.stack import BIN
 from tests.support.stack import Stack
 from tests.support.stack import http
+from tests.support.stack import running_stack
 
 pytestmark = pytest.mark.integration
 
 # Other suites use Redis databases 9..13; these tests take 14 and 15, flushed before and after.
-REDIS_DB_A = 14
-REDIS_DB_B = 15
-# Settings the stack's processes must not inherit from the shell that runs pytest.
-OWN_SETTINGS = (
-    "OPENAI_", "SIM_", "DATABASE_", "REDIS_", "MONTHLY_BUDGET_", "JOB_", "REAPER_", "REQUIRE_API_KEY",
-    "DEFAULT_RPM", "WORKER_HEARTBEAT_", "UPSTREAM_", "ALERT_", "ENVIRONMENT",
-)  # fmt: skip
+REDIS_URL_A = "redis://127.0.0.1:6379/14"
+REDIS_URL_B = "redis://127.0.0.1:6379/15"
 
 CONCURRENT_REQUESTS = 200
 CONCURRENT_MAX_TOKENS = 64
@@ -89,26 +83,6 @@ def _database(kind: str, tmp_path: Path) -> Iterator[str]:
     with temporary_postgres_database("model_router_proofs") as url:
         migrate.upgrade("head", database_url=_sqlalchemy_url(url))
         yield url
-
-
-@contextmanager
-def _running_stack(
-    *, database_url: str, redis_db: int, log_dir: Path, settings: dict[str, str], **options: Any
-) -> Iterator[Stack]:
-    """Start a stack on its own Redis database with these settings; stop it and flush Redis afterwards."""
-    redis_url = f"redis://127.0.0.1:6379/{redis_db}"
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    env = {key: value for key, value in os.environ.items() if not key.startswith(OWN_SETTINGS)}
-    env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, **settings)
-    stack = Stack(env=env, log_dir=log_dir, **options)
-    try:
-        stack.start()
-        yield stack
-    finally:
-        stack.stop()
-        client.flushdb()
-        client.close()
 
 
 @contextmanager
@@ -205,11 +179,16 @@ def test_concurrent_prompts_never_overspend_and_every_call_is_accounted(
     )
     limit = bound * FITS_AT_ONCE
     settings = {"MONTHLY_BUDGET_LIMIT": str(limit), "WORKER_HEARTBEAT_S": "2"}
-    redis_db = REDIS_DB_A if backend == "sqlite" else REDIS_DB_B
+    redis_url = REDIS_URL_A if backend == "sqlite" else REDIS_URL_B
     with (
         _database(backend, tmp_path) as database_url,
-        _running_stack(
-            database_url=database_url, redis_db=redis_db, log_dir=tmp_path, settings=settings, workers=2, web_workers=2
+        running_stack(
+            database_url=database_url,
+            redis_url=redis_url,
+            log_dir=tmp_path,
+            settings=settings,
+            workers=2,
+            web_workers=2,
         ) as stack,
     ):
         _configure_sim(stack, latency_ms=50)
@@ -317,8 +296,8 @@ def test_a_killed_worker_loses_no_money_and_settles_each_job_once(
     }
     with (
         _database("postgresql", tmp_path) as database_url,
-        _running_stack(
-            database_url=database_url, redis_db=REDIS_DB_B, log_dir=tmp_path, settings=settings, beat=True
+        running_stack(
+            database_url=database_url, redis_url=REDIS_URL_B, log_dir=tmp_path, settings=settings, beat=True
         ) as stack,
         _session(database_url) as session,
     ):
@@ -448,9 +427,9 @@ def test_keys_are_hashed_scoped_and_rate_limited_across_web_processes(tmp_path: 
     access_log = ("--access-logfile", "-", "--access-logformat", "pid=%(p)s %(m)s %(U)s %(s)s")
     with (
         _database("postgresql", tmp_path) as database_url,
-        _running_stack(
+        running_stack(
             database_url=database_url,
-            redis_db=REDIS_DB_A,
+            redis_url=REDIS_URL_A,
             log_dir=tmp_path,
             settings=settings,
             web_workers=2,
@@ -540,7 +519,7 @@ def test_concurrent_requests_with_a_rate_limited_key_on_sqlite_do_not_stall_the_
     settings = {"MONTHLY_BUDGET_LIMIT": "10", "REQUIRE_API_KEY": "true", "WORKER_HEARTBEAT_S": "2"}
     with (
         _database("sqlite", tmp_path) as database_url,
-        _running_stack(database_url=database_url, redis_db=REDIS_DB_A, log_dir=tmp_path, settings=settings) as stack,
+        running_stack(database_url=database_url, redis_url=REDIS_URL_A, log_dir=tmp_path, settings=settings) as stack,
     ):
         _, key = _create_key(dict(stack.env), "--name", "busy", "--rpm", "1000")
         url, body = f"{stack.web}/api/estimate", {"prompt": "How much would this cost?"}

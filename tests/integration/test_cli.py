@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from click.testing import CliRunner
 from click.testing import Result
 from sqlalchemy import create_engine
@@ -26,6 +25,8 @@ from shared.db.models import RequestLog
 from tests.support.stack import BIN
 from tests.support.stack import Stack
 from tests.support.stack import http
+from tests.support.stack import reset_simulator
+from tests.support.stack import running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -41,22 +42,11 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("OPENAI_", "SIM_", "DATABASE_"))}
-    env.update(
-        DATABASE_URL=database_url,
-        REDIS_URL=REDIS_URL,
-        UPSTREAM_BACKOFF_INITIAL_S="0.05",
-        UPSTREAM_BACKOFF_MAX_S="0.2",
-        WORKER_HEARTBEAT_S="2",
-    )
-    stack = Stack(env=env, log_dir=tmp_path_factory.mktemp("logs"))
-    try:
-        stack.start()
+    settings = {"UPSTREAM_BACKOFF_INITIAL_S": "0.05", "UPSTREAM_BACKOFF_MAX_S": "0.2", "WORKER_HEARTBEAT_S": "2"}
+    with running_stack(
+        database_url=database_url, redis_url=REDIS_URL, log_dir=tmp_path_factory.mktemp("logs"), settings=settings
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()
-        redis.Redis.from_url(REDIS_URL).flushdb()
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +58,9 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 @pytest.fixture(autouse=True)
 def _clean_simulator(stack: Stack) -> Iterator[None]:
-    http("POST", f"{stack.sim}/sim/config", {"reset": True})
+    reset_simulator(stack)
     yield
-    http("POST", f"{stack.sim}/sim/config", {"reset": True})
+    reset_simulator(stack)
 
 
 def _cli(stack: Stack, *args: str, input: str | None = None) -> Result:

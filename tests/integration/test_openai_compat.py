@@ -6,17 +6,17 @@ through Redis (DB 7) to the waiting request.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 
 import openai
 import pytest
-import redis
 
 from shared.db import migrate
 from tests.support.stack import Stack
 from tests.support.stack import http
+from tests.support.stack import reset_simulator
+from tests.support.stack import running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -29,31 +29,24 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[Stack]:
     database_url = f"sqlite:///{tmp_path_factory.mktemp('db')}/router.db"
-    redis.Redis.from_url(REDIS_URL).flushdb()
     migrate.upgrade("head", database_url=database_url)
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("OPENAI_", "SIM_", "DATABASE_"))}
-    env.update(
-        DATABASE_URL=database_url,
-        REDIS_URL=REDIS_URL,
-        MONTHLY_BUDGET_LIMIT=BUDGET_LIMIT,
-        UPSTREAM_BACKOFF_INITIAL_S="0.05",
-        UPSTREAM_BACKOFF_MAX_S="0.2",
-        WORKER_HEARTBEAT_S="2",
-    )
-    stack = Stack(env=env, log_dir=tmp_path_factory.mktemp("logs"))
-    try:
-        stack.start()
+    settings = {
+        "MONTHLY_BUDGET_LIMIT": BUDGET_LIMIT,
+        "UPSTREAM_BACKOFF_INITIAL_S": "0.05",
+        "UPSTREAM_BACKOFF_MAX_S": "0.2",
+        "WORKER_HEARTBEAT_S": "2",
+    }
+    with running_stack(
+        database_url=database_url, redis_url=REDIS_URL, log_dir=tmp_path_factory.mktemp("logs"), settings=settings
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()
-        redis.Redis.from_url(REDIS_URL).flushdb()
 
 
 @pytest.fixture(autouse=True)
 def _clean_simulator(stack: Stack) -> Iterator[None]:
-    http("POST", f"{stack.sim}/sim/config", {"reset": True})
+    reset_simulator(stack)
     yield
-    http("POST", f"{stack.sim}/sim/config", {"reset": True})
+    reset_simulator(stack)
 
 
 @pytest.fixture

@@ -5,13 +5,11 @@ Runs once on SQLite and once on PostgreSQL (a database of its own on the local s
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
-import redis
 from sqlalchemy import create_engine
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,6 +20,8 @@ from shared.db.models import RequestLog
 from tests.support.databases import temporary_postgres_database
 from tests.support.stack import Stack
 from tests.support.stack import http
+from tests.support.stack import reset_simulator
+from tests.support.stack import running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -47,32 +47,25 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[s
 def stack(database_url: str, tmp_path_factory) -> Iterator[Stack]:
     backend = "sqlite" if database_url.startswith("sqlite") else "postgresql"
     redis_url = f"redis://127.0.0.1:6379/{REDIS_DB[backend]}"
-    redis.Redis.from_url(redis_url).flushdb()
     migrate.upgrade("head", database_url=database_url.replace("postgresql://", "postgresql+psycopg://", 1))
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("OPENAI_", "SIM_", "DATABASE_"))}
-    env.update(
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        MONTHLY_BUDGET_LIMIT=BUDGET_LIMIT,
-        UPSTREAM_BACKOFF_INITIAL_S="0.05",
-        UPSTREAM_BACKOFF_MAX_S="0.2",
-        WORKER_HEARTBEAT_S="2",
-    )
-    stack = Stack(env=env, log_dir=tmp_path_factory.mktemp("logs"))
-    try:
-        stack.start()
+    settings = {
+        "MONTHLY_BUDGET_LIMIT": BUDGET_LIMIT,
+        "UPSTREAM_BACKOFF_INITIAL_S": "0.05",
+        "UPSTREAM_BACKOFF_MAX_S": "0.2",
+        "WORKER_HEARTBEAT_S": "2",
+    }
+    with running_stack(
+        database_url=database_url, redis_url=redis_url, log_dir=tmp_path_factory.mktemp("logs"), settings=settings
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()
-        redis.Redis.from_url(redis_url).flushdb()
 
 
 @pytest.fixture(autouse=True)
 def _clean_simulator(stack: Stack) -> Iterator[None]:
-    http("POST", f"{stack.sim}/sim/config", {"reset": True})
+    reset_simulator(stack)
     http("POST", f"{stack.sim}/sim/reset")
     yield
-    http("POST", f"{stack.sim}/sim/config", {"reset": True})
+    reset_simulator(stack)
 
 
 @pytest.fixture(scope="module")

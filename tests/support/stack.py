@@ -11,11 +11,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 from typing import Any
 from typing import BinaryIO
+
+import redis
 
 BIN = Path(sys.executable).parent
 WORKER_COMMAND = (
@@ -173,3 +177,34 @@ class Stack:
                 process.wait()
         for log in self.log_files:
             log.close()
+
+
+# Settings the stack's processes must not inherit from the shell that runs pytest.
+OWN_SETTINGS = (
+    "OPENAI_", "SIM_", "DATABASE_", "REDIS_", "MONTHLY_BUDGET_", "JOB_", "REAPER_", "REQUIRE_API_KEY",
+    "DEFAULT_RPM", "WORKER_HEARTBEAT_", "UPSTREAM_", "ALERT_", "ENVIRONMENT", "WEBHOOK_",
+)  # fmt: skip
+
+
+@contextmanager
+def running_stack(
+    *, database_url: str, redis_url: str, log_dir: Path, settings: dict[str, str], **options: Any
+) -> Iterator[Stack]:
+    """Start a stack on its own Redis database with these settings; stop it and flush Redis afterwards."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    env = {key: value for key, value in os.environ.items() if not key.startswith(OWN_SETTINGS)}
+    env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, **settings)
+    stack = Stack(env=env, log_dir=log_dir, **options)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+        client.flushdb()
+        client.close()
+
+
+def reset_simulator(stack: Stack) -> None:
+    """Return the stack's simulator to the settings it started with."""
+    http("POST", f"{stack.sim}/sim/config", {"reset": True})
