@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections import defaultdict
 from collections import deque
 from collections.abc import Callable
@@ -89,3 +90,20 @@ class FakeLLMClient:
         for word in re.findall(r"\S+\s*", completion.text):
             on_delta(word)
         return completion
+
+
+class _ExpiredEvent(threading.Event):
+    """A completion event whose every wait times out at once."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return False
+
+
+class TimedOutWaiter:
+    """Stands in for the Redis completion waiter: every wait ends as if `timeout_s` had passed."""
+
+    def register(self, job_id: str) -> threading.Event:
+        return _ExpiredEvent()
+
+    def unregister(self, job_id: str, event: threading.Event) -> None:
+        pass

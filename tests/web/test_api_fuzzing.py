@@ -7,7 +7,6 @@ every 4xx in the contract's error shape, and leave the ledger as it was when it 
 from __future__ import annotations
 
 import re
-import threading
 
 import fakeredis
 import hypothesis
@@ -19,6 +18,7 @@ from flask.testing import FlaskClient
 from schemathesis import checks
 from sqlalchemy import text
 
+from tests.support.fakes import TimedOutWaiter
 from web.openapi import build_openapi_spec
 
 # `schema.parametrize()` needs the schema when pytest collects this module, before any fixture exists, so it
@@ -69,23 +69,6 @@ CODE_BY_STATUS = {
 }
 
 
-class _ExpiredEvent(threading.Event):
-    """A completion event whose every wait times out at once."""
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return False
-
-
-class _TimedOutWaiter:
-    """Stands in for the Redis completion waiter: every wait ends as if `timeout_s` had passed."""
-
-    def register(self, job_id: str) -> threading.Event:
-        return _ExpiredEvent()
-
-    def unregister(self, job_id: str, event: threading.Event) -> None:
-        pass
-
-
 @pytest.fixture
 def fuzz_app(app: Flask, enqueued: list[str], monkeypatch: pytest.MonkeyPatch) -> Flask:
     """Return the app on its temporary SQLite database, needing neither a broker nor a worker."""
@@ -93,7 +76,7 @@ def fuzz_app(app: Flask, enqueued: list[str], monkeypatch: pytest.MonkeyPatch) -
     # The cases are not rewritten to `wait: false`: that would spoil the negative cases whose invalid part
     # is `wait`, and send bodies other than the generated ones. Instead every wait times out at once, so
     # POST /api/prompt answers the contract's 202 for a job not ready in time, as it would with a slow worker.
-    monkeypatch.setitem(app.extensions, "waiter", _TimedOutWaiter())
+    monkeypatch.setitem(app.extensions, "waiter", TimedOutWaiter())
     # GET /api/health pings the broker: answer from an in-memory Redis so the run needs none and is stable.
     monkeypatch.setattr(redis.Redis, "from_url", lambda *_, **__: fakeredis.FakeRedis())
     # One accepted job, so that the ledger a rejection or a read must leave alone is not empty.

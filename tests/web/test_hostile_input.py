@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
 from collections.abc import Callable
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +18,7 @@ from werkzeug.test import TestResponse
 
 from shared.db.base import Base
 from tests.conftest import make_test_settings
+from tests.support.fakes import TimedOutWaiter
 
 JSON = "application/json"
 # Both parse and validate the body the same way (web/requests.py, PromptRequest); only /api/prompt records it.
@@ -28,26 +28,9 @@ HUGE_HEADER = "h" * 1_000_000
 NON_FINITE_LITERALS = ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"]
 
 
-class _ExpiredEvent(threading.Event):
-    """A completion event whose every wait times out at once."""
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return False
-
-
-class _TimedOutWaiter:
-    """Stands in for the Redis completion waiter, so a body wrongly accepted with wait=true never blocks."""
-
-    def register(self, job_id: str) -> threading.Event:
-        return _ExpiredEvent()
-
-    def unregister(self, job_id: str, event: threading.Event) -> None:
-        pass
-
-
 @pytest.fixture(autouse=True)
 def _no_broker(app: Flask, enqueued: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(app.extensions, "waiter", _TimedOutWaiter())
+    monkeypatch.setitem(app.extensions, "waiter", TimedOutWaiter())
     # Health and stats ask Redis for worker and circuit state: an in-memory one keeps the run broker-free.
     monkeypatch.setattr(redis.Redis, "from_url", lambda *_, **__: fakeredis.FakeRedis())
     _seed(app)
@@ -71,7 +54,7 @@ def app_on(
         Base.metadata.drop_all(pg_app.extensions["db_engine"])
         Base.metadata.create_all(pg_app.extensions["db_engine"])
         built.append(pg_app)
-        monkeypatch.setitem(pg_app.extensions, "waiter", _TimedOutWaiter())
+        monkeypatch.setitem(pg_app.extensions, "waiter", TimedOutWaiter())
         sent: list[str] = []
         # Patch this app's own task, not the `tasks.run_job` proxy: `enqueued` already patched the proxy
         # while it resolved to the SQLite app's Celery app, and create_app has just made another one current.
