@@ -386,6 +386,7 @@ def complete_with_retries(
         started_at = utcnow()
         start = time.perf_counter()
         left = time_left()
+        error: LLMError | None = None
         try:
             if left is not None and left <= 0:
                 raise TransientLLMError(f"{model.name}: the job's deadline passed", details={"error_class": "deadline"})
@@ -395,35 +396,26 @@ def complete_with_retries(
                 )
             else:
                 completion = client.complete(model=model, prompt=prompt, max_tokens=max_tokens, timeout_s=left, **chat)
-        except LLMError as error:
-            partial = error.partial if isinstance(error, StreamInterrupted) else Completion("", None, 0, 0)
-            record(
-                AttemptRecord(
-                    model=model.name,
-                    tier=model.tier,
-                    outcome="error",
-                    latency_ms=_elapsed_ms(start),
-                    started_at=started_at,
-                    error_class=str(error.details.get("error_class", type(error).__name__)),
-                    status_code=error.status_code,
-                    prompt_tokens=partial.prompt_tokens,
-                    completion_tokens=partial.completion_tokens,
-                    cost=model.cost(partial.prompt_tokens, partial.completion_tokens),
-                )
-            )
-            raise
+        except LLMError as failure:
+            error = failure
+            # A stream cut part way was still billed for what it produced.
+            completion = failure.partial if isinstance(failure, StreamInterrupted) else Completion("", None, 0, 0)
         record(
             AttemptRecord(
                 model=model.name,
                 tier=model.tier,
-                outcome="ok",
+                outcome="ok" if error is None else "error",
                 latency_ms=_elapsed_ms(start),
                 started_at=started_at,
+                error_class=None if error is None else str(error.details.get("error_class", type(error).__name__)),
+                status_code=None if error is None else error.status_code,
                 prompt_tokens=completion.prompt_tokens,
                 completion_tokens=completion.completion_tokens,
                 cost=model.cost(completion.prompt_tokens, completion.completion_tokens),
             )
         )
+        if error is not None:
+            raise error
         return completion
 
     def out_of_time(state: RetryCallState) -> bool:

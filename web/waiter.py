@@ -11,6 +11,8 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from typing import TypeVar
 
 import redis
 from flask import Flask
@@ -20,6 +22,8 @@ from shared.config import Settings
 from shared.notify import JOB_DONE_CHANNEL
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 RECONNECT_DELAY_S = 1.0
 READY_TIMEOUT_S = 2.0
@@ -90,6 +94,20 @@ class CompletionWaiter:
             events = [event for waiting in self._events.values() for event in waiting]
         for event in events:
             event.set()
+
+
+def wait_for(done: threading.Event, *, timeout_s: float, look: Callable[[], T | None]) -> T | None:
+    """Sleep on `done` until `look()` finds the job finished or `timeout_s` passes; return what it found.
+
+    A wake-up is the job's announcement or a reconnect that may have lost one, so each is checked; `look`
+    runs once more at the end for an announcement that never came.
+    """
+    deadline = time.monotonic() + timeout_s
+    while (remaining := deadline - time.monotonic()) > 0 and done.wait(remaining):
+        done.clear()
+        if (found := look()) is not None:
+            return found
+    return look()
 
 
 def init_app(app: Flask, settings: Settings) -> None:

@@ -8,7 +8,6 @@ headers. Errors on /v1 leave in OpenAI's error shape (web.errors).
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -82,7 +81,7 @@ def create_chat_completion() -> Response:
             submission.enqueue_job(job_id)
         else:
             done.set()
-        answer = _wait_for(job_id, done, timeout_s=timeout_s)
+        answer = waiter.wait_for(done, timeout_s=timeout_s, look=lambda: _look(job_id))
     finally:
         completion_waiter.unregister(job_id, done)
     if answer is None:
@@ -125,20 +124,6 @@ def job_request(body: ChatCompletionRequest, *, catalog: Catalog, max_prompt_cha
         options=options or None,
         stream=bool(body.stream),
     )
-
-
-def _wait_for(job_id: str, done: threading.Event, *, timeout_s: float) -> tuple[dict[str, Any], dict[str, str]] | None:
-    """Sleep until the job's completion is announced; return its answer, or None past `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not done.wait(remaining):
-            break
-        done.clear()
-        answer = _look(job_id)
-        if answer is not None:
-            return answer
-    return _look(job_id)
 
 
 def _look(job_id: str) -> tuple[dict[str, Any], dict[str, str]] | None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 from flask import Blueprint
 from flask import Response
 from flask import current_app
@@ -64,26 +61,11 @@ def create_prompt() -> Response | tuple[Response, int]:
                 return jsonify(finished)
             if done is None:
                 return _accepted(job_id, status)
-        return _wait_for(job_id, done, timeout_s=body.timeout_s)
+        finished = waiter.wait_for(done, timeout_s=body.timeout_s, look=lambda: _look(job_id)[1])
+        return jsonify(finished) if finished is not None else _accepted(job_id, _look(job_id)[0])
     finally:
         if done is not None:
             completion_waiter.unregister(job_id, done)
-
-
-def _wait_for(job_id: str, done: threading.Event, *, timeout_s: float) -> Response | tuple[Response, int]:
-    """Sleep until the job's completion is announced or `timeout_s` passes, then answer its state."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not done.wait(remaining):
-            break
-        done.clear()
-        # A wake-up is either our job's announcement or a reconnect that may have lost one: look.
-        status, body = _look(job_id)
-        if body is not None:
-            return jsonify(body)
-    status, body = _look(job_id)
-    return jsonify(body) if body is not None else _accepted(job_id, status)
 
 
 def _look(job_id: str) -> tuple[str, dict[str, object] | None]:
