@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -21,8 +22,9 @@ from shared.db.session import make_engine
 from shared.db.session import make_sessionmaker
 from tests.support.databases import temporary_postgres_database
 
-# Unit suites that touch Redis use their own logical database.
-UNIT_REDIS_URL = "redis://127.0.0.1:6379/11"
+# Unit suites that touch Redis use their own logical database (MODEL_ROUTER_TEST_REDIS_DB picks another,
+# so that two test runs on one machine do not flush each other's keys).
+UNIT_REDIS_URL = f"redis://127.0.0.1:6379/{os.environ.get('MODEL_ROUTER_TEST_REDIS_DB', '11')}"
 
 
 def make_test_settings(database_url: str, **overrides: object) -> Settings:

@@ -45,7 +45,13 @@ class RequestLog(Base):
     """One routed prompt: what was asked, where it went, what it cost, how it ended."""
 
     __tablename__ = "request_logs"
-    __table_args__ = (Index("ix_request_logs_created_at", "created_at"),)
+    __table_args__ = (
+        Index("ix_request_logs_created_at", "created_at"),
+        Index("ix_request_logs_created_at_id", "created_at", "id"),
+        Index("ix_request_logs_status_created_at", "status", "created_at"),
+        Index("ix_request_logs_model_used_created_at", "model_used", "created_at"),
+        Index("ix_request_logs_tier_created_at", "tier", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     status: Mapped[JobStatus] = mapped_column(
@@ -100,6 +106,11 @@ class RequestLog(Base):
     batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"), index=True)
     batch_index: Mapped[int | None] = mapped_column(Integer)
     callback_url: Mapped[str | None] = mapped_column(Text)
+    # Response cache: `cached` jobs were answered from an earlier identical request at no cost.
+    cached: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    cache_key: Mapped[str | None] = mapped_column(String(64))
+    # Correlates the job with the web request that created it (X-Request-ID or generated).
+    request_id: Mapped[str | None] = mapped_column(String(64))
 
     # Money: the bound held in the ledger while the job runs, then the true cost.
     budget_year: Mapped[int] = mapped_column(Integer)
