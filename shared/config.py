@@ -99,6 +99,14 @@ class Settings(BaseSettings):
     # Batches: the most items one POST /api/batch may carry.
     max_batch_items: int = Field(default=1000, ge=1, le=10000)
 
+    # Response cache: identical requests answered from Redis at no cost (shared.cache). Requests with
+    # temperature > 0 are cached only with RESPONSE_CACHE_SAMPLED; answers are scoped per API key unless
+    # RESPONSE_CACHE_SHARED lets every key see every other key's answers.
+    response_cache_enabled: bool = True
+    response_cache_ttl_s: int = Field(default=3600, ge=1)
+    response_cache_sampled: bool = False
+    response_cache_shared: bool = False
+
     # Budget alerts: percentages of a scope's monthly budget that fire once per scope and month.
     alert_thresholds: list[int] = Field(default=[50, 80, 100])
     alert_webhook_url: str | None = None

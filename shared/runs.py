@@ -16,6 +16,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+import redis
 from sqlalchemy import or_
 from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError
@@ -31,6 +32,7 @@ from tenacity import wait_exponential_jitter
 from shared import alerts
 from shared import answering
 from shared import budget
+from shared import cache
 from shared import jobs
 from shared import streams
 from shared.catalog import Catalog
@@ -59,6 +61,7 @@ class Claim:
     api_key_id: int | None = None
     max_tier: str | None = None
     deadline_s: float = 60.0
+    cache_key: str | None = None
 
 
 def announce(finished: jobs.Finished, *, deps: RunDeps) -> None:
@@ -93,6 +96,8 @@ class RunDeps:
     # Appends an entry to a streamed job's relay (shared.streams.append); None: streamed jobs are answered
     # whole, like any other.
     relay: Callable[[str, dict[str, str]], None] | None = None
+    # The Redis holding the response cache (shared.cache); None: answers are not kept.
+    response_cache: redis.Redis | None = None
 
     @property
     def answerer(self) -> answering.Answerer:
@@ -138,9 +143,20 @@ def run(job_id: str, *, deps: RunDeps) -> JobStatus | Busy | None:
         relay(job_id, _last_entry(outcome, recorded=finished is not None))
     if finished is None:
         return None
+    # Before the announcement: a client repeating the request as soon as it has the answer must hit.
+    _keep_answer(claim, outcome, deps=deps)
     deps.on_finished(job_id)
     announce(finished, deps=deps)
     return finished.status
+
+
+def _keep_answer(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> None:
+    """Keep a recorded answer in the response cache, if its request is cacheable and the answer may be reused."""
+    if claim.cache_key is None or deps.response_cache is None:
+        return
+    answer = cache.answer_of(outcome, capped=claim.max_tier is not None)
+    if answer is not None:
+        cache.put(deps.response_cache, claim.cache_key, answer, ttl_s=deps.settings.response_cache_ttl_s)
 
 
 def _delta_relay(job_id: str, relay: Callable[[str, dict[str, str]], None]) -> Callable[[ModelSpec, str], None]:
@@ -231,6 +247,7 @@ def _claim(job_id: str, *, deps: RunDeps) -> Claim | Busy | None:
             api_key_id=job.api_key_id,
             max_tier=job.max_tier,
             deadline_s=job.deadline_s or deps.settings.default_deadline_s,
+            cache_key=job.cache_key,
         )
 
 

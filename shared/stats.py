@@ -39,6 +39,8 @@ class Stats:
     total_retries: int
     fallback_attempts: int
     by_model: dict[str, ModelStats]
+    # Answered from the response cache, at no cost (shared.cache).
+    cached_requests: int
 
     @property
     def finished_requests(self) -> int:
@@ -73,6 +75,7 @@ def get_stats(session: Session, *, since: datetime | None = None, api_key_id: in
             func.sum(RequestLog.tokens_used),
             func.sum(case((RequestLog.escalated, 1), else_=0)),
             func.sum(RequestLog.retry_count),
+            func.sum(case((RequestLog.cached, 1), else_=0)),
         ).where(*where)
     ).one()
     fallbacks = session.scalar(
@@ -102,6 +105,7 @@ def get_stats(session: Session, *, since: datetime | None = None, api_key_id: in
         escalated_requests=int(totals[6] or 0),
         total_retries=int(totals[7] or 0),
         fallback_attempts=int(fallbacks or 0),
+        cached_requests=int(totals[8] or 0),
         by_model={
             model: ModelStats(
                 requests=count, cost=cost or Decimal(0), avg_latency_ms=_round(latency), tokens=int(tokens or 0)

@@ -88,6 +88,9 @@ class PromptRequest(PromptFields):
         default="fail",
         description="downgrade: when the budget cannot cover the routed tier, use the strongest tier it covers.",
     )
+    cache: StrictBool = Field(
+        default=True, description="false: neither answer from the response cache nor keep this answer in it."
+    )
 
 
 class Attempt(BaseModel):
@@ -136,6 +139,7 @@ class JobResult(BaseModel):
     cost: float | None = None
     latency_ms: float | None = None
     escalated: bool | None = None
+    cached: bool | None = None
     escalation_reason: str | None = None
     downgraded: bool | None = None
     downgraded_from: str | None = None
@@ -182,6 +186,7 @@ class StatsView(BaseModel):
     avg_latency_ms: float | None
     total_tokens: int
     escalation_rate: float
+    cached_requests: int
     total_retries: int
     fallback_attempts: int
     by_model: dict[str, ModelStats]
@@ -323,6 +328,10 @@ class ChatCompletionRequest(BaseModel):
     top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
     stream: StrictBool | None = None
     stream_options: ChatStreamOptions | None = None
+    # Not OpenAI's: sent as an extra body field (the SDK's `extra_body={"cache": False}`).
+    cache: StrictBool = Field(
+        default=True, description="false: neither answer from the response cache nor keep this answer in it."
+    )
 
     @field_validator("stop")
     @classmethod

@@ -14,6 +14,7 @@ from flask import request
 from kombu.exceptions import KombuError
 from sqlalchemy.orm import Session
 
+from shared import cache
 from shared import idempotency
 from shared import jobs
 from shared import notify
@@ -21,6 +22,7 @@ from shared import webhooks
 from shared.db.types import utcnow
 from shared.errors import InvalidInput
 from shared.errors import Unavailable
+from web import caching
 from web.auth import current_identity
 from web.db import get_session
 from worker import tasks
@@ -36,8 +38,15 @@ def requester() -> jobs.Requester | None:
     return None if identity is None else jobs.Requester(identity.api_key_id, identity.monthly_budget)
 
 
-def accept_job(body: dict[str, Any], request: jobs.JobRequest) -> tuple[str, bool]:
-    """Create the request's job, or find the one its Idempotency-Key already made; return (job id, created)."""
+def accept_job(body: dict[str, Any], request: jobs.JobRequest, *, cache_key: str | None = None) -> tuple[str, bool]:
+    """Create the request's job, or find the one its Idempotency-Key already made; return (job id, queued).
+
+    With a `cache_key` (web.caching) a cached answer makes the job finished at once, at no cost; otherwise
+    the job carries the key so that its worker keeps the answer. `queued` is False when there is nothing
+    to enqueue: the job existed already or was answered from the cache.
+    """
+    # Looked up before the first write: no transaction stays open across the Redis call.
+    cached = None if cache_key is None else caching.lookup(cache_key)
     session = get_session()
     job_id = uuid.uuid4().hex
     existing = claim_idempotency_key(session, body=body, resource="job", resource_id=job_id)
@@ -45,14 +54,29 @@ def accept_job(body: dict[str, Any], request: jobs.JobRequest) -> tuple[str, boo
         # The same request came before: answer its job, never a second one.
         session.rollback()
         return existing, False
-    jobs.create(
+    settings = current_app.extensions["settings"]
+    if cache_key is not None and cached is not None:
+        finished = cache.create_job(
+            session,
+            request=request,
+            answer=cached,
+            cache_key=cache_key,
+            settings=settings,
+            requester=requester(),
+            job_id=job_id,
+        )
+        session.commit()
+        send_callbacks(finished.callbacks)
+        return job_id, False
+    job = jobs.create(
         session,
         request=request,
         catalog=current_app.extensions["catalog"],
-        settings=current_app.extensions["settings"],
+        settings=settings,
         requester=requester(),
         job_id=job_id,
     )
+    job.cache_key = cache_key
     session.commit()
     return job_id, True
 

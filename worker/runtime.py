@@ -41,6 +41,7 @@ def get_deps() -> runs.RunDeps:
                 breaker=CircuitBreaker(
                     circuit.fast_failing_client(settings.redis_url), circuit.BreakerPolicy.from_settings(settings)
                 ),
+                response_cache=circuit.fast_failing_client(settings.redis_url),
             )
         return _deps
 

@@ -28,6 +28,7 @@ from shared.errors import InvalidInput
 from shared.errors import LLMError
 from shared.errors import RoutingError
 from shared.errors import TransientLLMError
+from web import caching
 from web import submission
 from web import waiter
 from web.db import get_session
@@ -67,17 +68,17 @@ def create_chat_completion() -> Response:
     raw = read_json_object()
     body = validate(ChatCompletionRequest, raw)
     request = job_request(body, catalog=current_app.extensions["catalog"], max_prompt_chars=settings.max_prompt_chars)
-    job_id, created = submission.accept_job(raw, request)
+    job_id, queued = submission.accept_job(raw, request, cache_key=caching.key_for(request, wanted=body.cache))
     timeout_s = settings.default_deadline_s + WAIT_SLACK_S
     if request.stream:
-        if created:
+        if queued:
             submission.enqueue_job(job_id)
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         return _stream(job_id, timeout_s=timeout_s, include_usage=include_usage)
     completion_waiter = waiter.get_waiter()
     done = completion_waiter.register(job_id)
     try:
-        if created:
+        if queued:
             submission.enqueue_job(job_id)
         else:
             done.set()
@@ -185,6 +186,7 @@ def router_headers(job: RequestLog) -> dict[str, str]:
         headers["x-router-difficulty-level"] = job.difficulty_level
     headers["x-router-cost"] = str(float(job.cost))  # as the JSON answers show it
     headers["x-router-escalated"] = "true" if job.escalated else "false"
+    headers["x-router-cached"] = "true" if job.cached else "false"
     headers["x-router-retries"] = str(job.retry_count)
     return headers
 

@@ -10,6 +10,7 @@ from flask import url_for
 
 from shared import jobs
 from shared.representations import job_body
+from web import caching
 from web import submission
 from web import waiter
 from web.db import get_session
@@ -31,31 +32,30 @@ def create_prompt() -> Response | tuple[Response, int]:
         max_prompt_chars=settings.max_prompt_chars,
         max_metadata_bytes=settings.max_metadata_bytes,
     )
-    job_id, created = submission.accept_job(
-        raw,
-        jobs.JobRequest(
-            prompt=body.prompt,
-            max_tokens=body.max_tokens,
-            preference=body.preference,
-            model=body.model,
-            tier=body.tier,
-            metadata=body.metadata,
-            on_budget_pressure=body.on_budget_pressure,
-            deadline_s=body.deadline_s,
-            difficulty_estimator=body.difficulty_estimator,
-            callback_url=submission.check_callback_url(body.callback_url),
-        ),
+    request = jobs.JobRequest(
+        prompt=body.prompt,
+        max_tokens=body.max_tokens,
+        preference=body.preference,
+        model=body.model,
+        tier=body.tier,
+        metadata=body.metadata,
+        on_budget_pressure=body.on_budget_pressure,
+        deadline_s=body.deadline_s,
+        difficulty_estimator=body.difficulty_estimator,
+        callback_url=submission.check_callback_url(body.callback_url),
     )
+    job_id, queued = submission.accept_job(raw, request, cache_key=caching.key_for(request, wanted=body.cache))
     completion_waiter = waiter.get_waiter()
     # Register before enqueueing so that even an instant completion is heard.
     done = completion_waiter.register(job_id) if body.wait else None
     try:
-        if created:
+        if queued:
             submission.enqueue_job(job_id)
             if done is None:
                 return _accepted(job_id, "queued")
         else:
-            # A repeated request answers its job as it stands; the announcement of its end may be long gone.
+            # A repeated request answers its job as it stands, and a cached answer is finished already;
+            # the announcement of its end may be long gone, or never come.
             status, finished = _look(job_id)
             if finished is not None:
                 return jsonify(finished)

@@ -36,6 +36,7 @@ def get_stats() -> Response:
             "avg_latency_ms": result.avg_latency_ms,
             "total_tokens": result.total_tokens,
             "escalation_rate": result.escalation_rate,
+            "cached_requests": result.cached_requests,
             "total_retries": result.total_retries,
             "fallback_attempts": result.fallback_attempts,
             "by_model": {
