@@ -1,0 +1,204 @@
+"""The response cache at the HTTP edge: hits on /api/prompt and /v1, bypasses, tenants, and Redis outages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+
+import httpx
+import openai
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from shared import api_keys
+from shared import notify
+from shared import runs
+from shared import streams
+from shared.catalog import Catalog
+from shared.db.base import Base
+from shared.db.models import MonthlyBudget
+from shared.db.session import make_sessionmaker
+from tests.conftest import UNIT_REDIS_URL
+from tests.conftest import make_test_settings
+from tests.support.fakes import FakeLLMClient
+from worker import tasks
+
+QUESTION = "What is the capital of France?"
+
+
+def _make_app(tmp_path, **overrides: object) -> Flask:
+    from web import create_app
+
+    app = create_app(make_test_settings(f"sqlite:///{tmp_path}/cache.db", **overrides))
+    app.config["TESTING"] = True
+    Base.metadata.create_all(app.extensions["db_engine"])
+    return app
+
+
+@pytest.fixture
+def app(tmp_path) -> Iterator[Flask]:
+    # Cached answers outlive a test in Redis: start and end with an empty database.
+    redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
+    app = _make_app(tmp_path)
+    yield app
+    app.extensions["db_engine"].dispose()
+    redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
+
+
+def _run_jobs_inline(app: Flask, catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> FakeLLMClient:
+    """Run each job as soon as it is enqueued, as a worker keeping answers would; return the upstream."""
+    settings = app.extensions["settings"]
+    client = redis.Redis.from_url(settings.redis_url)
+    upstream = FakeLLMClient()
+    deps = runs.RunDeps(
+        sessions=make_sessionmaker(app.extensions["db_engine"]),
+        catalog=catalog,
+        settings=settings,
+        client=upstream,
+        on_finished=lambda job_id: notify.publish_job_done(client, job_id),
+        relay=lambda job_id, entry: streams.append(client, job_id, entry),
+        response_cache=client,
+    )
+    monkeypatch.setattr(tasks.run_job, "apply_async", lambda args, **_: runs.run(args[0], deps=deps))
+    return upstream
+
+
+@pytest.fixture
+def upstream(app: Flask, catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> FakeLLMClient:
+    return _run_jobs_inline(app, catalog, monkeypatch)
+
+
+def _ledgers(app: Flask) -> list[tuple[str, Decimal, Decimal, int]]:
+    with make_sessionmaker(app.extensions["db_engine"])() as session:
+        rows = session.scalars(select(MonthlyBudget).order_by(MonthlyBudget.scope))
+        return [(row.scope, row.total_spent, row.reserved, row.request_count) for row in rows]
+
+
+def _ask(client: FlaskClient, **fields: object) -> dict:
+    response = client.post("/api/prompt", json={"prompt": QUESTION, **fields})
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def test_a_repeated_prompt_is_answered_from_the_cache_at_no_cost(
+    client: FlaskClient, app: Flask, upstream: FakeLLMClient
+) -> None:
+    first = _ask(client)
+    ledgers = _ledgers(app)
+    second = _ask(client)
+    assert upstream.calls == ["gpt-3.5-turbo"]
+    assert (first["cached"], second["cached"]) == (False, True)
+    assert second["job_id"] != first["job_id"]
+    assert (second["status"], second["success"], second["cost"], second["attempts"]) == ("succeeded", True, 0, [])
+    for field in ("response", "model_used", "tier", "difficulty_level", "prompt_tokens", "completion_tokens"):
+        assert second[field] == first[field], field
+    assert _ledgers(app) == ledgers
+    assert client.get(f"/api/jobs/{second['job_id']}").get_json()["cached"] is True
+    stats = client.get("/api/stats").get_json()
+    assert (stats["total_requests"], stats["cached_requests"]) == (2, 1)
+
+
+def test_a_cached_answer_without_waiting_answers_the_finished_job(client: FlaskClient, upstream: FakeLLMClient) -> None:
+    _ask(client)
+    response = client.post("/api/prompt", json={"prompt": QUESTION, "wait": False})
+    assert response.status_code == 200
+    assert (response.get_json()["status"], response.get_json()["cached"]) == ("succeeded", True)
+    assert len(upstream.calls) == 1
+
+
+def test_cache_false_calls_the_upstream_and_keeps_nothing(client: FlaskClient, upstream: FakeLLMClient) -> None:
+    assert _ask(client, cache=False)["cached"] is False
+    assert _ask(client)["cached"] is False
+    assert _ask(client, cache=False)["cached"] is False
+    assert len(upstream.calls) == 3
+
+
+def test_a_changed_parameter_misses(client: FlaskClient, upstream: FakeLLMClient) -> None:
+    _ask(client)
+    assert _ask(client, max_tokens=999)["cached"] is False
+    assert _ask(client, preference="quality")["cached"] is False
+    assert _ask(client, tier="mid")["cached"] is False
+    assert len(upstream.calls) == 4
+
+
+def test_a_key_is_never_given_another_keys_answer(tmp_path, catalog: Catalog, monkeypatch) -> None:
+    redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
+    app = _make_app(tmp_path, require_api_key=True)
+    upstream = _run_jobs_inline(app, catalog, monkeypatch)
+    with make_sessionmaker(app.extensions["db_engine"]).begin() as session:
+        _, first_key = api_keys.create(session, name="first")
+        _, second_key = api_keys.create(session, name="second")
+    client = app.test_client()
+    try:
+        answers = [
+            _ask_as(client, first_key),
+            _ask_as(client, second_key),
+            _ask_as(client, first_key),
+        ]
+    finally:
+        app.extensions["db_engine"].dispose()
+        redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
+    assert [answer["cached"] for answer in answers] == [False, False, True]
+    assert len(upstream.calls) == 2
+
+
+def _ask_as(client: FlaskClient, key: str) -> dict:
+    response = client.post("/api/prompt", json={"prompt": QUESTION}, headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def test_an_unreachable_cache_lets_every_request_through(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Nothing listens on port 1; the job queue is faked, so only the cache needs Redis.
+    app = _make_app(tmp_path, redis_url="redis://127.0.0.1:1/0")
+    sent: list[str] = []
+    monkeypatch.setattr(tasks.run_job, "apply_async", lambda args, **_: sent.append(args[0]))
+    client = app.test_client()
+    for _ in range(2):
+        response = client.post("/api/prompt", json={"prompt": QUESTION, "wait": False})
+        assert response.status_code == 202, response.get_json()
+    app.extensions["db_engine"].dispose()
+    assert len(sent) == 2
+
+
+@pytest.fixture
+def sdk(app: Flask) -> Iterator[openai.OpenAI]:
+    http_client = httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://router.test")
+    client = openai.OpenAI(api_key="unused", base_url="http://router.test/v1", http_client=http_client, max_retries=0)
+    yield client
+    client.close()
+
+
+CHAT = [{"role": "user", "content": QUESTION}]
+
+
+def test_a_repeated_chat_completion_is_answered_from_the_cache(
+    sdk: openai.OpenAI, app: Flask, upstream: FakeLLMClient
+) -> None:
+    first = sdk.chat.completions.with_raw_response.create(model="router", messages=CHAT, temperature=0)
+    ledgers = _ledgers(app)
+    second = sdk.chat.completions.with_raw_response.create(model="router", messages=CHAT, temperature=0)
+    assert upstream.calls == ["gpt-3.5-turbo"]
+    assert (first.headers["x-router-cached"], second.headers["x-router-cached"]) == ("false", "true")
+    assert float(second.headers["x-router-cost"]) == 0
+    assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
+    assert second.parse().usage == first.parse().usage
+    assert _ledgers(app) == ledgers
+
+
+def test_chat_bypasses_the_cache_when_sampling_streaming_or_told_to(
+    sdk: openai.OpenAI, upstream: FakeLLMClient
+) -> None:
+    sdk.chat.completions.create(model="router", messages=CHAT)
+    for _ in range(2):
+        sdk.chat.completions.create(model="router", messages=CHAT, temperature=0.7)
+    sdk.chat.completions.create(model="router", messages=CHAT, extra_body={"cache": False})
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in _stream(sdk) if chunk.choices)
+    assert len(upstream.calls) == 5
+
+
+def _stream(sdk: openai.OpenAI) -> openai.Stream:
+    return sdk.chat.completions.create(model="router", messages=CHAT, stream=True)
