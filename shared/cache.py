@@ -184,13 +184,13 @@ def create_job(
         settings=settings,
         requester=requester,
         now=now,
+        cache_key=cache_key,
     )
     job.status = JobStatus.SUCCEEDED
     job.enqueued_at = None
     job.started_at = job.finished_at = now
     job.settled = True
     job.cached = True
-    job.cache_key = cache_key
     job.response = answer.response
     job.model_used = answer.model_used
     job.tier = answer.tier

@@ -81,6 +81,7 @@ def create(
     settings: Settings,
     requester: Requester | None = None,
     job_id: str | None = None,
+    cache_key: str | None = None,
 ) -> RequestLog:
     """Reserve the job's cost bound and record it as queued; the caller commits, then enqueues.
 
@@ -103,7 +104,7 @@ def create(
             continue
         job = new_job(
             request, job_id=job_id or uuid.uuid4().hex, bound=bound, period=period, settings=settings,
-            requester=requester, max_tier=ceiling, now=now,
+            requester=requester, max_tier=ceiling, now=now, cache_key=cache_key,
         )  # fmt: skip
         session.add(job)
         session.flush()
@@ -158,8 +159,9 @@ def new_job(
     max_tier: str | None = None,
     batch_id: str | None = None,
     batch_index: int | None = None,
+    cache_key: str | None = None,
 ) -> RequestLog:
-    """Return the row of a queued job whose bound is already reserved."""
+    """Return the row of a queued job whose bound is already reserved (`cache_key`: see shared.cache)."""
     return RequestLog(
         id=job_id,
         status=JobStatus.QUEUED,
@@ -176,6 +178,7 @@ def new_job(
         requested_tier=request.tier,
         metadata_json=request.metadata,
         callback_url=request.callback_url,
+        cache_key=cache_key,
         api_key_id=None if requester is None else requester.api_key_id,
         max_tier=max_tier,
         difficulty_estimator=request.difficulty_estimator or settings.difficulty_estimator,

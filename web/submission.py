@@ -68,15 +68,15 @@ def accept_job(body: dict[str, Any], request: jobs.JobRequest, *, cache_key: str
         session.commit()
         send_callbacks(finished.callbacks)
         return job_id, False
-    job = jobs.create(
+    jobs.create(
         session,
         request=request,
         catalog=current_app.extensions["catalog"],
         settings=settings,
         requester=requester(),
         job_id=job_id,
+        cache_key=cache_key,
     )
-    job.cache_key = cache_key
     session.commit()
     return job_id, True
 

@@ -166,9 +166,8 @@ def _submit(
     sessions: sessionmaker[Session], catalog: Catalog, settings: Settings, *, cache_key: str | None, **fields: Any
 ) -> str:
     with sessions.begin() as session:
-        job = jobs.create(session, request=jobs.JobRequest(**fields), catalog=catalog, settings=settings)
-        job.cache_key = cache_key
-        return job.id
+        request = jobs.JobRequest(**fields)
+        return jobs.create(session, request=request, catalog=catalog, settings=settings, cache_key=cache_key).id
 
 
 def test_a_succeeded_job_keeps_its_answer_under_its_key(deps, sessions, catalog, settings, store) -> None:
