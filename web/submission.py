@@ -38,13 +38,14 @@ def requester() -> jobs.Requester | None:
     return None if identity is None else jobs.Requester(identity.api_key_id, identity.monthly_budget)
 
 
-def accept_job(body: dict[str, Any], request: jobs.JobRequest, *, cache_key: str | None = None) -> tuple[str, bool]:
+def accept_job(body: dict[str, Any], request: jobs.JobRequest, *, use_cache: bool) -> tuple[str, bool]:
     """Create the request's job, or find the one its Idempotency-Key already made; return (job id, queued).
 
-    With a `cache_key` (web.caching) a cached answer makes the job finished at once, at no cost; otherwise
-    the job carries the key so that its worker keeps the answer. `queued` is False when there is nothing
-    to enqueue: the job existed already or was answered from the cache.
+    A cacheable request (`use_cache` is its `cache` field) with a cached answer gets a job finished at
+    once, at no cost; without one its job carries the cache key, so that the worker keeps the answer.
+    `queued` is False when there is nothing to enqueue: the job existed already or came from the cache.
     """
+    cache_key = caching.key_for(request, wanted=use_cache)
     # Looked up before the first write: no transaction stays open across the Redis call.
     cached = None if cache_key is None else caching.lookup(cache_key)
     session = get_session()

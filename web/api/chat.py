@@ -28,7 +28,6 @@ from shared.errors import InvalidInput
 from shared.errors import LLMError
 from shared.errors import RoutingError
 from shared.errors import TransientLLMError
-from web import caching
 from web import submission
 from web import waiter
 from web.db import get_session
@@ -68,7 +67,7 @@ def create_chat_completion() -> Response:
     raw = read_json_object()
     body = validate(ChatCompletionRequest, raw)
     request = job_request(body, catalog=current_app.extensions["catalog"], max_prompt_chars=settings.max_prompt_chars)
-    job_id, queued = submission.accept_job(raw, request, cache_key=caching.key_for(request, wanted=body.cache))
+    job_id, queued = submission.accept_job(raw, request, use_cache=body.cache)
     timeout_s = settings.default_deadline_s + WAIT_SLACK_S
     if request.stream:
         if queued:

@@ -10,7 +10,6 @@ from flask import url_for
 
 from shared import jobs
 from shared.representations import job_body
-from web import caching
 from web import submission
 from web import waiter
 from web.db import get_session
@@ -32,19 +31,22 @@ def create_prompt() -> Response | tuple[Response, int]:
         max_prompt_chars=settings.max_prompt_chars,
         max_metadata_bytes=settings.max_metadata_bytes,
     )
-    request = jobs.JobRequest(
-        prompt=body.prompt,
-        max_tokens=body.max_tokens,
-        preference=body.preference,
-        model=body.model,
-        tier=body.tier,
-        metadata=body.metadata,
-        on_budget_pressure=body.on_budget_pressure,
-        deadline_s=body.deadline_s,
-        difficulty_estimator=body.difficulty_estimator,
-        callback_url=submission.check_callback_url(body.callback_url),
+    job_id, queued = submission.accept_job(
+        raw,
+        jobs.JobRequest(
+            prompt=body.prompt,
+            max_tokens=body.max_tokens,
+            preference=body.preference,
+            model=body.model,
+            tier=body.tier,
+            metadata=body.metadata,
+            on_budget_pressure=body.on_budget_pressure,
+            deadline_s=body.deadline_s,
+            difficulty_estimator=body.difficulty_estimator,
+            callback_url=submission.check_callback_url(body.callback_url),
+        ),
+        use_cache=body.cache,
     )
-    job_id, queued = submission.accept_job(raw, request, cache_key=caching.key_for(request, wanted=body.cache))
     completion_waiter = waiter.get_waiter()
     # Register before enqueueing so that even an instant completion is heard.
     done = completion_waiter.register(job_id) if body.wait else None
