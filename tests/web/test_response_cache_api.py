@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -29,23 +30,31 @@ from worker import tasks
 QUESTION = "What is the capital of France?"
 
 
-def _make_app(tmp_path, **overrides: object) -> Flask:
+@pytest.fixture
+def make_app(tmp_path) -> Iterator[Callable[..., Flask]]:
+    """Yield a maker of apps with these settings overrides, all on one database."""
     from web import create_app
 
-    app = create_app(make_test_settings(f"sqlite:///{tmp_path}/cache.db", **overrides))
-    app.config["TESTING"] = True
-    Base.metadata.create_all(app.extensions["db_engine"])
-    return app
+    # Cached answers outlive a test in Redis: start and end with an empty database.
+    redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
+    made: list[Flask] = []
+
+    def make(**overrides: object) -> Flask:
+        app = create_app(make_test_settings(f"sqlite:///{tmp_path}/cache.db", **overrides))
+        app.config["TESTING"] = True
+        Base.metadata.create_all(app.extensions["db_engine"])
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        app.extensions["db_engine"].dispose()
+    redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
 
 
 @pytest.fixture
-def app(tmp_path) -> Iterator[Flask]:
-    # Cached answers outlive a test in Redis: start and end with an empty database.
-    redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
-    app = _make_app(tmp_path)
-    yield app
-    app.extensions["db_engine"].dispose()
-    redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
+def app(make_app: Callable[..., Flask]) -> Flask:
+    return make_app()
 
 
 def _run_jobs_inline(app: Flask, catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> FakeLLMClient:
@@ -124,23 +133,16 @@ def test_a_changed_parameter_misses(client: FlaskClient, upstream: FakeLLMClient
     assert len(upstream.calls) == 4
 
 
-def test_a_key_is_never_given_another_keys_answer(tmp_path, catalog: Catalog, monkeypatch) -> None:
-    redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
-    app = _make_app(tmp_path, require_api_key=True)
+def test_a_key_is_never_given_another_keys_answer(
+    make_app: Callable[..., Flask], catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(require_api_key=True)
     upstream = _run_jobs_inline(app, catalog, monkeypatch)
     with make_sessionmaker(app.extensions["db_engine"]).begin() as session:
         _, first_key = api_keys.create(session, name="first")
         _, second_key = api_keys.create(session, name="second")
     client = app.test_client()
-    try:
-        answers = [
-            _ask_as(client, first_key),
-            _ask_as(client, second_key),
-            _ask_as(client, first_key),
-        ]
-    finally:
-        app.extensions["db_engine"].dispose()
-        redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
+    answers = [_ask_as(client, first_key), _ask_as(client, second_key), _ask_as(client, first_key)]
     assert [answer["cached"] for answer in answers] == [False, False, True]
     assert len(upstream.calls) == 2
 
@@ -151,17 +153,31 @@ def _ask_as(client: FlaskClient, key: str) -> dict:
     return response.get_json()
 
 
-def test_an_unreachable_cache_lets_every_request_through(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unreachable_cache_lets_every_request_through(
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Nothing listens on port 1; the job queue is faked, so only the cache needs Redis.
-    app = _make_app(tmp_path, redis_url="redis://127.0.0.1:1/0")
+    client = make_app(redis_url="redis://127.0.0.1:1/0").test_client()
     sent: list[str] = []
     monkeypatch.setattr(tasks.run_job, "apply_async", lambda args, **_: sent.append(args[0]))
-    client = app.test_client()
     for _ in range(2):
         response = client.post("/api/prompt", json={"prompt": QUESTION, "wait": False})
         assert response.status_code == 202, response.get_json()
-    app.extensions["db_engine"].dispose()
     assert len(sent) == 2
+
+
+def test_a_cached_answer_is_posted_to_its_callback(
+    make_app: Callable[..., Flask], catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(webhook_secret="signing-secret")
+    _run_jobs_inline(app, catalog, monkeypatch)
+    delivered: list[list[str]] = []
+    monkeypatch.setattr(tasks.deliver_callback, "apply_async", lambda args, **_: delivered.append(args))
+    client = app.test_client()
+    _ask(client)
+    cached = _ask(client, callback_url="http://127.0.0.1:9/hook")
+    assert cached["cached"] is True
+    assert delivered == [["job", cached["job_id"]]]
 
 
 @pytest.fixture
