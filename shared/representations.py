@@ -77,3 +77,32 @@ def batch_body(view: BatchView, *, with_jobs: bool = True) -> dict[str, Any]:
     if with_jobs:
         body["jobs"] = [job_body(job) for job in view.jobs]
     return body
+
+
+PROMPT_PREVIEW_CHARS = 120
+
+
+def job_summary(job: RequestLog) -> dict[str, Any]:
+    """Return one row of a job search: where it went and how it ended (null while unfinished)."""
+    finished = job.status.is_terminal
+    return {
+        "job_id": job.id,
+        "status": job.status.value,
+        "created_at": job.created_at.isoformat(),
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "model_used": job.model_used,
+        "tier": job.tier,
+        "difficulty_level": job.difficulty_level,
+        "cost": job.cost if finished else None,
+        "latency_ms": job.latency_ms,
+        "escalated": job.escalated if finished else None,
+        "cached": job.cached,
+        "success": job.error_code is None if finished else None,
+        "error_code": job.error_code,
+        "prompt_preview": job.prompt[:PROMPT_PREVIEW_CHARS],
+    }
+
+
+def job_detail(job: RequestLog) -> dict[str, Any]:
+    """Return the job as GET /api/jobs/<id> shows it: the body of job_body plus the request it came from."""
+    return {**job_body(job), "prompt": job.prompt, "cached": job.cached, "request_id": job.request_id}

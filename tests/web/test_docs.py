@@ -18,6 +18,7 @@ from web.schemas import PromptRequest
 CONTRACT_OPERATIONS = {
     ("/api/prompt", "post"),
     ("/api/estimate", "post"),
+    ("/api/jobs", "get"),
     ("/api/jobs/{job_id}", "get"),
     ("/api/jobs/{job_id}", "delete"),
     ("/api/batch", "post"),
