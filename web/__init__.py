@@ -20,6 +20,7 @@ from web import waiter
 from web.api import batch
 from web.api import budget
 from web.api import chat
+from web.api import dashboard
 from web.api import docs
 from web.api import estimate
 from web.api import health
@@ -51,7 +52,7 @@ def _build_app(settings: Settings) -> Flask:
     auth.init_app(app)
     metered = (prompt.bp, batch.bp, estimate.bp, jobs.bp, budget.bp, stats.bp, chat.bp)
     ratelimit.init_app(app, settings, metered)
-    for blueprint in (*metered, health.bp, docs.bp):
+    for blueprint in (*metered, health.bp, docs.bp, dashboard.bp):
         app.register_blueprint(blueprint)
     errors.register_error_handlers(app)
     return app
