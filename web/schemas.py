@@ -175,6 +175,14 @@ class ModelStats(BaseModel):
     tokens: int
 
 
+class LatencyPercentiles(BaseModel):
+    """Over the most recent finished jobs (at most 2000); null without any."""
+
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
 class StatsView(BaseModel):
     total_requests: int
     successful_requests: int
@@ -186,6 +194,11 @@ class StatsView(BaseModel):
     escalation_rate: float
     total_retries: int
     fallback_attempts: int
+    baseline_cost: float = Field(description="The finished jobs' tokens priced at the strongest tier's model.")
+    savings: float = Field(description="baseline_cost - total_cost.")
+    savings_pct: float = Field(description="savings as a percentage of baseline_cost; 0 without a baseline.")
+    cache_hits: int = Field(description="Jobs answered from the response cache.")
+    latency_ms: LatencyPercentiles
     by_model: dict[str, ModelStats]
     circuits: dict[str, Literal["closed", "open", "half_open"]] = Field(default_factory=dict)
 

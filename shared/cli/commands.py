@@ -192,7 +192,11 @@ def stats(ctx: click.Context, since: str | None, as_json: bool) -> None:
         ("retries", str(view.get("total_retries", "-"))),
         ("fallback attempts", str(view.get("fallback_attempts", "-"))),
         ("cost", money(view["total_cost"])),
+        ("baseline cost", money(view.get("baseline_cost"))),
+        ("savings", _savings(view)),
+        ("cache hits", str(view.get("cache_hits", "-"))),
         ("avg latency", _ms(view["avg_latency_ms"])),
+        ("latency p50 / p95 / p99", _percentiles(view.get("latency_ms") or {})),
         ("tokens", f"{view['total_tokens']:,}"),
     ):
         totals.add_row(label, value)
@@ -345,6 +349,16 @@ def money(value: Any) -> str:
     text = f"{amount:,.6f}".rstrip("0")
     whole, _, fraction = text.partition(".")
     return f"${whole}.{fraction.ljust(2, '0')}"
+
+
+def _savings(view: dict[str, Any]) -> str:
+    if view.get("savings") is None:
+        return "-"
+    return f"{money(view['savings'])} ({view.get('savings_pct', 0):.1f}%)"
+
+
+def _percentiles(latency: dict[str, Any]) -> str:
+    return " / ".join(_ms(latency.get(name)) for name in ("p50", "p95", "p99"))
 
 
 def _ms(value: Any) -> str:

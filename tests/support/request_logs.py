@@ -41,6 +41,7 @@ def add_job(session: Session, *, created_at: datetime, **fields: Any) -> Request
     }
     if not fields.get("status", JobStatus.SUCCEEDED).is_terminal:
         values.update(finished_at=None, model_used=None, tier=None, difficulty_level=None, latency_ms=None)
+        values.update(prompt_tokens=0, completion_tokens=0, tokens_used=0, cost=Decimal(0), settled=False)
     values.update(fields)
     job = RequestLog(**values)
     session.add(job)
