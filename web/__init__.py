@@ -26,6 +26,7 @@ from web.api import estimate
 from web.api import health
 from web.api import jobs
 from web.api import prompt
+from web.api import reports
 from web.api import stats
 from web.json_provider import ApiJSONProvider
 from worker.celery_app import create_celery
@@ -50,7 +51,7 @@ def _build_app(settings: Settings) -> Flask:
     _init_celery(app, settings)
     waiter.init_app(app, settings)
     auth.init_app(app)
-    metered = (prompt.bp, batch.bp, estimate.bp, jobs.bp, budget.bp, stats.bp, chat.bp)
+    metered = (prompt.bp, batch.bp, estimate.bp, jobs.bp, budget.bp, stats.bp, reports.bp, chat.bp)
     ratelimit.init_app(app, settings, metered)
     for blueprint in (*metered, health.bp, docs.bp, dashboard.bp):
         app.register_blueprint(blueprint)

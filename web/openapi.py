@@ -14,6 +14,8 @@ from web.schemas import BatchItem
 from web.schemas import BatchRequest
 from web.schemas import BatchResult
 from web.schemas import BudgetView
+from web.schemas import CostReportQuery
+from web.schemas import CostReportView
 from web.schemas import ErrorBody
 from web.schemas import EstimateView
 from web.schemas import HealthView
@@ -46,6 +48,7 @@ MODELS: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
     (BatchResult, "serialization"),
     (JobPage, "serialization"),
     (JobDetail, "serialization"),
+    (CostReportView, "serialization"),
 )
 
 DESCRIPTION = (
@@ -303,6 +306,23 @@ def build_openapi_spec(*, version: str) -> dict[str, Any]:
                 "responses": {
                     "200": json_body(StatsView, "The statistics."),
                     "400": error("`invalid_request`: `since` is not an ISO 8601 date."),
+                    "401": unauthorized,
+                },
+            }
+        },
+        "/api/reports/costs": {
+            "get": {
+                "operationId": "get_cost_report",
+                "tags": ["stats"],
+                "summary": "Get a cost report for this week or month",
+                "description": (
+                    "Totals, savings against the strongest tier, and the cost per day, model, tier and API key of "
+                    "the jobs created in the period (UTC). A key sees its own jobs, an admin key every job."
+                ),
+                "parameters": query_parameters(CostReportQuery),
+                "responses": {
+                    "200": json_body(CostReportView, "The report."),
+                    "400": error("`invalid_request`: `period` is neither `week` nor `month`."),
                     "401": unauthorized,
                 },
             }

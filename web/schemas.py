@@ -438,3 +438,58 @@ class JobDetail(JobResult):
     prompt: str
     cached: bool
     request_id: str | None = None
+
+
+class CostReportQuery(BaseModel):
+    """The query string of GET /api/reports/costs."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    period: Literal["week", "month"] = Field(
+        default="month", description="week: the last 7 days including today; month: the current calendar month (UTC)."
+    )
+
+
+class DayCost(BaseModel):
+    date: str = Field(description="A UTC day, YYYY-MM-DD.")
+    cost: float
+    baseline_cost: float
+    requests: int
+
+
+class ModelCost(BaseModel):
+    model: str | None = Field(description="null for jobs that never reached a model.")
+    cost: float
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class TierCost(BaseModel):
+    tier: str | None
+    cost: float
+    requests: int
+
+
+class KeyCost(BaseModel):
+    api_key_id: int | None = Field(description="null for jobs made without a key.")
+    name: str | None
+    cost: float
+    requests: int
+
+
+class CostReportView(BaseModel):
+    """The jobs created in [since, until); every breakdown sums to the totals."""
+
+    period: Literal["week", "month"]
+    since: str
+    until: str
+    total_cost: float
+    baseline_cost: float
+    savings: float
+    savings_pct: float
+    requests: int
+    by_day: list[DayCost] = Field(description="Every day of the period, oldest first, days without jobs included.")
+    by_model: list[ModelCost]
+    by_tier: list[TierCost]
+    by_key: list[KeyCost]

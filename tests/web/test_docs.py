@@ -26,6 +26,7 @@ CONTRACT_OPERATIONS = {
     ("/api/batch/{batch_id}", "delete"),
     ("/api/budget", "get"),
     ("/api/stats", "get"),
+    ("/api/reports/costs", "get"),
     ("/api/health", "get"),
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
