@@ -59,10 +59,10 @@ class Console:
             self.errors.append(f"{message.text} ({message.location.get('url', '')})")
 
 
-def save_screenshot(page: Page, name: str) -> Path:
-    """Save a full-page screenshot under test-artifacts/ and print where it is."""
+def save_screenshot(page: Page, name: str, *, full_page: bool = True) -> Path:
+    """Save a screenshot under test-artifacts/ and print where it is (the viewport only when a dialog is open)."""
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     print(f"screenshot: {path}")
     return path

@@ -19,17 +19,16 @@ function draw(canvasId, type, data, options = {}) {
   });
 }
 
-/** Every UTC day of the report's period up to today, so quiet days show as zero. */
+function isoDay(time) {
+  return new Date(time).toISOString().slice(0, 10);
+}
+
+/** Every UTC day of the report's period [since, until), so quiet days show as zero. */
 function periodDays(report) {
-  const first = Date.parse(report.since.slice(0, 10));
-  const last = Math.min(Date.parse(report.until.slice(0, 10)), Date.parse(new Date().toISOString().slice(0, 10)));
-  const days = [];
-  for (let day = first; day <= last; day += DAY_MS) days.push(new Date(day).toISOString().slice(0, 10));
-  for (const row of report.by_day) {
-    const date = row.date.slice(0, 10);
-    if (!days.includes(date)) days.push(date);
-  }
-  return days.sort();
+  const days = new Set(report.by_day.map((row) => row.date.slice(0, 10)));
+  const until = Date.parse(report.until.slice(0, 10));
+  for (let day = Date.parse(report.since.slice(0, 10)); day < until; day += DAY_MS) days.add(isoDay(day));
+  return [...days].sort();
 }
 
 function byDate(report) {
@@ -40,10 +39,19 @@ function byDate(report) {
 export function drawSpendMonth(report, budget) {
   const days = periodDays(report);
   const rows = byDate(report);
+  const today = isoDay(Date.now());
   let total = 0;
-  const cumulative = days.map((day) => (total += rows.has(day) ? rows.get(day).cost : 0));
+  // The line stops at today; the budget line runs to the end of the month.
+  const cumulative = days.map((day) => (day > today ? null : (total += rows.has(day) ? rows.get(day).cost : 0)));
   const datasets = [
-    { label: "Spent (cumulative)", data: cumulative, borderColor: PALETTE[0], backgroundColor: "#2563eb33", fill: true },
+    {
+      label: "Spent (cumulative)",
+      data: cumulative,
+      borderColor: PALETTE[0],
+      backgroundColor: "#2563eb33",
+      fill: true,
+      pointRadius: 2,
+    },
   ];
   if (budget) {
     datasets.push({

@@ -4,8 +4,8 @@ export function money(value) {
   if (value === null || value === undefined) return "–";
   if (value === 0) return "$0.00";
   // Router costs are often fractions of a cent: keep enough digits to tell them apart.
-  const digits = Math.abs(value) >= 1 ? 2 : Math.abs(value) >= 0.01 ? 4 : 6;
-  return `$${Number(value).toFixed(digits)}`;
+  const digits = Math.abs(value) >= 0.1 ? 2 : Math.abs(value) >= 0.001 ? 4 : 6;
+  return `${value < 0 ? "-" : ""}$${Math.abs(value).toFixed(digits)}`;
 }
 
 export function percent(value) {

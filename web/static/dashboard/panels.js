@@ -45,6 +45,8 @@ export function renderBudget(budget) {
 
 export function renderSavings(stats) {
   setField("savings", "savings", format.money(stats.savings));
+  // Routing can cost more than the strongest tier (a forced or escalated pricier model): say so in red.
+  panel("savings").querySelector(".big").classList.toggle("negative", stats.savings < 0);
   setField("savings", "savings-pct", format.percent(stats.savings_pct));
   setField("savings", "cost", format.money(stats.total_cost));
   setField("savings", "baseline", format.money(stats.baseline_cost));
