@@ -71,8 +71,10 @@ function render(data) {
   if (report) {
     show("spend-month", () => charts.drawSpendMonth(report, budget));
     show("spend-day", () => charts.drawSpendPerDay(report));
-    show("tier-mix", () => charts.drawTierMix(report));
-    addTierOptions(report.by_tier.map((row) => row.tier));
+    show("tier-mix", () => {
+      charts.drawTierMix(report);
+      addTierOptions(report.by_tier.map((row) => row.tier));
+    });
   }
   if (health) show("circuits", () => panels.renderCircuits(health));
 }
@@ -122,14 +124,22 @@ async function refresh() {
     if (jobs instanceof AuthRequired) askForKey(jobs);
   }
   render(data);
-  document.getElementById("updated").textContent = `Updated ${format.clockTime(new Date())} UTC`;
+  document.getElementById("updated").textContent =
+    `Updated ${format.clockTime(new Date())} UTC · every ${refreshSeconds()} s`;
   schedule();
+}
+
+function refreshesItself() {
+  return !waitingForKey && document.getElementById("auto-refresh").checked;
 }
 
 function schedule() {
   clearTimeout(timer);
-  if (waitingForKey || !document.getElementById("auto-refresh").checked) return;
-  timer = setTimeout(refresh, refreshSeconds() * 1000);
+  if (!refreshesItself()) return;
+  // A hidden tab does not poll (every refresh counts against the key's rate limit); showing it refreshes.
+  timer = setTimeout(() => {
+    if (!document.hidden) refresh();
+  }, refreshSeconds() * 1000);
 }
 
 function initKeyControls() {
@@ -157,7 +167,9 @@ function init() {
   initJobs({ onError });
   document.getElementById("refresh-now").addEventListener("click", refresh);
   document.getElementById("auto-refresh").addEventListener("change", schedule);
-  document.getElementById("updated").title = `Refreshes every ${refreshSeconds()} s`;
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && refreshesItself()) refresh();
+  });
   refresh();
 }
 
