@@ -14,6 +14,9 @@ def job_body(job: RequestLog) -> dict[str, Any]:
         "job_id": job.id,
         "status": job.status.value,
         "created_at": job.created_at.isoformat(),
+        "prompt": job.prompt,
+        "cached": job.cached,
+        "request_id": job.request_id,
     }
     if job.batch_id is not None:
         body.update(batch_id=job.batch_id, batch_index=job.batch_index)
@@ -101,8 +104,3 @@ def job_summary(job: RequestLog) -> dict[str, Any]:
         "error_code": job.error_code,
         "prompt_preview": job.prompt[:PROMPT_PREVIEW_CHARS],
     }
-
-
-def job_detail(job: RequestLog) -> dict[str, Any]:
-    """Return the job as GET /api/jobs/<id> shows it: the body of job_body plus the request it came from."""
-    return {**job_body(job), "prompt": job.prompt, "cached": job.cached, "request_id": job.request_id}

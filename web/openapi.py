@@ -20,7 +20,6 @@ from web.schemas import ErrorBody
 from web.schemas import EstimateView
 from web.schemas import HealthView
 from web.schemas import JobAccepted
-from web.schemas import JobDetail
 from web.schemas import JobPage
 from web.schemas import JobResult
 from web.schemas import JobSearchQuery
@@ -47,7 +46,6 @@ MODELS: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
     (BatchAccepted, "serialization"),
     (BatchResult, "serialization"),
     (JobPage, "serialization"),
-    (JobDetail, "serialization"),
     (CostReportView, "serialization"),
 )
 
@@ -182,7 +180,7 @@ def build_openapi_spec(*, version: str) -> dict[str, Any]:
                     {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}},
                 ],
                 "responses": {
-                    "200": json_body(JobDetail, "The job and the prompt it was asked."),
+                    "200": json_body(JobResult, "The job."),
                     "401": unauthorized,
                     "404": error("`not_found`: no such job (or another key's job when keys are enabled)."),
                 },

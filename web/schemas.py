@@ -125,6 +125,9 @@ class JobResult(BaseModel):
     job_id: str
     status: Literal["queued", "running", "succeeded", "failed"]
     created_at: str
+    prompt: str = Field(description="The prompt as stored (a chat request's turns joined).")
+    cached: bool = Field(description="Answered from the response cache, at no cost.")
+    request_id: str | None = Field(default=None, description="The X-Request-ID of the request that made the job.")
     finished_at: str | None = None
     success: bool | None = None
     response: str | None = None
@@ -430,14 +433,6 @@ class JobPage(BaseModel):
 
     jobs: list[JobSummary]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
-
-
-class JobDetail(JobResult):
-    """A job as GET /api/jobs/<id> shows it: the result and the request it came from."""
-
-    prompt: str
-    cached: bool
-    request_id: str | None = None
 
 
 class CostReportQuery(BaseModel):

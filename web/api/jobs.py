@@ -11,7 +11,6 @@ from shared import job_search
 from shared import jobs
 from shared.db.models import JobStatus
 from shared.representations import job_body
-from shared.representations import job_detail
 from shared.representations import job_summary
 from web import submission
 from web.auth import check_owner
@@ -52,7 +51,7 @@ def get_job(job_id: str) -> Response:
     """Answer the job, finished or not; another key's job is as unknown as a missing one."""
     job = jobs.get_or_raise(get_session(), job_id=job_id)
     check_owner(job.api_key_id, what=f"job {job_id!r}")
-    return jsonify(job_detail(job))
+    return jsonify(job_body(job))
 
 
 @bp.delete("/<job_id>")
