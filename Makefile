@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo run test lint migrate simulate clean
+.PHONY: install demo run test browser lint migrate simulate clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required")'
@@ -21,8 +21,19 @@ demo: install  ## Start the whole stack, send a few prompts, print what they cos
 run: install  ## Start the whole stack in the foreground (Ctrl-C stops all of it).
 	$(BIN)/model-router run
 
-test: install  ## Run the test suite (unit, API, migrations, and the real stack).
+test: install browser  ## Run the test suite (unit, API, migrations, and the real stack).
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The dashboard's browser test drives Debian's chromium (Playwright's own browser downloads are not used).
+# A failed install does not stop the other tests: that test then fails saying chromium is missing.
+CHROMIUM ?= /usr/bin/chromium
+
+browser:  ## Install chromium (apt-get, as root) when it is missing.
+	@if [ ! -x $(CHROMIUM) ]; then \
+		echo "installing chromium for tests/integration/test_dashboard*.py"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+			|| echo "could not install chromium: the dashboard's browser tests will fail"; \
+	fi
 
 lint: install
 	$(BIN)/ruff check .

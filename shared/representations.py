@@ -14,6 +14,9 @@ def job_body(job: RequestLog) -> dict[str, Any]:
         "job_id": job.id,
         "status": job.status.value,
         "created_at": job.created_at.isoformat(),
+        "prompt": job.prompt,
+        "cached": job.cached,
+        "request_id": job.request_id,
     }
     if job.batch_id is not None:
         body.update(batch_id=job.batch_id, batch_index=job.batch_index)
@@ -78,3 +81,27 @@ def batch_body(view: BatchView, *, with_jobs: bool = True) -> dict[str, Any]:
     if with_jobs:
         body["jobs"] = [job_body(job) for job in view.jobs]
     return body
+
+
+PROMPT_PREVIEW_CHARS = 120
+
+
+def job_summary(job: RequestLog) -> dict[str, Any]:
+    """Return one row of a job search: where it went and how it ended (null while unfinished)."""
+    finished = job.status.is_terminal
+    return {
+        "job_id": job.id,
+        "status": job.status.value,
+        "created_at": job.created_at.isoformat(),
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "model_used": job.model_used,
+        "tier": job.tier,
+        "difficulty_level": job.difficulty_level,
+        "cost": job.cost if finished else None,
+        "latency_ms": job.latency_ms,
+        "escalated": job.escalated if finished else None,
+        "cached": job.cached,
+        "success": job.error_code is None if finished else None,
+        "error_code": job.error_code,
+        "prompt_preview": job.prompt[:PROMPT_PREVIEW_CHARS],
+    }

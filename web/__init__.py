@@ -20,11 +20,13 @@ from web import waiter
 from web.api import batch
 from web.api import budget
 from web.api import chat
+from web.api import dashboard
 from web.api import docs
 from web.api import estimate
 from web.api import health
 from web.api import jobs
 from web.api import prompt
+from web.api import reports
 from web.api import stats
 from web.json_provider import ApiJSONProvider
 from worker.celery_app import create_celery
@@ -49,9 +51,9 @@ def _build_app(settings: Settings) -> Flask:
     _init_celery(app, settings)
     waiter.init_app(app, settings)
     auth.init_app(app)
-    metered = (prompt.bp, batch.bp, estimate.bp, jobs.bp, budget.bp, stats.bp, chat.bp)
+    metered = (prompt.bp, batch.bp, estimate.bp, jobs.bp, budget.bp, stats.bp, reports.bp, chat.bp)
     ratelimit.init_app(app, settings, metered)
-    for blueprint in (*metered, health.bp, docs.bp):
+    for blueprint in (*metered, health.bp, docs.bp, dashboard.bp):
         app.register_blueprint(blueprint)
     errors.register_error_handlers(app)
     return app

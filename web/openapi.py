@@ -14,11 +14,15 @@ from web.schemas import BatchItem
 from web.schemas import BatchRequest
 from web.schemas import BatchResult
 from web.schemas import BudgetView
+from web.schemas import CostReportQuery
+from web.schemas import CostReportView
 from web.schemas import ErrorBody
 from web.schemas import EstimateView
 from web.schemas import HealthView
 from web.schemas import JobAccepted
+from web.schemas import JobPage
 from web.schemas import JobResult
+from web.schemas import JobSearchQuery
 from web.schemas import PromptRequest
 from web.schemas import StatsView
 
@@ -41,6 +45,8 @@ MODELS: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
     (BatchItem, "validation"),
     (BatchAccepted, "serialization"),
     (BatchResult, "serialization"),
+    (JobPage, "serialization"),
+    (CostReportView, "serialization"),
 )
 
 DESCRIPTION = (
@@ -144,6 +150,23 @@ def build_openapi_spec(*, version: str) -> dict[str, Any]:
                         for status, answer in prompt_errors.items()
                         if status in ("400", "401", "413", "415", "429")
                     },
+                },
+            }
+        },
+        "/api/jobs": {
+            "get": {
+                "operationId": "list_jobs",
+                "tags": ["jobs"],
+                "summary": "Search the request log",
+                "description": (
+                    "Newest first (created_at, then id, descending). Every filter narrows the result; a key "
+                    "sees only its own jobs, an admin key every job. Follow `next_cursor` for the next page."
+                ),
+                "parameters": query_parameters(JobSearchQuery),
+                "responses": {
+                    "200": json_body(JobPage, "A page of jobs."),
+                    "400": error("`invalid_request`: a parameter is malformed or out of range; `details` names it."),
+                    "401": unauthorized,
                 },
             }
         },
@@ -285,6 +308,23 @@ def build_openapi_spec(*, version: str) -> dict[str, Any]:
                 },
             }
         },
+        "/api/reports/costs": {
+            "get": {
+                "operationId": "get_cost_report",
+                "tags": ["stats"],
+                "summary": "Get a cost report for this week or month",
+                "description": (
+                    "Totals, savings against the strongest tier, and the cost per day, model, tier and API key of "
+                    "the jobs created in the period (UTC). A key sees its own jobs, an admin key every job."
+                ),
+                "parameters": query_parameters(CostReportQuery),
+                "responses": {
+                    "200": json_body(CostReportView, "The report."),
+                    "400": error("`invalid_request`: `period` is neither `week` nor `month`."),
+                    "401": unauthorized,
+                },
+            }
+        },
         "/api/health": {
             "get": {
                 "operationId": "get_health",
@@ -321,6 +361,27 @@ def build_openapi_spec(*, version: str) -> dict[str, Any]:
         # The empty requirement makes the key optional: deployments without keys need none.
         "security": [{}, {BEARER_SCHEME: []}],
     }
+
+
+def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """Describe a query-string model's fields as optional OpenAPI query parameters."""
+    schema = model.model_json_schema(mode="validation")
+    parameters = []
+    for name, field in schema["properties"].items():
+        field = dict(field)
+        description = field.pop("description", None)
+        field.pop("title", None)
+        # An optional parameter is simply left out; the query string has no null.
+        branches = [branch for branch in field.pop("anyOf", []) if branch != {"type": "null"}]
+        if len(branches) == 1:
+            field.update(branches[0])
+        if field.get("default", "") is None:
+            del field["default"]
+        parameter = {"name": name, "in": "query", "required": False, "schema": field}
+        if description:
+            parameter["description"] = description
+        parameters.append(parameter)
+    return parameters
 
 
 def downgrade_to_openapi_30(spec: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC
+from datetime import datetime
 from typing import Annotated
 from typing import Any
 from typing import Literal
@@ -126,6 +128,9 @@ class JobResult(BaseModel):
     job_id: str
     status: Literal["queued", "running", "succeeded", "failed"]
     created_at: str
+    prompt: str = Field(description="The prompt as stored (a chat request's turns joined).")
+    cached: bool = Field(description="Answered from the response cache, at no cost.")
+    request_id: str | None = Field(default=None, description="The X-Request-ID of the request that made the job.")
     finished_at: str | None = None
     success: bool | None = None
     response: str | None = None
@@ -177,6 +182,14 @@ class ModelStats(BaseModel):
     tokens: int
 
 
+class LatencyPercentiles(BaseModel):
+    """Over the most recent finished jobs (at most 2000); null without any."""
+
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
 class StatsView(BaseModel):
     total_requests: int
     successful_requests: int
@@ -189,6 +202,11 @@ class StatsView(BaseModel):
     cached_requests: int
     total_retries: int
     fallback_attempts: int
+    baseline_cost: float = Field(description="The finished jobs' tokens priced at the strongest tier's model.")
+    savings: float = Field(description="baseline_cost - total_cost.")
+    savings_pct: float = Field(description="savings as a percentage of baseline_cost; 0 without a baseline.")
+    cache_hits: int = Field(description="Jobs answered from the response cache.")
+    latency_ms: LatencyPercentiles
     by_model: dict[str, ModelStats]
     circuits: dict[str, Literal["closed", "open", "half_open"]] = Field(default_factory=dict)
 
@@ -339,3 +357,143 @@ class ChatCompletionRequest(BaseModel):
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("at most 4 stop sequences")
         return value
+
+
+# Query strings carry text only, so these models convert ("50" is 50) instead of being strict.
+QueryDateTime = Annotated[
+    datetime,
+    WithJsonSchema({"type": "string", "description": "An ISO 8601 date or date and time; UTC when it has no zone."}),
+]
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range") from None
+
+
+JobStatusName = Literal["queued", "running", "succeeded", "failed"]
+
+
+class JobSearchQuery(BaseModel):
+    """The query string of GET /api/jobs; an empty parameter (`?status=`) is the same as a missing one."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: Annotated[
+        JobStatusName | None,
+        WithJsonSchema({"type": "string", "enum": ["queued", "running", "succeeded", "failed", ""]}),
+    ] = None
+    model: str | None = Field(default=None, description="The model that answered (`model_used`).")
+    tier: str | None = Field(default=None, description="The tier that answered.")
+    since: QueryDateTime | None = Field(default=None, description="Jobs created at or after this moment.")
+    until: QueryDateTime | None = Field(default=None, description="Jobs created before this moment.")
+    q: str | None = Field(
+        default=None, max_length=1000, description="A case-insensitive substring of the prompt, or an exact job id."
+    )
+    limit: int = Field(default=50, ge=1, le=200, description="Jobs per page.")
+    cursor: str | None = Field(default=None, description="`next_cursor` of the previous page.")
+
+    @field_validator("status", "model", "tier", "since", "until", "q", "cursor", mode="before")
+    @classmethod
+    def _blank_is_absent(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("since", "until")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return _as_utc(value)
+
+    @field_validator("model", "tier", "q", "cursor")
+    @classmethod
+    def _storable_text(cls, value: str | None) -> str | None:
+        # PostgreSQL refuses NUL in any string parameter; no stored value contains one.
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        if value is not None:
+            _require_utf8(value)
+        return value
+
+
+class JobSummary(BaseModel):
+    """One job in a search: where it went and how it ended; the outcome fields are null while unfinished."""
+
+    job_id: str
+    status: JobStatusName
+    created_at: str
+    finished_at: str | None
+    model_used: str | None
+    tier: str | None
+    difficulty_level: Literal["easy", "medium", "hard"] | None
+    cost: float | None
+    latency_ms: float | None
+    escalated: bool | None
+    cached: bool
+    success: bool | None
+    error_code: str | None
+    prompt_preview: str = Field(description="The first 120 characters of the prompt.")
+
+
+class JobPage(BaseModel):
+    """A page of GET /api/jobs, newest first."""
+
+    jobs: list[JobSummary]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class CostReportQuery(BaseModel):
+    """The query string of GET /api/reports/costs."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    period: Literal["week", "month"] = Field(
+        default="month", description="week: the last 7 days including today; month: the current calendar month (UTC)."
+    )
+
+
+class DayCost(BaseModel):
+    date: str = Field(description="A UTC day, YYYY-MM-DD.")
+    cost: float
+    baseline_cost: float
+    requests: int
+
+
+class ModelCost(BaseModel):
+    model: str | None = Field(description="null for jobs that never reached a model.")
+    cost: float
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class TierCost(BaseModel):
+    tier: str | None
+    cost: float
+    requests: int
+
+
+class KeyCost(BaseModel):
+    api_key_id: int | None = Field(description="null for jobs made without a key.")
+    name: str | None
+    cost: float
+    requests: int
+
+
+class CostReportView(BaseModel):
+    """The jobs created in [since, until); every breakdown sums to the totals."""
+
+    period: Literal["week", "month"]
+    since: str
+    until: str
+    total_cost: float
+    baseline_cost: float
+    savings: float
+    savings_pct: float
+    requests: int
+    by_day: list[DayCost] = Field(description="Every day of the period, oldest first, days without jobs included.")
+    by_model: list[ModelCost]
+    by_tier: list[TierCost]
+    by_key: list[KeyCost]

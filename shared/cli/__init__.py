@@ -13,6 +13,7 @@ from shared.cli import batch
 from shared.cli import commands
 from shared.cli import evaluation
 from shared.cli import ops
+from shared.cli import request_log
 from shared.cli.http import DEFAULT_URL
 from shared.cli.http import Endpoint
 
@@ -71,10 +72,12 @@ for command in (
     commands.prompt,
     commands.submit,
     commands.job,
+    request_log.jobs,
     batch.batch,
     commands.budget,
     commands.stats,
     commands.health,
+    request_log.report,
     ops.web,
     ops.worker,
     ops.simulate,

@@ -106,7 +106,7 @@ def submit(ctx: click.Context, text: str, as_json: bool, **fields: Any) -> None:
     with client_of(ctx) as client:
         answer = client.post("/api/prompt", body, headers=headers)
     if as_json:
-        _echo_json(answer.body)
+        echo_json(answer.body)
     else:
         click.echo(answer.body["job_id"])
 
@@ -140,7 +140,7 @@ def job(ctx: click.Context, job_id: str, wait: bool, wait_timeout: float | None,
     if body.get("status") in TERMINAL:
         _finish(body, as_json=as_json)
     elif as_json:
-        _echo_json(body)
+        echo_json(body)
     else:
         click.echo(f"job {body['job_id']} is {body['status']} (created {body.get('created_at', '?')})")
 
@@ -153,7 +153,7 @@ def budget(ctx: click.Context, as_json: bool) -> None:
     with client_of(ctx) as client:
         view = client.get("/api/budget").body
     if as_json:
-        _echo_json(view)
+        echo_json(view)
         return
     table = Table(title=f"Budget {view['year']}-{view['month']:02d} ({view.get('scope', 'global')})")
     for column in ("limit", "spent", "reserved", "remaining", "used", "requests"):
@@ -166,7 +166,7 @@ def budget(ctx: click.Context, as_json: bool) -> None:
         f"{view['percentage_used']:.2f}%",
         str(view["request_count"]),
     )
-    _console().print(table)
+    make_console().print(table)
 
 
 @click.command()
@@ -178,7 +178,7 @@ def stats(ctx: click.Context, since: str | None, as_json: bool) -> None:
     with client_of(ctx) as client:
         view = client.get("/api/stats", params={"since": since} if since else None).body
     if as_json:
-        _echo_json(view)
+        echo_json(view)
         return
     totals = Table(title="Requests" + (f" since {since}" if since else ""), show_header=False)
     totals.add_column("metric")
@@ -192,11 +192,15 @@ def stats(ctx: click.Context, since: str | None, as_json: bool) -> None:
         ("retries", str(view.get("total_retries", "-"))),
         ("fallback attempts", str(view.get("fallback_attempts", "-"))),
         ("cost", money(view["total_cost"])),
-        ("avg latency", _ms(view["avg_latency_ms"])),
+        ("baseline cost", money(view.get("baseline_cost"))),
+        ("savings", _savings(view)),
+        ("cache hits", str(view.get("cache_hits", "-"))),
+        ("avg latency", format_ms(view["avg_latency_ms"])),
+        ("latency p50 / p95 / p99", _percentiles(view.get("latency_ms") or {})),
         ("tokens", f"{view['total_tokens']:,}"),
     ):
         totals.add_row(label, value)
-    console = _console()
+    console = make_console()
     console.print(totals)
     by_model = view.get("by_model") or {}
     if by_model:
@@ -208,7 +212,13 @@ def stats(ctx: click.Context, since: str | None, as_json: bool) -> None:
         if circuits:
             models.add_column("circuit")
         for name, row in sorted(by_model.items()):
-            cells = [name, str(row["requests"]), money(row["cost"]), _ms(row["avg_latency_ms"]), f"{row['tokens']:,}"]
+            cells = [
+                name,
+                str(row["requests"]),
+                money(row["cost"]),
+                format_ms(row["avg_latency_ms"]),
+                f"{row['tokens']:,}",
+            ]
             models.add_row(*cells, *([circuits.get(name, "closed")] if circuits else []))
         console.print(models)
 
@@ -225,7 +235,7 @@ def health(ctx: click.Context, as_json: bool) -> None:
         answer = client.get("/api/health", accept=(200, 503))
     view = answer.body
     if as_json:
-        _echo_json(view)
+        echo_json(view)
     else:
         checks = view.get("checks", {})
         table = Table(title=f"{client.endpoint.url}: {view.get('status')}", show_header=False)
@@ -237,10 +247,10 @@ def health(ctx: click.Context, as_json: bool) -> None:
             table.add_row(name, Text(state, style="green" if healthy else "red"))
         for model, state in sorted((checks.get("circuits") or {}).items()):
             table.add_row(f"circuit {model}", Text(state, style="green" if state == "closed" else "yellow"))
-        console = _console()
+        console = make_console()
         console.print(table)
         if answer.status == 200 and checks.get("workers") == 0:
-            _console(stderr=True).print("[yellow]warning:[/] no worker is alive: jobs will wait in the queue")
+            make_console(stderr=True).print("[yellow]warning:[/] no worker is alive: jobs will wait in the queue")
     if answer.status != 200:
         sys.exit(EXIT_UNREACHABLE)
 
@@ -293,9 +303,9 @@ def _wait_for(client: ApiClient, job_id: str, *, timeout_s: float | None) -> dic
 def _finish(job: dict[str, Any], *, as_json: bool) -> None:
     """Print a finished job; exit 1 if it failed."""
     if as_json:
-        _echo_json(job)
+        echo_json(job)
     else:
-        show_job(_console(), job)
+        show_job(make_console(), job)
     if job.get("status") != "succeeded":
         sys.exit(EXIT_FAILED)
 
@@ -316,7 +326,7 @@ def show_job(console: Console, job: dict[str, Any]) -> None:
         ("model", f"{job.get('model_used') or '-'} ({job.get('tier') or '-'} tier)"),
         ("difficulty", "-" if difficulty is None else f"{difficulty:.2f} ({job.get('difficulty_level')})"),
         ("cost", money(job.get("cost"))),
-        ("latency", _ms(job.get("latency_ms"))),
+        ("latency", format_ms(job.get("latency_ms"))),
         (
             "tokens",
             f"{job.get('tokens_used') or 0:,} ({job.get('prompt_tokens') or 0:,} in, "
@@ -347,22 +357,35 @@ def money(value: Any) -> str:
     return f"${whole}.{fraction.ljust(2, '0')}"
 
 
-def _ms(value: Any) -> str:
+def _savings(view: dict[str, Any]) -> str:
+    if view.get("savings") is None:
+        return "-"
+    return f"{money(view['savings'])} ({view.get('savings_pct', 0):.1f}%)"
+
+
+def _percentiles(latency: dict[str, Any]) -> str:
+    return " / ".join(format_ms(latency.get(name)) for name in ("p50", "p95", "p99"))
+
+
+def format_ms(value: Any) -> str:
+    """Format milliseconds, or '-' for none."""
     return "-" if value is None else f"{float(value):,.0f} ms"
 
 
-def _echo_json(body: Any) -> None:
+def echo_json(body: Any) -> None:
+    """Print `body` as indented JSON."""
     click.echo(json.dumps(body, indent=2, ensure_ascii=False))
 
 
-def _console(*, stderr: bool = False) -> Console:
+def make_console(*, stderr: bool = False) -> Console:
+    """Return a console for stdout (or stderr) without syntax highlighting."""
     # Built per call, so that it writes to whatever sys.stdout is now (click's test runner swaps it).
     return Console(stderr=stderr, highlight=False)
 
 
 def _status(quiet: bool, message: str) -> Any:
     """A spinner on stderr while we wait (only on a terminal; nothing when printing JSON)."""
-    console = _console(stderr=True)
+    console = make_console(stderr=True)
     if quiet or not console.is_terminal:
         return nullcontext()
     return console.status(message)

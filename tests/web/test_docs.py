@@ -18,6 +18,7 @@ from web.schemas import PromptRequest
 CONTRACT_OPERATIONS = {
     ("/api/prompt", "post"),
     ("/api/estimate", "post"),
+    ("/api/jobs", "get"),
     ("/api/jobs/{job_id}", "get"),
     ("/api/jobs/{job_id}", "delete"),
     ("/api/batch", "post"),
@@ -25,6 +26,7 @@ CONTRACT_OPERATIONS = {
     ("/api/batch/{batch_id}", "delete"),
     ("/api/budget", "get"),
     ("/api/stats", "get"),
+    ("/api/reports/costs", "get"),
     ("/api/health", "get"),
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}

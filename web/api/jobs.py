@@ -1,18 +1,49 @@
-"""GET /api/jobs/<id>: a job as stored."""
+"""GET /api/jobs: search the request log; GET and DELETE /api/jobs/<id>: one job as stored."""
 
 from __future__ import annotations
 
 from flask import Blueprint
 from flask import Response
 from flask import jsonify
+from flask import request
 
+from shared import job_search
 from shared import jobs
+from shared.db.models import JobStatus
 from shared.representations import job_body
+from shared.representations import job_summary
 from web import submission
 from web.auth import check_owner
+from web.auth import current_identity
+from web.auth import sees_everything
 from web.db import get_session
+from web.requests import validate
+from web.schemas import JobSearchQuery
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/jobs")
+
+
+@bp.get("")
+def list_jobs() -> Response:
+    """Answer a page of the caller's jobs (every job for an admin), newest first, and the next page's cursor."""
+    query = validate(JobSearchQuery, request.args.to_dict())
+    identity = current_identity()
+    page = job_search.list_(
+        get_session(),
+        where=job_search.JobFilter(
+            status=None if query.status is None else JobStatus(query.status),
+            model=query.model,
+            tier=query.tier,
+            since=query.since,
+            until=query.until,
+            text=query.q,
+            api_key_id=None if sees_everything() or identity is None else identity.api_key_id,
+        ),
+        limit=query.limit,
+        after=None if query.cursor is None else job_search.decode_cursor(query.cursor),
+    )
+    cursor = None if page.next_position is None else job_search.encode_cursor(page.next_position)
+    return jsonify({"jobs": [job_summary(job) for job in page.jobs], "next_cursor": cursor})
 
 
 @bp.get("/<job_id>")

@@ -7,9 +7,12 @@ from datetime import datetime
 
 from flask import Blueprint
 from flask import Response
+from flask import current_app
 from flask import jsonify
 from flask import request
 
+from shared import latency
+from shared import savings
 from shared import stats
 from shared.errors import InvalidInput
 from web.auth import current_identity
@@ -22,10 +25,18 @@ bp = Blueprint("stats", __name__, url_prefix="/api")
 
 @bp.get("/stats")
 def get_stats() -> Response:
-    """Answer request counts, rates (0..100), cost, latency and tokens, in total and per model."""
+    """Answer request counts, rates (0..100), cost, savings, latency and tokens, in total and per model."""
     identity = current_identity()
     only_key = None if sees_everything() or identity is None else identity.api_key_id
-    result = stats.get_stats(get_session(), since=_since(request.args.get("since")), api_key_id=only_key)
+    since = _since(request.args.get("since"))
+    session = get_session()
+    result = stats.get_stats(session, since=since, api_key_id=only_key)
+    where = savings.scope(since=since, api_key_id=only_key)
+    saved = savings.Savings(
+        cost=result.total_cost,
+        baseline_cost=savings.get_baseline_cost(session, catalog=current_app.extensions["catalog"], where=where),
+    )
+    percentiles = latency.get_percentiles(session, where=where)
     return jsonify(
         {
             "total_requests": result.total_requests,
@@ -39,6 +50,11 @@ def get_stats() -> Response:
             "cached_requests": result.cached_requests,
             "total_retries": result.total_retries,
             "fallback_attempts": result.fallback_attempts,
+            "baseline_cost": saved.baseline_cost,
+            "savings": saved.savings,
+            "savings_pct": saved.savings_pct,
+            "cache_hits": savings.count_cache_hits(session, where=where),
+            "latency_ms": {"p50": percentiles.p50, "p95": percentiles.p95, "p99": percentiles.p99},
             "by_model": {
                 model: {
                     "requests": row.requests,

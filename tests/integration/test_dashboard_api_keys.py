@@ -1,0 +1,122 @@
+"""/dashboard in headless Chromium when every /api route needs a key (REQUIRE_API_KEY=true, Redis DB 5):
+the page asks for one, keeps it for the tab, and shows everything once an admin key is entered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+
+from shared import api_keys
+from shared.db import migrate
+from tests.support.browser import Console
+from tests.support.browser import headless_chromium
+from tests.support.stack import Stack
+from tests.support.stack import http
+from tests.support.stack import running_stack
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+    from playwright.sync_api import Page
+
+pytestmark = pytest.mark.integration
+
+REDIS_URL = "redis://127.0.0.1:6379/5"
+# The requests the page makes before it has a key are refused, and Chromium logs each refusal.
+REFUSED = "the server responded with a status of 401"
+
+
+@pytest.fixture(scope="module")
+def database_url(tmp_path_factory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('db')}/router.db"
+    migrate.upgrade("head", database_url=url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def stack(database_url: str, tmp_path_factory) -> Iterator[Stack]:
+    settings = {"REQUIRE_API_KEY": "true", "WORKER_HEARTBEAT_S": "2"}
+    with running_stack(
+        database_url=database_url, redis_url=REDIS_URL, log_dir=tmp_path_factory.mktemp("logs"), settings=settings
+    ) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def admin_key(database_url: str) -> str:
+    engine = create_engine(database_url)
+    with Session(engine) as session, session.begin():
+        _, key = api_keys.create(session, name="operator", is_admin=True)
+    engine.dispose()
+    return key
+
+
+@pytest.fixture(scope="module")
+def job_id(stack: Stack, admin_key: str) -> str:
+    headers = {"Authorization": f"Bearer {admin_key}"}
+    status, _, job = http("POST", f"{stack.web}/api/prompt", {"prompt": "What is 2 + 2?"}, headers=headers)
+    assert (status, job["status"]) == (200, "succeeded"), job
+    return job["job_id"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with headless_chromium() as browser:
+        yield browser
+
+
+@pytest.fixture
+def console() -> Console:
+    return Console()
+
+
+@pytest.fixture
+def page(browser: Browser, console: Console) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    console.watch(page)
+    yield page
+    context.close()
+
+
+def test_the_page_asks_for_a_key_and_works_with_an_admin_key(
+    page: Page, stack: Stack, admin_key: str, job_id: str, console: Console
+) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{stack.web}/dashboard")
+    expect(page.locator("#key-prompt")).to_be_visible()
+    expect(page.locator('[data-panel="jobs"] .unavailable')).to_have_text("Unavailable: an API key is needed")
+
+    page.fill("#key-input", admin_key)
+    page.click("#key-form button[type=submit]")
+    expect(page.locator("#key-prompt")).to_be_hidden()
+    expect(page.locator(f'#job-rows tr[data-job-id="{job_id}"]')).to_be_visible()
+    page.wait_for_function("() => Chart.getChart('chart-tier-mix') && Chart.getChart('chart-model-mix')")
+    expect(page.locator('[data-panel="budget"] [data-field="scope"]')).to_have_text("global budget")
+    assert page.locator(".is-unavailable").count() == 0
+    model_mix = page.evaluate("() => Chart.getChart('chart-model-mix').data.datasets[0].data")
+    assert model_mix == [1]
+
+    # The key lives in the tab's sessionStorage: a reload needs no new prompt.
+    assert page.evaluate("() => sessionStorage.getItem('model-router.api-key')") == admin_key
+    page.reload()
+    expect(page.locator(f'#job-rows tr[data-job-id="{job_id}"]')).to_be_visible()
+    expect(page.locator("#key-prompt")).to_be_hidden()
+    assert [error for error in console.errors if REFUSED not in error] == []
+
+
+def test_a_refused_key_asks_again(page: Page, stack: Stack, console: Console) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{stack.web}/dashboard")
+    page.fill("#key-input", "mr_00000000_not-a-key")
+    page.click("#key-form button[type=submit]")
+    expect(page.locator("#key-error")).to_contain_text("the key was refused")
+    expect(page.locator("#key-prompt")).to_be_visible()
+    assert page.evaluate("() => sessionStorage.getItem('model-router.api-key')") is None
+    assert [error for error in console.errors if REFUSED not in error] == []
