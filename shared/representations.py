@@ -38,7 +38,6 @@ def job_body(job: RequestLog) -> dict[str, Any]:
         cost=job.cost,
         latency_ms=job.latency_ms,
         escalated=job.escalated,
-        cached=job.cached,
         escalation_reason=job.escalation_reason,
         downgraded=job.downgraded_from is not None,
         downgraded_from=job.downgraded_from,

@@ -74,7 +74,3 @@ def get_baseline_cost(session: Session, *, catalog: Catalog, where: list[ColumnE
     ).one()
     return price_at_baseline(catalog, prompt_tokens=int(prompt_tokens), completion_tokens=int(completion_tokens))
 
-
-def count_cache_hits(session: Session, *, where: list[ColumnElement[bool]]) -> int:
-    """Return how many jobs matching `where` were answered from the response cache."""
-    return session.scalar(select(func.count(RequestLog.id)).where(RequestLog.cached.is_(True), *where)) or 0

@@ -40,7 +40,7 @@ class Stats:
     fallback_attempts: int
     by_model: dict[str, ModelStats]
     # Answered from the response cache, at no cost (shared.cache).
-    cached_requests: int
+    cache_hits: int
 
     @property
     def finished_requests(self) -> int:
@@ -105,7 +105,7 @@ def get_stats(session: Session, *, since: datetime | None = None, api_key_id: in
         escalated_requests=int(totals[6] or 0),
         total_retries=int(totals[7] or 0),
         fallback_attempts=int(fallbacks or 0),
-        cached_requests=int(totals[8] or 0),
+        cache_hits=int(totals[8] or 0),
         by_model={
             model: ModelStats(
                 requests=count, cost=cost or Decimal(0), avg_latency_ms=_round(latency), tokens=int(tokens or 0)

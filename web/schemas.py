@@ -199,7 +199,6 @@ class StatsView(BaseModel):
     avg_latency_ms: float | None
     total_tokens: int
     escalation_rate: float
-    cached_requests: int
     total_retries: int
     fallback_attempts: int
     baseline_cost: float = Field(description="The finished jobs' tokens priced at the strongest tier's model.")

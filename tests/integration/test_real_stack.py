@@ -178,7 +178,7 @@ def test_budget_and_stats_add_up_to_the_rows(stack: Stack, db: Session) -> None:
     assert budget["total_spent"] == pytest.approx(float(spent))
     # The ledger counts the requests it reserved for; an answer from the response cache reserves nothing.
     assert budget["request_count"] == sum(not r.cached for r in rows)
-    assert stats["cached_requests"] == sum(r.cached for r in rows)
+    assert stats["cache_hits"] == sum(r.cached for r in rows)
     assert budget["monthly_limit"] == float(BUDGET_LIMIT)
     assert stats["total_requests"] == len(rows)
     assert stats["successful_requests"] == sum(r.status.value == "succeeded" for r in rows)

@@ -137,7 +137,7 @@ def test_stats_count_cached_requests(stack: Stack) -> None:
     _ask(stack, "Who wrote Hamlet?")
     after = http("GET", f"{stack.web}/api/stats")[2]
     assert after["total_requests"] == before["total_requests"] + 2
-    assert after["cached_requests"] == before["cached_requests"] + 1
+    assert after["cache_hits"] == before["cache_hits"] + 1
 
 
 CHAT = [{"role": "user", "content": "What is the chemical symbol for gold?"}]

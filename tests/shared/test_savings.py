@@ -15,6 +15,7 @@ from sqlalchemy.orm import sessionmaker
 
 from shared import latency
 from shared import savings
+from shared import stats
 from shared.catalog import Catalog
 from shared.db.models import JobStatus
 from tests.support import request_logs
@@ -79,11 +80,11 @@ def test_no_baseline_means_no_savings_percentage() -> None:
     assert savings.Savings(cost=Decimal(0), baseline_cost=Decimal(0)).savings_pct == 0.0
 
 
-def test_cache_hits_count_cached_jobs(session: Session) -> None:
+def test_stats_count_cache_hits(session: Session) -> None:
     for cached in (True, True, False):
         request_logs.add_job(session, created_at=T0, cached=cached)
     session.flush()
-    assert savings.count_cache_hits(session, where=[]) == 2
+    assert stats.get_stats(session).cache_hits == 2
 
 
 def test_latency_percentiles_interpolate_over_finished_jobs(session: Session) -> None:

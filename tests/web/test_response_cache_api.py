@@ -107,7 +107,7 @@ def test_a_repeated_prompt_is_answered_from_the_cache_at_no_cost(
     assert _ledgers(app) == ledgers
     assert client.get(f"/api/jobs/{second['job_id']}").get_json()["cached"] is True
     stats = client.get("/api/stats").get_json()
-    assert (stats["total_requests"], stats["cached_requests"]) == (2, 1)
+    assert (stats["total_requests"], stats["cache_hits"]) == (2, 1)
 
 
 def test_a_cached_answer_without_waiting_answers_the_finished_job(client: FlaskClient, upstream: FakeLLMClient) -> None:

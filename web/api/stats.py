@@ -47,13 +47,12 @@ def get_stats() -> Response:
             "avg_latency_ms": result.avg_latency_ms,
             "total_tokens": result.total_tokens,
             "escalation_rate": result.escalation_rate,
-            "cached_requests": result.cached_requests,
             "total_retries": result.total_retries,
             "fallback_attempts": result.fallback_attempts,
             "baseline_cost": saved.baseline_cost,
             "savings": saved.savings,
             "savings_pct": saved.savings_pct,
-            "cache_hits": savings.count_cache_hits(session, where=where),
+            "cache_hits": result.cache_hits,
             "latency_ms": {"p50": percentiles.p50, "p95": percentiles.p95, "p99": percentiles.p99},
             "by_model": {
                 model: {
