@@ -73,4 +73,3 @@ def get_baseline_cost(session: Session, *, catalog: Catalog, where: list[ColumnE
         ).where(RequestLog.status.in_(FINISHED), *where)
     ).one()
     return price_at_baseline(catalog, prompt_tokens=int(prompt_tokens), completion_tokens=int(completion_tokens))
-
