@@ -31,7 +31,9 @@ from tenacity import wait_exponential_jitter
 from shared import alerts
 from shared import answering
 from shared import budget
+from shared import job_events
 from shared import jobs
+from shared import logs
 from shared import streams
 from shared.catalog import Catalog
 from shared.catalog import ModelSpec
@@ -59,6 +61,7 @@ class Claim:
     api_key_id: int | None = None
     max_tier: str | None = None
     deadline_s: float = 60.0
+    request_id: str | None = None
 
 
 def announce(finished: jobs.Finished, *, deps: RunDeps) -> None:
@@ -103,9 +106,18 @@ class RunDeps:
 
 def run(job_id: str, *, deps: RunDeps) -> JobStatus | Busy | None:
     """Run the job if it is ours to run; return its final status, Busy, or None when already finished."""
-    claim = _claim(job_id, deps=deps)
-    if not isinstance(claim, Claim):
-        return claim
+    with logs.bound(job_id=job_id):
+        claim = _claim(job_id, deps=deps)
+        if not isinstance(claim, Claim):
+            return claim
+        # Lines logged while running carry the id of the request that created the job.
+        with logs.bound(request_id=claim.request_id):
+            job_events.started(job_id, run_count=claim.run_count)
+            return _run_claimed(claim, deps=deps)
+
+
+def _run_claimed(claim: Claim, *, deps: RunDeps) -> JobStatus | None:
+    job_id = claim.job_id
     request = claim.request
     relay = deps.relay if request.stream else None
     outcome = answering.answer(
@@ -138,6 +150,7 @@ def run(job_id: str, *, deps: RunDeps) -> JobStatus | Busy | None:
         relay(job_id, _last_entry(outcome, recorded=finished is not None))
     if finished is None:
         return None
+    job_events.finished(finished, outcome=outcome)
     deps.on_finished(job_id)
     announce(finished, deps=deps)
     return finished.status
@@ -231,6 +244,7 @@ def _claim(job_id: str, *, deps: RunDeps) -> Claim | Busy | None:
             api_key_id=job.api_key_id,
             max_tier=job.max_tier,
             deadline_s=job.deadline_s or deps.settings.default_deadline_s,
+            request_id=job.request_id,
         )
 
 
@@ -339,11 +353,4 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
                     session, scope=scope, period=claim.period, thresholds=deps.settings.alert_thresholds
                 )
         jobs.after_terminal(session, job_id=claim.job_id, finished=finished)
-    logger.info(
-        "job finished job_id=%s status=%s model=%s cost=%s",
-        claim.job_id,
-        values["status"],
-        values["model_used"],
-        values["cost"],
-    )
     return finished

@@ -15,6 +15,7 @@ from kombu.exceptions import KombuError
 from sqlalchemy.orm import Session
 
 from shared import idempotency
+from shared import job_events
 from shared import jobs
 from shared import notify
 from shared import webhooks
@@ -45,15 +46,17 @@ def accept_job(body: dict[str, Any], request: jobs.JobRequest) -> tuple[str, boo
         # The same request came before: answer its job, never a second one.
         session.rollback()
         return existing, False
+    settings = current_app.extensions["settings"]
     jobs.create(
         session,
         request=request,
         catalog=current_app.extensions["catalog"],
-        settings=current_app.extensions["settings"],
+        settings=settings,
         requester=requester(),
         job_id=job_id,
     )
     session.commit()
+    job_events.accepted(job_id, request=request, log_prompts=settings.log_prompts)
     return job_id, True
 
 
@@ -131,7 +134,8 @@ def enqueue(job_ids: Sequence[str], *, batch: bool, withdraw: Callable[[Session]
 
 
 def announce(finished: jobs.Finished) -> None:
-    """After commit: wake waiters of a job the web tier ended (a cancel) and send its callbacks."""
+    """After commit: log and count a job the web tier ended (a cancel), wake its waiters, send its callbacks."""
+    job_events.finished(finished)
     try:
         with redis.Redis.from_url(current_app.extensions["settings"].redis_url, socket_timeout=2) as client:
             notify.publish_job_done(client, finished.job_id)
