@@ -89,14 +89,19 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """The classic line for development, with the structured fields appended as key=value."""
+    """The classic line for development, with the structured fields appended as key=value.
+
+    The `event` field is left out: the message already names it.
+    """
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extra = " ".join(f"{key}={value}" for key, value in _structured(record).items() if value is not None)
+        extra = " ".join(
+            f"{key}={value}" for key, value in _structured(record).items() if value is not None and key != "event"
+        )
         if not extra:
             return line
         head, newline, rest = line.partition("\n")  # keep a traceback below the line it belongs to
