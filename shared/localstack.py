@@ -96,7 +96,7 @@ def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: boo
         notes.append("API keys: off, every request is served (set REQUIRE_API_KEY=true to require keys)")
     processes["web"] = (
         f"{_tool('gunicorn')} --worker-class gevent --workers {web_concurrency} --bind 127.0.0.1:{port} "
-        "--graceful-timeout 10 --config python:web.gunicorn_conf 'web:create_app()'"
+        "--graceful-timeout 10 --config python:shared.gunicorn_conf 'web:create_app()'"
     )
     # Single prompts and batch items have workers of their own, so a big batch never delays a prompt.
     for name, queue in (("worker", "prompts"), ("batch_worker", "batch")):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from types import SimpleNamespace
 
 from prometheus_client import REGISTRY
 
+from shared import gunicorn_conf
 from shared import metrics
 from shared.db.types import utcnow
 from shared.llm_client import AttemptRecord
@@ -70,3 +72,11 @@ def test_the_first_call_after_a_lost_run_is_not_a_retry() -> None:
     assert _value("model_router_upstream_retries_total", model=model) == 0
     assert _value("model_router_upstream_call_duration_seconds_count", model=model, outcome="ok") == 1
     assert _value("model_router_upstream_call_duration_seconds_count", model=model, outcome="worker_lost") == 0
+
+
+def test_gunicorn_forgets_the_live_gauges_of_a_worker_that_exited(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(metrics.MULTIPROC_ENV, str(tmp_path))
+    (tmp_path / "gauge_livesum_4242.db").write_bytes(b"")
+    (tmp_path / "counter_4242.db").write_bytes(b"")
+    gunicorn_conf.child_exit(None, SimpleNamespace(pid=4242))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["counter_4242.db"]

@@ -101,7 +101,7 @@ class Stack:
         self._spawn(
             "web",
             [str(BIN / "gunicorn"), "--worker-class", "gevent", "--workers", str(self.web_workers), "--bind",
-             f"127.0.0.1:{self.web_port}", "--config", "python:web.gunicorn_conf", *self.web_args,
+             f"127.0.0.1:{self.web_port}", "--config", "python:shared.gunicorn_conf", *self.web_args,
              "web:create_app()"],
         )  # fmt: skip
         if self.worker_queues is not None:

@@ -1,4 +1,8 @@
-"""Gunicorn settings the web tier needs whatever the command line says (`gunicorn -c python:web.gunicorn_conf`)."""
+"""Gunicorn hooks the web tier needs whatever the command line says (`gunicorn -c python:shared.gunicorn_conf`).
+
+Gunicorn's master loads this module before it forks the gevent workers; it lives outside the `web` package so
+that loading it does not import the app, whose modules gevent must patch first. It imports no gunicorn code.
+"""
 
 from __future__ import annotations
 
