@@ -16,7 +16,7 @@ from shared.answering import Outcome
 from shared.jobs import Finished
 from shared.jobs import JobRequest
 
-logger = logging.getLogger("model_router.jobs")
+logger = logging.getLogger(__name__)
 
 
 def accepted(job_id: str, *, request: JobRequest, log_prompts: bool, batch_id: str | None = None) -> None:

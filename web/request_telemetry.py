@@ -18,7 +18,7 @@ from shared import logs
 from shared import metrics
 from web.auth import current_identity
 
-logger = logging.getLogger("model_router.http")
+logger = logging.getLogger(__name__)
 
 # The route label of requests no Flask rule matched (404s), so scanners cannot mint new label values.
 UNMATCHED = "unmatched"
@@ -43,7 +43,7 @@ def _record(response: Response) -> Response:
     route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
     method = request.method if request.method in METHODS else "other"
     metrics.record_http_request(route=route, method=method, status=response.status_code, seconds=seconds)
-    identity = current_identity() if "identity" in g else None
+    identity = current_identity()
     logger.info(
         "http request",
         extra=logs.fields(
