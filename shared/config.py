@@ -29,6 +29,12 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "test", "production"] = "development"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Log lines as JSON or text; unset: text in development, JSON elsewhere (shared.logs).
+    log_format: Literal["json", "text"] | None = None
+    # Put prompt text in job log lines (off: prompts may hold personal data).
+    log_prompts: bool = False
+    # Serve /metrics without a key even when API keys are required (else it needs an admin key).
+    metrics_public: bool = False
 
     # Upstream: the default key and base URL; a catalog model may name its own.
     openai_api_key: SecretStr | None = None

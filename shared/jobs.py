@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from shared import alerts
 from shared import budget
 from shared import difficulty
+from shared import logs
 from shared import routing
 from shared.catalog import Catalog
 from shared.config import Settings
@@ -191,6 +192,8 @@ def new_job(
         budget_month=period.month,
         reserved_cost=bound,
         cost=Decimal(0),
+        # The id of the HTTP request that created the job, bound by the web tier for its logs.
+        request_id=logs.current("request_id"),
     )
 
 
@@ -266,12 +269,17 @@ class Finished:
     job_id: str
     alerts: list[alerts.Alert] = field(default_factory=list)
     callbacks: list[tuple[str, str]] = field(default_factory=list)
+    # Who answered and why it failed, for the job's metrics and log line (none for a cancelled job).
+    model: str | None = None
+    tier: str | None = None
+    error_code: str | None = None
 
 
 def after_terminal(session: Session, *, job_id: str, finished: Finished) -> None:
     """In the transaction that ended a job: note its callback and complete its batch if it was the last."""
     job = session.get(RequestLog, job_id, populate_existing=True)
     assert job is not None
+    finished.model, finished.tier, finished.error_code = job.model_used, job.tier, job.error_code
     if job.callback_url:
         finished.callbacks.append(("job", job.id))
     if job.batch_id is not None:

@@ -18,9 +18,11 @@ from urllib.parse import urlsplit
 
 import redis
 
+from shared import metrics
 from shared.config import Settings
 
 BIN_DIR = Path(sys.executable).parent
+DEFAULT_METRICS_DIR = Path(tempfile.gettempdir()) / "model-router-metrics"
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: boo
     web_concurrency = int(environ.get("WEB_CONCURRENCY", "2"))
     worker_concurrency = int(environ.get("WORKER_CONCURRENCY", "16"))
     env = dict(environ)
+    env.setdefault(metrics.MULTIPROC_ENV, str(DEFAULT_METRICS_DIR))
     processes: dict[str, str] = {}
     notes: list[str] = []
 
@@ -93,7 +96,7 @@ def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: boo
         notes.append("API keys: off, every request is served (set REQUIRE_API_KEY=true to require keys)")
     processes["web"] = (
         f"{_tool('gunicorn')} --worker-class gevent --workers {web_concurrency} --bind 127.0.0.1:{port} "
-        "--graceful-timeout 10 --access-logfile - 'web:create_app()'"
+        "--graceful-timeout 10 --config python:shared.gunicorn_conf 'web:create_app()'"
     )
     # Single prompts and batch items have workers of their own, so a big batch never delays a prompt.
     for name, queue in (("worker", "prompts"), ("batch_worker", "batch")):
@@ -117,10 +120,19 @@ def start_fake_redis(*, port: int) -> None:
     threading.Thread(target=server.serve_forever, name="fakeredis", daemon=True).start()
 
 
+def empty_metrics_dir(path: Path) -> None:
+    """Create the processes' shared metrics directory, or remove the values a previous run left in it."""
+    path.mkdir(parents=True, exist_ok=True)
+    # Only prometheus_client's own files: the directory may be one an operator chose.
+    for stale in path.glob("*.db"):
+        stale.unlink()
+
+
 def run_stack(plan: StackPlan) -> int:
     """Start every planned process in the foreground; return the exit code once all have stopped."""
     from honcho.manager import Manager
 
+    empty_metrics_dir(Path(plan.env[metrics.MULTIPROC_ENV]))
     manager = Manager()
     for name, command in plan.processes.items():
         manager.add_process(name, command, env=plan.env, quiet=False)

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
 
 from shared import budget
+from shared import job_events
 from shared import jobs
 from shared.config import Settings
 from shared.db.models import JobStatus
@@ -75,6 +76,7 @@ def sweep(*, sessions: sessionmaker[Session], settings: Settings, now: datetime 
             continue
         finished = fail(sessions, job_id=job_id, code=reason[0], message=reason[1], now=now, lease=lease)
         if finished is not None:
+            job_events.finished(finished)
             result.failed.append(finished)
     if result.requeued or result.failed:
         logger.warning("reaper requeued=%d failed=%d", len(result.requeued), len(result.failed))

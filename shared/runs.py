@@ -33,7 +33,9 @@ from shared import alerts
 from shared import answering
 from shared import budget
 from shared import cache
+from shared import job_events
 from shared import jobs
+from shared import logs
 from shared import streams
 from shared.catalog import Catalog
 from shared.catalog import ModelSpec
@@ -62,6 +64,7 @@ class Claim:
     max_tier: str | None = None
     deadline_s: float = 60.0
     cache_key: str | None = None
+    request_id: str | None = None
 
 
 def announce(finished: jobs.Finished, *, deps: RunDeps) -> None:
@@ -108,9 +111,18 @@ class RunDeps:
 
 def run(job_id: str, *, deps: RunDeps) -> JobStatus | Busy | None:
     """Run the job if it is ours to run; return its final status, Busy, or None when already finished."""
-    claim = _claim(job_id, deps=deps)
-    if not isinstance(claim, Claim):
-        return claim
+    with logs.bound(job_id=job_id):
+        claim = _claim(job_id, deps=deps)
+        if not isinstance(claim, Claim):
+            return claim
+        # Lines logged while running carry the id of the request that created the job.
+        with logs.bound(request_id=claim.request_id):
+            job_events.started(job_id, run_count=claim.run_count)
+            return _run_claimed(claim, deps=deps)
+
+
+def _run_claimed(claim: Claim, *, deps: RunDeps) -> JobStatus | None:
+    job_id = claim.job_id
     request = claim.request
     relay = deps.relay if request.stream else None
     outcome = answering.answer(
@@ -145,6 +157,7 @@ def run(job_id: str, *, deps: RunDeps) -> JobStatus | Busy | None:
         return None
     # Before the announcement: a client repeating the request as soon as it has the answer must hit.
     _keep_answer(claim, outcome, deps=deps)
+    job_events.finished(finished, outcome=outcome)
     deps.on_finished(job_id)
     announce(finished, deps=deps)
     return finished.status
@@ -248,6 +261,7 @@ def _claim(job_id: str, *, deps: RunDeps) -> Claim | Busy | None:
             max_tier=job.max_tier,
             deadline_s=job.deadline_s or deps.settings.default_deadline_s,
             cache_key=job.cache_key,
+            request_id=job.request_id,
         )
 
 
@@ -356,11 +370,4 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
                     session, scope=scope, period=claim.period, thresholds=deps.settings.alert_thresholds
                 )
         jobs.after_terminal(session, job_id=claim.job_id, finished=finished)
-    logger.info(
-        "job finished job_id=%s status=%s model=%s cost=%s",
-        claim.job_id,
-        values["status"],
-        values["model_used"],
-        values["cost"],
-    )
     return finished

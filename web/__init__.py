@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 from celery import Celery
 from flask import Flask
 
+from shared import logs
 from shared.catalog import load_catalog
 from shared.config import Settings
 from shared.config import exit_on_config_error
@@ -15,7 +14,10 @@ from shared.errors import ConfigError
 from web import auth
 from web import db
 from web import errors
+from web import metrics
 from web import ratelimit
+from web import request_ids
+from web import request_telemetry
 from web import waiter
 from web.api import batch
 from web.api import budget
@@ -41,7 +43,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def _build_app(settings: Settings) -> Flask:
-    _init_logging(settings)
+    logs.configure(settings)
     app = Flask(__name__)
     app.json = ApiJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
@@ -51,19 +53,16 @@ def _build_app(settings: Settings) -> Flask:
     _init_celery(app, settings)
     waiter.init_app(app, settings)
     auth.init_app(app)
+    # Registered after auth but placed first: every request, even one auth refuses, gets an id and a line.
+    request_telemetry.init_app(app)
+    request_ids.init_app(app)
     metered = (prompt.bp, batch.bp, estimate.bp, jobs.bp, budget.bp, stats.bp, reports.bp, chat.bp)
     ratelimit.init_app(app, settings, metered)
     for blueprint in (*metered, health.bp, docs.bp, dashboard.bp):
         app.register_blueprint(blueprint)
+    metrics.init_app(app)
     errors.register_error_handlers(app)
     return app
-
-
-def _init_logging(settings: Settings) -> None:
-    # Under gunicorn the root logger has no handler; give the app's own loggers one at the chosen level.
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _init_celery(app: Flask, settings: Settings) -> Celery:

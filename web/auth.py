@@ -26,6 +26,11 @@ def _authenticate() -> None:
         return
     if not current_app.extensions["settings"].api_keys_required:
         return
+    g.identity = authenticate_bearer()
+
+
+def authenticate_bearer() -> api_keys.Identity:
+    """Return the key sent as `Authorization: Bearer <key>`, or raise Unauthorized."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
@@ -35,7 +40,7 @@ def _authenticate() -> None:
     session.rollback()
     if identity is None:
         raise Unauthorized("the API key is unknown or revoked")
-    g.identity = identity
+    return identity
 
 
 def current_identity() -> api_keys.Identity | None:

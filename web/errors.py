@@ -44,6 +44,7 @@ CODE_BY_STATUS = {
     400: "invalid_request",
     401: "unauthorized",
     402: "budget_exceeded",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     409: "idempotency_conflict",

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from shared import cache
 from shared import idempotency
+from shared import job_events
 from shared import jobs
 from shared import notify
 from shared import webhooks
@@ -67,6 +68,7 @@ def accept_job(body: dict[str, Any], request: jobs.JobRequest, *, use_cache: boo
             job_id=job_id,
         )
         session.commit()
+        job_events.served_from_cache(job_id, model=cached.model_used, tier=cached.tier)
         send_callbacks(finished.callbacks)
         return job_id, False
     jobs.create(
@@ -79,6 +81,7 @@ def accept_job(body: dict[str, Any], request: jobs.JobRequest, *, use_cache: boo
         cache_key=cache_key,
     )
     session.commit()
+    job_events.accepted(job_id, request=request, log_prompts=settings.log_prompts)
     return job_id, True
 
 
@@ -156,7 +159,8 @@ def enqueue(job_ids: Sequence[str], *, batch: bool, withdraw: Callable[[Session]
 
 
 def announce(finished: jobs.Finished) -> None:
-    """After commit: wake waiters of a job the web tier ended (a cancel) and send its callbacks."""
+    """After commit: log and count a job the web tier ended (a cancel), wake its waiters, send its callbacks."""
+    job_events.finished(finished)
     try:
         with redis.Redis.from_url(current_app.extensions["settings"].redis_url, socket_timeout=2) as client:
             notify.publish_job_done(client, finished.job_id)

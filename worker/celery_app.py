@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from celery import Celery
+from celery import signals
 
+from shared import logs
 from shared.config import Settings
 from shared.config import exit_on_config_error
 from shared.config import get_settings
@@ -43,6 +45,12 @@ def create_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
     )
     return app
+
+
+@signals.setup_logging.connect
+def _configure_logging(**_: object) -> None:
+    # Connected, this replaces Celery's own logging set-up: worker lines share the web tier's format.
+    logs.configure(get_settings(), force=True)
 
 
 def __getattr__(name: str) -> Celery:

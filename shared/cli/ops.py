@@ -168,7 +168,7 @@ def web(host: str, port: int, workers: int, gunicorn_args: tuple[str, ...]) -> N
     _exec(
         [
             _tool("gunicorn"), "--worker-class", "gevent", "--workers", str(workers), "--bind", f"{host}:{port}",
-            "--graceful-timeout", "10", "--access-logfile", "-", *gunicorn_args, "web:create_app()",
+            "--graceful-timeout", "10", "--config", "python:shared.gunicorn_conf", *gunicorn_args, "web:create_app()",
         ]
     )  # fmt: skip
 

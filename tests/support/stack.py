@@ -21,6 +21,9 @@ from typing import BinaryIO
 
 import redis
 
+from shared import localstack
+from shared import metrics
+
 BIN = Path(sys.executable).parent
 WORKER_COMMAND = (
     str(BIN / "celery"), "-A", "worker.celery_app:celery_app", "worker", "--pool", "threads", "--concurrency", "8",
@@ -90,11 +93,16 @@ class Stack:
 
     def start(self) -> None:
         self.env["OPENAI_BASE_URL"] = f"{self.sim}/v1"
+        # A fresh directory per stack: the processes' metric values start from nothing.
+        metrics_dir = self.log_dir / "metrics"
+        localstack.empty_metrics_dir(metrics_dir)
+        self.env[metrics.MULTIPROC_ENV] = str(metrics_dir)
         self._spawn("simulator", [str(BIN / "model-router"), "simulate", "--port", str(self.sim_port)])
         self._spawn(
             "web",
             [str(BIN / "gunicorn"), "--worker-class", "gevent", "--workers", str(self.web_workers), "--bind",
-             f"127.0.0.1:{self.web_port}", *self.web_args, "web:create_app()"],
+             f"127.0.0.1:{self.web_port}", "--config", "python:shared.gunicorn_conf", *self.web_args,
+             "web:create_app()"],
         )  # fmt: skip
         if self.worker_queues is not None:
             self.workers = len(self.worker_queues)
@@ -182,7 +190,7 @@ class Stack:
 # Settings the stack's processes must not inherit from the shell that runs pytest.
 OWN_SETTINGS = (
     "OPENAI_", "SIM_", "DATABASE_", "REDIS_", "MONTHLY_BUDGET_", "JOB_", "REAPER_", "REQUIRE_API_KEY",
-    "DEFAULT_RPM", "WORKER_HEARTBEAT_", "UPSTREAM_", "ALERT_", "ENVIRONMENT", "WEBHOOK_",
+    "DEFAULT_RPM", "WORKER_HEARTBEAT_", "UPSTREAM_", "ALERT_", "ENVIRONMENT", "WEBHOOK_", "LOG_", "METRICS_",
 )  # fmt: skip
 
 

@@ -13,7 +13,9 @@ from flask import request
 from flask import url_for
 
 from shared import batches
+from shared import job_events
 from shared import jobs
+from shared.db.models import JobStatus
 from shared.errors import InvalidInput
 from shared.errors import RoutingError
 from shared.representations import batch_body
@@ -59,6 +61,8 @@ def create_batch() -> tuple[Response, int]:
         )
         job_ids = [row.id for row in rows]
         session.commit()
+        for job_id, item in zip(job_ids, items, strict=True):
+            job_events.accepted(job_id, request=item, log_prompts=settings.log_prompts, batch_id=batch_id)
         submission.enqueue(job_ids, batch=True, withdraw=lambda s: batches.withdraw(s, batch_id=batch_id))
     else:
         session.rollback()
@@ -128,6 +132,8 @@ def cancel_batch(batch_id: str) -> Response:
     cancelled = batches.cancel(session, batch_id=batch_id)
     completed = batches.complete_if_done(session, batch_id=batch_id) if cancelled else None
     session.commit()
+    for job_id in cancelled:
+        job_events.finished(jobs.Finished(status=JobStatus.FAILED, job_id=job_id, error_code=jobs.CANCELLED))
     if completed is not None and completed.callback_url:
         submission.send_callbacks([("batch", completed.id)])
     body = batch_body(batches.get_view(session, batch_id=batch_id))

@@ -1,0 +1,138 @@
+"""The service's Prometheus metrics and the functions that record them.
+
+Counters and histograms are defined once here and updated by whichever process does the work: the web
+tier (HTTP requests, cache hits, cancels) and the Celery workers (jobs, upstream calls). With
+PROMETHEUS_MULTIPROC_DIR set, every process writes its values to files in that directory and the web tier
+sums them on each scrape (prometheus_client's multiprocess mode); without it, one process serves its own.
+Gauges that describe shared state (circuits, queues, budgets) are not kept per process: the web tier
+computes them at scrape time (shared.gauges).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter
+from prometheus_client import Histogram
+
+if TYPE_CHECKING:  # importing the LLM client would load the openai SDK into gunicorn's master
+    from shared.llm_client import AttemptRecord
+
+# prometheus_client reads this variable itself when it is imported, so it is taken from the environment
+# (a value only in .env would never reach the library).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# A label value for "not known": a job cancelled before it ran has no model or tier.
+NONE = "none"
+
+HTTP_REQUESTS = Counter(
+    "model_router_http_requests_total",
+    "HTTP requests answered, by Flask route (the rule, not the raw path), method and status.",
+    ["route", "method", "status"],
+)
+HTTP_DURATION = Histogram(
+    "model_router_http_request_duration_seconds",
+    "Time from receiving a request to returning its response (a synchronous prompt includes its wait).",
+    ["route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+JOBS_FINISHED = Counter(
+    "model_router_jobs_finished_total",
+    "Jobs that reached a terminal state, counted once each, by the tier and model that answered.",
+    ["tier", "model", "outcome", "error_code"],
+)
+ESCALATIONS = Counter(
+    "model_router_escalations_total",
+    "Finished jobs that escalated to a stronger tier after an unsure answer.",
+    ["from_tier", "to_tier"],
+)
+FALLBACKS = Counter(
+    "model_router_fallbacks_total",
+    "Hand-offs of a job to a fallback model (the model named) after its model failed or its circuit was open.",
+    ["model"],
+)
+RETRIES = Counter(
+    "model_router_upstream_retries_total",
+    "Upstream calls that repeated a failed call to the same model.",
+    ["model"],
+)
+UPSTREAM_DURATION = Histogram(
+    "model_router_upstream_call_duration_seconds",
+    "Latency of each upstream call attempt, by model and outcome (ok, or the error class).",
+    ["model", "outcome"],
+    buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 60),
+)
+TOKENS = Counter(
+    "model_router_tokens_total",
+    "Tokens billed by the upstream, by model and kind (prompt or completion).",
+    ["model", "kind"],
+)
+COST = Counter(
+    "model_router_cost_dollars_total",
+    "Dollars spent upstream, by model (a float mirror of the Decimal ledger).",
+    ["model"],
+)
+CACHE_HITS = Counter(
+    "model_router_cache_hits_total",
+    "Prompts answered from the response cache, by the model and tier of the cached answer.",
+    ["model", "tier"],
+)
+
+# Attempts that never reached the upstream: no latency to observe, nothing billed.
+NOT_CALLED = frozenset({"circuit_open", "over_reservation", "worker_lost"})
+
+
+def multiprocess_dir() -> str | None:
+    """Return the directory processes share their values through, or None in single-process mode."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def record_http_request(*, route: str, method: str, status: int, seconds: float) -> None:
+    """Count one answered HTTP request and observe its duration."""
+    HTTP_REQUESTS.labels(route=route, method=method, status=str(status)).inc()
+    HTTP_DURATION.labels(route=route).observe(seconds)
+
+
+def record_cache_hit(*, model: str, tier: str) -> None:
+    """Count one prompt answered from the response cache."""
+    CACHE_HITS.labels(model=model, tier=tier).inc()
+
+
+def record_job_finished(*, tier: str | None, model: str | None, outcome: str, error_code: str | None) -> None:
+    """Count one job that reached its terminal state; call it once, after the commit that ended it."""
+    JOBS_FINISHED.labels(tier=tier or NONE, model=model or NONE, outcome=outcome, error_code=error_code or NONE).inc()
+
+
+def record_attempts(attempts: Sequence[tuple[str, AttemptRecord]]) -> None:
+    """Record a finished job's upstream attempts: latency, tokens, cost, retries and fallbacks.
+
+    `attempts` are (purpose, record) pairs in call order, as the job stores them; consecutive records for
+    the same model and purpose are one call and its retries.
+    """
+    previous: tuple[str, str] | None = None
+    for purpose, record in attempts:
+        slot = (purpose, record.model)
+        if record.error_class in NOT_CALLED:
+            previous = None
+            continue
+        if slot == previous:
+            RETRIES.labels(model=record.model).inc()
+        elif purpose == "fallback":
+            FALLBACKS.labels(model=record.model).inc()
+        previous = slot
+        outcome = "ok" if record.outcome == "ok" else record.error_class or record.outcome
+        UPSTREAM_DURATION.labels(model=record.model, outcome=outcome).observe(record.latency_ms / 1000)
+        if record.prompt_tokens:
+            TOKENS.labels(model=record.model, kind="prompt").inc(record.prompt_tokens)
+        if record.completion_tokens:
+            TOKENS.labels(model=record.model, kind="completion").inc(record.completion_tokens)
+        if record.cost > Decimal(0):
+            COST.labels(model=record.model).inc(float(record.cost))
+
+
+def record_escalation(*, from_tier: str, to_tier: str) -> None:
+    """Count one job that escalated from `from_tier` to `to_tier`."""
+    ESCALATIONS.labels(from_tier=from_tier, to_tier=to_tier).inc()
