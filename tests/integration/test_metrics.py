@@ -88,6 +88,7 @@ def traffic(stack: Stack) -> Counter[tuple[str, str, str]]:
 
     for text in ("What is the capital of France?", "Name a prime.", "Explain recursion briefly. Why a base case?"):
         prompt(text)
+    assert prompt("What is the capital of France?")["cached"] is True
     prompt("Compare two sorting algorithms.", tier="high")
     status, _, queued = send("POST", "/api/prompt", "/api/prompt", {"prompt": "Spell cat.", "wait": False})
     assert status == 202
@@ -191,6 +192,19 @@ def test_job_counters_add_up_to_the_jobs_in_the_database(scrapes: list[Samples],
     retries = db.scalar(select(func.sum(RequestLog.retry_count)))
     assert retries >= 2
     assert sum(_by(scrapes[-1], "model_router_upstream_retries_total").values()) == retries
+
+
+def test_cache_hits_count_the_cached_jobs(scrapes: list[Samples], db: Session) -> None:
+    db.expire_all()
+    rows = db.execute(
+        select(RequestLog.model_used, RequestLog.tier, func.count())
+        .where(RequestLog.cached.is_(True))
+        .group_by(RequestLog.model_used, RequestLog.tier)
+    ).all()
+    expected = {(model, tier): float(count) for model, tier, count in rows}
+    assert sum(expected.values()) >= 1
+    for samples in scrapes:
+        assert _by(samples, "model_router_cache_hits_total", "model", "tier") == expected
 
 
 def test_token_and_cost_counters_match_the_attempts_recorded(scrapes: list[Samples], db: Session) -> None:
