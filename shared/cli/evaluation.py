@@ -56,6 +56,7 @@ BENCHMARK_ORDER = ("mmlu", "gsm8k", "mt_bench", "arc_challenge", "mbpp", "winogr
     help="validation: the learned router's held-out routellm rows plus every other source; train: the rest.",
 )
 @click.option("--exclude-contaminated", is_flag=True, help="Drop the rows RouteLLM drops as contaminated.")
+@click.option("--source", help="Only rows of this source (routellm or routerbench), so pooled covers just them.")
 @click.option(
     "--threshold",
     type=click.FloatRange(0, 1),
@@ -77,6 +78,7 @@ def eval_command(
     routers: tuple[str, ...],
     split: str,
     exclude_contaminated: bool,
+    source: str | None,
     threshold: float,
     tier_list: str | None,
     json_path: Path | None,
@@ -105,6 +107,8 @@ def eval_command(
         rows = validation if split == "validation" else train
     if exclude_contaminated:
         rows = [row for row in rows if not row.get("routellm_contaminated")]
+    if source is not None:
+        rows = [row for row in rows if row.get("source") == source]
     if not rows:
         click.echo("no rows to evaluate", err=True)
         sys.exit(2)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from shared.cli import main
 
 
-def _write_rows(path, *, count: int = 60, priced: bool = False) -> None:
+def _write_rows(path, *, count: int = 60, priced: bool = False, other_source_every: int = 0) -> None:
     rng = np.random.default_rng(4)
     rows = []
     for i in range(count):
@@ -20,7 +20,7 @@ def _write_rows(path, *, count: int = 60, priced: bool = False) -> None:
         rows.append(
             {
                 "id": f"row-{i}",
-                "source": "routellm",
+                "source": "routerbench" if other_source_every and i % other_source_every == 0 else "routellm",
                 "benchmark": benchmark,
                 "metric": "correct_0_1",
                 "prompt": f"{benchmark} question {i}: add {i} and {i * 7}?",
@@ -94,6 +94,16 @@ def test_eval_refuses_tiers_no_row_prices(tmp_path):
     result = CliRunner().invoke(main, ["eval", "--data", str(data), "--router", "learned", "--tiers", "small,large"])
     assert result.exit_code == 2
     assert "small, large" in result.output
+
+
+def test_eval_keeps_only_the_chosen_source(tmp_path):
+    data = tmp_path / "rows.jsonl.gz"
+    out = tmp_path / "out.json"
+    _write_rows(data, other_source_every=3)
+    args = ["eval", "--data", str(data), "--router", "learned", "--source", "routerbench", "--json", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["n"] == 20
 
 
 def test_eval_rejects_an_unknown_router(tmp_path):
