@@ -13,6 +13,9 @@ The definitions follow RouteLLM (`routellm/evals`) so the numbers compare with t
   curve (RouteLLM interpolates quality -> share, the same on a monotone curve).
 
 Metrics are reported per benchmark and pooled over the benchmarks whose metric is 0/1.
+
+Beyond the pair, `tier_policy` replays the routing policy itself (shared.routing's thresholds for each
+preference) over a catalog of several tiers, on rows that carry every tier model's score and real cost.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared import routing
 from shared.errors import InvalidInput
 
 CURVE_POINTS = 10
@@ -213,6 +217,67 @@ def group_reports(
         else:
             result[name] = report(scores[np.asarray(members)], outcomes, threshold=threshold)
     return result
+
+
+@dataclass(frozen=True)
+class TierPoint:
+    """What one preference of the routing policy reaches on a catalog: traffic per tier, quality and cost."""
+
+    preference: str
+    tier_shares: tuple[float, ...]
+    quality: float
+    cost_usd: float
+
+
+@dataclass(frozen=True)
+class SingleModel:
+    """What always sending every prompt to one model reaches."""
+
+    model: str
+    quality: float
+    cost_usd: float
+
+
+def tier_policy(
+    rows: Sequence[dict[str, object]], scores: np.ndarray, *, tier_models: Sequence[str]
+) -> tuple[list[TierPoint], list[SingleModel]]:
+    """Replay the routing policy with one model per tier (weakest first) on rows with every model's score and cost.
+
+    Each prompt goes to the tier that shared.routing.choose_tier picks for its score at each preference; the
+    quality is the mean score of the chosen models and the cost the mean of their real costs. Escalation is
+    not replayed (the data has no answers to judge). Also returns each tier model used alone.
+    """
+    if len(scores) != len(rows) or len(rows) == 0:
+        raise InvalidInput("need one score per row, and at least one", details={"field": "scores"})
+    try:
+        quality = np.asarray([[float(row["scores"][model]) for model in tier_models] for row in rows])  # type: ignore[index]
+        cost = np.asarray([[float(row["costs_usd"][model]) for model in tier_models] for row in rows])  # type: ignore[index]
+    except (KeyError, TypeError) as exc:
+        raise InvalidInput(
+            f"every row needs a score and a cost for each tier model ({', '.join(tier_models)}): {exc}",
+            details={"field": "tier_models"},
+        ) from exc
+    points = []
+    for preference in routing.PREFERENCES:
+        chosen = np.asarray(
+            [
+                tier_models.index(routing.choose_tier(float(score), tiers=tier_models, preference=preference))
+                for score in scores
+            ]
+        )
+        points.append(
+            TierPoint(
+                preference=preference,
+                tier_shares=tuple(float((chosen == tier).mean()) for tier in range(len(tier_models))),
+                quality=float(quality[np.arange(len(rows)), chosen].mean()),
+                cost_usd=float(cost[np.arange(len(rows)), chosen].mean()),
+            )
+        )
+    singles = [
+        SingleModel(model=model, quality=float(quality[:, index].mean()), cost_usd=float(cost[:, index].mean()))
+        for index, model in enumerate(tier_models)
+    ]
+    return points, singles
 
 
 def to_outcomes(rows: Sequence[dict[str, object]], *, strong_model: str, weak_model: str) -> Outcomes:

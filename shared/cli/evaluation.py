@@ -56,12 +56,20 @@ BENCHMARK_ORDER = ("mmlu", "gsm8k", "mt_bench", "arc_challenge", "mbpp", "winogr
     help="validation: the learned router's held-out routellm rows plus every other source; train: the rest.",
 )
 @click.option("--exclude-contaminated", is_flag=True, help="Drop the rows RouteLLM drops as contaminated.")
+@click.option("--source", help="Only rows of this source (routellm or routerbench), so pooled covers just them.")
 @click.option(
     "--threshold",
     type=click.FloatRange(0, 1),
     default=DEFAULT_THRESHOLD,
     show_default="2/3, the balanced threshold into the top of three tiers",
     help="Score at or above which a prompt goes strong, for the quality and cost at the router's threshold.",
+)
+@click.option(
+    "--tiers",
+    "tier_list",
+    metavar="CHEAP,MID,HIGH",
+    help="Models, weakest first: also replay the routing policy at each preference over them, on the rows that "
+    "carry every one's score and real cost (RouterBench rows).",
 )
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the metrics here.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Plot PGR curves here.")
@@ -70,7 +78,9 @@ def eval_command(
     routers: tuple[str, ...],
     split: str,
     exclude_contaminated: bool,
+    source: str | None,
     threshold: float,
+    tier_list: str | None,
     json_path: Path | None,
     plot_path: Path | None,
 ) -> None:
@@ -78,6 +88,8 @@ def eval_command(
 
     Each router sees only each row's prompt. CPT values are fractions of calls sent to the strong model.
     """
+    import numpy as np
+
     from shared import evaluation
     from shared import learned_router
 
@@ -95,11 +107,19 @@ def eval_command(
         rows = validation if split == "validation" else train
     if exclude_contaminated:
         rows = [row for row in rows if not row.get("routellm_contaminated")]
+    if source is not None:
+        rows = [row for row in rows if row.get("source") == source]
     if not rows:
         click.echo("no rows to evaluate", err=True)
         sys.exit(2)
+    tier_models = [model.strip() for model in tier_list.split(",") if model.strip()] if tier_list else []
+    priced = [i for i, row in enumerate(rows) if _has_costs(row, tier_models)] if tier_models else []
+    if tier_models and not priced:
+        click.echo(f"no row has a score and a cost for each of {', '.join(tier_models)}", err=True)
+        sys.exit(2)
     prompts = [str(row["prompt"]) for row in rows]
     results = []
+    policies = []
     for name in routers:
         try:
             scores = None if name == RANDOM else _score(name, prompts)
@@ -110,15 +130,26 @@ def eval_command(
             rows, scores, threshold=threshold, strong_model=STRONG_MODEL, weak_model=WEAK_MODEL
         )
         results.append((name, reports))
+        if tier_models:
+            policy_scores = np.random.default_rng(0).random(len(rows)) if scores is None else scores
+            policies.append(
+                evaluation.tier_policy(
+                    [rows[i] for i in priced], policy_scores[np.asarray(priced)], tier_models=tier_models
+                )
+            )
     console = Console()
     if not console.is_terminal:
         # Piped or captured output gets the full table rather than 80 columns of ellipses.
         console = Console(width=TABLE_WIDTH)
     console.print(_table(results, split=split, n=len(rows), threshold=threshold))
+    if tier_models:
+        console.print(_tier_table(routers, policies, tier_models=tier_models, n=len(priced)))
     elapsed = time.perf_counter() - started
     console.print(f"{len(rows)} prompts, {len(routers)} router(s), {elapsed:.1f} s")
     if json_path is not None:
         documents = [_document(name, reports, n=len(rows), split=split) for name, reports in results]
+        for document, policy in zip(documents, policies, strict=False):
+            document["tier_policy"] = _tier_document(policy, tier_models=tier_models, n=len(priced))
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2) + "\n")
     if plot_path is not None:
@@ -214,6 +245,63 @@ def _score(name: str, prompts: Sequence[str]):
                 scores[start : start + len(chunk)] = [estimator.estimate(prompt).score for prompt in chunk]
             progress.advance(task, len(chunk))
     return scores
+
+
+def _has_costs(row: dict[str, object], models: Sequence[str]) -> bool:
+    scores, costs = row.get("scores"), row.get("costs_usd")
+    return isinstance(scores, dict) and isinstance(costs, dict) and all(m in scores and m in costs for m in models)
+
+
+def _tier_table(routers: Sequence[str], policies, *, tier_models: Sequence[str], n: int) -> Table:
+    table = Table(
+        title=f"Routing policy over {len(tier_models)} tiers ({', '.join(tier_models)}) on {n} prompts with real costs"
+    )
+    for column in ("router", "preference", "traffic per tier", "quality", "$/prompt", f"cost vs {tier_models[-1]}"):
+        table.add_column(column, justify="left" if column in ("router", "preference") else "right")
+    singles = policies[0][1]
+    top_cost = singles[-1].cost_usd
+    for index, (name, (points, _)) in enumerate(zip(routers, policies, strict=True)):
+        for position, point in enumerate(points):
+            table.add_row(
+                name if position == 0 else "",
+                point.preference,
+                " / ".join(f"{share:.0%}" for share in point.tier_shares),
+                f"{point.quality:.3f}",
+                f"{point.cost_usd:.6f}",
+                f"{point.cost_usd / top_cost:.1%}",
+                end_section=position == len(points) - 1 and index < len(routers) - 1,
+            )
+    for single in singles:
+        table.add_row(
+            f"always {single.model}",
+            "",
+            "",
+            f"{single.quality:.3f}",
+            f"{single.cost_usd:.6f}",
+            f"{single.cost_usd / top_cost:.1%}",
+            style="dim",
+        )
+    return table
+
+
+def _tier_document(policy, *, tier_models: Sequence[str], n: int) -> dict[str, object]:
+    points, singles = policy
+    return {
+        "models": list(tier_models),
+        "n": n,
+        "preferences": {
+            point.preference: {
+                "tier_shares": [round(share, 4) for share in point.tier_shares],
+                "quality": round(point.quality, 4),
+                "cost_usd_per_prompt": round(point.cost_usd, 7),
+            }
+            for point in points
+        },
+        "single_models": {
+            single.model: {"quality": round(single.quality, 4), "cost_usd_per_prompt": round(single.cost_usd, 7)}
+            for single in singles
+        },
+    }
 
 
 def _ordered(reports: dict[str, object]) -> list[str]:

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from shared.cli import main
 
 
-def _write_rows(path, *, count: int = 60) -> None:
+def _write_rows(path, *, count: int = 60, priced: bool = False, other_source_every: int = 0) -> None:
     rng = np.random.default_rng(4)
     rows = []
     for i in range(count):
@@ -20,7 +20,7 @@ def _write_rows(path, *, count: int = 60) -> None:
         rows.append(
             {
                 "id": f"row-{i}",
-                "source": "routellm",
+                "source": "routerbench" if other_source_every and i % other_source_every == 0 else "routellm",
                 "benchmark": benchmark,
                 "metric": "correct_0_1",
                 "prompt": f"{benchmark} question {i}: add {i} and {i * 7}?",
@@ -28,6 +28,9 @@ def _write_rows(path, *, count: int = 60) -> None:
                 "weak_score": weak,
             }
         )
+        if priced:
+            rows[-1]["scores"] = {"small": weak, "large": 1.0}
+            rows[-1]["costs_usd"] = {"small": 0.001, "large": 0.1}
     rows.append(
         {
             "id": "judge-1",
@@ -66,6 +69,41 @@ def test_eval_compares_several_routers(tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert [item["router"] for item in json.loads(out.read_text())] == ["random", "learned"]
+
+
+def test_eval_replays_the_tier_policy_on_priced_rows(tmp_path):
+    data = tmp_path / "rows.jsonl.gz"
+    out = tmp_path / "out.json"
+    _write_rows(data, priced=True)
+    args = ["eval", "--data", str(data), "--router", "learned", "--tiers", "small,large", "--json", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    policy = json.loads(out.read_text())["tier_policy"]
+    assert policy["models"] == ["small", "large"]
+    assert policy["n"] == 60
+    assert set(policy["preferences"]) == {"cost", "balanced", "quality"}
+    for point in policy["preferences"].values():
+        assert sum(point["tier_shares"]) == pytest.approx(1.0)
+        assert 0.001 <= point["cost_usd_per_prompt"] <= 0.1
+    assert policy["single_models"]["large"]["cost_usd_per_prompt"] == pytest.approx(0.1)
+
+
+def test_eval_refuses_tiers_no_row_prices(tmp_path):
+    data = tmp_path / "rows.jsonl.gz"
+    _write_rows(data)
+    result = CliRunner().invoke(main, ["eval", "--data", str(data), "--router", "learned", "--tiers", "small,large"])
+    assert result.exit_code == 2
+    assert "small, large" in result.output
+
+
+def test_eval_keeps_only_the_chosen_source(tmp_path):
+    data = tmp_path / "rows.jsonl.gz"
+    out = tmp_path / "out.json"
+    _write_rows(data, other_source_every=3)
+    args = ["eval", "--data", str(data), "--router", "learned", "--source", "routerbench", "--json", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["n"] == 20
 
 
 def test_eval_rejects_an_unknown_router(tmp_path):

@@ -130,3 +130,49 @@ def test_operating_points_match_the_routing_thresholds():
     for preference, shares in learned_router.OPERATING_POINTS.items():
         low, high = routing.choose_thresholds(tier_count=3, preference=preference)
         assert np.allclose(shares, (low, high - low, 1 - high), atol=1e-3)
+
+
+def _priced_rows() -> list[dict[str, object]]:
+    # Three models, weakest first; the strongest is right everywhere, the cheapest only on the easy half.
+    rows = []
+    for i in range(6):
+        easy = i < 3
+        rows.append(
+            {
+                "prompt": str(i),
+                "scores": {"small": float(easy), "middle": float(easy or i == 3), "large": 1.0},
+                "costs_usd": {"small": 0.001, "middle": 0.01, "large": 0.1},
+            }
+        )
+    return rows
+
+
+def test_tier_policy_follows_the_routing_thresholds():
+    rows = _priced_rows()
+    # Scores in the cheap, mid and high bands of the balanced thresholds (1/3 and 2/3).
+    scores = np.asarray([0.1, 0.1, 0.1, 0.5, 0.9, 0.9])
+    points, singles = evaluation.tier_policy(rows, scores, tier_models=["small", "middle", "large"])
+    balanced = next(point for point in points if point.preference == "balanced")
+    assert balanced.tier_shares == pytest.approx((0.5, 1 / 6, 1 / 3))
+    assert balanced.quality == pytest.approx(1.0)
+    assert balanced.cost_usd == pytest.approx((3 * 0.001 + 0.01 + 2 * 0.1) / 6)
+    assert [single.model for single in singles] == ["small", "middle", "large"]
+    assert singles[-1].cost_usd == pytest.approx(0.1)
+    assert singles[0].quality == pytest.approx(0.5)
+
+
+def test_tier_policy_preferences_trade_cost_for_quality():
+    rows = _priced_rows()
+    scores = np.asarray([0.05, 0.25, 0.45, 0.55, 0.75, 0.95])
+    points = {
+        point.preference: point
+        for point in evaluation.tier_policy(rows, scores, tier_models=["small", "middle", "large"])[0]
+    }
+    assert points["cost"].cost_usd < points["balanced"].cost_usd < points["quality"].cost_usd
+
+
+def test_tier_policy_needs_every_tier_model_priced():
+    rows = _priced_rows()
+    del rows[2]["costs_usd"]["middle"]  # type: ignore[attr-defined]
+    with pytest.raises(InvalidInput):
+        evaluation.tier_policy(rows, np.zeros(len(rows)), tier_models=["small", "middle", "large"])
