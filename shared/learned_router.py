@@ -60,6 +60,10 @@ OPERATING_POINTS = {
 # Prompts longer than this feed only their head to the n-gram features; length features see all of it.
 MAX_NGRAM_CHARS = 3000
 CALIBRATION_POINTS = 201
+# Floats are stored rounded (biases to this many decimals, scaling and calibration as float32), so the last-bit
+# differences that numpy builds and CPUs leave in sums do not change the artifact's bytes.
+STORED_DECIMALS = 9
+MIN_HAND_SCALE = 1e-6
 HEADS = ("weak_fails", "strong_fails")
 # How much a likely strong-model failure (where the weak one succeeds) counts against routing strong.
 LOSS_WEIGHT = 0.5
@@ -305,7 +309,8 @@ def train(
     hand = np.asarray([hand_features(prompt) for prompt in prompts])
     hand_mean = hand.mean(axis=0)
     hand_scale = hand.std(axis=0)
-    hand_scale[hand_scale == 0] = 1.0
+    # A feature constant on the training prompts (its std is 0 up to rounding) is left unscaled.
+    hand_scale[hand_scale < MIN_HAND_SCALE] = 1.0
     matrix = featurize(prompts, config=config, hand_mean=hand_mean, hand_scale=hand_scale)
     fitted = [_fit_head(matrix, target[:, head], config=config) for head in range(len(HEADS))]
     weights = np.stack([head_weights for head_weights, _ in fitted])
@@ -384,7 +389,7 @@ def save_artifact(artifact: Artifact, path: Path) -> None:
             "word_ngrams": list(artifact.config.word_ngrams),
         },
         "heads": list(HEADS),
-        "biases": [float(bias) for bias in artifact.biases],
+        "biases": [round(float(bias), STORED_DECIMALS) for bias in artifact.biases],
         "width": artifact.weights.shape[1],
         "hand_features": list(HAND_FEATURES),
         "metadata": artifact.metadata,
@@ -395,9 +400,9 @@ def save_artifact(artifact: Artifact, path: Path) -> None:
         header=np.frombuffer(json.dumps(header, sort_keys=True).encode(), dtype=np.uint8),
         indices=nonzero.astype(np.int32),
         values=artifact.weights[:, nonzero].astype(np.float16),
-        hand_mean=artifact.hand_mean.astype(np.float64),
-        hand_scale=artifact.hand_scale.astype(np.float64),
-        calibration=artifact.calibration.astype(np.float64),
+        hand_mean=artifact.hand_mean.astype(np.float32),
+        hand_scale=artifact.hand_scale.astype(np.float32),
+        calibration=artifact.calibration.astype(np.float32),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buffer.getvalue())
@@ -428,9 +433,9 @@ def read_artifact(path: Path) -> Artifact:
                 config=config,
                 weights=weights,
                 biases=np.asarray(header["biases"], dtype=np.float64),
-                hand_mean=np.array(data["hand_mean"]),
-                hand_scale=np.array(data["hand_scale"]),
-                calibration=np.array(data["calibration"]),
+                hand_mean=np.asarray(data["hand_mean"], dtype=np.float64),
+                hand_scale=np.asarray(data["hand_scale"], dtype=np.float64),
+                calibration=np.asarray(data["calibration"], dtype=np.float64),
                 metadata=dict(header.get("metadata") or {}),
             )
     except (OSError, KeyError, ValueError) as exc:
