@@ -59,7 +59,8 @@ def _show(job: dict[str, Any]) -> None:
     print(
         f"    → {job['model_used']} ({job['tier']}), difficulty {job['difficulty_score']:.2f} "
         f"{job['difficulty_level']}, {job['tokens_used']} tokens, ${job['cost']:.6f}, "
-        f"{job['latency_ms']:.0f} ms, escalated={job['escalated']}, retries={job['retry_count']}"
+        f"{job['latency_ms']:.0f} ms, escalated={job['escalated']}, retries={job['retry_count']}, "
+        f"cached={job['cached']}"
     )
     print(f"      {str(job.get('response') or job.get('error'))[:100]!r}")
 
@@ -73,6 +74,9 @@ def _exercise(base: str) -> None:
         print(f"  {prompt.splitlines()[0][:70]!r}")
         status, job = _call("POST", f"{base}/api/prompt", {"prompt": prompt, "max_tokens": 300})
         _show(job)
+
+    print("\n== The first prompt again: answered from the response cache, no upstream call, no cost")
+    _show(_call("POST", f"{base}/api/prompt", {"prompt": PROMPTS[0], "max_tokens": 300})[1])
 
     print("\n== Asynchronous prompt (wait: false), then polling")
     status, accepted = _call("POST", f"{base}/api/prompt", {"prompt": "Summarize the plot of Hamlet.", "wait": False})
@@ -107,6 +111,14 @@ def _exercise(base: str) -> None:
     print(f"  {_call('GET', f'{base}/api/budget')[1]}")
     print("\n== Stats")
     print(f"  {_call('GET', f'{base}/api/stats')[1]}")
+    report = _call("GET", f"{base}/api/reports/costs?period=week")[1]
+    print("\n== This week's costs against the strongest tier (GET /api/reports/costs)")
+    print(
+        f"  spent ${report['total_cost']:.6f}, strongest tier ${report['baseline_cost']:.6f}, "
+        f"saved {report['savings_pct']}%"
+    )
+    print(f"  by tier: {[(row['tier'], row['requests'], row['cost']) for row in report['by_tier']]}")
+    print("\n`make run` keeps the stack up: the dashboard is at http://127.0.0.1:8000/dashboard, metrics at /metrics.")
 
 
 def _use_a_key_if_required() -> None:

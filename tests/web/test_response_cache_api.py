@@ -110,11 +110,13 @@ def test_a_repeated_prompt_is_answered_from_the_cache_at_no_cost(
     assert (stats["total_requests"], stats["cache_hits"]) == (2, 1)
 
 
-def test_a_cached_answer_without_waiting_answers_the_finished_job(client: FlaskClient, upstream: FakeLLMClient) -> None:
+def test_a_cached_answer_without_waiting_is_accepted_finished(client: FlaskClient, upstream: FakeLLMClient) -> None:
     _ask(client)
     response = client.post("/api/prompt", json={"prompt": QUESTION, "wait": False})
-    assert response.status_code == 200
-    assert (response.get_json()["status"], response.get_json()["cached"]) == ("succeeded", True)
+    assert response.status_code == 202
+    accepted = response.get_json()
+    assert accepted["status"] == "succeeded" and response.headers["Location"] == accepted["poll_url"]
+    assert client.get(accepted["poll_url"]).get_json()["cached"] is True
     assert len(upstream.calls) == 1
 
 

@@ -57,12 +57,13 @@ def create_prompt() -> Response | tuple[Response, int]:
                 return _accepted(job_id, "queued")
         else:
             # A repeated request answers its job as it stands, and a cached answer is finished already;
-            # the announcement of its end may be long gone, or never come.
+            # the announcement of its end may be long gone, or never come. Without waiting, the answer
+            # is always the 202 the contract promises, with the job's current status.
             status, finished = _look(job_id)
-            if finished is not None:
-                return jsonify(finished)
             if done is None:
                 return _accepted(job_id, status)
+            if finished is not None:
+                return jsonify(finished)
         finished = waiter.wait_for(done, timeout_s=body.timeout_s, look=lambda: _look(job_id)[1])
         return jsonify(finished) if finished is not None else _accepted(job_id, _look(job_id)[0])
     finally:
