@@ -18,6 +18,7 @@ from sqlalchemy import Row
 from sqlalchemy import delete
 from sqlalchemy import update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm import joinedload
 
 from shared import alerts
 from shared import budget
@@ -82,10 +83,11 @@ def create(
     requester: Requester | None = None,
     job_id: str | None = None,
 ) -> RequestLog:
-    """Reserve the job's cost bound and record it as queued; the caller commits, then enqueues.
+    """Record the job as queued and reserve its cost bound; the caller commits, then enqueues.
 
     With `on_budget_pressure="downgrade"` a routed job that does not fit is capped at the strongest tier
-    whose bound fits. Raises RoutingError for an unknown model or tier and BudgetExceeded when nothing fits.
+    whose bound fits. Raises RoutingError for an unknown model or tier and BudgetExceeded when nothing fits;
+    the caller then rolls back (the job's row is already written).
     """
     pinned = request.model is not None or request.tier is not None
     now = utcnow()
@@ -94,19 +96,25 @@ def create(
     if request.on_budget_pressure == "downgrade" and not pinned:
         ceilings += list(reversed(catalog.tiers[:-1]))
     refusal: BudgetExceeded | None = None
+    job: RequestLog | None = None
     for ceiling in ceilings:
         bound = bound_for(request, catalog=catalog, settings=settings, max_tier=ceiling)
+        if job is None:
+            job = new_job(
+                request, job_id=job_id or uuid.uuid4().hex, bound=bound, period=period, settings=settings,
+                requester=requester, max_tier=ceiling, now=now,
+            )  # fmt: skip
+            session.add(job)
+        else:
+            job.reserved_cost, job.max_tier = bound, ceiling
+        # The job's row is written before the reservation: every request locks the month's ledger row, so
+        # the reservation goes last, right before the commit that releases it.
+        session.flush()
         try:
             reserve(session, amount=bound, period=period, settings=settings, requester=requester)
         except BudgetExceeded as exc:
             refusal = refusal or exc
             continue
-        job = new_job(
-            request, job_id=job_id or uuid.uuid4().hex, bound=bound, period=period, settings=settings,
-            requester=requester, max_tier=ceiling, now=now,
-        )  # fmt: skip
-        session.add(job)
-        session.flush()
         return job
     assert refusal is not None
     raise refusal
@@ -140,6 +148,11 @@ def reserve(
     if requester is not None:
         own = requester.monthly_budget
         limits.append((budget.key_scope(requester.api_key_id), settings.monthly_budget_limit if own is None else own))
+    if len(limits) == 1:
+        # One conditional UPDATE either holds the amount or changes nothing: no savepoint needed.
+        ((scope, limit),) = limits
+        budget.reserve(session, scope=scope, period=period, amount=amount, limit=limit, count=count)
+        return
     # A savepoint: when the key's scope refuses, the global reservation made just before is undone.
     with session.begin_nested():
         for scope, limit in limits:
@@ -248,8 +261,8 @@ def _held(rows: Sequence[Row[Any]]) -> dict[tuple[str, budget.Period], tuple[Dec
 
 
 def get_or_raise(session: Session, *, job_id: str) -> RequestLog:
-    """Return the job or raise NotFound."""
-    job = session.get(RequestLog, job_id)
+    """Return the job, its attempts loaded in the same query, or raise NotFound."""
+    job = session.get(RequestLog, job_id, options=[joinedload(RequestLog.attempts)])
     if job is None:
         raise NotFound(f"no job {job_id!r}")
     return job
@@ -269,12 +282,19 @@ def after_terminal(session: Session, *, job_id: str, finished: Finished) -> None
     """In the transaction that ended a job: note its callback and complete its batch if it was the last."""
     job = session.get(RequestLog, job_id, populate_existing=True)
     assert job is not None
-    if job.callback_url:
-        finished.callbacks.append(("job", job.id))
-    if job.batch_id is not None:
+    follow_up(session, job_id=job_id, callback_url=job.callback_url, batch_id=job.batch_id, finished=finished)
+
+
+def follow_up(
+    session: Session, *, job_id: str, callback_url: str | None, batch_id: str | None, finished: Finished
+) -> None:
+    """after_terminal for a caller that already knows the job's callback URL and batch."""
+    if callback_url:
+        finished.callbacks.append(("job", job_id))
+    if batch_id is not None:
         from shared import batches  # batches builds on this module
 
-        completed = batches.complete_if_done(session, batch_id=job.batch_id)
+        completed = batches.complete_if_done(session, batch_id=batch_id)
         if completed is not None and completed.callback_url:
             finished.callbacks.append(("batch", completed.id))
 

@@ -47,6 +47,28 @@ from shared.llm_client import StreamInterrupted
 logger = logging.getLogger(__name__)
 
 
+# What a run reads from the job it claims, returned by the claiming UPDATE itself.
+CLAIMED_COLUMNS = (
+    RequestLog.id,
+    RequestLog.run_count,
+    RequestLog.prompt,
+    RequestLog.max_tokens,
+    RequestLog.preference,
+    RequestLog.requested_model,
+    RequestLog.requested_tier,
+    RequestLog.messages,
+    RequestLog.upstream_options,
+    RequestLog.stream,
+    RequestLog.difficulty_estimator,
+    RequestLog.budget_year,
+    RequestLog.budget_month,
+    RequestLog.reserved_cost,
+    RequestLog.api_key_id,
+    RequestLog.max_tier,
+    RequestLog.deadline_s,
+)
+
+
 @dataclass(frozen=True)
 class Claim:
     """A job this worker now owns, with the fencing value that proves it when finishing."""
@@ -184,9 +206,10 @@ def _last_entry(outcome: answering.Outcome, *, recorded: bool) -> dict[str, str]
 
 
 def _claim(job_id: str, *, deps: RunDeps) -> Claim | Busy | None:
+    """Claim the job and read what running it needs in one statement; look at it again only if that fails."""
     now = utcnow()
     with deps.sessions.begin() as session:
-        result = session.execute(
+        job = session.execute(
             update(RequestLog)
             .where(
                 RequestLog.id == job_id,
@@ -202,15 +225,15 @@ def _claim(job_id: str, *, deps: RunDeps) -> Claim | Busy | None:
                 lease_expires_at=now + timedelta(seconds=deps.settings.job_lease_s),
                 run_count=RequestLog.run_count + 1,
             )
+            .returning(*CLAIMED_COLUMNS)
             .execution_options(synchronize_session=False)
-        )
-        job = session.get(RequestLog, job_id, populate_existing=True)
+        ).one_or_none()
         if job is None:
-            logger.error("job does not exist job_id=%s", job_id)
-            return None
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            if job.status is JobStatus.RUNNING and job.lease_expires_at is not None:
-                return Busy(lease_expires_at=job.lease_expires_at)
+            current = session.get(RequestLog, job_id, populate_existing=True)
+            if current is None:
+                logger.error("job does not exist job_id=%s", job_id)
+            elif current.status is JobStatus.RUNNING and current.lease_expires_at is not None:
+                return Busy(lease_expires_at=current.lease_expires_at)
             return None
         return Claim(
             job_id=job.id,
@@ -299,7 +322,7 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
         if isinstance(error, StreamInterrupted):
             values.update(response=error.partial.text)
     with deps.sessions.begin() as session:
-        result = session.execute(
+        ended = session.execute(
             update(RequestLog)
             .where(
                 RequestLog.id == claim.job_id,
@@ -307,9 +330,10 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
                 RequestLog.run_count == claim.run_count,
             )
             .values(**values)
+            .returning(RequestLog.callback_url, RequestLog.batch_id)
             .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        ).one_or_none()
+        if ended is None:
             # Our lease lapsed and another run took the job over; it will record and settle it.
             logger.warning("lost the claim before finishing job_id=%s", claim.job_id)
             return None
@@ -333,12 +357,17 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
         )
         finished = jobs.Finished(status=values["status"], job_id=claim.job_id)
         for scope in budget.scopes_of(claim.api_key_id):
-            budget.settle(session, scope=scope, period=claim.period, reserved=claim.reserved_cost, cost=outcome.cost)
-            if outcome.cost > 0:
-                finished.alerts += alerts.check(
-                    session, scope=scope, period=claim.period, thresholds=deps.settings.alert_thresholds
-                )
-        jobs.after_terminal(session, job_id=claim.job_id, finished=finished)
+            after = budget.settle(
+                session, scope=scope, period=claim.period, reserved=claim.reserved_cost, cost=outcome.cost
+            )
+            if outcome.cost > 0 and after is not None:
+                finished.alerts += alerts.fire(
+                    session, scope=scope, period=claim.period, spent=after[0], limit=after[1],
+                    thresholds=deps.settings.alert_thresholds,
+                )  # fmt: skip
+        jobs.follow_up(
+            session, job_id=claim.job_id, callback_url=ended.callback_url, batch_id=ended.batch_id, finished=finished
+        )
     logger.info(
         "job finished job_id=%s status=%s model=%s cost=%s",
         claim.job_id,
