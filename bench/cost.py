@@ -108,7 +108,7 @@ def start_profilers(directory: Path, pids: dict[str, list[int]], *, seconds: int
         for pid in group[1:] if name == "web" else group:
             output = directory / f"{name}-{pid}.txt"
             command = [str(py_spy), "record", "--pid", str(pid), "--duration", str(seconds), "--format", "raw",
-                       "--rate", "200", "--nonblocking", "--output", str(output)]  # fmt: skip
+                       "--rate", "200", "--gil", "--nonblocking", "--output", str(output)]  # fmt: skip
             profilers.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     time.sleep(1.0)  # attached before the load starts
     return profilers
@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cap-s", type=float, default=60.0, help="wall-clock cap of the measured run")
     parser.add_argument("--web-concurrency", type=int, default=2)
     parser.add_argument("--worker-processes", type=int, default=1)
+    parser.add_argument("--worker-pool", choices=("gevent", "threads"), default="gevent")
     parser.add_argument("--worker-concurrency", type=int, default=64)
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures here as JSON")
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         "--profile",
         type=Path,
         default=None,
-        help="record py-spy profiles (collapsed stacks) of the web and worker processes here",
+        help="py-spy profiles of the web and worker processes (collapsed stacks of GIL holders: CPU, not waits)",
     )
     args = parser.parse_args(argv)
 

@@ -387,6 +387,7 @@ def router_stack(args: argparse.Namespace, work_dir: Path) -> Iterator[tuple[Sta
                     name = f"worker{index + 1}"
                     command = worker_command("prompts")
                     command[command.index("--concurrency") + 1] = str(args.worker_concurrency)
+                    command[command.index("--pool") + 1] = args.worker_pool
                     command[command.index("--loglevel") + 1] = args.log_level
                     stack._spawn(name, [*command, "-n", f"{name}@%h"])
                 stack._wait_until_ready(min_workers=args.worker_processes)
@@ -396,7 +397,8 @@ def router_stack(args: argparse.Namespace, work_dir: Path) -> Iterator[tuple[Sta
                     "WEB_CONCURRENCY (gunicorn gevent workers)": args.web_concurrency,
                     "gunicorn --worker-connections": 2000,
                     "celery prompts worker processes": args.worker_processes,
-                    "WORKER_CONCURRENCY (threads per worker)": args.worker_concurrency,
+                    "celery worker pool": args.worker_pool,
+                    "WORKER_CONCURRENCY (threads or greenlets per worker)": args.worker_concurrency,
                     "celery/app log level": args.log_level,
                     "batch worker, beat": "not started (idle in this bench)",
                     "redis": "private redis-server, no persistence",
@@ -564,6 +566,7 @@ def main(argv: list[str] | None = None, *, compare: bool = False) -> None:
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="postgres")
     parser.add_argument("--web-concurrency", type=int, default=2)
     parser.add_argument("--worker-processes", type=int, default=1)
+    parser.add_argument("--worker-pool", choices=("gevent", "threads"), default="gevent")
     parser.add_argument("--worker-concurrency", type=int, default=300)
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--litellm-workers", type=int, default=2, help="LiteLLM --num_workers (2: its best here)")

@@ -60,7 +60,10 @@ def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: boo
     port = int(environ.get("PORT", "8000"))
     sim_port = int(environ.get("SIM_PORT", "9000"))
     web_concurrency = int(environ.get("WEB_CONCURRENCY", "2"))
-    worker_concurrency = int(environ.get("WORKER_CONCURRENCY", "16"))
+    concurrency = {
+        "prompts": int(environ.get("WORKER_CONCURRENCY", "256")),
+        "batch": int(environ.get("BATCH_WORKER_CONCURRENCY", "16")),
+    }
     env = dict(environ)
     processes: dict[str, str] = {}
     notes: list[str] = []
@@ -95,11 +98,12 @@ def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: boo
         f"{_tool('gunicorn')} --worker-class gevent --workers {web_concurrency} --bind 127.0.0.1:{port} "
         "--graceful-timeout 10 --access-logfile - 'web:create_app()'"
     )
-    # Single prompts and batch items have workers of their own, so a big batch never delays a prompt.
+    # Single prompts and batch items have workers of their own, so a big batch never delays a prompt. Jobs
+    # wait on the upstream most of their time: greenlets (gevent) wait on it for less CPU than threads do.
     for name, queue in (("worker", "prompts"), ("batch_worker", "batch")):
         processes[name] = (
-            f"{_tool('celery')} -A worker.celery_app:celery_app worker --pool threads --queues {queue} "
-            f"--hostname {queue}@%h --concurrency {worker_concurrency} --loglevel INFO "
+            f"{_tool('celery')} -A worker.celery_app:celery_app worker --pool gevent --queues {queue} "
+            f"--hostname {queue}@%h --concurrency {concurrency[queue]} --loglevel INFO "
             "--without-gossip --without-mingle"
         )
     processes["beat"] = (

@@ -183,10 +183,10 @@ def web(host: str, port: int, workers: int, gunicorn_args: tuple[str, ...]) -> N
 @click.option(
     "--concurrency",
     envvar="WORKER_CONCURRENCY",
-    default=16,
+    default=256,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Threads running jobs. [env: WORKER_CONCURRENCY]",
+    help="Jobs run at once (gevent greenlets). [env: WORKER_CONCURRENCY]",
 )
 @click.option("--hostname", help="Celery node name (default: <queues>@%h).")
 @click.option("--loglevel", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
@@ -203,7 +203,7 @@ def worker(
     if not names:
         raise click.BadParameter("name at least one queue", param_hint="--queues")
     argv = [
-        _tool("celery"), "-A", CELERY_APP, "worker", "--pool", "threads", "--queues", ",".join(names),
+        _tool("celery"), "-A", CELERY_APP, "worker", "--pool", "gevent", "--queues", ",".join(names),
         "--hostname", hostname or f"{'-'.join(names)}@%h", "--concurrency", str(concurrency),
         "--loglevel", loglevel, "--without-gossip", "--without-mingle",
     ]  # fmt: skip
