@@ -276,6 +276,8 @@ class Finished:
     job_id: str
     alerts: list[alerts.Alert] = field(default_factory=list)
     callbacks: list[tuple[str, str]] = field(default_factory=list)
+    # The job as the API shows it, when the code that ended it had the row at hand.
+    body: dict[str, Any] | None = None
 
 
 def after_terminal(session: Session, *, job_id: str, finished: Finished) -> None:

@@ -23,6 +23,7 @@ from sqlalchemy.exc import InterfaceError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 from tenacity import Retrying
 from tenacity import retry_if_exception
 from tenacity import stop_after_delay
@@ -43,6 +44,7 @@ from shared.db.models import RequestLog
 from shared.db.types import utcnow
 from shared.llm_client import LLMClient
 from shared.llm_client import StreamInterrupted
+from shared.representations import job_body
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +109,9 @@ class RunDeps:
     settings: Settings
     client: LLMClient
     on_finished: Callable[[str], None] = lambda job_id: None
+    # Called after commit, instead of on_finished, with the finished job's body as the API shows it, so that
+    # a waiting request answers without reading it back; None: on_finished announces the id alone.
+    on_answered: Callable[[str, dict[str, Any]], None] | None = None
     # Called after commit with ("job" | "batch", id) when a callback_url is due a POST.
     on_callback: Callable[[str, str], None] = lambda resource, resource_id: None
     on_alert: Callable[[alerts.Alert], None] = alerts.log
@@ -160,7 +165,10 @@ def run(job_id: str, *, deps: RunDeps) -> JobStatus | Busy | None:
         relay(job_id, _last_entry(outcome, recorded=finished is not None))
     if finished is None:
         return None
-    deps.on_finished(job_id)
+    if deps.on_answered is not None and finished.body is not None:
+        deps.on_answered(job_id, finished.body)
+    else:
+        deps.on_finished(job_id)
     announce(finished, deps=deps)
     return finished.status
 
@@ -322,7 +330,7 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
         if isinstance(error, StreamInterrupted):
             values.update(response=error.partial.text)
     with deps.sessions.begin() as session:
-        ended = session.execute(
+        ended = session.scalars(
             update(RequestLog)
             .where(
                 RequestLog.id == claim.job_id,
@@ -330,14 +338,14 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
                 RequestLog.run_count == claim.run_count,
             )
             .values(**values)
-            .returning(RequestLog.callback_url, RequestLog.batch_id)
+            .returning(RequestLog)
             .execution_options(synchronize_session=False)
         ).one_or_none()
         if ended is None:
             # Our lease lapsed and another run took the job over; it will record and settle it.
             logger.warning("lost the claim before finishing job_id=%s", claim.job_id)
             return None
-        session.add_all(
+        attempts = [
             RequestAttempt(
                 job_id=claim.job_id,
                 seq=seq,
@@ -354,7 +362,8 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
                 started_at=record.started_at,
             )
             for seq, (purpose, record) in enumerate(outcome.attempts, start=1)
-        )
+        ]
+        session.add_all(attempts)
         finished = jobs.Finished(status=values["status"], job_id=claim.job_id)
         for scope in budget.scopes_of(claim.api_key_id):
             after = budget.settle(
@@ -368,6 +377,9 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
         jobs.follow_up(
             session, job_id=claim.job_id, callback_url=ended.callback_url, batch_id=ended.batch_id, finished=finished
         )
+    # After the commit, from the row the finishing UPDATE returned: what a read of the job would show.
+    set_committed_value(ended, "attempts", attempts)
+    finished.body = job_body(ended)
     logger.info(
         "job finished job_id=%s status=%s model=%s cost=%s",
         claim.job_id,
