@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cap-s", type=float, default=60.0, help="wall-clock cap of the measured run")
     parser.add_argument("--web-concurrency", type=int, default=2)
     parser.add_argument("--worker-processes", type=int, default=1)
-    parser.add_argument("--worker-pool", choices=("gevent", "threads"), default="gevent")
+    parser.add_argument("--worker-pool", choices=("gevent", "threads"), default=None)
     parser.add_argument("--worker-concurrency", type=int, default=64)
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures here as JSON")

@@ -98,11 +98,11 @@ def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: boo
         f"{_tool('gunicorn')} --worker-class gevent --workers {web_concurrency} --bind 127.0.0.1:{port} "
         "--graceful-timeout 10 --access-logfile - 'web:create_app()'"
     )
-    # Single prompts and batch items have workers of their own, so a big batch never delays a prompt. Jobs
-    # wait on the upstream most of their time: greenlets (gevent) wait on it for less CPU than threads do.
+    # Single prompts and batch items have workers of their own, so a big batch never delays a prompt.
+    pool = worker_pool(settings)
     for name, queue in (("worker", "prompts"), ("batch_worker", "batch")):
         processes[name] = (
-            f"{_tool('celery')} -A worker.celery_app:celery_app worker --pool gevent --queues {queue} "
+            f"{_tool('celery')} -A worker.celery_app:celery_app worker --pool {pool} --queues {queue} "
             f"--hostname {queue}@%h --concurrency {concurrency[queue]} --loglevel INFO "
             "--without-gossip --without-mingle"
         )
@@ -111,6 +111,16 @@ def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: boo
         f"--schedule {Path(tempfile.gettempdir()) / 'model-router-beat-schedule'}"
     )
     return StackPlan(processes=processes, env=env, web_url=f"http://127.0.0.1:{port}", notes=tuple(notes))
+
+
+def worker_pool(settings: Settings) -> str:
+    """Return the Celery pool for the database: gevent, except on SQLite.
+
+    Jobs wait on the upstream most of their time, and greenlets wait for less CPU than threads do; psycopg
+    waits cooperatively under gevent. SQLite's calls (and its waits for the write lock) block the whole
+    gevent loop, so a SQLite stack keeps threads.
+    """
+    return "threads" if settings.is_sqlite else "gevent"
 
 
 def start_fake_redis(*, port: int) -> None:

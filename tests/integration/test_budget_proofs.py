@@ -59,7 +59,7 @@ CONCURRENT_MAX_TOKENS = 64
 # The budget holds this many reservations at once: far fewer than the burst, so the burst presses on it.
 FITS_AT_ONCE = 30
 CRASH_JOBS = 10
-# A worker takes one message per greenlet (prefetch multiplier 1), so it holds at most this many.
+# A threads-pool worker takes one message per thread (prefetch multiplier 1), so it holds at most this many.
 WORKER_CONCURRENCY = 8
 
 
@@ -309,7 +309,7 @@ def test_a_killed_worker_loses_no_money_and_settles_each_job_once(
             assert status == 202, accepted
             job_ids.append(accepted["job_id"])
 
-        # Wait until the worker holds as many jobs as it runs at once (each call takes 3 s upstream).
+        # Wait until the worker holds as many jobs as it has threads (each call takes 3 s upstream).
         deadline = time.monotonic() + 15
         while _status_counts(session)[JobStatus.RUNNING] < WORKER_CONCURRENCY and time.monotonic() < deadline:
             time.sleep(0.1)

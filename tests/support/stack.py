@@ -23,7 +23,7 @@ import redis
 
 BIN = Path(sys.executable).parent
 WORKER_COMMAND = (
-    str(BIN / "celery"), "-A", "worker.celery_app:celery_app", "worker", "--pool", "gevent", "--concurrency", "8",
+    str(BIN / "celery"), "-A", "worker.celery_app:celery_app", "worker", "--pool", "threads", "--concurrency", "8",
     "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--queues", "prompts,batch",
 )  # fmt: skip
 
