@@ -363,6 +363,11 @@ def database(kind: str, work_dir: Path) -> Iterator[str]:
         yield url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
+def worker_pool(args: argparse.Namespace) -> str:
+    """Return the Celery pool the bench's worker runs: --worker-pool, else what make run would use."""
+    return args.worker_pool or ("threads" if args.db == "sqlite" else "gevent")
+
+
 @contextlib.contextmanager
 def router_stack(args: argparse.Namespace, work_dir: Path) -> Iterator[tuple[Stack, dict[str, Any]]]:
     redis_server = PrivateRedis(work_dir=work_dir)
@@ -387,6 +392,7 @@ def router_stack(args: argparse.Namespace, work_dir: Path) -> Iterator[tuple[Sta
                     name = f"worker{index + 1}"
                     command = worker_command("prompts")
                     command[command.index("--concurrency") + 1] = str(args.worker_concurrency)
+                    command[command.index("--pool") + 1] = worker_pool(args)
                     command[command.index("--loglevel") + 1] = args.log_level
                     stack._spawn(name, [*command, "-n", f"{name}@%h"])
                 stack._wait_until_ready(min_workers=args.worker_processes)
@@ -396,7 +402,8 @@ def router_stack(args: argparse.Namespace, work_dir: Path) -> Iterator[tuple[Sta
                     "WEB_CONCURRENCY (gunicorn gevent workers)": args.web_concurrency,
                     "gunicorn --worker-connections": 2000,
                     "celery prompts worker processes": args.worker_processes,
-                    "WORKER_CONCURRENCY (threads per worker)": args.worker_concurrency,
+                    "celery worker pool": worker_pool(args),
+                    "WORKER_CONCURRENCY (threads or greenlets per worker)": args.worker_concurrency,
                     "celery/app log level": args.log_level,
                     "batch worker, beat": "not started (idle in this bench)",
                     "redis": "private redis-server, no persistence",
@@ -564,6 +571,8 @@ def main(argv: list[str] | None = None, *, compare: bool = False) -> None:
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="postgres")
     parser.add_argument("--web-concurrency", type=int, default=2)
     parser.add_argument("--worker-processes", type=int, default=1)
+    parser.add_argument("--worker-pool", choices=("gevent", "threads"), default=None,
+                        help="default: as make run picks it (gevent; threads on SQLite)")  # fmt: skip
     parser.add_argument("--worker-concurrency", type=int, default=300)
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--litellm-workers", type=int, default=2, help="LiteLLM --num_workers (2: its best here)")

@@ -50,9 +50,19 @@ def check(session: Session, *, scope: str, period: budget.Period, thresholds: Se
         .where(MonthlyBudget.scope == scope, MonthlyBudget.year == period.year, MonthlyBudget.month == period.month)
         .execution_options(populate_existing=True)
     ).one_or_none()
-    if row is None or row.total_spent <= 0:
+    if row is None:
         return []
-    used = row.total_spent * 100 / row.monthly_limit if row.monthly_limit > 0 else Decimal(100)
+    return fire(session, scope=scope, period=period, spent=row.total_spent, limit=row.monthly_limit,
+                thresholds=thresholds)  # fmt: skip
+
+
+def fire(
+    session: Session, *, scope: str, period: budget.Period, spent: Decimal, limit: Decimal, thresholds: Sequence[int]
+) -> list[Alert]:
+    """check() for a caller that already holds the month's spend and limit (a settlement's RETURNING)."""
+    if spent <= 0:
+        return []
+    used = spent * 100 / limit if limit > 0 else Decimal(100)
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     fired = []
     for threshold in thresholds:
@@ -65,14 +75,14 @@ def check(session: Session, *, scope: str, period: budget.Period, thresholds: Se
                 year=period.year,
                 month=period.month,
                 threshold=threshold,
-                spent=row.total_spent,
-                monthly_limit=row.monthly_limit,
+                spent=spent,
+                monthly_limit=limit,
                 fired_at=utcnow(),
             )
             .on_conflict_do_nothing(index_elements=["scope", "year", "month", "threshold"])
         )
         if result.rowcount == 1:  # type: ignore[attr-defined]
-            fired.append(Alert(scope, period.year, period.month, threshold, row.total_spent, row.monthly_limit))
+            fired.append(Alert(scope, period.year, period.month, threshold, spent, limit))
     return fired
 
 

@@ -144,9 +144,28 @@ def reserve(session: Session, *, scope: str, period: Period, amount: Decimal, li
     """Hold `amount` in the scope's ledger for the month or raise BudgetExceeded; counts `count` requests.
 
     The limit in force is written with the reservation, so a changed MONTHLY_BUDGET_LIMIT takes effect
-    at the next request.
+    at the next request. The month's row is created only when the reservation finds none: every request
+    but a month's first costs the one UPDATE.
     """
-    _ensure_month(session, scope=scope, period=period, limit=limit)
+    reserved = _reserve(session, scope=scope, period=period, amount=amount, limit=limit, count=count)
+    if not reserved:
+        _ensure_month(session, scope=scope, period=period, limit=limit)
+        reserved = _reserve(session, scope=scope, period=period, amount=amount, limit=limit, count=count)
+    if not reserved:
+        view = get_view(session, scope=scope, period=period, limit=limit)
+        which = "the monthly budget" if scope == GLOBAL_SCOPE else "this API key's monthly budget"
+        raise BudgetExceeded(
+            f"{which} cannot cover this request",
+            details={
+                "scope": scope,
+                "required": float(amount),
+                "remaining": float(max(view.remaining, Decimal(0))),
+            },
+        )
+
+
+def _reserve(session: Session, *, scope: str, period: Period, amount: Decimal, limit: Decimal, count: int) -> bool:
+    """Hold `amount` with one conditional UPDATE; False when the month has no row or the amount does not fit."""
     result = session.execute(
         update(MonthlyBudget)
         .where(
@@ -160,30 +179,27 @@ def reserve(session: Session, *, scope: str, period: Period, amount: Decimal, li
         )
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        view = get_view(session, scope=scope, period=period, limit=limit)
-        which = "the monthly budget" if scope == GLOBAL_SCOPE else "this API key's monthly budget"
-        raise BudgetExceeded(
-            f"{which} cannot cover this request",
-            details={
-                "scope": scope,
-                "required": float(amount),
-                "remaining": float(max(view.remaining, Decimal(0))),
-            },
-        )
+    return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-def settle(session: Session, *, scope: str, period: Period, reserved: Decimal, cost: Decimal) -> None:
-    """Turn a job's reservation into its true cost (zero for a job that spent nothing)."""
-    session.execute(
+def settle(
+    session: Session, *, scope: str, period: Period, reserved: Decimal, cost: Decimal
+) -> tuple[Decimal, Decimal] | None:
+    """Turn a job's reservation into its true cost (zero for a job that spent nothing).
+
+    Returns the month's spend and limit after it, for the alerts (None if the month has no row).
+    """
+    row = session.execute(
         update(MonthlyBudget)
         .where(*_row(scope, period))
         .values(
             reserved=MonthlyBudget.reserved - _dollars(reserved),
             total_spent=MonthlyBudget.total_spent + _dollars(cost),
         )
+        .returning(MonthlyBudget.total_spent, MonthlyBudget.monthly_limit)
         .execution_options(synchronize_session=False)
-    )
+    ).one_or_none()
+    return None if row is None else (row.total_spent, row.monthly_limit)
 
 
 def release(session: Session, *, scope: str, period: Period, reserved: Decimal, count: int = 1) -> None:

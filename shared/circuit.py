@@ -106,12 +106,15 @@ class CircuitBreaker:
     def record_success(self, model: str) -> None:
         """Count a success; a success while half-open (or open) closes the circuit."""
         try:
-            if self._redis.get(self._key(model, "state")) is not None:
+            # One round trip for the usual case, a closed circuit: read the state and count the call together.
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.get(self._key(model, "state"))
+            self._queue_count(pipe, model, "calls")
+            state, *_ = pipe.execute()
+            if state is not None:
                 self._redis.delete(*(self._key(model, part) for part in ("state", "opened_at", "fails", "calls",
                                                                             "probes")))  # fmt: skip
                 logger.info("circuit closed for %s", model)
-                return
-            self._count(model, "calls")
         except redis.RedisError:
             logger.warning("circuit success not recorded (Redis unreachable) for %s", model)
 
@@ -133,11 +136,15 @@ class CircuitBreaker:
             logger.warning("circuit failure not recorded (Redis unreachable) for %s", model)
 
     def _count(self, model: str, part: str) -> int:
+        pipe = self._redis.pipeline(transaction=False)
+        self._queue_count(pipe, model, part)
+        return int(pipe.execute()[0])
+
+    def _queue_count(self, pipe: redis.client.Pipeline, model: str, part: str) -> None:
+        """Queue an increment of the window's counter, which expires with the window that opened it."""
         key = self._key(model, part)
-        pipe = self._redis.pipeline()
         pipe.incr(key)
         pipe.expire(key, self._policy.window_s, nx=True)
-        return int(pipe.execute()[0])
 
     def _open(self, model: str) -> None:
         pipe = self._redis.pipeline()

@@ -18,6 +18,7 @@ from sqlalchemy import Row
 from sqlalchemy import delete
 from sqlalchemy import update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm import joinedload
 
 from shared import alerts
 from shared import budget
@@ -84,10 +85,11 @@ def create(
     job_id: str | None = None,
     cache_key: str | None = None,
 ) -> RequestLog:
-    """Reserve the job's cost bound and record it as queued; the caller commits, then enqueues.
+    """Record the job as queued and reserve its cost bound; the caller commits, then enqueues.
 
     With `on_budget_pressure="downgrade"` a routed job that does not fit is capped at the strongest tier
-    whose bound fits. Raises RoutingError for an unknown model or tier and BudgetExceeded when nothing fits.
+    whose bound fits. Raises RoutingError for an unknown model or tier and BudgetExceeded when nothing fits;
+    the caller then rolls back (the job's row is already written).
     """
     pinned = request.model is not None or request.tier is not None
     now = utcnow()
@@ -96,19 +98,25 @@ def create(
     if request.on_budget_pressure == "downgrade" and not pinned:
         ceilings += list(reversed(catalog.tiers[:-1]))
     refusal: BudgetExceeded | None = None
+    job: RequestLog | None = None
     for ceiling in ceilings:
         bound = bound_for(request, catalog=catalog, settings=settings, max_tier=ceiling)
+        if job is None:
+            job = new_job(
+                request, job_id=job_id or uuid.uuid4().hex, bound=bound, period=period, settings=settings,
+                requester=requester, max_tier=ceiling, now=now, cache_key=cache_key,
+            )  # fmt: skip
+            session.add(job)
+        else:
+            job.reserved_cost, job.max_tier = bound, ceiling
+        # The job's row is written before the reservation: every request locks the month's ledger row, so
+        # the reservation goes last, right before the commit that releases it.
+        session.flush()
         try:
             reserve(session, amount=bound, period=period, settings=settings, requester=requester)
         except BudgetExceeded as exc:
             refusal = refusal or exc
             continue
-        job = new_job(
-            request, job_id=job_id or uuid.uuid4().hex, bound=bound, period=period, settings=settings,
-            requester=requester, max_tier=ceiling, now=now, cache_key=cache_key,
-        )  # fmt: skip
-        session.add(job)
-        session.flush()
         return job
     assert refusal is not None
     raise refusal
@@ -142,6 +150,11 @@ def reserve(
     if requester is not None:
         own = requester.monthly_budget
         limits.append((budget.key_scope(requester.api_key_id), settings.monthly_budget_limit if own is None else own))
+    if len(limits) == 1:
+        # One conditional UPDATE either holds the amount or changes nothing: no savepoint needed.
+        ((scope, limit),) = limits
+        budget.reserve(session, scope=scope, period=period, amount=amount, limit=limit, count=count)
+        return
     # A savepoint: when the key's scope refuses, the global reservation made just before is undone.
     with session.begin_nested():
         for scope, limit in limits:
@@ -254,8 +267,8 @@ def _held(rows: Sequence[Row[Any]]) -> dict[tuple[str, budget.Period], tuple[Dec
 
 
 def get_or_raise(session: Session, *, job_id: str) -> RequestLog:
-    """Return the job or raise NotFound."""
-    job = session.get(RequestLog, job_id)
+    """Return the job, its attempts loaded in the same query, or raise NotFound."""
+    job = session.get(RequestLog, job_id, options=[joinedload(RequestLog.attempts)])
     if job is None:
         raise NotFound(f"no job {job_id!r}")
     return job
@@ -273,6 +286,8 @@ class Finished:
     model: str | None = None
     tier: str | None = None
     error_code: str | None = None
+    # The job as the API shows it, when the code that ended it had the row at hand.
+    body: dict[str, Any] | None = None
 
 
 def after_terminal(session: Session, *, job_id: str, finished: Finished) -> None:
@@ -280,12 +295,19 @@ def after_terminal(session: Session, *, job_id: str, finished: Finished) -> None
     job = session.get(RequestLog, job_id, populate_existing=True)
     assert job is not None
     finished.model, finished.tier, finished.error_code = job.model_used, job.tier, job.error_code
-    if job.callback_url:
-        finished.callbacks.append(("job", job.id))
-    if job.batch_id is not None:
+    follow_up(session, job_id=job_id, callback_url=job.callback_url, batch_id=job.batch_id, finished=finished)
+
+
+def follow_up(
+    session: Session, *, job_id: str, callback_url: str | None, batch_id: str | None, finished: Finished
+) -> None:
+    """after_terminal for a caller that already knows the job's callback URL and batch."""
+    if callback_url:
+        finished.callbacks.append(("job", job_id))
+    if batch_id is not None:
         from shared import batches  # batches builds on this module
 
-        completed = batches.complete_if_done(session, batch_id=job.batch_id)
+        completed = batches.complete_if_done(session, batch_id=batch_id)
         if completed is not None and completed.callback_url:
             finished.callbacks.append(("batch", completed.id))
 

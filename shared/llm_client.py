@@ -6,6 +6,7 @@ infrastructure faults (broker, database), so the two never multiply.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -148,15 +149,24 @@ class OpenAIChatClient:
         connect_s = model.connect_timeout_s or settings.upstream_connect_timeout_s
         if timeout_s is not None:
             read_s, connect_s = min(read_s, timeout_s), min(connect_s, timeout_s)
+        request: dict[str, Any] = {
+            "model": model.name,
+            "messages": messages or [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            **{name: value for name, value in (options or {}).items() if name in PASSTHROUGH_OPTIONS},
+        }
+        if model.supports_logprobs:
+            request["logprobs"] = True
         try:
-            response = client.chat.completions.create(
-                model=model.name,
-                messages=messages or [{"role": "user", "content": prompt}],  # type: ignore[arg-type]
-                max_tokens=max_tokens,
-                logprobs=True if model.supports_logprobs else openai.omit,
-                timeout=openai.Timeout(read_s, connect=connect_s),
-                **{name: value for name, value in (options or {}).items() if name in PASSTHROUGH_OPTIONS},
+            # The SDK's documented raw request (same client, keys, timeouts and error mapping), read as plain
+            # JSON: transforming the typed parameters and building the typed answer cost more CPU than the call.
+            response = client.post(
+                "/chat/completions",
+                body=request,
+                cast_to=httpx.Response,
+                options={"timeout": openai.Timeout(read_s, connect=connect_s)},
             )
+            body = response.content
         except openai.APITimeoutError:
             raise TransientLLMError(f"{model.name}: upstream timed out", details={"error_class": "timeout"}) from None
         except openai.APIConnectionError:
@@ -165,20 +175,7 @@ class OpenAIChatClient:
             ) from None
         except openai.APIStatusError as exc:
             raise _status_error(model.name, exc) from None
-        if not response.choices:
-            raise PermanentLLMError(f"{model.name}: answer had no choices", details={"error_class": "bad_answer"})
-        choice = response.choices[0]
-        usage = response.usage
-        logprobs = None
-        if choice.logprobs is not None and choice.logprobs.content:
-            logprobs = tuple(token.logprob for token in choice.logprobs.content)
-        return Completion(
-            text=choice.message.content or "",
-            finish_reason=choice.finish_reason,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            logprobs=logprobs,
-        )
+        return _parsed(model.name, body)
 
     def stream(
         self,
@@ -278,6 +275,26 @@ class OpenAIChatClient:
             max_retries=0,
             timeout=openai.Timeout(settings.upstream_read_timeout_s, connect=settings.upstream_connect_timeout_s),
         )
+
+
+def _parsed(model_name: str, body: bytes) -> Completion:
+    """Read a chat completion's JSON body; an answer without a readable first choice is a bad answer."""
+    try:
+        answer = json.loads(body)
+        choice = answer["choices"][0]
+        usage = answer.get("usage") or {}
+        tokens_logprobs = (choice.get("logprobs") or {}).get("content")
+        return Completion(
+            text=(choice.get("message") or {}).get("content") or "",
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            logprobs=tuple(float(token["logprob"]) for token in tokens_logprobs) if tokens_logprobs else None,
+        )
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        raise PermanentLLMError(
+            f"{model_name}: the answer could not be read", details={"error_class": "bad_answer"}
+        ) from None
 
 
 def _mapped(model_name: str, exc: openai.APIError | httpx.HTTPError) -> LLMError:

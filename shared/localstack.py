@@ -62,7 +62,10 @@ def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: boo
     port = int(environ.get("PORT", "8000"))
     sim_port = int(environ.get("SIM_PORT", "9000"))
     web_concurrency = int(environ.get("WEB_CONCURRENCY", "2"))
-    worker_concurrency = int(environ.get("WORKER_CONCURRENCY", "16"))
+    concurrency = {
+        "prompts": int(environ.get("WORKER_CONCURRENCY", "256")),
+        "batch": int(environ.get("BATCH_WORKER_CONCURRENCY", "16")),
+    }
     env = dict(environ)
     env.setdefault(metrics.MULTIPROC_ENV, str(DEFAULT_METRICS_DIR))
     processes: dict[str, str] = {}
@@ -99,10 +102,11 @@ def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: boo
         "--graceful-timeout 10 --config python:shared.gunicorn_conf 'web:create_app()'"
     )
     # Single prompts and batch items have workers of their own, so a big batch never delays a prompt.
+    pool = worker_pool(settings)
     for name, queue in (("worker", "prompts"), ("batch_worker", "batch")):
         processes[name] = (
-            f"{_tool('celery')} -A worker.celery_app:celery_app worker --pool threads --queues {queue} "
-            f"--hostname {queue}@%h --concurrency {worker_concurrency} --loglevel INFO "
+            f"{_tool('celery')} -A worker.celery_app:celery_app worker --pool {pool} --queues {queue} "
+            f"--hostname {queue}@%h --concurrency {concurrency[queue]} --loglevel INFO "
             "--without-gossip --without-mingle"
         )
     processes["beat"] = (
@@ -110,6 +114,16 @@ def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: boo
         f"--schedule {Path(tempfile.gettempdir()) / 'model-router-beat-schedule'}"
     )
     return StackPlan(processes=processes, env=env, web_url=f"http://127.0.0.1:{port}", notes=tuple(notes))
+
+
+def worker_pool(settings: Settings) -> str:
+    """Return the Celery pool for the database: gevent, except on SQLite.
+
+    Jobs wait on the upstream most of their time, and greenlets wait for less CPU than threads do; psycopg
+    waits cooperatively under gevent. SQLite's calls (and its waits for the write lock) block the whole
+    gevent loop, so a SQLite stack keeps threads.
+    """
+    return "threads" if settings.is_sqlite else "gevent"
 
 
 def start_fake_redis(*, port: int) -> None:

@@ -24,6 +24,7 @@ from sqlalchemy.exc import InterfaceError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 from tenacity import Retrying
 from tenacity import retry_if_exception
 from tenacity import stop_after_delay
@@ -47,8 +48,33 @@ from shared.db.models import RequestLog
 from shared.db.types import utcnow
 from shared.llm_client import LLMClient
 from shared.llm_client import StreamInterrupted
+from shared.representations import job_body
 
 logger = logging.getLogger(__name__)
+
+
+# What a run reads from the job it claims, returned by the claiming UPDATE itself.
+CLAIMED_COLUMNS = (
+    RequestLog.id,
+    RequestLog.run_count,
+    RequestLog.prompt,
+    RequestLog.max_tokens,
+    RequestLog.preference,
+    RequestLog.requested_model,
+    RequestLog.requested_tier,
+    RequestLog.messages,
+    RequestLog.upstream_options,
+    RequestLog.stream,
+    RequestLog.difficulty_estimator,
+    RequestLog.budget_year,
+    RequestLog.budget_month,
+    RequestLog.reserved_cost,
+    RequestLog.api_key_id,
+    RequestLog.max_tier,
+    RequestLog.deadline_s,
+    RequestLog.cache_key,
+    RequestLog.request_id,
+)
 
 
 @dataclass(frozen=True)
@@ -91,6 +117,9 @@ class RunDeps:
     settings: Settings
     client: LLMClient
     on_finished: Callable[[str], None] = lambda job_id: None
+    # Called after commit, instead of on_finished, with the finished job's body as the API shows it, so that
+    # a waiting request answers without reading it back; None: on_finished announces the id alone.
+    on_answered: Callable[[str, dict[str, Any]], None] | None = None
     # Called after commit with ("job" | "batch", id) when a callback_url is due a POST.
     on_callback: Callable[[str, str], None] = lambda resource, resource_id: None
     on_alert: Callable[[alerts.Alert], None] = alerts.log
@@ -158,7 +187,10 @@ def _run_claimed(claim: Claim, *, deps: RunDeps) -> JobStatus | None:
     # Before the announcement: a client repeating the request as soon as it has the answer must hit.
     _keep_answer(claim, outcome, deps=deps)
     job_events.finished(finished, outcome=outcome)
-    deps.on_finished(job_id)
+    if deps.on_answered is not None and finished.body is not None:
+        deps.on_answered(job_id, finished.body)
+    else:
+        deps.on_finished(job_id)
     announce(finished, deps=deps)
     return finished.status
 
@@ -213,9 +245,10 @@ def _last_entry(outcome: answering.Outcome, *, recorded: bool) -> dict[str, str]
 
 
 def _claim(job_id: str, *, deps: RunDeps) -> Claim | Busy | None:
+    """Claim the job and read what running it needs in one statement; look at it again only if that fails."""
     now = utcnow()
     with deps.sessions.begin() as session:
-        result = session.execute(
+        job = session.execute(
             update(RequestLog)
             .where(
                 RequestLog.id == job_id,
@@ -231,15 +264,15 @@ def _claim(job_id: str, *, deps: RunDeps) -> Claim | Busy | None:
                 lease_expires_at=now + timedelta(seconds=deps.settings.job_lease_s),
                 run_count=RequestLog.run_count + 1,
             )
+            .returning(*CLAIMED_COLUMNS)
             .execution_options(synchronize_session=False)
-        )
-        job = session.get(RequestLog, job_id, populate_existing=True)
+        ).one_or_none()
         if job is None:
-            logger.error("job does not exist job_id=%s", job_id)
-            return None
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            if job.status is JobStatus.RUNNING and job.lease_expires_at is not None:
-                return Busy(lease_expires_at=job.lease_expires_at)
+            current = session.get(RequestLog, job_id, populate_existing=True)
+            if current is None:
+                logger.error("job does not exist job_id=%s", job_id)
+            elif current.status is JobStatus.RUNNING and current.lease_expires_at is not None:
+                return Busy(lease_expires_at=current.lease_expires_at)
             return None
         return Claim(
             job_id=job.id,
@@ -330,7 +363,7 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
         if isinstance(error, StreamInterrupted):
             values.update(response=error.partial.text)
     with deps.sessions.begin() as session:
-        result = session.execute(
+        ended = session.scalars(
             update(RequestLog)
             .where(
                 RequestLog.id == claim.job_id,
@@ -338,13 +371,14 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
                 RequestLog.run_count == claim.run_count,
             )
             .values(**values)
+            .returning(RequestLog)
             .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        ).one_or_none()
+        if ended is None:
             # Our lease lapsed and another run took the job over; it will record and settle it.
             logger.warning("lost the claim before finishing job_id=%s", claim.job_id)
             return None
-        session.add_all(
+        attempts = [
             RequestAttempt(
                 job_id=claim.job_id,
                 seq=seq,
@@ -361,13 +395,28 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
                 started_at=record.started_at,
             )
             for seq, (purpose, record) in enumerate(outcome.attempts, start=1)
+        ]
+        session.add_all(attempts)
+        finished = jobs.Finished(
+            status=values["status"],
+            job_id=claim.job_id,
+            model=values["model_used"],
+            tier=values["tier"],
+            error_code=values.get("error_code"),
         )
-        finished = jobs.Finished(status=values["status"], job_id=claim.job_id)
         for scope in budget.scopes_of(claim.api_key_id):
-            budget.settle(session, scope=scope, period=claim.period, reserved=claim.reserved_cost, cost=outcome.cost)
-            if outcome.cost > 0:
-                finished.alerts += alerts.check(
-                    session, scope=scope, period=claim.period, thresholds=deps.settings.alert_thresholds
-                )
-        jobs.after_terminal(session, job_id=claim.job_id, finished=finished)
+            after = budget.settle(
+                session, scope=scope, period=claim.period, reserved=claim.reserved_cost, cost=outcome.cost
+            )
+            if outcome.cost > 0 and after is not None:
+                finished.alerts += alerts.fire(
+                    session, scope=scope, period=claim.period, spent=after[0], limit=after[1],
+                    thresholds=deps.settings.alert_thresholds,
+                )  # fmt: skip
+        jobs.follow_up(
+            session, job_id=claim.job_id, callback_url=ended.callback_url, batch_id=ended.batch_id, finished=finished
+        )
+    # After the commit, from the row the finishing UPDATE returned: what a read of the job would show.
+    set_committed_value(ended, "attempts", attempts)
+    finished.body = job_body(ended)
     return finished

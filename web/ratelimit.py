@@ -33,8 +33,13 @@ def _exempt() -> bool:
     return _rpm() is None
 
 
-def init_app(app: Flask, settings: Settings, blueprints: tuple[Blueprint, ...]) -> Limiter:
-    """Limit `blueprints` to each key's requests per minute (its own `rpm`, else DEFAULT_RPM)."""
+def init_app(app: Flask, settings: Settings, blueprints: tuple[Blueprint, ...]) -> Limiter | None:
+    """Limit `blueprints` to each key's requests per minute (its own `rpm`, else DEFAULT_RPM).
+
+    Without API keys and without DEFAULT_RPM no limit can apply: no limiter then checks every request.
+    """
+    if not settings.api_keys_required and settings.default_rpm is None:
+        return None
     limiter = Limiter(
         key_func=_client_key,
         storage_uri=settings.redis_url,

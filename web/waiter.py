@@ -12,12 +12,14 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 from typing import TypeVar
 
 import redis
 from flask import Flask
 from flask import current_app
 
+from shared import notify
 from shared.config import Settings
 from shared.notify import JOB_DONE_CHANNEL
 
@@ -29,25 +31,33 @@ RECONNECT_DELAY_S = 1.0
 READY_TIMEOUT_S = 2.0
 
 
+class Done(threading.Event):
+    """Set when a job finishes; holds its finished body when the announcement carried one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body: dict[str, Any] | None = None
+
+
 class CompletionWaiter:
     """Completion events for the jobs this process waits on."""
 
     def __init__(self, redis_url: str) -> None:
         self._redis_url = redis_url
-        self._events: dict[str, set[threading.Event]] = defaultdict(set)
+        self._events: dict[str, set[Done]] = defaultdict(set)
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def register(self, job_id: str) -> threading.Event:
+    def register(self, job_id: str) -> Done:
         """Return an event that is set when `job_id` finishes (or when announcements may have been lost)."""
         self._ensure_listening()
-        event = threading.Event()
+        event = Done()
         with self._lock:
             self._events[job_id].add(event)
         return event
 
-    def unregister(self, job_id: str, event: threading.Event) -> None:
+    def unregister(self, job_id: str, event: Done) -> None:
         """Stop waiting on `event`."""
         with self._lock:
             waiting = self._events.get(job_id)
@@ -76,17 +86,20 @@ class CompletionWaiter:
                 self._wake_all()
                 for message in pubsub.listen():
                     if message["type"] == "message":
-                        self._wake(message["data"].decode())
+                        self._wake(message["data"])
             except redis.RedisError:
                 self._ready.clear()
                 logger.warning("completion listener lost Redis; reconnecting", exc_info=True)
                 self._wake_all()
                 time.sleep(RECONNECT_DELAY_S)
 
-    def _wake(self, job_id: str) -> None:
+    def _wake(self, message: bytes) -> None:
         with self._lock:
-            events = list(self._events.get(job_id, ()))
+            events = list(self._events.get(notify.job_id_of(message), ()))
+        # Every web process hears every announcement: only one with a waiter decodes the body.
+        body = notify.body_of(message) if events else None
         for event in events:
+            event.body = event.body or body
             event.set()
 
     def _wake_all(self) -> None:

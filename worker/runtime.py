@@ -35,6 +35,7 @@ def get_deps() -> runs.RunDeps:
                 settings=settings,
                 client=OpenAIChatClient(settings),
                 on_finished=lambda job_id: notify.publish_job_done(publisher, job_id),
+                on_answered=lambda job_id, body: notify.publish_job_done(publisher, job_id, body),
                 relay=lambda job_id, entry: streams.append(publisher, job_id, entry),
                 on_alert=_announce_alert,
                 on_callback=_send_callback,

@@ -183,17 +183,31 @@ def web(host: str, port: int, workers: int, gunicorn_args: tuple[str, ...]) -> N
 @click.option(
     "--concurrency",
     envvar="WORKER_CONCURRENCY",
-    default=16,
+    default=256,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Threads running jobs. [env: WORKER_CONCURRENCY]",
+    help="Jobs run at once (gevent greenlets). [env: WORKER_CONCURRENCY]",
+)
+@click.option(
+    "--pool",
+    envvar="WORKER_POOL",
+    default="gevent",
+    show_default=True,
+    type=click.Choice(["gevent", "threads"]),
+    help="gevent with PostgreSQL; threads with SQLite, whose calls block a gevent worker. [env: WORKER_POOL]",
 )
 @click.option("--hostname", help="Celery node name (default: <queues>@%h).")
 @click.option("--loglevel", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 @click.option("--beat", is_flag=True, help="Also run the beat scheduler (the reaper) in this process; run it once.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(
-    queues: str, concurrency: int, hostname: str | None, loglevel: str, beat: bool, celery_args: tuple[str, ...]
+    queues: str,
+    concurrency: int,
+    pool: str,
+    hostname: str | None,
+    loglevel: str,
+    beat: bool,
+    celery_args: tuple[str, ...],
 ) -> None:
     """Run a Celery worker for the job queues, as `make run` does.
 
@@ -203,7 +217,7 @@ def worker(
     if not names:
         raise click.BadParameter("name at least one queue", param_hint="--queues")
     argv = [
-        _tool("celery"), "-A", CELERY_APP, "worker", "--pool", "threads", "--queues", ",".join(names),
+        _tool("celery"), "-A", CELERY_APP, "worker", "--pool", pool, "--queues", ",".join(names),
         "--hostname", hostname or f"{'-'.join(names)}@%h", "--concurrency", str(concurrency),
         "--loglevel", loglevel, "--without-gossip", "--without-mingle",
     ]  # fmt: skip

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from sqlalchemy import Engine
 from sqlalchemy import create_engine
 from sqlalchemy import event
+from sqlalchemy import exc
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
 
 from shared.config import Settings
+
+# A pooled connection that was in use moments ago is almost surely alive; pinging it before every
+# transaction (pool_pre_ping) would cost a round trip each. Only connections idle longer than this are pinged.
+PING_AFTER_IDLE_S = 5.0
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -23,12 +31,33 @@ def make_engine(settings: Settings) -> Engine:
         # every other request of the process waiting on that lock.
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
         return engine
-    return create_engine(
+    engine = create_engine(
         settings.database_url,
-        pool_pre_ping=True,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
     )
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a connection that sat idle in the pool before handing it out; a dead one is replaced unseen."""
+
+    @event.listens_for(engine, "checkin")
+    def note_checkin(_dbapi_connection: object, record: Any) -> None:
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def ping_if_idle(dbapi_connection: object, record: Any, _proxy: object) -> None:
+        # A connection the pool has just opened has no check-in yet (its info goes with it).
+        checked_in_at = record.info.get("checked_in_at")
+        if checked_in_at is None or time.monotonic() - checked_in_at < PING_AFTER_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as error:
+            # The pool discards this connection and checks out another (SQLAlchemy's disconnect handling).
+            raise exc.DisconnectionError() from error
 
 
 def _configure_sqlite(dbapi_connection: object, _record: object) -> None:

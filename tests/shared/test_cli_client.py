@@ -719,7 +719,7 @@ def test_worker_execs_celery_on_both_queues_by_default(monkeypatch: pytest.Monke
     assert CliRunner().invoke(main, ["worker"]).exit_code == 0
     assert CliRunner().invoke(main, ["worker", "--queues", "batch", "--concurrency", "4", "--beat"]).exit_code == 0
     default, batch_only = (" ".join(argv) for argv in calls)
-    assert "-A worker.celery_app:celery_app worker --pool threads --queues prompts,batch" in default
+    assert "-A worker.celery_app:celery_app worker --pool gevent --queues prompts,batch" in default
     assert "--hostname prompts-batch@%h" in default
     assert "--queues batch --hostname batch@%h --concurrency 4" in batch_only and "--beat" in batch_only
 

@@ -25,6 +25,7 @@ from shared.errors import BudgetExceeded
 from shared.errors import PermanentLLMError
 from shared.errors import RoutingError
 from shared.errors import TransientLLMError
+from shared.representations import job_body
 from tests.conftest import make_test_settings
 from tests.support.fakes import FakeLLMClient
 from tests.support.fakes import ok
@@ -90,6 +91,20 @@ def test_finished_job_is_announced(deps, sessions, catalog, settings) -> None:
     job_id = _submit(sessions, catalog, settings, prompt=EASY)
     runs.run(job_id, deps=runs.RunDeps(**{**deps.__dict__, "on_finished": announced.append}))
     assert announced == [job_id]
+
+
+def test_a_finished_job_is_announced_with_the_body_a_read_of_it_shows(deps, sessions, catalog, settings, fake) -> None:
+    fake.script(
+        "gpt-3.5-turbo", TransientLLMError("503", status_code=503, details={"error_class": "server_error"}), ok()
+    )
+    announced: list[tuple[str, dict]] = []
+    job_id = _submit(sessions, catalog, settings, prompt=EASY, metadata={"team": "a"})
+    answered = runs.RunDeps(**{**deps.__dict__, "on_answered": lambda *announcement: announced.append(announcement)})
+    runs.run(job_id, deps=answered)
+    with sessions() as session:
+        read = job_body(jobs.get_or_raise(session, job_id=job_id))
+    assert announced == [(job_id, read)]
+    assert [attempt["outcome"] for attempt in read["attempts"]] == ["error", "ok"]
 
 
 def test_transient_errors_are_retried_honouring_retry_after(deps, sessions, catalog, settings, fake, sleeps) -> None:

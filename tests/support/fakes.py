@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import threading
 from collections import defaultdict
 from collections import deque
 from collections.abc import Callable
@@ -11,6 +10,7 @@ from collections.abc import Callable
 from shared.catalog import ModelSpec
 from shared.llm_client import Completion
 from shared.llm_client import StreamInterrupted
+from web import waiter
 
 FLUENT = "Paris is the capital of France. It has been the seat of government for centuries and is its largest city."
 
@@ -92,7 +92,7 @@ class FakeLLMClient:
         return completion
 
 
-class _ExpiredEvent(threading.Event):
+class _ExpiredEvent(waiter.Done):
     """A completion event whose every wait times out at once."""
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -102,8 +102,8 @@ class _ExpiredEvent(threading.Event):
 class TimedOutWaiter:
     """Stands in for the Redis completion waiter: every wait ends as if `timeout_s` had passed."""
 
-    def register(self, job_id: str) -> threading.Event:
+    def register(self, job_id: str) -> waiter.Done:
         return _ExpiredEvent()
 
-    def unregister(self, job_id: str, event: threading.Event) -> None:
+    def unregister(self, job_id: str, event: waiter.Done) -> None:
         pass

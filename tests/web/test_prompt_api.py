@@ -191,6 +191,35 @@ def test_wait_true_answers_200_with_the_result(
     publisher.close()
 
 
+def test_wait_true_answers_the_announced_body_as_a_read_of_the_job_shows_it(
+    client: FlaskClient, app: Flask, catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = app.extensions["settings"]
+    publisher = redis.Redis.from_url(settings.redis_url)
+    deps = runs.RunDeps(
+        sessions=make_sessionmaker(app.extensions["db_engine"]),
+        catalog=catalog,
+        settings=settings,
+        client=FakeLLMClient(),
+        on_answered=lambda job_id, body: notify.publish_job_done(publisher, job_id, body),
+    )
+    workers: list[threading.Timer] = []
+
+    def run_soon(args, **_):
+        workers.append(threading.Timer(0.05, runs.run, args=(args[0],), kwargs={"deps": deps}))
+        workers[-1].start()
+
+    monkeypatch.setattr(tasks.run_job, "apply_async", run_soon)
+    response = client.post("/api/prompt", json={"prompt": "What is 2 + 2?", "metadata": {"run": 7}, "timeout_s": 10})
+    for worker in workers:
+        worker.join()
+    publisher.close()
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "succeeded"
+    assert body == client.get(f"/api/jobs/{body['job_id']}").get_json()
+
+
 def test_wait_true_times_out_into_202(client: FlaskClient, enqueued: list[str]) -> None:
     response = client.post("/api/prompt", json={"prompt": "Hi", "timeout_s": 0.2})
     assert response.status_code == 202
