@@ -16,4 +16,4 @@ from shared import metrics
 def child_exit(server: Any, worker: Any) -> None:
     """Tell prometheus_client a web worker is gone, so its live gauges stop being reported."""
     if metrics.multiprocess_dir() is not None:
-        multiprocess.mark_process_dead(worker.pid)
+        multiprocess.mark_process_dead(metrics.process_identifier(worker.pid))

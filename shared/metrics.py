@@ -11,12 +11,14 @@ computes them at scrape time (shared.gauges).
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 from prometheus_client import Histogram
+from prometheus_client import values
 
 if TYPE_CHECKING:  # importing the LLM client would load the openai SDK into gunicorn's master
     from shared.llm_client import AttemptRecord
@@ -24,6 +26,22 @@ if TYPE_CHECKING:  # importing the LLM client would load the openai SDK into gun
 # prometheus_client reads this variable itself when it is imported, so it is taken from the environment
 # (a value only in .env would never reach the library).
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def process_identifier(pid: int | None = None) -> str:
+    """Name this process's metric files: host name and pid.
+
+    Containers that share one metrics volume (docker-compose's web and worker services) reuse the same small
+    pids; the host name keeps their files apart, where the library's default (the pid alone) would mix them.
+    """
+    # No "_": the library splits file names on it to find a gauge's pid.
+    host = socket.gethostname().replace("_", "-")
+    return f"{host}-{os.getpid() if pid is None else pid}"
+
+
+if os.environ.get(MULTIPROC_ENV):
+    # Must precede the metrics below: each metric takes its value class when it is created.
+    values.ValueClass = values.MultiProcessValue(process_identifier=process_identifier)
 
 # A label value for "not known": a job cancelled before it ran has no model or tier.
 NONE = "none"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from decimal import Decimal
 from types import SimpleNamespace
 
@@ -76,7 +79,21 @@ def test_the_first_call_after_a_lost_run_is_not_a_retry() -> None:
 
 def test_gunicorn_forgets_the_live_gauges_of_a_worker_that_exited(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv(metrics.MULTIPROC_ENV, str(tmp_path))
-    (tmp_path / "gauge_livesum_4242.db").write_bytes(b"")
-    (tmp_path / "counter_4242.db").write_bytes(b"")
+    worker = metrics.process_identifier(4242)
+    (tmp_path / f"gauge_livesum_{worker}.db").write_bytes(b"")
+    (tmp_path / f"counter_{worker}.db").write_bytes(b"")
     gunicorn_conf.child_exit(None, SimpleNamespace(pid=4242))
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["counter_4242.db"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [f"counter_{worker}.db"]
+
+
+def test_metric_files_are_named_by_host_and_pid(tmp_path) -> None:
+    """Containers sharing one metrics volume reuse pids: the host name must keep their files apart."""
+    script = (
+        "import os, socket; from shared import metrics; "
+        "metrics.record_http_request(route='/x', method='GET', status=200, seconds=0.01); "
+        "print(socket.gethostname().replace('_', '-') + '-' + str(os.getpid()))"
+    )
+    env = {**os.environ, metrics.MULTIPROC_ENV: str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    identifier = done.stdout.strip()
+    assert {path.name for path in tmp_path.iterdir()} >= {f"counter_{identifier}.db", f"histogram_{identifier}.db"}
