@@ -40,6 +40,7 @@ from shared.db.models import IdempotencyKey
 from shared.db.models import RequestAttempt
 from shared.db.models import RequestLog
 from shared.db.models import WebhookDelivery
+from tests.support.stack import QUICK_RETRIES
 from tests.support.stack import Stack
 from tests.support.stack import free_port
 from tests.support.stack import http
@@ -152,10 +153,8 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     migrate.upgrade("head", database_url=database_url)
     settings = {
+        **QUICK_RETRIES,
         "MONTHLY_BUDGET_LIMIT": "1000",
-        "UPSTREAM_BACKOFF_INITIAL_S": "0.05",
-        "UPSTREAM_BACKOFF_MAX_S": "0.2",
-        "WORKER_HEARTBEAT_S": "2",
         "SIM_LATENCY_MS": str(SIM_LATENCY_MS),
         "WEBHOOK_SECRET": SECRET,
         "WEBHOOK_RETRY_FOR_S": str(WEBHOOK_RETRY_FOR_S),

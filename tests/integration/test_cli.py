@@ -20,11 +20,12 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from shared.cli import main
-from shared.db import migrate
 from shared.db.models import RequestLog
 from tests.support.stack import BIN
+from tests.support.stack import QUICK_RETRIES
 from tests.support.stack import Stack
 from tests.support.stack import http
+from tests.support.stack import migrated_sqlite_url
 from tests.support.stack import reset_simulator
 from tests.support.stack import running_stack
 
@@ -35,14 +36,12 @@ REDIS_URL = "redis://127.0.0.1:6379/10"
 
 @pytest.fixture(scope="module")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = f"sqlite:///{tmp_path_factory.mktemp('db')}/router.db"
-    migrate.upgrade("head", database_url=url)
-    return url
+    return migrated_sqlite_url(tmp_path_factory.mktemp("db"))
 
 
 @pytest.fixture(scope="module")
 def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    settings = {"UPSTREAM_BACKOFF_INITIAL_S": "0.05", "UPSTREAM_BACKOFF_MAX_S": "0.2", "WORKER_HEARTBEAT_S": "2"}
+    settings = QUICK_RETRIES
     with running_stack(
         database_url=database_url, redis_url=REDIS_URL, log_dir=tmp_path_factory.mktemp("logs"), settings=settings
     ) as stack:

@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 
-from shared.db import migrate
 from tests.support.browser import Console
 from tests.support.browser import headless_chromium
 from tests.support.browser import save_screenshot
+from tests.support.stack import QUICK_RETRIES
 from tests.support.stack import Stack
 from tests.support.stack import http
+from tests.support.stack import migrated_sqlite_url
 from tests.support.stack import reset_simulator
 from tests.support.stack import running_stack
 
@@ -47,13 +48,10 @@ CHART_DATA = """id => {
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[Stack]:
-    database_url = f"sqlite:///{tmp_path_factory.mktemp('db')}/router.db"
-    migrate.upgrade("head", database_url=database_url)
+    database_url = migrated_sqlite_url(tmp_path_factory.mktemp("db"))
     settings = {
+        **QUICK_RETRIES,
         "MONTHLY_BUDGET_LIMIT": str(BUDGET_LIMIT),
-        "UPSTREAM_BACKOFF_INITIAL_S": "0.05",
-        "UPSTREAM_BACKOFF_MAX_S": "0.2",
-        "WORKER_HEARTBEAT_S": "2",
     }
     with running_stack(
         database_url=database_url, redis_url=REDIS_URL, log_dir=tmp_path_factory.mktemp("logs"), settings=settings

@@ -12,11 +12,11 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from shared import api_keys
-from shared.db import migrate
 from tests.support.browser import Console
 from tests.support.browser import headless_chromium
 from tests.support.stack import Stack
 from tests.support.stack import http
+from tests.support.stack import migrated_sqlite_url
 from tests.support.stack import running_stack
 
 if TYPE_CHECKING:
@@ -32,9 +32,7 @@ REFUSED = "the server responded with a status of 401"
 
 @pytest.fixture(scope="module")
 def database_url(tmp_path_factory) -> str:
-    url = f"sqlite:///{tmp_path_factory.mktemp('db')}/router.db"
-    migrate.upgrade("head", database_url=url)
-    return url
+    return migrated_sqlite_url(tmp_path_factory.mktemp("db"))
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from shared.db.models import MonthlyBudget
 from shared.db.models import RequestAttempt
 from shared.db.models import RequestLog
 from tests.support.databases import temporary_postgres_database
+from tests.support.stack import QUICK_RETRIES
 from tests.support.stack import Stack
 from tests.support.stack import http
 from tests.support.stack import reset_simulator
@@ -50,10 +51,8 @@ def database_url() -> Iterator[str]:
 def stack(database_url: str, tmp_path_factory) -> Iterator[Stack]:
     migrate.upgrade("head", database_url=database_url)
     settings = {
+        **QUICK_RETRIES,
         "MONTHLY_BUDGET_LIMIT": BUDGET_LIMIT,
-        "UPSTREAM_BACKOFF_INITIAL_S": "0.05",
-        "UPSTREAM_BACKOFF_MAX_S": "0.2",
-        "WORKER_HEARTBEAT_S": "2",
         "LOG_FORMAT": "json",
     }
     with running_stack(

@@ -18,6 +18,7 @@ from shared.db import migrate
 from shared.db.models import MonthlyBudget
 from shared.db.models import RequestLog
 from tests.support.databases import temporary_postgres_database
+from tests.support.stack import QUICK_RETRIES
 from tests.support.stack import Stack
 from tests.support.stack import http
 from tests.support.stack import reset_simulator
@@ -49,10 +50,8 @@ def stack(database_url: str, tmp_path_factory) -> Iterator[Stack]:
     redis_url = f"redis://127.0.0.1:6379/{REDIS_DB[backend]}"
     migrate.upgrade("head", database_url=database_url.replace("postgresql://", "postgresql+psycopg://", 1))
     settings = {
+        **QUICK_RETRIES,
         "MONTHLY_BUDGET_LIMIT": BUDGET_LIMIT,
-        "UPSTREAM_BACKOFF_INITIAL_S": "0.05",
-        "UPSTREAM_BACKOFF_MAX_S": "0.2",
-        "WORKER_HEARTBEAT_S": "2",
     }
     with running_stack(
         database_url=database_url, redis_url=redis_url, log_dir=tmp_path_factory.mktemp("logs"), settings=settings

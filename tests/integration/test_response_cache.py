@@ -14,10 +14,11 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from shared.db import migrate
 from shared.db.models import RequestLog
+from tests.support.stack import QUICK_RETRIES
 from tests.support.stack import Stack
 from tests.support.stack import http
+from tests.support.stack import migrated_sqlite_url
 from tests.support.stack import reset_simulator
 from tests.support.stack import running_stack
 
@@ -28,18 +29,14 @@ REDIS_URL = "redis://127.0.0.1:6379/6"
 
 @pytest.fixture(scope="module")
 def database_url(tmp_path_factory) -> str:
-    url = f"sqlite:///{tmp_path_factory.mktemp('db')}/router.db"
-    migrate.upgrade("head", database_url=url)
-    return url
+    return migrated_sqlite_url(tmp_path_factory.mktemp("db"))
 
 
 @pytest.fixture(scope="module")
 def stack(database_url: str, tmp_path_factory) -> Iterator[Stack]:
     settings = {
+        **QUICK_RETRIES,
         "MONTHLY_BUDGET_LIMIT": "5.0",
-        "UPSTREAM_BACKOFF_INITIAL_S": "0.05",
-        "UPSTREAM_BACKOFF_MAX_S": "0.2",
-        "WORKER_HEARTBEAT_S": "2",
     }
     with running_stack(
         database_url=database_url, redis_url=REDIS_URL, log_dir=tmp_path_factory.mktemp("logs"), settings=settings

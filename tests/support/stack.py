@@ -23,6 +23,7 @@ import redis
 
 from shared import localstack
 from shared import metrics
+from shared.db import migrate
 
 BIN = Path(sys.executable).parent
 WORKER_COMMAND = (
@@ -37,6 +38,17 @@ def worker_command(queues: str | None = None) -> list[str]:
     if queues is not None:
         command[command.index("--queues") + 1] = queues
     return command
+
+
+# Upstream retries that back off briefly and a quick worker heartbeat: suites that inject faults finish fast.
+QUICK_RETRIES = {"UPSTREAM_BACKOFF_INITIAL_S": "0.05", "UPSTREAM_BACKOFF_MAX_S": "0.2", "WORKER_HEARTBEAT_S": "2"}
+
+
+def migrated_sqlite_url(directory: Path) -> str:
+    """Return the URL of a new SQLite database file in `directory`, migrated to head."""
+    url = f"sqlite:///{directory}/router.db"
+    migrate.upgrade("head", database_url=url)
+    return url
 
 
 def free_port() -> int:
