@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from shared import answering
 from shared import budget
 from shared import jobs
+from shared.catalog import Catalog
 from shared.config import Settings
 from shared.db.models import JobStatus
 from shared.db.types import utcnow
@@ -71,13 +72,29 @@ def scope_of(api_key_id: int | None, *, shared: bool) -> str:
     return ANONYMOUS_SCOPE if api_key_id is None else f"key:{api_key_id}"
 
 
-def key_for(request: jobs.JobRequest, *, scope: str, difficulty_estimator: str) -> str:
+def routing_fingerprint(catalog: Catalog, settings: Settings) -> str:
+    """Return what, besides the request, decides which model answers it and whether the answer stands.
+
+    The catalog (tiers, models, servers, fallbacks) and the escalation settings: an answer kept under an
+    older catalog or escalation policy must not be served after they change.
+    """
+    routing = (
+        repr(catalog),
+        settings.escalation_enabled,
+        settings.escalation_min_answer_chars,
+        settings.escalation_confidence_threshold,
+    )
+    return hashlib.sha256(repr(routing).encode()).hexdigest()
+
+
+def key_for(request: jobs.JobRequest, *, scope: str, difficulty_estimator: str, routing: str) -> str:
     """Return the request's key: the SHA-256 of the canonical JSON of everything that decides its answer.
 
     Text (prompt, messages, stop sequences) is kept exactly as sent: whitespace, case and Unicode form all
     reach the model and can change what it answers. Only what never reaches it is normalized: JSON layout
     and key order, 1 versus 1.0, a lone stop string versus a list of one. Left out because they do not
-    change the answer: metadata, callback_url, deadline_s, and how the client waits for it.
+    change the answer: metadata, callback_url, deadline_s, and how the client waits for it. `routing` is
+    routing_fingerprint's value.
     """
     normalized = {
         "version": KEY_VERSION,
@@ -91,6 +108,7 @@ def key_for(request: jobs.JobRequest, *, scope: str, difficulty_estimator: str) 
         "tier": request.tier,
         "difficulty_estimator": difficulty_estimator,
         "on_budget_pressure": request.on_budget_pressure,
+        "routing": routing,
     }
     canonical = json.dumps(normalized, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -22,7 +22,11 @@ def key_for(request: jobs.JobRequest, *, wanted: bool) -> str | None:
     identity = current_identity()
     scope = cache.scope_of(None if identity is None else identity.api_key_id, shared=settings.response_cache_shared)
     estimator = request.difficulty_estimator or settings.difficulty_estimator
-    return cache.key_for(request, scope=scope, difficulty_estimator=estimator)
+    routing = current_app.extensions.get("cache_routing")
+    if routing is None:
+        routing = cache.routing_fingerprint(current_app.extensions["catalog"], settings)
+        current_app.extensions["cache_routing"] = routing
+    return cache.key_for(request, scope=scope, difficulty_estimator=estimator, routing=routing)
 
 
 def lookup(key: str) -> cache.Answer | None:

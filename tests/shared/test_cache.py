@@ -45,7 +45,7 @@ ANSWER = cache.Answer(
 
 
 def _key(request: jobs.JobRequest, *, scope: str = SCOPE, estimator: str = "heuristic") -> str:
-    return cache.key_for(request, scope=scope, difficulty_estimator=estimator)
+    return cache.key_for(request, scope=scope, difficulty_estimator=estimator, routing="routing")
 
 
 BASE = jobs.JobRequest(prompt=QUESTION)
@@ -54,6 +54,21 @@ BASE = jobs.JobRequest(prompt=QUESTION)
 def test_the_same_request_has_the_same_key() -> None:
     assert _key(BASE) == _key(jobs.JobRequest(prompt=QUESTION))
     assert len(_key(BASE)) == 64
+
+
+def test_a_changed_catalog_or_escalation_policy_changes_the_key(catalog: Catalog, settings: Settings) -> None:
+    request = jobs.JobRequest(prompt="What is 2 + 2?")
+    before = cache.routing_fingerprint(catalog, settings)
+    assert cache.routing_fingerprint(catalog, settings) == before
+    other_catalog = dataclasses.replace(catalog, models=tuple(reversed(catalog.models)))
+    stricter = settings.model_copy(update={"escalation_confidence_threshold": 0.9})
+    changed = {cache.routing_fingerprint(other_catalog, settings), cache.routing_fingerprint(catalog, stricter)}
+    assert before not in changed
+    keys = {
+        cache.key_for(request, scope=SCOPE, difficulty_estimator="heuristic", routing=routing)
+        for routing in (before, *changed)
+    }
+    assert len(keys) == 3
 
 
 def test_what_does_not_change_the_answer_does_not_change_the_key() -> None:
