@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 from collections.abc import Iterator
 
@@ -12,6 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
 
+from shared import logs
 from shared.catalog import Catalog
 from shared.catalog import load_catalog
 from shared.config import DEFAULT_CATALOG_PATH
@@ -106,3 +109,17 @@ def enqueued(app: Flask, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     sent: list[str] = []
     monkeypatch.setattr(tasks.run_job, "apply_async", lambda args, **_: sent.append(args[0]))
     return sent
+
+
+@pytest.fixture
+def log_lines(settings: Settings) -> Iterator[io.StringIO]:
+    """Capture every line logged through the root logger, formatted as JSON."""
+    stream = io.StringIO()
+    handler = logs.make_handler(make_test_settings(settings.database_url, log_format="json"), stream=stream)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield stream
+    root.removeHandler(handler)
+    root.setLevel(level)

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from tests.support.browser import Console
-from tests.support.browser import headless_chromium
 from tests.support.browser import save_screenshot
 from tests.support.stack import QUICK_RETRIES
 from tests.support.stack import Stack
@@ -24,7 +23,6 @@ from tests.support.stack import reset_simulator
 from tests.support.stack import running_stack
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
     from playwright.sync_api import Page
 
 pytestmark = pytest.mark.integration
@@ -74,26 +72,6 @@ def jobs(stack: Stack) -> dict[str, dict[str, Any]]:
     assert [job["status"] for job in finished.values()] == ["succeeded"] * 4 + ["failed"]
     assert finished["escalated"]["escalated"] is True
     return finished
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with headless_chromium() as browser:
-        yield browser
-
-
-@pytest.fixture
-def console() -> Console:
-    return Console()
-
-
-@pytest.fixture
-def page(browser: Browser, console: Console) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    console.watch(page)
-    yield page
-    context.close()
 
 
 def _open(page: Page, stack: Stack, jobs: dict[str, dict[str, Any]], query: str = "") -> None:

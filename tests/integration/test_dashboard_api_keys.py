@@ -13,14 +13,12 @@ from sqlalchemy.orm import Session
 
 from shared import api_keys
 from tests.support.browser import Console
-from tests.support.browser import headless_chromium
 from tests.support.stack import Stack
 from tests.support.stack import http
 from tests.support.stack import migrated_sqlite_url
 from tests.support.stack import running_stack
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
     from playwright.sync_api import Page
 
 pytestmark = pytest.mark.integration
@@ -59,26 +57,6 @@ def job_id(stack: Stack, admin_key: str) -> str:
     status, _, job = http("POST", f"{stack.web}/api/prompt", {"prompt": "What is 2 + 2?"}, headers=headers)
     assert (status, job["status"]) == (200, "succeeded"), job
     return job["job_id"]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with headless_chromium() as browser:
-        yield browser
-
-
-@pytest.fixture
-def console() -> Console:
-    return Console()
-
-
-@pytest.fixture
-def page(browser: Browser, console: Console) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    console.watch(page)
-    yield page
-    context.close()
 
 
 def test_the_page_asks_for_a_key_and_works_with_an_admin_key(

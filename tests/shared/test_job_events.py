@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import logging
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -19,7 +16,6 @@ from shared import runs
 from shared.db.models import JobStatus
 from shared.db.models import RequestLog
 from shared.db.types import utcnow
-from tests.conftest import make_test_settings
 from tests.support.fakes import FakeLLMClient
 from tests.support.prompts import EASY
 
@@ -30,19 +26,6 @@ CHEAP = {"tier": "cheap", "model": "gpt-3.5-turbo", "outcome": "succeeded", "err
 def deps(sessions, catalog, settings) -> runs.RunDeps:
     return runs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=FakeLLMClient(),
                         sleep=lambda _: None)  # fmt: skip
-
-
-@pytest.fixture
-def log_lines(settings) -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    handler = logs.make_handler(make_test_settings(settings.database_url, log_format="json"), stream=stream)
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    yield stream
-    root.removeHandler(handler)
-    root.setLevel(level)
 
 
 def _finished(**labels: str) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from collections.abc import Iterator
 
 import pytest
@@ -15,7 +14,6 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared import api_keys
-from shared import logs
 from shared.db.base import Base
 from shared.db.models import RequestLog
 from shared.db.session import make_sessionmaker
@@ -24,20 +22,6 @@ from tests.conftest import make_test_settings
 from web import request_ids
 
 SECRET_PROMPT = "My account number is 4242-SECRET, what is my balance?"
-
-
-@pytest.fixture
-def log_lines(settings) -> Iterator[io.StringIO]:
-    """Capture every line logged through the root logger, formatted as JSON."""
-    stream = io.StringIO()
-    handler = logs.make_handler(make_test_settings(settings.database_url, log_format="json"), stream=stream)
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    yield stream
-    root.removeHandler(handler)
-    root.setLevel(level)
 
 
 def _parsed(stream: io.StringIO) -> list[dict]:

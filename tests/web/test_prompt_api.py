@@ -155,6 +155,18 @@ def test_database_down_is_503() -> None:
     _error(client.post("/api/prompt", json={"prompt": "x", "wait": False}), 503, "unavailable")
 
 
+def _run_jobs_soon(monkeypatch: pytest.MonkeyPatch, deps: runs.RunDeps) -> list[threading.Timer]:
+    """Stand in for the worker: run each enqueued job in another thread a moment after it was enqueued."""
+    workers: list[threading.Timer] = []
+
+    def run_soon(args, **_):
+        workers.append(threading.Timer(0.05, runs.run, args=(args[0],), kwargs={"deps": deps}))
+        workers[-1].start()
+
+    monkeypatch.setattr(tasks.run_job, "apply_async", run_soon)
+    return workers
+
+
 def test_wait_true_answers_200_with_the_result(
     client: FlaskClient, app: Flask, catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -167,14 +179,7 @@ def test_wait_true_answers_200_with_the_result(
         client=FakeLLMClient(),
         on_finished=lambda job_id: notify.publish_job_done(publisher, job_id),
     )
-    # The "worker" runs the job in another thread a moment after it was enqueued.
-    workers: list[threading.Timer] = []
-
-    def run_soon(args, **_):
-        workers.append(threading.Timer(0.05, runs.run, args=(args[0],), kwargs={"deps": deps}))
-        workers[-1].start()
-
-    monkeypatch.setattr(tasks.run_job, "apply_async", run_soon)
+    workers = _run_jobs_soon(monkeypatch, deps)
     response = client.post("/api/prompt", json={"prompt": "What is the capital of France?", "timeout_s": 10})
     assert response.status_code == 200
     body = response.get_json()
@@ -203,13 +208,7 @@ def test_wait_true_answers_the_announced_body_as_a_read_of_the_job_shows_it(
         client=FakeLLMClient(),
         on_answered=lambda job_id, body: notify.publish_job_done(publisher, job_id, body),
     )
-    workers: list[threading.Timer] = []
-
-    def run_soon(args, **_):
-        workers.append(threading.Timer(0.05, runs.run, args=(args[0],), kwargs={"deps": deps}))
-        workers[-1].start()
-
-    monkeypatch.setattr(tasks.run_job, "apply_async", run_soon)
+    workers = _run_jobs_soon(monkeypatch, deps)
     response = client.post("/api/prompt", json={"prompt": "What is 2 + 2?", "metadata": {"run": 7}, "timeout_s": 10})
     for worker in workers:
         worker.join()
