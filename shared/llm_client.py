@@ -144,11 +144,6 @@ class OpenAIChatClient:
         PASSTHROUGH_OPTIONS sent as they are.
         """
         client = self._client_for(model)
-        settings = self._settings
-        read_s = model.read_timeout_s or settings.upstream_read_timeout_s
-        connect_s = model.connect_timeout_s or settings.upstream_connect_timeout_s
-        if timeout_s is not None:
-            read_s, connect_s = min(read_s, timeout_s), min(connect_s, timeout_s)
         request: dict[str, Any] = {
             "model": model.name,
             "messages": messages or [{"role": "user", "content": prompt}],
@@ -164,17 +159,11 @@ class OpenAIChatClient:
                 "/chat/completions",
                 body=request,
                 cast_to=httpx.Response,
-                options={"timeout": openai.Timeout(read_s, connect=connect_s)},
+                options={"timeout": self._timeout_for(model, timeout_s)},
             )
             body = response.content
-        except openai.APITimeoutError:
-            raise TransientLLMError(f"{model.name}: upstream timed out", details={"error_class": "timeout"}) from None
-        except openai.APIConnectionError:
-            raise TransientLLMError(
-                f"{model.name}: cannot connect to upstream", details={"error_class": "connection"}
-            ) from None
-        except openai.APIStatusError as exc:
-            raise _status_error(model.name, exc) from None
+        except (openai.APITimeoutError, openai.APIConnectionError, openai.APIStatusError) as exc:
+            raise _mapped(model.name, exc) from None
         return _parsed(model.name, body)
 
     def stream(
@@ -194,11 +183,6 @@ class OpenAIChatClient:
         with what was produced (usage counted with the simulator's token rule when the server sent none).
         """
         client = self._client_for(model)
-        settings = self._settings
-        read_s = model.read_timeout_s or settings.upstream_read_timeout_s
-        connect_s = model.connect_timeout_s or settings.upstream_connect_timeout_s
-        if timeout_s is not None:
-            read_s, connect_s = min(read_s, timeout_s), min(connect_s, timeout_s)
         sent = messages or [{"role": "user", "content": prompt}]
         pieces: list[str] = []
         finish_reason: str | None = None
@@ -210,7 +194,7 @@ class OpenAIChatClient:
                 max_tokens=max_tokens,
                 stream=True,
                 stream_options={"include_usage": True},
-                timeout=openai.Timeout(read_s, connect=connect_s),
+                timeout=self._timeout_for(model, timeout_s),
                 **{name: value for name, value in (options or {}).items() if name in PASSTHROUGH_OPTIONS},
             )
             with stream:
@@ -247,6 +231,14 @@ class OpenAIChatClient:
             clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             client.close()
+
+    def _timeout_for(self, model: ModelSpec, timeout_s: float | None) -> openai.Timeout:
+        """Return the model's tier timeouts (else the settings'), shrunk to `timeout_s`, the job's time left."""
+        read_s = model.read_timeout_s or self._settings.upstream_read_timeout_s
+        connect_s = model.connect_timeout_s or self._settings.upstream_connect_timeout_s
+        if timeout_s is not None:
+            read_s, connect_s = min(read_s, timeout_s), min(connect_s, timeout_s)
+        return openai.Timeout(read_s, connect=connect_s)
 
     def _client_for(self, model: ModelSpec) -> openai.OpenAI:
         key = (model.base_url, model.api_key_env)
