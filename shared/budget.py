@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import literal
+from sqlalchemy import bindparam
 from sqlalchemy import select
 from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -131,9 +131,39 @@ def _ensure_month(session: Session, *, scope: str, period: Period, limit: Decima
     session.execute(statement.on_conflict_do_nothing(index_elements=["scope", "year", "month"]))
 
 
-def _dollars(amount: Decimal) -> object:
-    """Bind `amount` as nano-dollars inside column arithmetic, where SQLAlchemy would not infer Money."""
-    return literal(amount, Money())
+# The ledger's hot statements are built once, as Core statements on the table with bound parameters:
+# every request runs them, and neither rebuilding them nor the ORM's bulk-update path is free.
+_LEDGER = MonthlyBudget.__table__.c
+_SCOPE = bindparam("b_scope")
+_YEAR = bindparam("b_year")
+_MONTH = bindparam("b_month")
+_AMOUNT = bindparam("b_amount", type_=Money())
+_LIMIT = bindparam("b_limit", type_=Money())
+_COST = bindparam("b_cost", type_=Money())
+_COUNT = bindparam("b_count")
+_THIS_MONTH = (_LEDGER.scope == _SCOPE, _LEDGER.year == _YEAR, _LEDGER.month == _MONTH)
+
+# Holds the amount and counts the requests only if it fits under the limit, which is written with it.
+_RESERVE = (
+    update(MonthlyBudget.__table__)
+    .where(*_THIS_MONTH, _LEDGER.total_spent + _LEDGER.reserved + _AMOUNT <= _LIMIT)
+    .values(reserved=_LEDGER.reserved + _AMOUNT, request_count=_LEDGER.request_count + _COUNT, monthly_limit=_LIMIT)
+)
+_SETTLE = (
+    update(MonthlyBudget.__table__)
+    .where(*_THIS_MONTH)
+    .values(reserved=_LEDGER.reserved - _AMOUNT, total_spent=_LEDGER.total_spent + _COST)
+    .returning(_LEDGER.total_spent, _LEDGER.monthly_limit)
+)
+_RELEASE = (
+    update(MonthlyBudget.__table__)
+    .where(*_THIS_MONTH)
+    .values(reserved=_LEDGER.reserved - _AMOUNT, request_count=_LEDGER.request_count - _COUNT)
+)
+
+
+def _month(scope: str, period: Period) -> dict[str, object]:
+    return {"b_scope": scope, "b_year": period.year, "b_month": period.month}
 
 
 def _row(scope: str, period: Period) -> tuple[object, ...]:
@@ -167,17 +197,7 @@ def reserve(session: Session, *, scope: str, period: Period, amount: Decimal, li
 def _reserve(session: Session, *, scope: str, period: Period, amount: Decimal, limit: Decimal, count: int) -> bool:
     """Hold `amount` with one conditional UPDATE; False when the month has no row or the amount does not fit."""
     result = session.execute(
-        update(MonthlyBudget)
-        .where(
-            *_row(scope, period),
-            MonthlyBudget.total_spent + MonthlyBudget.reserved + _dollars(amount) <= _dollars(limit),
-        )
-        .values(
-            reserved=MonthlyBudget.reserved + _dollars(amount),
-            request_count=MonthlyBudget.request_count + count,
-            monthly_limit=limit,
-        )
-        .execution_options(synchronize_session=False)
+        _RESERVE, {**_month(scope, period), "b_amount": amount, "b_limit": limit, "b_count": count}
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
 
@@ -189,27 +209,13 @@ def settle(
 
     Returns the month's spend and limit after it, for the alerts (None if the month has no row).
     """
-    row = session.execute(
-        update(MonthlyBudget)
-        .where(*_row(scope, period))
-        .values(
-            reserved=MonthlyBudget.reserved - _dollars(reserved),
-            total_spent=MonthlyBudget.total_spent + _dollars(cost),
-        )
-        .returning(MonthlyBudget.total_spent, MonthlyBudget.monthly_limit)
-        .execution_options(synchronize_session=False)
-    ).one_or_none()
+    row = session.execute(_SETTLE, {**_month(scope, period), "b_amount": reserved, "b_cost": cost}).one_or_none()
     return None if row is None else (row.total_spent, row.monthly_limit)
 
 
 def release(session: Session, *, scope: str, period: Period, reserved: Decimal, count: int = 1) -> None:
     """Give back a reservation whose jobs were never accepted, and uncount their `count` requests."""
-    session.execute(
-        update(MonthlyBudget)
-        .where(*_row(scope, period))
-        .values(reserved=MonthlyBudget.reserved - _dollars(reserved), request_count=MonthlyBudget.request_count - count)
-        .execution_options(synchronize_session=False)
-    )
+    session.execute(_RELEASE, {**_month(scope, period), "b_amount": reserved, "b_count": count})
 
 
 def get_view(session: Session, *, scope: str, period: Period, limit: Decimal) -> BudgetView:

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
+
+from sqlalchemy import Row
 
 from shared.batches import BatchView
 from shared.db.models import RequestLog
 
+ATTEMPT_FIELDS = (
+    "model", "tier", "purpose", "outcome", "error_class", "status_code", "latency_ms", "prompt_tokens",
+    "completion_tokens", "cost",
+)  # fmt: skip
 
-def job_body(job: RequestLog) -> dict[str, Any]:
-    """Return the job: its state while unfinished, the full result once finished."""
+
+def job_body(job: RequestLog | Row[Any], *, attempts: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Return the job: its state while unfinished, the full result once finished.
+
+    `job` may also be a row whose columns carry the mapped attributes' names; `attempts` (its attempts' column
+    values, in order) then stand in for the relationship it does not have.
+    """
     body: dict[str, Any] = {
         "job_id": job.id,
         "status": job.status.value,
@@ -43,21 +56,11 @@ def job_body(job: RequestLog) -> dict[str, Any]:
         downgraded_from=job.downgraded_from,
         confidence=job.confidence,
         retry_count=job.retry_count,
-        attempts=[
-            {
-                "model": attempt.model,
-                "tier": attempt.tier,
-                "purpose": attempt.purpose,
-                "outcome": attempt.outcome,
-                "error_class": attempt.error_class,
-                "status_code": attempt.status_code,
-                "latency_ms": attempt.latency_ms,
-                "prompt_tokens": attempt.prompt_tokens,
-                "completion_tokens": attempt.completion_tokens,
-                "cost": attempt.cost,
-            }
-            for attempt in job.attempts
-        ],
+        attempts=(
+            [{name: getattr(attempt, name) for name in ATTEMPT_FIELDS} for attempt in job.attempts]
+            if attempts is None
+            else [{name: attempt[name] for name in ATTEMPT_FIELDS} for attempt in attempts]
+        ),
         metadata=job.metadata_json,
     )
     if not succeeded:

@@ -17,6 +17,8 @@ from decimal import Decimal
 from typing import Any
 
 import redis
+from sqlalchemy import bindparam
+from sqlalchemy import insert
 from sqlalchemy import or_
 from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError
@@ -24,7 +26,6 @@ from sqlalchemy.exc import InterfaceError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
-from sqlalchemy.orm.attributes import set_committed_value
 from tenacity import Retrying
 from tenacity import retry_if_exception
 from tenacity import stop_after_delay
@@ -45,6 +46,8 @@ from shared.config import Settings
 from shared.db.models import JobStatus
 from shared.db.models import RequestAttempt
 from shared.db.models import RequestLog
+from shared.db.session import commit_asynchronously
+from shared.db.types import UTCDateTime
 from shared.db.types import utcnow
 from shared.llm_client import LLMClient
 from shared.llm_client import StreamInterrupted
@@ -53,28 +56,51 @@ from shared.representations import job_body
 logger = logging.getLogger(__name__)
 
 
+# Claiming and finishing run once per job: both are Core statements on the table, built once, with bound
+# parameters (rebuilding a statement per job, and the ORM's bulk-update path, cost more than the SQL itself).
+_JOB = RequestLog.__table__.c
+_JOB_ID = bindparam("b_job_id")
+_NOW = bindparam("b_now", type_=UTCDateTime())
+
 # What a run reads from the job it claims, returned by the claiming UPDATE itself.
-CLAIMED_COLUMNS = (
-    RequestLog.id,
-    RequestLog.run_count,
-    RequestLog.prompt,
-    RequestLog.max_tokens,
-    RequestLog.preference,
-    RequestLog.requested_model,
-    RequestLog.requested_tier,
-    RequestLog.messages,
-    RequestLog.upstream_options,
-    RequestLog.stream,
-    RequestLog.difficulty_estimator,
-    RequestLog.budget_year,
-    RequestLog.budget_month,
-    RequestLog.reserved_cost,
-    RequestLog.api_key_id,
-    RequestLog.max_tier,
-    RequestLog.deadline_s,
-    RequestLog.cache_key,
-    RequestLog.request_id,
+CLAIMED_COLUMNS = tuple(
+    _JOB[name]
+    for name in (
+        "id", "run_count", "prompt", "max_tokens", "preference", "requested_model", "requested_tier", "messages",
+        "upstream_options", "stream", "difficulty_estimator", "budget_year", "budget_month", "reserved_cost",
+        "api_key_id", "max_tier", "deadline_s", "cache_key", "request_id",
+    )
+)  # fmt: skip
+_CLAIM = (
+    update(RequestLog.__table__)
+    .where(
+        _JOB.id == _JOB_ID,
+        or_(
+            _JOB.status == JobStatus.QUEUED,
+            (_JOB.status == JobStatus.RUNNING) & (_JOB.lease_expires_at < _NOW),
+        ),
+    )
+    .values(
+        status=JobStatus.RUNNING,
+        started_at=_NOW,
+        updated_at=_NOW,
+        lease_expires_at=bindparam("b_lease_expires_at", type_=UTCDateTime()),
+        run_count=_JOB.run_count + 1,
+    )
+    .returning(*CLAIMED_COLUMNS)
 )
+# The finished job, every column under its attribute's name, so that it reads like the mapped row.
+_FINISHED_COLUMNS = tuple(
+    column.label(prop.key) for prop in RequestLog.__mapper__.column_attrs for column in prop.columns
+)
+# Only while the claim holds: still running, under the run count this worker claimed it with. The SET clause
+# is left to the parameters: it names the columns the outcome has values for.
+_FINISH = (
+    update(RequestLog.__table__)
+    .where(_JOB.id == _JOB_ID, _JOB.status == JobStatus.RUNNING, _JOB.run_count == bindparam("b_run_count"))
+    .returning(*_FINISHED_COLUMNS)
+)
+_RECORD_ATTEMPTS = insert(RequestAttempt.__table__)
 
 
 @dataclass(frozen=True)
@@ -248,24 +274,11 @@ def _claim(job_id: str, *, deps: RunDeps) -> Claim | Busy | None:
     """Claim the job and read what running it needs in one statement; look at it again only if that fails."""
     now = utcnow()
     with deps.sessions.begin() as session:
+        # A claim lost with the database server leaves the job queued, and the reaper enqueues it again.
+        commit_asynchronously(session)
+        lease_expires_at = now + timedelta(seconds=deps.settings.job_lease_s)
         job = session.execute(
-            update(RequestLog)
-            .where(
-                RequestLog.id == job_id,
-                or_(
-                    RequestLog.status == JobStatus.QUEUED,
-                    (RequestLog.status == JobStatus.RUNNING) & (RequestLog.lease_expires_at < now),
-                ),
-            )
-            .values(
-                status=JobStatus.RUNNING,
-                started_at=now,
-                updated_at=now,
-                lease_expires_at=now + timedelta(seconds=deps.settings.job_lease_s),
-                run_count=RequestLog.run_count + 1,
-            )
-            .returning(*CLAIMED_COLUMNS)
-            .execution_options(synchronize_session=False)
+            _CLAIM, {"b_job_id": job_id, "b_now": now, "b_lease_expires_at": lease_expires_at}
         ).one_or_none()
         if job is None:
             current = session.get(RequestLog, job_id, populate_existing=True)
@@ -363,40 +376,33 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
         if isinstance(error, StreamInterrupted):
             values.update(response=error.partial.text)
     with deps.sessions.begin() as session:
-        ended = session.scalars(
-            update(RequestLog)
-            .where(
-                RequestLog.id == claim.job_id,
-                RequestLog.status == JobStatus.RUNNING,
-                RequestLog.run_count == claim.run_count,
-            )
-            .values(**values)
-            .returning(RequestLog)
-            .execution_options(synchronize_session=False)
+        ended = session.execute(
+            _FINISH, {**values, "b_job_id": claim.job_id, "b_run_count": claim.run_count}
         ).one_or_none()
         if ended is None:
             # Our lease lapsed and another run took the job over; it will record and settle it.
             logger.warning("lost the claim before finishing job_id=%s", claim.job_id)
             return None
         attempts = [
-            RequestAttempt(
-                job_id=claim.job_id,
-                seq=seq,
-                model=record.model,
-                tier=record.tier,
-                purpose=purpose,
-                outcome=record.outcome,
-                error_class=record.error_class,
-                status_code=record.status_code,
-                latency_ms=record.latency_ms,
-                prompt_tokens=record.prompt_tokens,
-                completion_tokens=record.completion_tokens,
-                cost=record.cost,
-                started_at=record.started_at,
-            )
+            {
+                "job_id": claim.job_id,
+                "seq": seq,
+                "model": record.model,
+                "tier": record.tier,
+                "purpose": purpose,
+                "outcome": record.outcome,
+                "error_class": record.error_class,
+                "status_code": record.status_code,
+                "latency_ms": record.latency_ms,
+                "prompt_tokens": record.prompt_tokens,
+                "completion_tokens": record.completion_tokens,
+                "cost": record.cost,
+                "started_at": record.started_at,
+            }
             for seq, (purpose, record) in enumerate(outcome.attempts, start=1)
         ]
-        session.add_all(attempts)
+        if attempts:
+            session.execute(_RECORD_ATTEMPTS, attempts)
         finished = jobs.Finished(
             status=values["status"],
             job_id=claim.job_id,
@@ -417,6 +423,5 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
             session, job_id=claim.job_id, callback_url=ended.callback_url, batch_id=ended.batch_id, finished=finished
         )
     # After the commit, from the row the finishing UPDATE returned: what a read of the job would show.
-    set_committed_value(ended, "attempts", attempts)
-    finished.body = job_body(ended)
+    finished.body = job_body(ended, attempts=attempts)
     return finished

@@ -27,6 +27,9 @@ def create_celery(settings: Settings) -> Celery:
         broker_transport_options={"visibility_timeout": settings.job_lease_s * 2},
         # Job state lives in the database; waiting requests learn of completion through Redis pub/sub.
         task_ignore_result=True,
+        # No result backend is configured: the disabled one is stateless, so one instance serves every task.
+        # Otherwise Celery keeps one per thread, which under the gevent pool means building one per task.
+        result_backend_thread_safe=True,
         task_serializer="json",
         accept_content=["json"],
         task_default_queue=PROMPTS_QUEUE,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import select
 import threading
+import types
 
 import redis
 
@@ -27,6 +30,7 @@ def get_deps() -> runs.RunDeps:
     global _deps
     with _lock:
         if _deps is None:
+            _native_readability_check()
             settings = get_settings()
             publisher = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
             _deps = runs.RunDeps(
@@ -45,6 +49,33 @@ def get_deps() -> runs.RunDeps:
                 response_cache=circuit.fast_failing_client(settings.redis_url),
             )
         return _deps
+
+
+# The HTTP client stacks the openai SDK may run on; each checks a pooled connection in `<module>._utils`.
+_HTTP_CORES = ("httpcore2", "httpcore")
+
+
+def _native_readability_check() -> None:
+    """Under gevent, let the HTTP client check its pooled connections with the operating system's poll().
+
+    Before it reuses a pooled connection, httpcore polls the socket with a zero timeout. gevent's patched
+    poll() starts and stops event-loop watchers for that, which cost a worker more CPU per job than the rest
+    of the upstream call's bookkeeping. A zero-timeout poll never blocks, so the original is safe under gevent.
+    """
+    try:
+        from gevent import monkey
+    except ImportError:
+        return
+    if not monkey.is_module_patched("select"):
+        return
+    native = types.SimpleNamespace(poll=monkey.get_original("select", "poll"), POLLIN=select.POLLIN)
+    for name in _HTTP_CORES:
+        try:
+            utils = importlib.import_module(f"{name}._utils")
+        except ImportError:
+            continue
+        if hasattr(utils, "is_socket_readable"):
+            utils.select = native
 
 
 def _announce_alert(alert: alerts.Alert) -> None:
