@@ -320,7 +320,8 @@ def run_chaos(
         redis_server = cleanup.enter_context(_private_redis(work_dir))
         env = {key: value for key, value in os.environ.items() if not key.startswith(OWN_SETTINGS)}
         env.update(SETTINGS, **(settings or {}), DATABASE_URL=database_url, REDIS_URL=redis_server.url)
-        stack = Stack(env=env, log_dir=work_dir, workers=2, beat=True, web_workers=2)
+        # The production pool on PostgreSQL: gevent.
+        stack = Stack(env=env, log_dir=work_dir, workers=2, beat=True, web_workers=2, worker_pool="gevent")
         cleanup.callback(stack.stop)
         started_at = time.monotonic()
         stack.start()

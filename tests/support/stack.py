@@ -32,11 +32,15 @@ WORKER_COMMAND = (
 )  # fmt: skip
 
 
-def worker_command(queues: str | None = None) -> list[str]:
-    """Return WORKER_COMMAND, consuming `queues` (comma-separated) instead of "prompts,batch" when given."""
+def worker_command(queues: str | None = None, pool: str = "threads") -> list[str]:
+    """Return WORKER_COMMAND, consuming `queues` (comma-separated) instead of "prompts,batch" when given.
+
+    `pool` "gevent" runs the production pool on PostgreSQL (SQLite's blocking calls need "threads").
+    """
     command = list(WORKER_COMMAND)
     if queues is not None:
         command[command.index("--queues") + 1] = queues
+    command[command.index("--pool") + 1] = pool
     return command
 
 
@@ -81,6 +85,7 @@ class Stack:
     a Celery `beat` process, `web_workers` gunicorn workers and extra gunicorn arguments (`web_args`).
     `worker_queues`, when given, starts one worker per entry (`workerN@%h`, consuming that entry's
     comma-separated queues, e.g. ("prompts", "batch") as in production) instead of `workers` workers.
+    `worker_pool`: see worker_command.
     """
 
     env: dict[str, str]
@@ -94,6 +99,7 @@ class Stack:
     web_workers: int = 2
     web_args: tuple[str, ...] = ()
     worker_queues: tuple[str, ...] | None = None
+    worker_pool: str = "threads"
 
     @property
     def web(self) -> str:
@@ -121,7 +127,7 @@ class Stack:
             for number, queues in enumerate(self.worker_queues, start=1):
                 self.start_worker(f"worker{number}", wait=False, queues=queues)
         elif self.workers == 1:
-            self._spawn("worker", list(WORKER_COMMAND))
+            self._spawn("worker", worker_command(pool=self.worker_pool))
         else:
             for number in range(1, self.workers + 1):
                 self.start_worker(f"worker{number}", wait=False)
@@ -138,7 +144,7 @@ class Stack:
 
         `queues` (comma-separated) replaces the default "prompts,batch".
         """
-        self._spawn(name, [*worker_command(queues), "-n", f"{name}@%h"])
+        self._spawn(name, [*worker_command(queues, self.worker_pool), "-n", f"{name}@%h"])
         if not wait:
             return
         deadline = time.monotonic() + timeout_s
