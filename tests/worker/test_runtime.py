@@ -1,0 +1,43 @@
+"""The worker's per-process set-up under gevent."""
+
+from __future__ import annotations
+
+import select
+import socket
+
+import httpcore2._utils as http_utils
+import pytest
+from gevent import monkey
+
+from worker import runtime
+
+
+def test_pooled_connections_are_checked_with_the_native_poll_under_gevent(monkeypatch: pytest.MonkeyPatch) -> None:
+    polls: list[object] = []
+
+    def native_poll() -> object:
+        polls.append("native")
+        return select.poll()
+
+    monkeypatch.setattr(monkey, "is_module_patched", lambda name: name == "select")
+    monkeypatch.setattr(monkey, "get_original", lambda module, name: native_poll)
+    monkeypatch.setattr(http_utils, "select", select)  # put back after the test
+
+    runtime._native_readability_check()
+
+    # The check still tells an idle pooled connection from one the server wrote to (or closed), natively.
+    ours, server = socket.socketpair()
+    with ours, server:
+        assert http_utils.is_socket_readable(ours) is False
+        server.send(b"x")
+        assert http_utils.is_socket_readable(ours) is True
+    assert polls == ["native", "native"]
+
+
+def test_without_gevent_the_http_client_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(monkey, "is_module_patched", lambda name: False)
+    monkeypatch.setattr(http_utils, "select", select)
+
+    runtime._native_readability_check()
+
+    assert http_utils.select is select
