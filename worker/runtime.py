@@ -51,7 +51,8 @@ def get_deps() -> runs.RunDeps:
         return _deps
 
 
-# The HTTP client stacks the openai SDK may run on; each checks a pooled connection in `<module>._utils`.
+# The HTTP client stacks the openai SDK may run on, newest first (openai 3.x: httpcore2); each checks a pooled
+# connection in `<module>._utils`. Only the first one installed is set up: importing the other costs start-up time.
 _HTTP_CORES = ("httpcore2", "httpcore")
 
 
@@ -76,6 +77,7 @@ def _native_readability_check() -> None:
             continue
         if hasattr(utils, "is_socket_readable"):
             utils.select = native
+        return
 
 
 def _announce_alert(alert: alerts.Alert) -> None:
