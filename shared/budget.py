@@ -166,10 +166,6 @@ def _month(scope: str, period: Period) -> dict[str, object]:
     return {"b_scope": scope, "b_year": period.year, "b_month": period.month}
 
 
-def _row(scope: str, period: Period) -> tuple[object, ...]:
-    return (MonthlyBudget.scope == scope, MonthlyBudget.year == period.year, MonthlyBudget.month == period.month)
-
-
 def reserve(session: Session, *, scope: str, period: Period, amount: Decimal, limit: Decimal, count: int = 1) -> None:
     """Hold `amount` in the scope's ledger for the month or raise BudgetExceeded; counts `count` requests.
 
@@ -221,7 +217,7 @@ def release(session: Session, *, scope: str, period: Period, reserved: Decimal, 
 def get_view(session: Session, *, scope: str, period: Period, limit: Decimal) -> BudgetView:
     """Return the month's ledger under the limit in force (an empty one when the month has no row yet)."""
     row = session.scalars(
-        select(MonthlyBudget).where(*_row(scope, period)).execution_options(populate_existing=True)
+        select(MonthlyBudget).where(*_THIS_MONTH).execution_options(populate_existing=True), _month(scope, period)
     ).one_or_none()
     if row is None:
         return BudgetView(scope, period.year, period.month, limit, Decimal(0), Decimal(0), 0)

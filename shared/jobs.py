@@ -28,6 +28,7 @@ from shared import logs
 from shared import routing
 from shared.catalog import Catalog
 from shared.config import Settings
+from shared.db.models import REQUEST_LOG_COLUMNS
 from shared.db.models import JobStatus
 from shared.db.models import RequestLog
 from shared.db.types import utcnow
@@ -88,7 +89,6 @@ class Accepted:
 
 # Every request writes its job: a Core INSERT built once (the ORM's unit of work costs more than the SQL).
 _RECORD_JOB = insert(RequestLog.__table__)
-_COLUMN_OF = {prop.key: prop.columns[0].key for prop in RequestLog.__mapper__.column_attrs}
 
 
 def create(
@@ -122,7 +122,7 @@ def create(
                 request, job_id=job_id or uuid.uuid4().hex, bound=bound, period=period, settings=settings,
                 requester=requester, max_tier=ceiling, now=now, cache_key=cache_key,
             )  # fmt: skip
-            session.execute(_RECORD_JOB, {_COLUMN_OF[name]: value for name, value in job.items()})
+            session.execute(_RECORD_JOB, {REQUEST_LOG_COLUMNS[name].key: value for name, value in job.items()})
         else:
             job.update(reserved_cost=bound, max_tier=ceiling)
             session.execute(

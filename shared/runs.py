@@ -43,6 +43,7 @@ from shared.catalog import Catalog
 from shared.catalog import ModelSpec
 from shared.circuit import CircuitBreaker
 from shared.config import Settings
+from shared.db.models import REQUEST_LOG_COLUMNS
 from shared.db.models import JobStatus
 from shared.db.models import RequestAttempt
 from shared.db.models import RequestLog
@@ -90,9 +91,7 @@ _CLAIM = (
     .returning(*CLAIMED_COLUMNS)
 )
 # The finished job, every column under its attribute's name, so that it reads like the mapped row.
-_FINISHED_COLUMNS = tuple(
-    column.label(prop.key) for prop in RequestLog.__mapper__.column_attrs for column in prop.columns
-)
+_FINISHED_COLUMNS = tuple(column.label(name) for name, column in REQUEST_LOG_COLUMNS.items())
 # Only while the claim holds: still running, under the run count this worker claimed it with. The SET clause
 # is left to the parameters: it names the columns the outcome has values for.
 _FINISH = (

@@ -245,3 +245,8 @@ class WebhookDelivery(Base):
     error: Mapped[str | None] = mapped_column(Text)
     delivered: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+# Each mapped attribute of a job row with its column, for Core statements that read or write whole rows: the
+# names differ where the column's would clash with the declarative base (`metadata_json` is column "metadata").
+REQUEST_LOG_COLUMNS = {prop.key: prop.columns[0] for prop in RequestLog.__mapper__.column_attrs}
