@@ -1,4 +1,4 @@
-"""Browser fixtures for the suites that drive the dashboard in headless Chromium."""
+"""Fixtures the integration suites share: a clean simulator per test, and a headless Chromium for the dashboard."""
 
 from __future__ import annotations
 
@@ -9,10 +9,22 @@ import pytest
 
 from tests.support.browser import Console
 from tests.support.browser import headless_chromium
+from tests.support.stack import Stack
+from tests.support.stack import http
+from tests.support.stack import reset_simulator
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
     from playwright.sync_api import Page
+
+
+@pytest.fixture
+def clean_simulator(stack: Stack) -> Iterator[None]:
+    """Start each test of a suite with its own `stack` fixture on the simulator's first settings and zero counts."""
+    reset_simulator(stack)
+    http("POST", f"{stack.sim}/sim/reset")
+    yield
+    reset_simulator(stack)
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,7 @@ from tests.support.stack import Stack
 from tests.support.stack import free_port
 from tests.support.stack import http
 from tests.support.stack import running_stack
+from tests.support.stack import upstream_calls
 
 pytestmark = pytest.mark.integration
 
@@ -204,7 +205,7 @@ def _wait_for_batch(stack: Stack, batch_id: str, *, timeout_s: float) -> dict[st
 
 
 def _sim_calls(stack: Stack) -> int:
-    return sum(row["calls"] for row in http("GET", f"{stack.sim}/sim/stats")[2]["models"].values())
+    return sum(upstream_calls(stack).values())
 
 
 def _deliveries(engine: Engine, resource_id: str) -> list[WebhookDelivery]:

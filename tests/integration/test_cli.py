@@ -26,10 +26,9 @@ from tests.support.stack import QUICK_RETRIES
 from tests.support.stack import Stack
 from tests.support.stack import http
 from tests.support.stack import migrated_sqlite_url
-from tests.support.stack import reset_simulator
 from tests.support.stack import running_stack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_simulator")]
 
 REDIS_URL = "redis://127.0.0.1:6379/10"
 
@@ -53,13 +52,6 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine = create_engine(database_url)
     yield engine
     engine.dispose()
-
-
-@pytest.fixture(autouse=True)
-def _clean_simulator(stack: Stack) -> Iterator[None]:
-    reset_simulator(stack)
-    yield
-    reset_simulator(stack)
 
 
 def _cli(stack: Stack, *args: str, input: str | None = None) -> Result:

@@ -16,10 +16,9 @@ from tests.support.stack import QUICK_RETRIES
 from tests.support.stack import Stack
 from tests.support.stack import http
 from tests.support.stack import migrated_sqlite_url
-from tests.support.stack import reset_simulator
 from tests.support.stack import running_stack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_simulator")]
 
 REDIS_URL = "redis://127.0.0.1:6379/7"
 # Small enough that one gpt-4 call allowed 4096 tokens cannot be reserved.
@@ -38,13 +37,6 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         database_url=database_url, redis_url=REDIS_URL, log_dir=tmp_path_factory.mktemp("logs"), settings=settings
     ) as stack:
         yield stack
-
-
-@pytest.fixture(autouse=True)
-def _clean_simulator(stack: Stack) -> Iterator[None]:
-    reset_simulator(stack)
-    yield
-    reset_simulator(stack)
 
 
 @pytest.fixture

@@ -21,10 +21,10 @@ from tests.support.databases import temporary_postgres_database
 from tests.support.stack import QUICK_RETRIES
 from tests.support.stack import Stack
 from tests.support.stack import http
-from tests.support.stack import reset_simulator
 from tests.support.stack import running_stack
+from tests.support.stack import upstream_calls
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_simulator")]
 
 REDIS_DB = {"sqlite": 12, "postgresql": 13}
 BUDGET_LIMIT = "1.0"
@@ -59,14 +59,6 @@ def stack(database_url: str, tmp_path_factory) -> Iterator[Stack]:
         yield stack
 
 
-@pytest.fixture(autouse=True)
-def _clean_simulator(stack: Stack) -> Iterator[None]:
-    reset_simulator(stack)
-    http("POST", f"{stack.sim}/sim/reset")
-    yield
-    reset_simulator(stack)
-
-
 @pytest.fixture(scope="module")
 def db(database_url: str) -> Iterator[Session]:
     engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
@@ -80,11 +72,6 @@ def _row(db: Session, job_id: str) -> RequestLog:
     row = db.get(RequestLog, job_id)
     assert row is not None
     return row
-
-
-def _sim_calls(stack: Stack) -> dict[str, int]:
-    stats = http("GET", f"{stack.sim}/sim/stats")[2]["models"]
-    return {model: row["calls"] for model, row in stats.items() if row["calls"]}
 
 
 def test_health_reports_a_live_worker(stack: Stack) -> None:
@@ -103,7 +90,7 @@ def test_sync_prompt_answers_200_with_every_field_and_a_row(stack: Stack, db: Se
     row = _row(db, body["job_id"])
     assert (row.status.value, row.model_used, row.response) == ("succeeded", body["model_used"], body["response"])
     assert row.cost == Decimal(str(body["cost"]))
-    assert _sim_calls(stack) == {body["model_used"]: 1}
+    assert upstream_calls(stack) == {body["model_used"]: 1}
 
 
 def test_async_prompt_answers_202_and_the_poll_reaches_succeeded(stack: Stack) -> None:
@@ -154,13 +141,13 @@ def test_upstream_down_fails_the_job_with_an_error_and_no_charge(stack: Stack) -
 
 
 def test_an_exhausted_budget_answers_402_without_calling_upstream(stack: Stack) -> None:
-    before = _sim_calls(stack)
+    before = upstream_calls(stack)
     body = {"prompt": "word " * 6400, "model": "gpt-4", "max_tokens": 4096}
     status, _, error = http("POST", f"{stack.web}/api/prompt", body)
     assert status == 402
     assert error["error"]["code"] == "budget_exceeded"
     time.sleep(0.3)
-    assert _sim_calls(stack) == before
+    assert upstream_calls(stack) == before
 
 
 def test_budget_and_stats_add_up_to_the_rows(stack: Stack, db: Session) -> None:

@@ -19,10 +19,10 @@ from tests.support.stack import QUICK_RETRIES
 from tests.support.stack import Stack
 from tests.support.stack import http
 from tests.support.stack import migrated_sqlite_url
-from tests.support.stack import reset_simulator
 from tests.support.stack import running_stack
+from tests.support.stack import upstream_calls
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_simulator")]
 
 REDIS_URL = "redis://127.0.0.1:6379/6"
 
@@ -44,14 +44,6 @@ def stack(database_url: str, tmp_path_factory) -> Iterator[Stack]:
         yield stack
 
 
-@pytest.fixture(autouse=True)
-def _clean_simulator(stack: Stack) -> Iterator[None]:
-    reset_simulator(stack)
-    http("POST", f"{stack.sim}/sim/reset")
-    yield
-    reset_simulator(stack)
-
-
 @pytest.fixture(scope="module")
 def db(database_url: str) -> Iterator[Session]:
     engine = create_engine(database_url)
@@ -68,8 +60,7 @@ def sdk(stack: Stack) -> Iterator[openai.OpenAI]:
 
 
 def _upstream_calls(stack: Stack) -> int:
-    stats = http("GET", f"{stack.sim}/sim/stats")[2]["models"]
-    return sum(row["calls"] for row in stats.values())
+    return sum(upstream_calls(stack).values())
 
 
 def _ask(stack: Stack, prompt: str, **fields: object) -> dict:

@@ -234,3 +234,9 @@ def running_stack(
 def reset_simulator(stack: Stack) -> None:
     """Return the stack's simulator to the settings it started with."""
     http("POST", f"{stack.sim}/sim/config", {"reset": True})
+
+
+def upstream_calls(stack: Stack) -> dict[str, int]:
+    """Return how many calls the stack's simulator has answered, per model that had any."""
+    stats = http("GET", f"{stack.sim}/sim/stats")[2]["models"]
+    return {model: row["calls"] for model, row in stats.items() if row["calls"]}
