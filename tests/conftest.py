@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Engine
@@ -93,6 +94,22 @@ def app(settings: Settings) -> Iterator[Flask]:
     Base.metadata.create_all(app.extensions["db_engine"])
     yield app
     app.extensions["db_engine"].dispose()
+
+
+@pytest.fixture
+def keyed_app(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
+    """An app that requires API keys, on the test database, with the unit Redis emptied and nothing enqueued."""
+    from web import create_app
+    from worker import tasks
+
+    redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
+    app = create_app(make_test_settings(str(settings.database_url), require_api_key=True))
+    Base.metadata.create_all(app.extensions["db_engine"])
+    # After create_app: the task proxy resolves to the Celery app that create_app made current.
+    monkeypatch.setattr(tasks.run_job, "apply_async", lambda args, **_: None)
+    yield app
+    app.extensions["db_engine"].dispose()
+    redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
 
 
 @pytest.fixture

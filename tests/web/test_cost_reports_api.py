@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC
 from datetime import datetime
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
 from shared import api_keys
-from shared.db.base import Base
 from shared.db.session import make_sessionmaker
-from tests.conftest import UNIT_REDIS_URL
-from tests.conftest import make_test_settings
 from tests.support import request_logs
 
 
@@ -63,18 +58,6 @@ def test_an_unknown_period_is_a_400(client: FlaskClient, period: str) -> None:
     assert response.status_code == 400
     error = response.get_json()["error"]
     assert (error["code"], error["details"]["field"]) == ("invalid_request", "period")
-
-
-@pytest.fixture
-def keyed_app(tmp_path) -> Iterator[Flask]:
-    from web import create_app
-
-    redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
-    app = create_app(make_test_settings(f"sqlite:///{tmp_path}/keys.db", require_api_key=True))
-    Base.metadata.create_all(app.extensions["db_engine"])
-    yield app
-    app.extensions["db_engine"].dispose()
-    redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
 
 
 def test_a_key_sees_its_own_costs_and_an_admin_everyone_s(keyed_app: Flask) -> None:

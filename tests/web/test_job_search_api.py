@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC
 from datetime import datetime
 from datetime import timedelta
 
 import pytest
-import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -18,7 +16,6 @@ from shared.db.base import Base
 from shared.db.models import JobStatus
 from shared.db.session import make_engine
 from shared.db.session import make_sessionmaker
-from tests.conftest import UNIT_REDIS_URL
 from tests.conftest import make_test_settings
 from tests.support import request_logs
 
@@ -158,18 +155,6 @@ def test_the_job_carries_its_prompt_cache_flag_and_request_id(app: Flask, client
     (job_id,) = _add(app, {"created_at": T0, "prompt": "Hello there", "cached": True, "request_id": "req-1"})
     body = client.get(f"/api/jobs/{job_id}").get_json()
     assert (body["prompt"], body["cached"], body["request_id"]) == ("Hello there", True, "req-1")
-
-
-@pytest.fixture
-def keyed_app(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
-    from web import create_app
-
-    redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
-    app = create_app(make_test_settings(str(settings.database_url), require_api_key=True))
-    Base.metadata.create_all(app.extensions["db_engine"])
-    yield app
-    app.extensions["db_engine"].dispose()
-    redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
 
 
 def test_a_key_sees_only_its_own_jobs_and_an_admin_sees_all(keyed_app: Flask) -> None:

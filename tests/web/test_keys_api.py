@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
-import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
@@ -14,24 +12,6 @@ from sqlalchemy import select
 from shared import api_keys
 from shared.db.models import ApiKey
 from shared.db.session import make_sessionmaker
-from tests.conftest import UNIT_REDIS_URL
-from tests.conftest import make_test_settings
-
-
-@pytest.fixture
-def keyed_app(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
-    from shared.db.base import Base
-    from web import create_app
-
-    redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
-    app = create_app(make_test_settings(f"sqlite:///{tmp_path}/keys.db", require_api_key=True))
-    Base.metadata.create_all(app.extensions["db_engine"])
-    from worker import tasks
-
-    monkeypatch.setattr(tasks.run_job, "apply_async", lambda args, **_: None)
-    yield app
-    app.extensions["db_engine"].dispose()
-    redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
 
 
 def _key(app: Flask, name: str, **options) -> tuple[int, str]:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 
 import pytest
-import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
@@ -17,7 +15,6 @@ from shared import api_keys
 from shared.db.base import Base
 from shared.db.models import RequestLog
 from shared.db.session import make_sessionmaker
-from tests.conftest import UNIT_REDIS_URL
 from tests.conftest import make_test_settings
 from web import request_ids
 
@@ -37,15 +34,6 @@ def _make_app(tmp_path, monkeypatch: pytest.MonkeyPatch, **overrides: object) ->
 
     monkeypatch.setattr(tasks.run_job, "apply_async", lambda args, **_: None)
     return app
-
-
-@pytest.fixture
-def keyed_app(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
-    redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
-    app = _make_app(tmp_path, monkeypatch, require_api_key=True)
-    yield app
-    app.extensions["db_engine"].dispose()
-    redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
 
 
 def _key(app: Flask, **options: object) -> str:

@@ -184,22 +184,6 @@ def test_a_job_failing_upstream_is_a_503(sdk: openai.OpenAI, worker: list[str], 
     assert worker[0] in caught.value.message
 
 
-@pytest.fixture
-def keyed_app(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
-    from shared.db.base import Base
-    from tests.conftest import UNIT_REDIS_URL
-    from tests.conftest import make_test_settings
-    from web import create_app
-
-    redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
-    keyed = create_app(make_test_settings(f"sqlite:///{tmp_path}/keyed.db", require_api_key=True))
-    Base.metadata.create_all(keyed.extensions["db_engine"])
-    monkeypatch.setattr(tasks.run_job, "apply_async", lambda args, **_: None)
-    yield keyed
-    keyed.extensions["db_engine"].dispose()
-    redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
-
-
 def _key(app: Flask, name: str, **options) -> str:
     from shared import api_keys
 
