@@ -6,6 +6,7 @@ import io
 import logging
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
 
 from shared import logs
+from shared import runs
 from shared.catalog import Catalog
 from shared.catalog import load_catalog
 from shared.config import DEFAULT_CATALOG_PATH
@@ -24,6 +26,7 @@ from shared.config import load_settings
 from shared.db.base import Base
 from shared.db.session import make_engine
 from shared.db.session import make_sessionmaker
+from shared.llm_client import LLMClient
 from tests.support.databases import temporary_postgres_database
 
 # Unit suites that touch Redis use their own logical database (MODEL_ROUTER_TEST_REDIS_DB picks another,
@@ -44,6 +47,17 @@ def make_test_settings(database_url: str, **overrides: object) -> Settings:
     }
     values.update(overrides)
     return load_settings(**values)
+
+
+def worker_deps(app: Flask, catalog: Catalog, client: LLMClient, **hooks: Any) -> runs.RunDeps:
+    """What a worker builds to run jobs on `app`'s database and settings, calling `client`; `hooks` as RunDeps."""
+    return runs.RunDeps(
+        sessions=make_sessionmaker(app.extensions["db_engine"]),
+        catalog=catalog,
+        settings=app.extensions["settings"],
+        client=client,
+        **hooks,
+    )
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from shared.db.models import IdempotencyKey
 from shared.db.models import MonthlyBudget
 from shared.db.models import RequestLog
 from shared.db.session import make_sessionmaker
+from tests.conftest import worker_deps
 from tests.support.fakes import FakeLLMClient
 
 
@@ -88,10 +89,7 @@ def test_the_jsonl_format_streams_one_job_per_line_in_order(client: FlaskClient,
 
 def test_cancelling_a_batch_releases_what_has_not_started(client, app, catalog, enqueued) -> None:
     batch = client.post("/api/batch", json={"prompts": ["a", "b", "c"]}).get_json()
-    sessions = make_sessionmaker(app.extensions["db_engine"])
-    settings = app.extensions["settings"]
-    deps = runs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=FakeLLMClient(),
-                        sleep=lambda _: None)  # fmt: skip
+    deps = worker_deps(app, catalog, FakeLLMClient(), sleep=lambda _: None)
     runs.run(batch["job_ids"][0], deps=deps)
     body = client.delete(batch["poll_url"]).get_json()
     assert (body["cancelled"], body["status"], body["succeeded"], body["failed"]) == (2, "completed", 1, 2)
@@ -104,8 +102,7 @@ def test_cancelling_a_batch_releases_what_has_not_started(client, app, catalog, 
 def test_cancelling_a_queued_job_releases_it_and_a_finished_one_is_409(client, app, catalog, enqueued) -> None:
     queued = client.post("/api/prompt", json={"prompt": "a", "wait": False}).get_json()["job_id"]
     done = client.post("/api/prompt", json={"prompt": "b", "wait": False}).get_json()["job_id"]
-    deps = runs.RunDeps(sessions=make_sessionmaker(app.extensions["db_engine"]), catalog=catalog,
-                        settings=app.extensions["settings"], client=FakeLLMClient(), sleep=lambda _: None)  # fmt: skip
+    deps = worker_deps(app, catalog, FakeLLMClient(), sleep=lambda _: None)
     runs.run(done, deps=deps)
     cancelled = client.delete(f"/api/jobs/{queued}")
     assert cancelled.status_code == 200

@@ -21,6 +21,7 @@ from shared.db.models import MonthlyBudget
 from shared.db.models import RequestLog
 from shared.db.session import make_sessionmaker
 from shared.errors import TransientLLMError
+from tests.conftest import worker_deps
 from tests.support.fakes import FLUENT
 from tests.support.fakes import Cut
 from tests.support.fakes import FakeLLMClient
@@ -37,11 +38,10 @@ def worker(app: Flask, catalog, llm: FakeLLMClient, monkeypatch: pytest.MonkeyPa
     """Run each enqueued job in another thread a moment later, as a worker would; yield the job ids."""
     settings = app.extensions["settings"]
     publisher = redis.Redis.from_url(settings.redis_url)
-    deps = runs.RunDeps(
-        sessions=make_sessionmaker(app.extensions["db_engine"]),
-        catalog=catalog,
-        settings=settings,
-        client=llm,
+    deps = worker_deps(
+        app,
+        catalog,
+        llm,
         on_finished=lambda job_id: notify.publish_job_done(publisher, job_id),
         relay=lambda job_id, entry: streams.append(publisher, job_id, entry),
     )

@@ -17,6 +17,7 @@ from shared import runs
 from shared.db.models import MonthlyBudget
 from shared.db.models import RequestLog
 from shared.db.session import make_sessionmaker
+from tests.conftest import worker_deps
 from tests.support.fakes import FakeLLMClient
 from worker import tasks
 
@@ -172,11 +173,10 @@ def test_wait_true_answers_200_with_the_result(
 ) -> None:
     settings = app.extensions["settings"]
     publisher = redis.Redis.from_url(settings.redis_url)
-    deps = runs.RunDeps(
-        sessions=make_sessionmaker(app.extensions["db_engine"]),
-        catalog=catalog,
-        settings=settings,
-        client=FakeLLMClient(),
+    deps = worker_deps(
+        app,
+        catalog,
+        FakeLLMClient(),
         on_finished=lambda job_id: notify.publish_job_done(publisher, job_id),
     )
     workers = _run_jobs_soon(monkeypatch, deps)
@@ -201,11 +201,10 @@ def test_wait_true_answers_the_announced_body_as_a_read_of_the_job_shows_it(
 ) -> None:
     settings = app.extensions["settings"]
     publisher = redis.Redis.from_url(settings.redis_url)
-    deps = runs.RunDeps(
-        sessions=make_sessionmaker(app.extensions["db_engine"]),
-        catalog=catalog,
-        settings=settings,
-        client=FakeLLMClient(),
+    deps = worker_deps(
+        app,
+        catalog,
+        FakeLLMClient(),
         on_answered=lambda job_id, body: notify.publish_job_done(publisher, job_id, body),
     )
     workers = _run_jobs_soon(monkeypatch, deps)

@@ -15,6 +15,7 @@ from shared.db.models import RequestLog
 from shared.db.session import make_sessionmaker
 from shared.errors import PermanentLLMError
 from tests.conftest import make_test_settings
+from tests.conftest import worker_deps
 from tests.support.fakes import FakeLLMClient
 from tests.support.fakes import ok
 
@@ -28,7 +29,7 @@ def recorded(app: Flask, catalog) -> list[RequestLog]:
     fake.script("gpt-3.5-turbo", ok(), ok("I don't know."), PermanentLLMError("no", status_code=400))
     # The escalation of the second job answers; the fallback of the third fails too.
     fake.script("gpt-4", ok(), PermanentLLMError("no", status_code=400))
-    deps = runs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=fake, sleep=lambda _: None)
+    deps = worker_deps(app, catalog, fake, sleep=lambda _: None)
     ids = []
     for _ in range(4):
         with sessions.begin() as session:

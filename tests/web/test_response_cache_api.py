@@ -24,6 +24,7 @@ from shared.db.models import MonthlyBudget
 from shared.db.session import make_sessionmaker
 from tests.conftest import UNIT_REDIS_URL
 from tests.conftest import make_test_settings
+from tests.conftest import worker_deps
 from tests.support.fakes import FakeLLMClient
 from worker import tasks
 
@@ -62,11 +63,10 @@ def _run_jobs_inline(app: Flask, catalog: Catalog, monkeypatch: pytest.MonkeyPat
     settings = app.extensions["settings"]
     client = redis.Redis.from_url(settings.redis_url)
     upstream = FakeLLMClient()
-    deps = runs.RunDeps(
-        sessions=make_sessionmaker(app.extensions["db_engine"]),
-        catalog=catalog,
-        settings=settings,
-        client=upstream,
+    deps = worker_deps(
+        app,
+        catalog,
+        upstream,
         on_finished=lambda job_id: notify.publish_job_done(client, job_id),
         relay=lambda job_id, entry: streams.append(client, job_id, entry),
         response_cache=client,
