@@ -1,4 +1,4 @@
-"""Fixtures the integration suites share: a clean simulator per test, and a headless Chromium for the dashboard."""
+"""Fixtures the integration suites share: a clean simulator per test, a database session, headless Chromium."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
 
 from tests.support.browser import Console
 from tests.support.browser import headless_chromium
@@ -25,6 +27,15 @@ def clean_simulator(stack: Stack) -> Iterator[None]:
     http("POST", f"{stack.sim}/sim/reset")
     yield
     reset_simulator(stack)
+
+
+@pytest.fixture(scope="module")
+def db(database_url: str) -> Iterator[Session]:
+    """A session on the database of a suite with its own `database_url` fixture, for reading what the stack wrote."""
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with Session(engine) as session:
+        yield session
+    engine.dispose()
 
 
 @pytest.fixture(scope="module")

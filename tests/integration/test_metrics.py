@@ -15,7 +15,6 @@ from decimal import Decimal
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import create_engine
 from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -60,14 +59,6 @@ def stack(database_url: str, tmp_path_factory) -> Iterator[Stack]:
         web_workers=2,
     ) as stack:  # fmt: skip
         yield stack
-
-
-@pytest.fixture(scope="module")
-def db(database_url: str) -> Iterator[Session]:
-    engine = create_engine(database_url)
-    with Session(engine) as session:
-        yield session
-    engine.dispose()
 
 
 @pytest.fixture(scope="module")

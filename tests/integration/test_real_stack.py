@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import create_engine
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -57,14 +56,6 @@ def stack(database_url: str, tmp_path_factory) -> Iterator[Stack]:
         database_url=database_url, redis_url=redis_url, log_dir=tmp_path_factory.mktemp("logs"), settings=settings
     ) as stack:
         yield stack
-
-
-@pytest.fixture(scope="module")
-def db(database_url: str) -> Iterator[Session]:
-    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
-    with Session(engine) as session:
-        yield session
-    engine.dispose()
 
 
 def _row(db: Session, job_id: str) -> RequestLog:

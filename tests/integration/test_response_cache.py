@@ -11,7 +11,6 @@ from decimal import Decimal
 
 import openai
 import pytest
-from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from shared.db.models import RequestLog
@@ -42,14 +41,6 @@ def stack(database_url: str, tmp_path_factory) -> Iterator[Stack]:
         database_url=database_url, redis_url=REDIS_URL, log_dir=tmp_path_factory.mktemp("logs"), settings=settings
     ) as stack:
         yield stack
-
-
-@pytest.fixture(scope="module")
-def db(database_url: str) -> Iterator[Session]:
-    engine = create_engine(database_url)
-    with Session(engine) as session:
-        yield session
-    engine.dispose()
 
 
 @pytest.fixture
