@@ -60,14 +60,9 @@ def fire(
     session: Session, *, scope: str, period: budget.Period, spent: Decimal, limit: Decimal, thresholds: Sequence[int]
 ) -> list[Alert]:
     """check() for a caller that already holds the month's spend and limit (a settlement's RETURNING)."""
-    if spent <= 0:
-        return []
-    used = spent * 100 / limit if limit > 0 else Decimal(100)
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     fired = []
-    for threshold in thresholds:
-        if used < threshold:
-            break
+    for threshold in reached(spent=spent, limit=limit, thresholds=thresholds):
         result = session.execute(
             insert(BudgetAlert)
             .values(
@@ -84,6 +79,14 @@ def fire(
         if result.rowcount == 1:  # type: ignore[attr-defined]
             fired.append(Alert(scope, period.year, period.month, threshold, spent, limit))
     return fired
+
+
+def reached(*, spent: Decimal, limit: Decimal, thresholds: Sequence[int]) -> list[int]:
+    """Return the thresholds (ascending percentages) that a month's spend has reached; none before any spend."""
+    if spent <= 0:
+        return []
+    used = spent * 100 / limit if limit > 0 else Decimal(100)
+    return [threshold for threshold in thresholds if used >= threshold]
 
 
 def log(alert: Alert) -> None:

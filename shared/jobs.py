@@ -14,6 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import Engine
 from sqlalchemy import Row
 from sqlalchemy import delete
 from sqlalchemy import insert
@@ -25,6 +26,7 @@ from shared import alerts
 from shared import budget
 from shared import difficulty
 from shared import logs
+from shared import one_statement
 from shared import routing
 from shared.catalog import Catalog
 from shared.config import Settings
@@ -142,6 +144,69 @@ def create(
     raise refusal
 
 
+def create_and_commit(
+    session: Session,
+    *,
+    alone: bool,
+    request: JobRequest,
+    catalog: Catalog,
+    settings: Settings,
+    requester: Requester | None = None,
+    job_id: str | None = None,
+    cache_key: str | None = None,
+) -> Accepted:
+    """create() and commit the session's transaction; `alone`: the transaction holds nothing else yet, so the
+    job may be written as one self-committing statement (create_alone) where the database allows it.
+    """
+    creation: dict[str, Any] = dict(
+        request=request, catalog=catalog, settings=settings, requester=requester, job_id=job_id, cache_key=cache_key
+    )
+    bind = session.get_bind()
+    accepted = create_alone(bind, **creation) if alone and isinstance(bind, Engine) else None
+    if accepted is None:
+        accepted = create(session, **creation)
+        session.commit()
+    return accepted
+
+
+def create_alone(
+    engine: Engine,
+    *,
+    request: JobRequest,
+    catalog: Catalog,
+    settings: Settings,
+    requester: Requester | None = None,
+    job_id: str | None = None,
+    cache_key: str | None = None,
+) -> Accepted | None:
+    """create() and its commit as one statement, on PostgreSQL, for a caller with no transaction open.
+
+    Returns None, having written nothing, when the transactional create() must decide: another database, a
+    month with no ledger row yet, or a bound that does not fit (a refusal or a downgrade).
+    """
+    if engine.dialect.name != "postgresql":
+        return None
+    now = utcnow()
+    period = budget.Period.of(now)
+    bound = bound_for(request, catalog=catalog, settings=settings)
+    job = job_values(
+        request, job_id=job_id or uuid.uuid4().hex, bound=bound, period=period, settings=settings,
+        requester=requester, now=now, cache_key=cache_key,
+    )  # fmt: skip
+    if not one_statement.accept(engine, job=job, period=period, limits=limits_of(settings, requester)):
+        return None
+    return Accepted(id=job["id"], reserved_cost=bound, max_tier=None, deadline_s=job["deadline_s"])
+
+
+def limits_of(settings: Settings, requester: Requester | None) -> list[tuple[str, Decimal]]:
+    """Return each scope a request is charged to with its monthly limit, the global scope first."""
+    limits = [(budget.GLOBAL_SCOPE, settings.monthly_budget_limit)]
+    if requester is not None:
+        own = requester.monthly_budget
+        limits.append((budget.key_scope(requester.api_key_id), settings.monthly_budget_limit if own is None else own))
+    return limits
+
+
 def bound_for(request: JobRequest, *, catalog: Catalog, settings: Settings, max_tier: str | None = None) -> Decimal:
     """Return the most the job can cost (RoutingError for an unknown model, tier or estimator)."""
     difficulty.get_estimator(request.difficulty_estimator or settings.difficulty_estimator)
@@ -166,10 +231,7 @@ def reserve(
     count: int = 1,
 ) -> None:
     """Reserve `amount` for `count` requests in every scope they are charged to, or in none of them."""
-    limits = [(budget.GLOBAL_SCOPE, settings.monthly_budget_limit)]
-    if requester is not None:
-        own = requester.monthly_budget
-        limits.append((budget.key_scope(requester.api_key_id), settings.monthly_budget_limit if own is None else own))
+    limits = limits_of(settings, requester)
     if len(limits) == 1:
         # One conditional UPDATE either holds the amount or changes nothing: no savepoint needed.
         ((scope, limit),) = limits

@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 import redis
+from sqlalchemy import Engine
 from sqlalchemy import bindparam
 from sqlalchemy import insert
 from sqlalchemy import or_
@@ -38,6 +39,7 @@ from shared import cache
 from shared import job_events
 from shared import jobs
 from shared import logs
+from shared import one_statement
 from shared import streams
 from shared.catalog import Catalog
 from shared.catalog import ModelSpec
@@ -69,7 +71,7 @@ CLAIMED_COLUMNS = tuple(
     for name in (
         "id", "run_count", "prompt", "max_tokens", "preference", "requested_model", "requested_tier", "messages",
         "upstream_options", "stream", "difficulty_estimator", "budget_year", "budget_month", "reserved_cost",
-        "api_key_id", "max_tier", "deadline_s", "cache_key", "request_id",
+        "api_key_id", "max_tier", "deadline_s", "cache_key", "request_id", "batch_id",
     )
 )  # fmt: skip
 _CLAIM = (
@@ -116,6 +118,7 @@ class Claim:
     deadline_s: float = 60.0
     cache_key: str | None = None
     request_id: str | None = None
+    batch_id: str | None = None
 
 
 def announce(finished: jobs.Finished, *, deps: RunDeps) -> None:
@@ -155,6 +158,10 @@ class RunDeps:
     relay: Callable[[str, dict[str, str]], None] | None = None
     # The Redis holding the response cache (shared.cache); None: answers are not kept.
     response_cache: redis.Redis | None = None
+
+    @property
+    def engine(self) -> Engine:
+        return self.sessions.kw["bind"]
 
     @property
     def answerer(self) -> answering.Answerer:
@@ -307,6 +314,7 @@ def _claim(job_id: str, *, deps: RunDeps) -> Claim | Busy | None:
             deadline_s=job.deadline_s or deps.settings.default_deadline_s,
             cache_key=job.cache_key,
             request_id=job.request_id,
+            batch_id=job.batch_id,
         )
 
 
@@ -374,6 +382,27 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
         )
         if isinstance(error, StreamInterrupted):
             values.update(response=error.partial.text)
+    attempts = [
+        {
+            "job_id": claim.job_id,
+            "seq": seq,
+            "model": record.model,
+            "tier": record.tier,
+            "purpose": purpose,
+            "outcome": record.outcome,
+            "error_class": record.error_class,
+            "status_code": record.status_code,
+            "latency_ms": record.latency_ms,
+            "prompt_tokens": record.prompt_tokens,
+            "completion_tokens": record.completion_tokens,
+            "cost": record.cost,
+            "started_at": record.started_at,
+        }
+        for seq, (purpose, record) in enumerate(outcome.attempts, start=1)
+    ]
+    # A batch's last job completes its batch, which needs the transaction; any other job needs one statement.
+    if claim.batch_id is None and deps.engine.dialect.name == "postgresql":
+        return _finish_alone(claim, outcome, values=values, attempts=attempts, deps=deps)
     with deps.sessions.begin() as session:
         ended = session.execute(
             _FINISH, {**values, "b_job_id": claim.job_id, "b_run_count": claim.run_count}
@@ -382,24 +411,6 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
             # Our lease lapsed and another run took the job over; it will record and settle it.
             logger.warning("lost the claim before finishing job_id=%s", claim.job_id)
             return None
-        attempts = [
-            {
-                "job_id": claim.job_id,
-                "seq": seq,
-                "model": record.model,
-                "tier": record.tier,
-                "purpose": purpose,
-                "outcome": record.outcome,
-                "error_class": record.error_class,
-                "status_code": record.status_code,
-                "latency_ms": record.latency_ms,
-                "prompt_tokens": record.prompt_tokens,
-                "completion_tokens": record.completion_tokens,
-                "cost": record.cost,
-                "started_at": record.started_at,
-            }
-            for seq, (purpose, record) in enumerate(outcome.attempts, start=1)
-        ]
         if attempts:
             session.execute(_RECORD_ATTEMPTS, attempts)
         finished = jobs.Finished(
@@ -422,5 +433,48 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
             session, job_id=claim.job_id, callback_url=ended.callback_url, batch_id=ended.batch_id, finished=finished
         )
     # After the commit, from the row the finishing UPDATE returned: what a read of the job would show.
+    finished.body = job_body(ended, attempts=attempts)
+    return finished
+
+
+def _finish_alone(
+    claim: Claim, outcome: answering.Outcome, *, values: dict[str, Any], attempts: list[dict[str, Any]], deps: RunDeps
+) -> jobs.Finished | None:
+    """_finish as one self-committing statement (shared.one_statement); the alerts it sets off come after."""
+    rows = one_statement.finish(
+        deps.engine,
+        job_id=claim.job_id,
+        run_count=claim.run_count,
+        values=values,
+        attempts=attempts,
+        scopes=budget.scopes_of(claim.api_key_id),
+        period=claim.period,
+        reserved=claim.reserved_cost,
+        cost=outcome.cost,
+    )
+    if not rows:
+        logger.warning("lost the claim before finishing job_id=%s", claim.job_id)
+        return None
+    ended = rows[0]
+    finished = jobs.Finished(
+        status=values["status"],
+        job_id=claim.job_id,
+        model=values["model_used"],
+        tier=values["tier"],
+        error_code=values.get("error_code"),
+    )
+    thresholds = deps.settings.alert_thresholds
+    # Recorded in their own transaction: one lost to a crash right here fires at the scope's next settlement.
+    due = [row for row in rows if row.scope is not None and alerts.reached(
+        spent=row.total_spent, limit=row.monthly_limit, thresholds=thresholds)]  # fmt: skip
+    if outcome.cost > 0 and due:
+        with deps.sessions.begin() as session:
+            for row in due:
+                finished.alerts += alerts.fire(
+                    session, scope=row.scope, period=claim.period, spent=row.total_spent, limit=row.monthly_limit,
+                    thresholds=thresholds,
+                )  # fmt: skip
+    if ended.callback_url:
+        finished.callbacks.append(("job", claim.job_id))
     finished.body = job_body(ended, attempts=attempts)
     return finished

@@ -71,8 +71,10 @@ def accept_job(body: dict[str, Any], request: jobs.JobRequest, *, use_cache: boo
         job_events.served_from_cache(job_id, model=cached.model_used, tier=cached.tier)
         send_callbacks(finished.callbacks)
         return job_id, False
-    jobs.create(
+    # Without an Idempotency-Key nothing else goes in the job's transaction: it can be one statement.
+    jobs.create_and_commit(
         session,
+        alone=not has_idempotency_key(),
         request=request,
         catalog=current_app.extensions["catalog"],
         settings=settings,
@@ -80,7 +82,6 @@ def accept_job(body: dict[str, Any], request: jobs.JobRequest, *, use_cache: boo
         job_id=job_id,
         cache_key=cache_key,
     )
-    session.commit()
     job_events.accepted(job_id, request=request, log_prompts=settings.log_prompts)
     return job_id, True
 
@@ -88,6 +89,11 @@ def accept_job(body: dict[str, Any], request: jobs.JobRequest, *, use_cache: boo
 def enqueue_job(job_id: str) -> None:
     """Send a single prompt's job to its queue, or withdraw it and answer 503."""
     enqueue([job_id], batch=False, withdraw=lambda session: jobs.withdraw(session, job_id=job_id))
+
+
+def has_idempotency_key() -> bool:
+    """Tell whether the request carries an Idempotency-Key header."""
+    return request.headers.get("Idempotency-Key") is not None
 
 
 def claim_idempotency_key(session: Session, *, body: dict[str, Any], resource: str, resource_id: str) -> str | None:

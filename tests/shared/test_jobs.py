@@ -335,6 +335,6 @@ def test_only_the_claim_commits_without_waiting_for_the_disk_on_postgresql(postg
     accept, claim, finish = (statements for statements in transactions if statements)
     assert accept[0].startswith("INSERT INTO request_logs") and "synchronous_commit" not in " ".join(accept)
     assert claim[0] == "SET LOCAL synchronous_commit = off" and claim[1].startswith("UPDATE request_logs")
-    assert finish[0].startswith("UPDATE request_logs") and "synchronous_commit" not in " ".join(finish)
+    assert finish[0].startswith("WITH ended AS") and "synchronous_commit" not in " ".join(finish)
     with postgres_engine.connect() as connection:
         assert connection.execute(text("SHOW synchronous_commit")).scalar_one() == "on"
