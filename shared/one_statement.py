@@ -42,6 +42,7 @@ from shared.db.models import JobStatus
 from shared.db.models import MonthlyBudget
 from shared.db.models import RequestAttempt
 from shared.db.models import RequestLog
+from shared.db.session import execute_alone
 from shared.db.types import Money
 from shared.db.types import to_nanos
 
@@ -137,7 +138,7 @@ def accept(
         "b_key_limit": key_limits[0] if key_limits else limit_of[budget.GLOBAL_SCOPE],
         **{f"j_{name}": value for name, value in job.items()},
     }
-    return bool(_execute_alone(engine, statement, params))
+    return bool(execute_alone(engine, statement, params))
 
 
 # The finish: record the outcome only while the claim holds, its attempts, and the settlement of every
@@ -230,7 +231,7 @@ def finish(
         "b_cost": cost,
         **{f"f_{name}": value for name, value in values.items()},
     }
-    return _execute_alone(engine, statement, params)
+    return execute_alone(engine, statement, params)
 
 
 def _as_json(attempt: dict[str, Any]) -> dict[str, Any]:
@@ -239,9 +240,3 @@ def _as_json(attempt: dict[str, Any]) -> dict[str, Any]:
     record["cost"] = to_nanos(attempt["cost"])
     record["started_at"] = attempt["started_at"].isoformat()
     return record
-
-
-def _execute_alone(engine: Engine, statement: Any, params: dict[str, Any]) -> list[Row[Any]]:
-    """Run one statement with no transaction open: the server commits it as it ends."""
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        return list(connection.execute(statement, params))

@@ -49,7 +49,7 @@ from shared.db.models import REQUEST_LOG_COLUMNS
 from shared.db.models import JobStatus
 from shared.db.models import RequestAttempt
 from shared.db.models import RequestLog
-from shared.db.session import commit_asynchronously
+from shared.db.session import execute_alone
 from shared.db.types import UTCDateTime
 from shared.db.types import utcnow
 from shared.llm_client import LLMClient
@@ -279,43 +279,48 @@ def _last_entry(outcome: answering.Outcome, *, recorded: bool) -> dict[str, str]
 def _claim(job_id: str, *, deps: RunDeps) -> Claim | Busy | None:
     """Claim the job and read what running it needs in one statement; look at it again only if that fails."""
     now = utcnow()
-    with deps.sessions.begin() as session:
-        # A claim lost with the database server leaves the job queued, and the reaper enqueues it again.
-        commit_asynchronously(session)
-        lease_expires_at = now + timedelta(seconds=deps.settings.job_lease_s)
-        job = session.execute(
-            _CLAIM, {"b_job_id": job_id, "b_now": now, "b_lease_expires_at": lease_expires_at}
-        ).one_or_none()
-        if job is None:
-            current = session.get(RequestLog, job_id, populate_existing=True)
+    params = {
+        "b_job_id": job_id,
+        "b_now": now,
+        "b_lease_expires_at": now + timedelta(seconds=deps.settings.job_lease_s),
+    }
+    if deps.engine.dialect.name == "postgresql":
+        claimed = execute_alone(deps.engine, _CLAIM, params)
+        job = claimed[0] if claimed else None
+    else:
+        with deps.sessions.begin() as session:
+            job = session.execute(_CLAIM, params).one_or_none()
+    if job is None:
+        with deps.sessions() as session:
+            current = session.get(RequestLog, job_id)
             if current is None:
                 logger.error("job does not exist job_id=%s", job_id)
             elif current.status is JobStatus.RUNNING and current.lease_expires_at is not None:
                 return Busy(lease_expires_at=current.lease_expires_at)
             return None
-        return Claim(
-            job_id=job.id,
-            run_count=job.run_count,
-            request=jobs.JobRequest(
-                prompt=job.prompt,
-                max_tokens=job.max_tokens,
-                preference=job.preference,
-                model=job.requested_model,
-                tier=job.requested_tier,
-                messages=job.messages,
-                options=job.upstream_options,
-                stream=job.stream,
-                difficulty_estimator=job.difficulty_estimator,
-            ),
-            period=budget.Period(job.budget_year, job.budget_month),
-            reserved_cost=job.reserved_cost,
-            api_key_id=job.api_key_id,
-            max_tier=job.max_tier,
-            deadline_s=job.deadline_s or deps.settings.default_deadline_s,
-            cache_key=job.cache_key,
-            request_id=job.request_id,
-            batch_id=job.batch_id,
-        )
+    return Claim(
+        job_id=job.id,
+        run_count=job.run_count,
+        request=jobs.JobRequest(
+            prompt=job.prompt,
+            max_tokens=job.max_tokens,
+            preference=job.preference,
+            model=job.requested_model,
+            tier=job.requested_tier,
+            messages=job.messages,
+            options=job.upstream_options,
+            stream=job.stream,
+            difficulty_estimator=job.difficulty_estimator,
+        ),
+        period=budget.Period(job.budget_year, job.budget_month),
+        reserved_cost=job.reserved_cost,
+        api_key_id=job.api_key_id,
+        max_tier=job.max_tier,
+        deadline_s=job.deadline_s or deps.settings.default_deadline_s,
+        cache_key=job.cache_key,
+        request_id=job.request_id,
+        batch_id=job.batch_id,
+    )
 
 
 def _finish_with_retries(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.Finished | None:

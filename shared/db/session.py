@@ -6,10 +6,10 @@ import time
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy import Row
 from sqlalchemy import create_engine
 from sqlalchemy import event
 from sqlalchemy import exc
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
 
@@ -20,18 +20,14 @@ from shared.config import Settings
 PING_AFTER_IDLE_S = 5.0
 
 
-_ASYNCHRONOUS_COMMIT = text("SET LOCAL synchronous_commit = off")
+def execute_alone(engine: Engine, statement: Any, params: dict[str, Any]) -> list[Row[Any]]:
+    """Run one statement with no transaction open (PostgreSQL): the server commits it as it ends.
 
-
-def commit_asynchronously(session: Session) -> None:
-    """Let the session's current transaction commit without waiting for its WAL flush (PostgreSQL).
-
-    Only for a transaction whose loss in a crash of the database server itself is harmless: PostgreSQL
-    then loses it whole (never part of it) among the last fraction of a second's commits. A process crash
-    loses nothing. The flush costs milliseconds per commit on ordinary disks, which a request waits for.
+    A transaction costs a client round trip for BEGIN and one for COMMIT, and holds its row locks across
+    the second; a statement that does all of a change by itself needs neither.
     """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(_ASYNCHRONOUS_COMMIT)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        return list(connection.execute(statement, params))
 
 
 def make_engine(settings: Settings) -> Engine:

@@ -8,7 +8,6 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import event
 from sqlalchemy import select
-from sqlalchemy import text
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
@@ -319,22 +318,22 @@ def test_the_estimator_setting_is_the_default(sessions, catalog, tmp_path) -> No
     assert _job(sessions, job_id).difficulty_estimator == "learned"
 
 
-def test_only_the_claim_commits_without_waiting_for_the_disk_on_postgresql(postgres_engine, catalog) -> None:
-    """Accepting and finishing are durable; a claim lost with the server leaves the job queued for the reaper."""
+def test_a_run_is_two_statements_and_no_transaction_on_postgresql(postgres_engine, catalog) -> None:
+    """Claiming and finishing each commit on the server as they end: no BEGIN, no COMMIT round trips."""
     settings = make_test_settings(postgres_engine.url.render_as_string(hide_password=False))
     sessions = make_sessionmaker(postgres_engine)
-    transactions: list[list[str]] = [[]]
-    event.listen(postgres_engine, "before_cursor_execute", lambda *args: transactions[-1].append(args[2]))
-    event.listen(postgres_engine, "commit", lambda _connection: transactions.append([]))
     fake = FakeLLMClient()
     job_id = _submit(sessions, catalog, settings, prompt=EASY)
+    statements: list[str] = []
+    commits: list[object] = []
+    event.listen(postgres_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    event.listen(postgres_engine, "commit", commits.append)
+
     assert runs.run(job_id, deps=runs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=fake)) is (
         JobStatus.SUCCEEDED
     )
 
-    accept, claim, finish = (statements for statements in transactions if statements)
-    assert accept[0].startswith("INSERT INTO request_logs") and "synchronous_commit" not in " ".join(accept)
-    assert claim[0] == "SET LOCAL synchronous_commit = off" and claim[1].startswith("UPDATE request_logs")
-    assert finish[0].startswith("WITH ended AS") and "synchronous_commit" not in " ".join(finish)
-    with postgres_engine.connect() as connection:
-        assert connection.execute(text("SHOW synchronous_commit")).scalar_one() == "on"
+    claim, finish = statements
+    assert claim.startswith("UPDATE request_logs") and finish.startswith("WITH ended AS")
+    assert commits == []
+    assert _job(sessions, job_id).status is JobStatus.SUCCEEDED and _ledger(sessions).reserved == 0
