@@ -405,9 +405,16 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
         }
         for seq, (purpose, record) in enumerate(outcome.attempts, start=1)
     ]
+    finished = jobs.Finished(
+        status=values["status"],
+        job_id=claim.job_id,
+        model=values["model_used"],
+        tier=values["tier"],
+        error_code=values.get("error_code"),
+    )
     # A batch's last job completes its batch, which needs the transaction; any other job needs one statement.
     if claim.batch_id is None and deps.engine.dialect.name == "postgresql":
-        return _finish_alone(claim, outcome, values=values, attempts=attempts, deps=deps)
+        return _finish_alone(claim, outcome, finished, values=values, attempts=attempts, deps=deps)
     with deps.sessions.begin() as session:
         ended = session.execute(
             _FINISH, {**values, "b_job_id": claim.job_id, "b_run_count": claim.run_count}
@@ -418,13 +425,6 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
             return None
         if attempts:
             session.execute(_RECORD_ATTEMPTS, attempts)
-        finished = jobs.Finished(
-            status=values["status"],
-            job_id=claim.job_id,
-            model=values["model_used"],
-            tier=values["tier"],
-            error_code=values.get("error_code"),
-        )
         for scope in budget.scopes_of(claim.api_key_id):
             after = budget.settle(
                 session, scope=scope, period=claim.period, reserved=claim.reserved_cost, cost=outcome.cost
@@ -443,7 +443,13 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
 
 
 def _finish_alone(
-    claim: Claim, outcome: answering.Outcome, *, values: dict[str, Any], attempts: list[dict[str, Any]], deps: RunDeps
+    claim: Claim,
+    outcome: answering.Outcome,
+    finished: jobs.Finished,
+    *,
+    values: dict[str, Any],
+    attempts: list[dict[str, Any]],
+    deps: RunDeps,
 ) -> jobs.Finished | None:
     """_finish as one self-committing statement (shared.one_statement); the alerts it sets off come after."""
     rows = one_statement.finish(
@@ -461,13 +467,6 @@ def _finish_alone(
         logger.warning("lost the claim before finishing job_id=%s", claim.job_id)
         return None
     ended = rows[0]
-    finished = jobs.Finished(
-        status=values["status"],
-        job_id=claim.job_id,
-        model=values["model_used"],
-        tier=values["tier"],
-        error_code=values.get("error_code"),
-    )
     thresholds = deps.settings.alert_thresholds
     # Recorded in their own transaction: one lost to a crash right here fires at the scope's next settlement.
     due = [row for row in rows if row.scope is not None and alerts.reached(
