@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from decimal import Decimal
 
 from sqlalchemy import Engine
@@ -192,3 +193,36 @@ def test_a_finish_that_lost_its_claim_writes_nothing(postgres_engine, catalog) -
         job = session.get(RequestLog, accepted.id)
         assert job is not None and (job.status, job.settled, job.response) == (JobStatus.RUNNING, False, None)
         assert session.scalars(select(RequestAttempt)).all() == []
+
+
+def test_concurrent_accepts_and_finishes_on_two_scopes_neither_deadlock_nor_drift(postgres_engine, catalog) -> None:
+    """Every path locks a request's scopes global first: many runs at once on one key end exact, with no error."""
+    settings = _settings(postgres_engine, monthly_budget_limit=Decimal(100), db_pool_size=16)
+    sessions = make_sessionmaker(postgres_engine)
+    requester = _key(sessions, Decimal(50))
+    _open_months(sessions, jobs.limits_of(settings, requester))
+    errors: list[BaseException] = []
+    finished: list[JobStatus | None] = []
+
+    def submit_and_run(count: int) -> None:
+        deps = runs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=FakeLLMClient(),
+                            on_alert=lambda alert: None)  # fmt: skip
+        try:
+            for _ in range(count):
+                accepted = _accept(sessions, catalog, settings, requester, prompt=PROMPT, max_tokens=50)
+                assert accepted is not None
+                finished.append(runs.run(accepted.id, deps=deps))
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=submit_and_run, args=(10,)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert errors == [] and finished == [JobStatus.SUCCEEDED] * 80
+    with sessions() as session:
+        spent = sum(session.scalars(select(RequestLog.cost)), Decimal(0))
+    ledger = _ledgers(sessions)
+    assert ledger[budget.GLOBAL_SCOPE] == ledger[budget.key_scope(requester.api_key_id)] == (spent, Decimal(0), 80)
