@@ -12,6 +12,7 @@ not fit, a batch job) returns None and the caller takes the transactional path, 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
@@ -89,7 +90,8 @@ _RESERVED = (
 )
 
 
-def _accept_statement(names: Sequence[str]) -> Any:
+@functools.cache
+def _accept_statement(names: tuple[str, ...]) -> Any:
     """INSERT the job's row from bound values, only once every scope has reserved its bound.
 
     The columns not named take their scalar defaults, written into the statement (an INSERT from a SELECT
@@ -106,9 +108,6 @@ def _accept_statement(names: Sequence[str]) -> Any:
     return insert(_JOBS).from_select(columns, rows, include_defaults=False).returning(_J.id)
 
 
-_ACCEPT_STATEMENTS: dict[tuple[str, ...], Any] = {}
-
-
 def accept(
     engine: Engine,
     *,
@@ -122,10 +121,7 @@ def accept(
     False means the month has no row yet in some scope or the bound does not fit in one: the caller then
     runs the transactional path, which creates months, downgrades and explains refusals.
     """
-    names = tuple(job)
-    statement = _ACCEPT_STATEMENTS.get(names)
-    if statement is None:
-        statement = _ACCEPT_STATEMENTS.setdefault(names, _accept_statement(names))
+    statement = _accept_statement(tuple(job))
     limit_of = dict(limits)
     key_limits = [limit for scope, limit in limits if scope != budget.GLOBAL_SCOPE]
     params = {
@@ -153,7 +149,8 @@ _ATTEMPT_FIELDS = (
 )  # fmt: skip
 
 
-def _finish_statement(names: Sequence[str]) -> Any:
+@functools.cache
+def _finish_statement(names: tuple[str, ...]) -> Any:
     job_id = bindparam("f_job_id", type_=_J.id.type)
     ended = (
         update(_JOBS)
@@ -195,9 +192,6 @@ def _finish_statement(names: Sequence[str]) -> Any:
     )
 
 
-_FINISH_STATEMENTS: dict[tuple[str, ...], Any] = {}
-
-
 def finish(
     engine: Engine,
     *,
@@ -216,10 +210,7 @@ def finish(
     Returns one row per scope: the finished job's columns with that scope's `scope`, `total_spent` and
     `monthly_limit` after settling; no rows when the claim was lost (nothing was written).
     """
-    names = tuple(sorted(values))
-    statement = _FINISH_STATEMENTS.get(names)
-    if statement is None:
-        statement = _FINISH_STATEMENTS.setdefault(names, _finish_statement(names))
+    statement = _finish_statement(tuple(sorted(values)))
     params = {
         "f_job_id": job_id,
         "f_run_count": run_count,

@@ -469,9 +469,9 @@ def _finish_alone(
     ended = rows[0]
     thresholds = deps.settings.alert_thresholds
     # Recorded in their own transaction: one lost to a crash right here fires at the scope's next settlement.
-    due = [row for row in rows if row.scope is not None and alerts.reached(
+    due = [row for row in rows if outcome.cost > 0 and row.scope is not None and alerts.reached(
         spent=row.total_spent, limit=row.monthly_limit, thresholds=thresholds)]  # fmt: skip
-    if outcome.cost > 0 and due:
+    if due:
         with deps.sessions.begin() as session:
             for row in due:
                 finished.alerts += alerts.fire(

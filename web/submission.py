@@ -74,7 +74,7 @@ def accept_job(body: dict[str, Any], request: jobs.JobRequest, *, use_cache: boo
     # Without an Idempotency-Key nothing else goes in the job's transaction: it can be one statement.
     jobs.create_and_commit(
         session,
-        alone=not has_idempotency_key(),
+        alone=idempotency_key() is None,
         request=request,
         catalog=current_app.extensions["catalog"],
         settings=settings,
@@ -91,9 +91,9 @@ def enqueue_job(job_id: str) -> None:
     enqueue([job_id], batch=False, withdraw=lambda session: jobs.withdraw(session, job_id=job_id))
 
 
-def has_idempotency_key() -> bool:
-    """Tell whether the request carries an Idempotency-Key header."""
-    return request.headers.get("Idempotency-Key") is not None
+def idempotency_key() -> str | None:
+    """Return the request's Idempotency-Key header, if it has one."""
+    return request.headers.get("Idempotency-Key")
 
 
 def claim_idempotency_key(session: Session, *, body: dict[str, Any], resource: str, resource_id: str) -> str | None:
@@ -101,7 +101,7 @@ def claim_idempotency_key(session: Session, *, body: dict[str, Any], resource: s
 
     Must be the first write of the request's transaction.
     """
-    key = request.headers.get("Idempotency-Key")
+    key = idempotency_key()
     if key is None:
         return None
     return idempotency.claim(
@@ -117,7 +117,7 @@ def claim_idempotency_key(session: Session, *, body: dict[str, Any], resource: s
 
 def forget_idempotency_key(session: Session) -> None:
     """Drop the request's key again (its work was withdrawn), so that a retry may create it anew."""
-    key = request.headers.get("Idempotency-Key")
+    key = idempotency_key()
     if key is not None:
         idempotency.forget(session, owner=_idempotency_owner(), key=key)
 
