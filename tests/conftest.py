@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,6 +59,35 @@ def worker_deps(app: Flask, catalog: Catalog, client: LLMClient, **hooks: Any) -
         client=client,
         **hooks,
     )
+
+
+def run_jobs_soon(
+    monkeypatch: pytest.MonkeyPatch, deps: runs.RunDeps, *, delay_s: float = 0.05
+) -> tuple[list[threading.Timer], list[str]]:
+    """Stand in for the worker: run each enqueued job in another thread `delay_s` after it was enqueued.
+
+    Returns the threads (join them before the test ends) and the ids of the jobs enqueued, as they come.
+    """
+    from worker import tasks
+
+    threads: list[threading.Timer] = []
+    job_ids: list[str] = []
+
+    def run_soon(args, **_):
+        job_ids.append(args[0])
+        threads.append(threading.Timer(delay_s, runs.run, args=(args[0],), kwargs={"deps": deps}))
+        threads[-1].start()
+
+    monkeypatch.setattr(tasks.run_job, "apply_async", run_soon)
+    return threads, job_ids
+
+
+@pytest.fixture
+def publisher(app: Flask) -> Iterator[redis.Redis]:
+    """A client of the app's Redis, for a stand-in worker to announce jobs and relay streams on."""
+    client = redis.Redis.from_url(app.extensions["settings"].redis_url)
+    yield client
+    client.close()
 
 
 @pytest.fixture

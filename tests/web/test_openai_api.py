@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -15,17 +14,16 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from shared import notify
-from shared import runs
 from shared import streams
 from shared.db.models import MonthlyBudget
 from shared.db.models import RequestLog
 from shared.db.session import make_sessionmaker
 from shared.errors import TransientLLMError
+from tests.conftest import run_jobs_soon
 from tests.conftest import worker_deps
 from tests.support.fakes import FLUENT
 from tests.support.fakes import Cut
 from tests.support.fakes import FakeLLMClient
-from worker import tasks
 
 
 @pytest.fixture
@@ -34,10 +32,10 @@ def llm() -> FakeLLMClient:
 
 
 @pytest.fixture
-def worker(app: Flask, catalog, llm: FakeLLMClient, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+def worker(
+    app: Flask, catalog, llm: FakeLLMClient, monkeypatch: pytest.MonkeyPatch, publisher: redis.Redis
+) -> Iterator[list[str]]:
     """Run each enqueued job in another thread a moment later, as a worker would; yield the job ids."""
-    settings = app.extensions["settings"]
-    publisher = redis.Redis.from_url(settings.redis_url)
     deps = worker_deps(
         app,
         catalog,
@@ -45,19 +43,10 @@ def worker(app: Flask, catalog, llm: FakeLLMClient, monkeypatch: pytest.MonkeyPa
         on_finished=lambda job_id: notify.publish_job_done(publisher, job_id),
         relay=lambda job_id, entry: streams.append(publisher, job_id, entry),
     )
-    threads: list[threading.Timer] = []
-    job_ids: list[str] = []
-
-    def run_soon(args, **_):
-        job_ids.append(args[0])
-        threads.append(threading.Timer(0.02, runs.run, args=(args[0],), kwargs={"deps": deps}))
-        threads[-1].start()
-
-    monkeypatch.setattr(tasks.run_job, "apply_async", run_soon)
+    threads, job_ids = run_jobs_soon(monkeypatch, deps, delay_s=0.02)
     yield job_ids
     for thread in threads:
         thread.join()
-    publisher.close()
 
 
 @pytest.fixture

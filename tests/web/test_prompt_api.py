@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from decimal import Decimal
 
 import pytest
@@ -13,10 +12,10 @@ from kombu.exceptions import OperationalError
 from sqlalchemy import select
 
 from shared import notify
-from shared import runs
 from shared.db.models import MonthlyBudget
 from shared.db.models import RequestLog
 from shared.db.session import make_sessionmaker
+from tests.conftest import run_jobs_soon
 from tests.conftest import worker_deps
 from tests.support.fakes import FakeLLMClient
 from worker import tasks
@@ -156,30 +155,16 @@ def test_database_down_is_503() -> None:
     _error(client.post("/api/prompt", json={"prompt": "x", "wait": False}), 503, "unavailable")
 
 
-def _run_jobs_soon(monkeypatch: pytest.MonkeyPatch, deps: runs.RunDeps) -> list[threading.Timer]:
-    """Stand in for the worker: run each enqueued job in another thread a moment after it was enqueued."""
-    workers: list[threading.Timer] = []
-
-    def run_soon(args, **_):
-        workers.append(threading.Timer(0.05, runs.run, args=(args[0],), kwargs={"deps": deps}))
-        workers[-1].start()
-
-    monkeypatch.setattr(tasks.run_job, "apply_async", run_soon)
-    return workers
-
-
 def test_wait_true_answers_200_with_the_result(
-    client: FlaskClient, app: Flask, catalog, monkeypatch: pytest.MonkeyPatch
+    client: FlaskClient, app: Flask, catalog, monkeypatch: pytest.MonkeyPatch, publisher: redis.Redis
 ) -> None:
-    settings = app.extensions["settings"]
-    publisher = redis.Redis.from_url(settings.redis_url)
     deps = worker_deps(
         app,
         catalog,
         FakeLLMClient(),
         on_finished=lambda job_id: notify.publish_job_done(publisher, job_id),
     )
-    workers = _run_jobs_soon(monkeypatch, deps)
+    workers, _ = run_jobs_soon(monkeypatch, deps)
     response = client.post("/api/prompt", json={"prompt": "What is the capital of France?", "timeout_s": 10})
     assert response.status_code == 200
     body = response.get_json()
@@ -193,25 +178,21 @@ def test_wait_true_answers_200_with_the_result(
     assert body["attempts"][0]["outcome"] == "ok"
     for worker in workers:
         worker.join()
-    publisher.close()
 
 
 def test_wait_true_answers_the_announced_body_as_a_read_of_the_job_shows_it(
-    client: FlaskClient, app: Flask, catalog, monkeypatch: pytest.MonkeyPatch
+    client: FlaskClient, app: Flask, catalog, monkeypatch: pytest.MonkeyPatch, publisher: redis.Redis
 ) -> None:
-    settings = app.extensions["settings"]
-    publisher = redis.Redis.from_url(settings.redis_url)
     deps = worker_deps(
         app,
         catalog,
         FakeLLMClient(),
         on_answered=lambda job_id, body: notify.publish_job_done(publisher, job_id, body),
     )
-    workers = _run_jobs_soon(monkeypatch, deps)
+    workers, _ = run_jobs_soon(monkeypatch, deps)
     response = client.post("/api/prompt", json={"prompt": "What is 2 + 2?", "metadata": {"run": 7}, "timeout_s": 10})
     for worker in workers:
         worker.join()
-    publisher.close()
     assert response.status_code == 200
     body = response.get_json()
     assert body["status"] == "succeeded"
