@@ -24,7 +24,10 @@ def create_celery(settings: Settings) -> Celery:
     app.conf.update(
         broker_url=settings.redis_url,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.job_lease_s * 2},
+        broker_transport_options={
+            "visibility_timeout": settings.job_lease_s * 2,
+            "max_connections": settings.broker_max_connections,
+        },
         # Job state lives in the database; waiting requests learn of completion through Redis pub/sub.
         task_ignore_result=True,
         # No result backend is configured: the disabled one is stateless, so one instance serves every task.
