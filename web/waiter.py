@@ -29,6 +29,9 @@ T = TypeVar("T")
 
 RECONNECT_DELAY_S = 1.0
 READY_TIMEOUT_S = 2.0
+# A waiting request reads its job this often even unwoken: an announcement lost on the way (or a listener
+# stalled) then costs it at most this long, not its whole timeout.
+RECHECK_S = 5.0
 
 
 class Done(threading.Event):
@@ -41,6 +44,8 @@ class Done(threading.Event):
 
 class CompletionWaiter:
     """Completion events for the jobs this process waits on."""
+
+    recheck_s = RECHECK_S
 
     def __init__(self, redis_url: str) -> None:
         self._redis_url = redis_url
@@ -109,18 +114,23 @@ class CompletionWaiter:
             event.set()
 
 
-def wait_for(done: threading.Event, *, timeout_s: float, look: Callable[[], T | None]) -> T | None:
+def wait_for(
+    done: threading.Event, *, timeout_s: float, look: Callable[[], T | None], recheck_s: float = RECHECK_S
+) -> T | None:
     """Sleep on `done` until `look()` finds the job finished or `timeout_s` passes; return what it found.
 
-    A wake-up is the job's announcement or a reconnect that may have lost one, so each is checked; `look`
-    runs once more at the end for an announcement that never came.
+    A wake-up is the job's announcement or a reconnect that may have lost one, so each is checked; so is
+    every `recheck_s` without one, and the deadline itself, for an announcement that never came.
     """
     deadline = time.monotonic() + timeout_s
-    while (remaining := deadline - time.monotonic()) > 0 and done.wait(remaining):
+    while True:
+        remaining = deadline - time.monotonic()
+        step = min(remaining, recheck_s)
+        woken = step > 0 and done.wait(step)
         done.clear()
-        if (found := look()) is not None:
+        found = look()
+        if found is not None or (not woken and step >= remaining):
             return found
-    return look()
 
 
 def init_app(app: Flask, settings: Settings) -> None:

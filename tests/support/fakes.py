@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from collections import deque
@@ -101,6 +102,8 @@ class _ExpiredEvent(waiter.Done):
 
 class TimedOutWaiter:
     """Stands in for the Redis completion waiter: every wait ends as if `timeout_s` had passed."""
+
+    recheck_s = math.inf  # no rechecks before the deadline: the first wait is the whole timeout
 
     def register(self, job_id: str) -> waiter.Done:
         return _ExpiredEvent()

@@ -81,7 +81,9 @@ def create_chat_completion() -> Response:
             submission.enqueue_job(job_id)
         else:
             done.set()
-        answer = waiter.wait_for(done, timeout_s=timeout_s, look=lambda: _look(job_id))
+        answer = waiter.wait_for(
+            done, timeout_s=timeout_s, look=lambda: _look(job_id), recheck_s=completion_waiter.recheck_s
+        )
     finally:
         completion_waiter.unregister(job_id, done)
     if answer is None:

@@ -65,7 +65,12 @@ def create_prompt() -> Response | tuple[Response, int]:
             if finished is not None:
                 return jsonify(finished)
         # The announcement carries the finished job, read back only when it did not (a lost announcement).
-        finished = waiter.wait_for(done, timeout_s=body.timeout_s, look=lambda: done.body or _look(job_id)[1])
+        finished = waiter.wait_for(
+            done,
+            timeout_s=body.timeout_s,
+            look=lambda: done.body or _look(job_id)[1],
+            recheck_s=completion_waiter.recheck_s,
+        )
         return jsonify(finished) if finished is not None else _accepted(job_id, _look(job_id)[0])
     finally:
         if done is not None:
