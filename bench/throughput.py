@@ -215,22 +215,38 @@ class Target:
 
 
 async def load(
-    target: Target, *, concurrency: int, requests: int, cap_s: float, first_number: int, sample: list[Any] | None
+    target: Target,
+    *,
+    concurrency: int,
+    requests: int,
+    cap_s: float,
+    first_number: int,
+    sample: list[Any] | None,
+    ramp_s: float = 0.0,
 ) -> dict[str, Any]:
-    """A closed loop: `concurrency` tasks send requests until `requests` were started or `cap_s` passed."""
+    """A closed loop: `concurrency` tasks send requests until `requests` were started or `cap_s` passed.
+
+    With `ramp_s`, task i sends its first request i * ramp_s / concurrency seconds in, and the figures also
+    give the steady rate: completions per second between the end of the ramp (every task busy) and the moment
+    the last request starts (every task still busy).
+    """
     latencies: list[float] = []
+    finished_at: list[float] = []
     errors: dict[str, int] = {}
     next_number = first_number
     started = 0
+    last_started_at = 0.0
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=cap_s + GRACE_S)
     begin = time.perf_counter()
     stop_at = begin + cap_s
 
-    async def one(session: aiohttp.ClientSession) -> None:
-        nonlocal next_number, started
+    async def one(session: aiohttp.ClientSession, delay_s: float) -> None:
+        nonlocal next_number, started, last_started_at
+        await asyncio.sleep(delay_s)
         while started < requests and time.perf_counter() < stop_at:
             started += 1
+            last_started_at = time.perf_counter()
             number = next_number
             next_number += 1
             t0 = time.perf_counter()
@@ -244,6 +260,7 @@ async def load(
             elapsed = (time.perf_counter() - t0) * 1000
             if target.ok(status, payload):
                 latencies.append(elapsed)
+                finished_at.append(time.perf_counter())
                 if sample is not None and len(sample) < 3:
                     sample.append(payload)
             else:
@@ -251,7 +268,7 @@ async def load(
                 errors[key] = errors.get(key, 0) + 1
 
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        tasks = [asyncio.ensure_future(one(session)) for _ in range(concurrency)]
+        tasks = [asyncio.ensure_future(one(session, i * ramp_s / concurrency)) for i in range(concurrency)]
         _done, pending = await asyncio.wait(tasks, timeout=cap_s + GRACE_S)
         for task in pending:
             task.cancel()
@@ -266,9 +283,13 @@ async def load(
     def pct(q: float) -> float | None:
         return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2) if latencies else None
 
+    steady_s = last_started_at - (begin + ramp_s)
+    steady = sum(1 for t in finished_at if begin + ramp_s <= t <= last_started_at)
     return {
         "requests": started,
         "ok": len(latencies),
+        "ramp_s": ramp_s,
+        "steady_rps": round(steady / steady_s, 2) if ramp_s and steady_s > 0 else None,
         "errors": sum(errors.values()),
         "errors_by_kind": errors,
         "wall_s": round(wall, 3),
@@ -281,7 +302,14 @@ async def load(
 
 
 def run_phase(
-    target: Target, *, concurrency: int, requests: int, cap_s: float, number: int, uses_postgres: bool = False
+    target: Target,
+    *,
+    concurrency: int,
+    requests: int,
+    cap_s: float,
+    number: int,
+    uses_postgres: bool = False,
+    ramp_s: float = 0.0,
 ) -> dict[str, Any]:
     # Warm-up: open connections (and, in the stack, threads and DB connections), not counted.
     warm = min(concurrency, 32)
@@ -294,7 +322,15 @@ def run_phase(
     sample: list[Any] = []
     with Sampler(target.groups) as sampler:
         figures = asyncio.run(
-            load(target, concurrency=concurrency, requests=requests, cap_s=cap_s, first_number=number, sample=sample)
+            load(
+                target,
+                concurrency=concurrency,
+                requests=requests,
+                cap_s=cap_s,
+                first_number=number,
+                sample=sample,
+                ramp_s=ramp_s,
+            )
         )
     machine_after = machine_ticks()
     pids = {name: tree(roots) for name, roots in target.groups.items()}
@@ -319,11 +355,10 @@ def run_phase(
     return figures
 
 
-def requests_for(latency_ms: int, concurrency: int, quick: bool, cap_s: float) -> int:
+def requests_for(latency_ms: int, concurrency: int, quick: bool, rounds: int | None = None) -> int:
     """Enough requests for a steady state, few enough to fit the cap on a healthy stack."""
     if latency_ms >= 1000:
-        rounds = 3 if quick else 5
-        return concurrency * rounds
+        return concurrency * (rounds or (3 if quick else 5))
     base = 150 if quick else 400
     return min(max(base, concurrency * 8), 3000)
 
@@ -568,6 +603,15 @@ def main(argv: list[str] | None = None, *, compare: bool = False) -> None:
     parser.add_argument("--latencies", default=None, help="upstream latencies in ms, e.g. 0,50,2000")
     parser.add_argument("--concurrencies", default=None, help="e.g. 1,16,64,256")
     parser.add_argument("--cell-cap-s", type=float, default=20.0, help="wall-clock cap per target and cell")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="requests per client in cells with an upstream latency of 1 s or more (3 quick, 5)",
+    )
+    parser.add_argument("--ramp", action="store_true",
+                        help="spread the clients' first requests over one upstream latency and report the "
+                             "steady rate as well (the default starts every client at once)")  # fmt: skip
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="postgres")
     parser.add_argument("--web-concurrency", type=int, default=2)
     parser.add_argument("--worker-processes", type=int, default=1)
@@ -616,7 +660,8 @@ def main(argv: list[str] | None = None, *, compare: bool = False) -> None:
                 status, _, _ = http("POST", f"{stack.sim}/sim/config", {"reset": True, "latency_ms": latency_ms})
                 if status != 200:
                     raise RuntimeError(f"could not set the simulator's latency: {status}")
-                count = requests_for(latency_ms, concurrency, args.quick, args.cell_cap_s)
+                count = requests_for(latency_ms, concurrency, args.quick, args.rounds)
+                ramp_s = latency_ms / 1000 if args.ramp else 0.0
                 cell: dict[str, Any] = {"latency_ms": latency_ms, "concurrency": concurrency, "requests": count}
                 for target in (direct, router, litellm):
                     if target is None:
@@ -624,9 +669,10 @@ def main(argv: list[str] | None = None, *, compare: bool = False) -> None:
                     number += 100_000
                     cell[target.name] = run_phase(target, concurrency=concurrency, requests=count,
                                                   cap_s=args.cell_cap_s, number=number,
-                                                  uses_postgres=args.db == "postgres")  # fmt: skip
+                                                  uses_postgres=args.db == "postgres", ramp_s=ramp_s)  # fmt: skip
                     r = cell[target.name]
-                    print(f"  {latency_ms:>5} ms c={concurrency:<3} {target.name:<7} {r['rps']:>8} req/s "
+                    steady = f" (steady {r['steady_rps']})" if r["steady_rps"] is not None else ""
+                    print(f"  {latency_ms:>5} ms c={concurrency:<3} {target.name:<7} {r['rps']:>8} req/s{steady} "
                           f"p50 {r['p50_ms']} ms errors {r['errors']} cpu {r['cpu_ms_per_req']} ms/req "
                           f"(postgres {r.get('postgres_server_cpu_ms_per_req', '-')}) machine busy "
                           f"{r['machine_cpu_busy_pct']}%",
