@@ -20,6 +20,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from shared.config import DEFAULT_REDIS_MAX_CONNECTIONS
 from shared.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -51,9 +52,15 @@ class BreakerPolicy:
         )
 
 
-def fast_failing_client(redis_url: str) -> redis.Redis:
+def fast_failing_client(redis_url: str, *, max_connections: int = DEFAULT_REDIS_MAX_CONNECTIONS) -> redis.Redis:
     """Return a Redis client that gives up at once: a down Redis must not slow every upstream call."""
-    return redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    return redis.Redis.from_url(
+        redis_url,
+        socket_timeout=0.5,
+        socket_connect_timeout=0.5,
+        retry=Retry(NoBackoff(), 0),
+        max_connections=max_connections,
+    )
 
 
 class CircuitBreaker:

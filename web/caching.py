@@ -38,6 +38,7 @@ def _client() -> redis.Redis:
     """Return this process's cache client, made on first use (after gunicorn forks); it gives up at once."""
     client = current_app.extensions.get("cache_redis")
     if client is None:
-        client = circuit.fast_failing_client(current_app.extensions["settings"].redis_url)
+        settings = current_app.extensions["settings"]
+        client = circuit.fast_failing_client(settings.redis_url, max_connections=settings.redis_max_connections)
         current_app.extensions["cache_redis"] = client
     return client

@@ -26,7 +26,7 @@ def create_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.job_lease_s * 2,
-            "max_connections": settings.broker_max_connections,
+            "max_connections": settings.redis_max_connections,
         },
         # Job state lives in the database; waiting requests learn of completion through Redis pub/sub.
         task_ignore_result=True,

@@ -32,7 +32,12 @@ def get_deps() -> runs.RunDeps:
         if _deps is None:
             _native_readability_check()
             settings = get_settings()
-            publisher = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+            publisher = redis.Redis.from_url(
+                settings.redis_url, socket_timeout=5, max_connections=settings.redis_max_connections
+            )
+            fast_failing_redis = circuit.fast_failing_client(
+                settings.redis_url, max_connections=settings.redis_max_connections
+            )
             _deps = runs.RunDeps(
                 sessions=make_sessionmaker(make_engine(settings)),
                 catalog=load_catalog(settings.model_catalog_path),
@@ -43,10 +48,8 @@ def get_deps() -> runs.RunDeps:
                 relay=lambda job_id, entry: streams.append(publisher, job_id, entry),
                 on_alert=_announce_alert,
                 on_callback=_send_callback,
-                breaker=CircuitBreaker(
-                    circuit.fast_failing_client(settings.redis_url), circuit.BreakerPolicy.from_settings(settings)
-                ),
-                response_cache=circuit.fast_failing_client(settings.redis_url),
+                breaker=CircuitBreaker(fast_failing_redis, circuit.BreakerPolicy.from_settings(settings)),
+                response_cache=fast_failing_redis,
             )
         return _deps
 

@@ -1,4 +1,4 @@
-"""A burst of late acknowledgements, one per job in flight, must not run out of broker connections."""
+"""A wave of jobs in flight must not run a process out of Redis connections (broker acks, cache, breakers)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 import redis
 
+from shared import circuit
 from tests.conftest import make_test_settings
 from tests.support.chaos import PrivateRedis
 from worker.celery_app import create_celery
 
 IN_FLIGHT = 40  # jobs finishing together; well under the default worker concurrency (256)
-PAUSE_MS = 400
+CACHE_READS = 150  # more than redis-py's default pool of 100, fewer than the requests a web process holds
+PAUSE_MS = 250
 
 
 @pytest.fixture
@@ -25,6 +27,12 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.close()
+
+
+def stall(url: str) -> None:
+    """Hold every client's commands for PAUSE_MS: what starts now overlaps, each on a connection of its own."""
+    with redis.Redis.from_url(url) as admin:
+        admin.execute_command("CLIENT", "PAUSE", PAUSE_MS, "ALL")
 
 
 def ack_together(tmp_path: Path, url: str, **overrides: object) -> list[BaseException]:
@@ -38,8 +46,7 @@ def ack_together(tmp_path: Path, url: str, **overrides: object) -> list[BaseExce
         messages = [queue.get(timeout=2) for _ in range(IN_FLIGHT)]
         # Every ack now waits on the server, so each one holds a pooled connection at the same time, as the
         # greenlets of a gevent worker do when a wave of jobs finishes.
-        redis.Redis.from_url(url).execute_command("CLIENT", "PAUSE", PAUSE_MS, "ALL")
-        start = threading.Barrier(IN_FLIGHT)
+        start = threading.Barrier(IN_FLIGHT, action=lambda: stall(url))
 
         def ack(message: object) -> None:
             start.wait()
@@ -67,6 +74,40 @@ def test_a_wave_of_acks_needs_no_more_connections_than_the_broker_channel_may_op
 
 def test_the_same_wave_fails_at_kombus_default_of_ten_connections(private_redis: PrivateRedis, tmp_path: Path) -> None:
     # The failure the setting prevents, shown on the same wave: a worker sized like this drops acks.
-    errors = ack_together(tmp_path, private_redis.url, broker_max_connections=10)
+    errors = ack_together(tmp_path, private_redis.url, redis_max_connections=10)
     assert errors
     assert all("Too many connections" in str(error) for error in errors)
+
+
+def read_together(client: redis.Redis, url: str, readers: int) -> list[BaseException]:
+    """Run `readers` GETs at once while Redis stalls, as a web process's requests look up the cache."""
+    start = threading.Barrier(readers, action=lambda: stall(url))
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        start.wait()
+        try:
+            client.get("model-router:cache:absent")
+        except redis.RedisError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=read) for _ in range(readers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    client.close()
+    return errors
+
+
+def test_the_cache_and_breaker_client_serves_more_readers_at_once_than_redis_pys_default(
+    private_redis: PrivateRedis,
+) -> None:
+    assert read_together(circuit.fast_failing_client(private_redis.url), private_redis.url, CACHE_READS) == []
+
+
+def test_at_redis_pys_default_pool_the_same_readers_fail(private_redis: PrivateRedis) -> None:
+    plain = redis.Redis.from_url(private_redis.url, socket_timeout=2)
+    errors = read_together(plain, private_redis.url, CACHE_READS)
+    assert errors
+    assert all(isinstance(error, redis.exceptions.MaxConnectionsError) for error in errors)
