@@ -6,6 +6,7 @@ infrastructure faults (broker, database), so the two never multiply.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -120,12 +121,19 @@ class RetryPolicy:
         )
 
 
+# SDK clients (each with its own connection pool) per server, used in turn. On every request and response
+# httpcore walks each connection of its pool, so one pool holding a gevent worker's hundreds of connections
+# costs that many checks per call; eight smaller pools cost an eighth of it.
+POOL_SHARDS = 8
+
+
 class OpenAIChatClient:
-    """The `openai` SDK behind the LLMClient protocol: one reused SDK client per server."""
+    """The `openai` SDK behind the LLMClient protocol: reused SDK clients per server, POOL_SHARDS of them."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._clients: dict[tuple[str | None, str | None], openai.OpenAI] = {}
+        self._clients: dict[tuple[str | None, str | None, int], openai.OpenAI] = {}
+        self._turns = itertools.count()
         self._lock = threading.Lock()
 
     def complete(
@@ -241,7 +249,7 @@ class OpenAIChatClient:
         return openai.Timeout(read_s, connect=connect_s)
 
     def _client_for(self, model: ModelSpec) -> openai.OpenAI:
-        key = (model.base_url, model.api_key_env)
+        key = (model.base_url, model.api_key_env, next(self._turns) % POOL_SHARDS)
         with self._lock:
             client = self._clients.get(key)
             if client is None:

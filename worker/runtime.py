@@ -26,7 +26,7 @@ _deps: runs.RunDeps | None = None
 
 
 def get_deps() -> runs.RunDeps:
-    """Return this process's job dependencies: one engine, one catalog, one HTTP client per upstream."""
+    """Return this process's job dependencies: one engine, one catalog, reused HTTP clients per upstream."""
     global _deps
     with _lock:
         if _deps is None:

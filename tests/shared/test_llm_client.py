@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import openai
 import pytest
 
 from shared.catalog import Catalog
@@ -16,6 +17,7 @@ from shared.config import Settings
 from shared.errors import PermanentLLMError
 from shared.errors import TransientLLMError
 from shared.llm_client import CallResult
+from shared.llm_client import POOL_SHARDS
 from shared.llm_client import OpenAIChatClient
 from shared.llm_client import RetryPolicy
 from shared.llm_client import complete_with_retries
@@ -247,18 +249,18 @@ def test_connection_refused_is_transient_connection_error(
     assert [(a.error_class, a.status_code) for a in result.attempts] == [("connection", None)] * 2
 
 
-def test_one_sdk_client_is_reused_per_server(
-    sim: SimServer, catalog: Catalog, tmp_path: Path, sleeps: list[float]
+def test_a_servers_calls_take_turns_over_a_few_reused_sdk_clients(
+    sim: SimServer, catalog: Catalog, tmp_path: Path, sleeps: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = _client(_settings(tmp_path, sim.base_url))
-    cheap = catalog.get_model(CHEAP)
-    _call(client, cheap, sleeps=sleeps)
-    [first_sdk_client] = client._clients.values()
-    _call(client, cheap, sleeps=sleeps)
-    _call(client, catalog.get_model("gpt-4"), sleeps=sleeps)
-    [sdk_client] = client._clients.values()
-    assert sdk_client is first_sdk_client
-    assert sim.calls() == 3
+    built: list[openai.OpenAI] = []
+    build = client._build_client
+    monkeypatch.setattr(client, "_build_client", lambda model: built.append(build(model)) or built[-1])
+    for model in [catalog.get_model(CHEAP), catalog.get_model("gpt-4")] * POOL_SHARDS:
+        _call(client, model, sleeps=sleeps)
+    # Both models live on the one server: its calls took turns over POOL_SHARDS clients, each built once.
+    assert len(built) == len(set(map(id, built))) == POOL_SHARDS
+    assert sim.calls() == 2 * POOL_SHARDS
 
 
 def test_models_on_different_servers_get_different_sdk_clients(

@@ -87,7 +87,9 @@ def _cutting_transport(chunks: list[str]) -> httpx.MockTransport:
     return httpx.MockTransport(handler)
 
 
-def test_a_cut_stream_is_billed_for_what_it_produced_and_not_retried(tmp_path: Path, catalog: Catalog) -> None:
+def test_a_cut_stream_is_billed_for_what_it_produced_and_not_retried(
+    tmp_path: Path, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = make_test_settings(f"sqlite:///{tmp_path}/r.db")
     client = OpenAIChatClient(settings)
     model = catalog.get_model(CHEAP)
@@ -95,7 +97,7 @@ def test_a_cut_stream_is_billed_for_what_it_produced_and_not_retried(tmp_path: P
         api_key="k", base_url="http://upstream.test/v1", max_retries=0,
         http_client=httpx.Client(transport=_cutting_transport(["Paris ", "is ", "the"])),
     )  # fmt: skip
-    client._clients[(model.base_url, model.api_key_env)] = sdk
+    monkeypatch.setattr(client, "_build_client", lambda _model: sdk)
     deltas: list[str] = []
     result = complete_with_retries(
         client, model=model, prompt="Where?", max_tokens=50, policy=NO_WAIT, sleep=lambda _: None,
@@ -111,14 +113,16 @@ def test_a_cut_stream_is_billed_for_what_it_produced_and_not_retried(tmp_path: P
     assert attempt.cost == model.cost(attempt.prompt_tokens, 3) > 0
 
 
-def test_a_stream_cut_before_its_first_token_is_a_transient_error(tmp_path: Path, catalog: Catalog) -> None:
+def test_a_stream_cut_before_its_first_token_is_a_transient_error(
+    tmp_path: Path, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
     client = OpenAIChatClient(make_test_settings(f"sqlite:///{tmp_path}/r.db"))
     model = catalog.get_model(CHEAP)
     sdk = openai.OpenAI(
         api_key="k", base_url="http://upstream.test/v1", max_retries=0,
         http_client=httpx.Client(transport=_cutting_transport([])),
     )  # fmt: skip
-    client._clients[(model.base_url, model.api_key_env)] = sdk
+    monkeypatch.setattr(client, "_build_client", lambda _model: sdk)
     with pytest.raises(TransientLLMError):
         client.stream(model=model, prompt="Where?", max_tokens=50, on_delta=lambda _: None)
     client.close()
