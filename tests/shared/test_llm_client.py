@@ -16,8 +16,8 @@ from shared.catalog import ModelSpec
 from shared.config import Settings
 from shared.errors import PermanentLLMError
 from shared.errors import TransientLLMError
-from shared.llm_client import CallResult
 from shared.llm_client import POOL_SHARDS
+from shared.llm_client import CallResult
 from shared.llm_client import OpenAIChatClient
 from shared.llm_client import RetryPolicy
 from shared.llm_client import complete_with_retries
