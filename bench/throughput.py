@@ -403,6 +403,11 @@ def worker_pool(args: argparse.Namespace) -> str:
     return args.worker_pool or ("threads" if args.db == "sqlite" else "gevent")
 
 
+def worker_processes(args: argparse.Namespace) -> int:
+    """Return how many prompts worker processes the bench runs: --worker-processes, else as make run does."""
+    return args.worker_processes or (1 if args.db == "sqlite" else 2)
+
+
 @contextlib.contextmanager
 def router_stack(args: argparse.Namespace, work_dir: Path) -> Iterator[tuple[Stack, dict[str, Any]]]:
     redis_server = PrivateRedis(work_dir=work_dir)
@@ -423,20 +428,20 @@ def router_stack(args: argparse.Namespace, work_dir: Path) -> Iterator[tuple[Sta
                           web_args=("--worker-connections", "2000", "--timeout", "120"))  # fmt: skip
             try:
                 stack.start()  # simulator + web; the workers come next, with the bench's concurrency
-                for index in range(args.worker_processes):
+                for index in range(worker_processes(args)):
                     name = f"worker{index + 1}"
                     command = worker_command("prompts")
                     command[command.index("--concurrency") + 1] = str(args.worker_concurrency)
                     command[command.index("--pool") + 1] = worker_pool(args)
                     command[command.index("--loglevel") + 1] = args.log_level
                     stack._spawn(name, [*command, "-n", f"{name}@%h"])
-                stack._wait_until_ready(min_workers=args.worker_processes)
+                stack._wait_until_ready(min_workers=worker_processes(args))
                 tuning = {
                     **{k: v for k, v in settings.items() if k != "REDIS_URL"},
                     "database": args.db,
                     "WEB_CONCURRENCY (gunicorn gevent workers)": args.web_concurrency,
                     "gunicorn --worker-connections": 2000,
-                    "celery prompts worker processes": args.worker_processes,
+                    "celery prompts worker processes": worker_processes(args),
                     "celery worker pool": worker_pool(args),
                     "WORKER_CONCURRENCY (threads or greenlets per worker)": args.worker_concurrency,
                     "celery/app log level": args.log_level,
@@ -614,7 +619,8 @@ def main(argv: list[str] | None = None, *, compare: bool = False) -> None:
                              "steady rate as well (the default starts every client at once)")  # fmt: skip
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="postgres")
     parser.add_argument("--web-concurrency", type=int, default=2)
-    parser.add_argument("--worker-processes", type=int, default=1)
+    parser.add_argument("--worker-processes", type=int, default=None,
+                        help="default: as make run, 2 on PostgreSQL, 1 on SQLite")  # fmt: skip
     parser.add_argument("--worker-pool", choices=("gevent", "threads"), default=None,
                         help="default: as make run picks it (gevent; threads on SQLite)")  # fmt: skip
     parser.add_argument("--worker-concurrency", type=int, default=300)
