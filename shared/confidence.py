@@ -123,7 +123,7 @@ def assess_answer(
             reasons.append("low_logprob")
 
     normalized = text.replace("\u2019", "'").replace("\u2018", "'")
-    weak_hedges = sum(1 for pattern in _phrase_patterns(WEAK_HEDGES) if pattern.search(normalized))
+    weak_hedges = _phrases_found(normalized, WEAK_HEDGES)
     if weak_hedges:
         reasons.append("hedging")
         score = max(0.0, score - WEAK_HEDGE_PENALTY * weak_hedges)
@@ -131,7 +131,7 @@ def assess_answer(
     caps: list[tuple[str, float]] = []
     if finish_reason in TRUNCATING_FINISH_REASONS:
         caps.append(("truncated" if finish_reason == "length" else "filtered", TRUNCATED_CAP))
-    if any(pattern.search(normalized) for pattern in _phrase_patterns(STRONG_HEDGES)):
+    if _phrases_found(normalized, STRONG_HEDGES):
         caps.append(("hedging", STRONG_HEDGE_CAP))
     if _too_short(prompt=prompt, answer=text, min_answer_chars=min_answer_chars):
         caps.append(("too_short", TOO_SHORT_CAP))
@@ -165,10 +165,24 @@ def _check_threshold(threshold: float) -> None:
         raise RoutingError(f"threshold must be in [0, 1], got {threshold!r}", details={"field": "threshold"})
 
 
+def _phrases_found(text: str, phrases: tuple[str, ...]) -> int:
+    """Return how many of `phrases` occur in `text` (case-insensitive, words apart by any whitespace).
+
+    A phrase is searched for only when its longest word occurs in the casefolded text: a cheap, exact test
+    (for these ASCII phrases casefolding maps every character a case-insensitive match accepts onto the
+    phrase's own, once the dotless i is read as i) that spares most of the regular-expression searches.
+    """
+    folded = text.casefold().replace("\u0131", "i")
+    return sum(1 for word, pattern in _phrase_patterns(phrases) if word in folded and pattern.search(text))
+
+
 @functools.cache
-def _phrase_patterns(phrases: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
+def _phrase_patterns(phrases: tuple[str, ...]) -> tuple[tuple[str, re.Pattern[str]], ...]:
     # Compiled on first use, not at import; any run of whitespace may separate a phrase's words.
     return tuple(
-        re.compile(r"(?<!\w)" + r"\s+".join(re.escape(word) for word in phrase.split()) + r"(?!\w)", re.IGNORECASE)
+        (
+            max(phrase.split(), key=len).casefold(),
+            re.compile(r"(?<!\w)" + r"\s+".join(re.escape(word) for word in phrase.split()) + r"(?!\w)", re.IGNORECASE),
+        )
         for phrase in phrases
     )

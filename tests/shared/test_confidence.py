@@ -180,3 +180,32 @@ def test_negative_min_answer_chars_raises():
 
 def test_high_logprobs_cannot_lift_two_weak_hedges():
     assert assess(FLUENT + " I think it might be slower, possibly.", logprobs=[-0.001] * 30).is_unsure()
+
+
+# Characters a case-insensitive match takes for ASCII letters: long s, Kelvin sign, dotless i.
+_LOOKALIKES = str.maketrans({"s": "\u017f", "k": "\u212a", "i": "\u0131"})
+_PHRASES = confidence.WEAK_HEDGES + confidence.STRONG_HEDGES
+
+
+def _renderings(phrase: str) -> list[str]:
+    """The phrase as answers write it: any case, any whitespace, odd but equivalent letters, in a sentence."""
+    words = phrase.split()
+    return [
+        f"Well, {phrase} it is Paris.",
+        phrase.upper(),
+        phrase.title(),
+        "\n".join(words) + ".",
+        "  \t ".join(words),
+        phrase.translate(_LOOKALIKES),
+        f"Honestly: {phrase.upper().translate(_LOOKALIKES)}!",
+        "".join(words),  # words run together: not the phrase
+        f"x{phrase}y",  # inside other words: not the phrase
+    ]
+
+
+@pytest.mark.parametrize("phrase", _PHRASES)
+def test_the_word_prefilter_finds_exactly_what_searching_every_phrase_finds(phrase: str) -> None:
+    for text in _renderings(phrase):
+        for phrases in (confidence.WEAK_HEDGES, confidence.STRONG_HEDGES):
+            every_search = sum(1 for _word, pattern in confidence._phrase_patterns(phrases) if pattern.search(text))
+            assert confidence._phrases_found(text, phrases) == every_search, text
