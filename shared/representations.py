@@ -17,6 +17,15 @@ ATTEMPT_FIELDS = (
 )  # fmt: skip
 
 
+# The job attributes job_body reads (its attempts aside): a row that carries these is enough to answer with.
+BODY_ATTRIBUTES = (
+    "id", "status", "created_at", "prompt", "cached", "request_id", "batch_id", "batch_index", "metadata_json",
+    "error_code", "error_message", "finished_at", "response", "model_used", "tier", "difficulty_score",
+    "difficulty_level", "tokens_used", "prompt_tokens", "completion_tokens", "cost", "latency_ms", "escalated",
+    "escalation_reason", "downgraded_from", "confidence", "retry_count",
+)  # fmt: skip
+
+
 def job_body(job: RequestLog | Row[Any], *, attempts: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Return the job: its state while unfinished, the full result once finished.
 

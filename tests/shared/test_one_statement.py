@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from decimal import Decimal
 
+from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH
 from sqlalchemy import Engine
 from sqlalchemy import event
 from sqlalchemy import select
@@ -15,6 +16,7 @@ from sqlalchemy.orm import sessionmaker
 from shared import api_keys
 from shared import budget
 from shared import jobs
+from shared import representations
 from shared import runs
 from shared.catalog import Catalog
 from shared.config import Settings
@@ -150,6 +152,8 @@ def test_a_finish_records_the_outcome_its_attempts_and_settles_every_scope_at_on
         assert job is not None and (job.status, job.response, job.cost, job.settled) == (
             JobStatus.SUCCEEDED, "Paris.", cost, True,
         )  # fmt: skip
+        # The finish returned only what the body needs, yet the announced body is the one a read gives.
+        assert bodies[accepted.id] == representations.job_body(job)
         attempts = session.scalars(select(RequestAttempt).order_by(RequestAttempt.seq)).all()
         assert [(a.seq, a.outcome, a.cost) for a in attempts] == [(1, "error", 0), (2, "ok", cost)]
         assert all(a.started_at.tzinfo is not None and a.job_id == accepted.id for a in attempts)
@@ -159,6 +163,8 @@ def test_a_finish_records_the_outcome_its_attempts_and_settles_every_scope_at_on
     # The outcome, its attempts and both settlements: one statement, the only one touching the ledger.
     ledger_statements = [statement for statement in statements if "monthly_budgets" in statement]
     assert len(ledger_statements) == 1 and ledger_statements[0].startswith("WITH ended AS")
+    # psycopg parses a statement once and caches it only up to this length: past it, every run parses it anew.
+    assert max(len(statement) for statement in statements) <= MAX_CACHED_STATEMENT_LENGTH
     spent = (cost, Decimal(0), 1)
     assert _ledgers(sessions) == {budget.GLOBAL_SCOPE: spent, budget.key_scope(requester.api_key_id): spent}
     assert bodies[accepted.id]["response"] == "Paris." and len(bodies[accepted.id]["attempts"]) == 2
