@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from typing import Any
 
 from sqlalchemy import Row
 
-from shared.batches import BatchView
 from shared.db.models import RequestLog
+
+if TYPE_CHECKING:
+    # shared.batches reaches this module through jobs and the single-statement finish.
+    from shared.batches import BatchView
 
 ATTEMPT_FIELDS = (
     "model", "tier", "purpose", "outcome", "error_class", "status_code", "latency_ms", "prompt_tokens",
