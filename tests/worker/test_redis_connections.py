@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,31 +36,39 @@ def stall(url: str) -> None:
         admin.execute_command("CLIENT", "PAUSE", PAUSE_MS, "ALL")
 
 
+def all_at_once(url: str, calls: list[Callable[[], object]]) -> list[BaseException]:
+    """Make every call from a thread of its own while Redis stalls; return what they raised.
+
+    Each call then waits on the server, so each holds a pooled connection at the same time, as the greenlets of
+    a gevent process do when a wave of jobs finishes.
+    """
+    start = threading.Barrier(len(calls), action=lambda: stall(url))
+    errors: list[BaseException] = []
+
+    def call(make: Callable[[], object]) -> None:
+        start.wait()
+        try:
+            make()
+        except Exception as error:  # collected and asserted on
+            errors.append(error)
+
+    threads = [threading.Thread(target=call, args=(make,)) for make in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    return errors
+
+
 def ack_together(tmp_path: Path, url: str, **overrides: object) -> list[BaseException]:
     """Deliver IN_FLIGHT messages, then ack them all at once while Redis stalls; return the acks' errors."""
     app = create_celery(make_test_settings(f"sqlite:///{tmp_path}/router.db", redis_url=url, **overrides))
-    errors: list[BaseException] = []
     with app.connection_for_read() as connection:
         queue = connection.SimpleQueue("acks-under-load")
         for number in range(IN_FLIGHT):
             queue.put({"n": number})
         messages = [queue.get(timeout=2) for _ in range(IN_FLIGHT)]
-        # Every ack now waits on the server, so each one holds a pooled connection at the same time, as the
-        # greenlets of a gevent worker do when a wave of jobs finishes.
-        start = threading.Barrier(IN_FLIGHT, action=lambda: stall(url))
-
-        def ack(message: object) -> None:
-            start.wait()
-            try:
-                message.ack()  # type: ignore[attr-defined]
-            except Exception as error:  # collected and asserted on
-                errors.append(error)
-
-        threads = [threading.Thread(target=ack, args=(message,)) for message in messages]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(10)
+        errors = all_at_once(url, [message.ack for message in messages])
         queue.close()
     return errors
 
@@ -81,21 +90,7 @@ def test_the_same_wave_fails_at_kombus_default_of_ten_connections(private_redis:
 
 def read_together(client: redis.Redis, url: str, readers: int) -> list[BaseException]:
     """Run `readers` GETs at once while Redis stalls, as a web process's requests look up the cache."""
-    start = threading.Barrier(readers, action=lambda: stall(url))
-    errors: list[BaseException] = []
-
-    def read() -> None:
-        start.wait()
-        try:
-            client.get("model-router:cache:absent")
-        except redis.RedisError as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=read) for _ in range(readers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
+    errors = all_at_once(url, [lambda: client.get("model-router:cache:absent")] * readers)
     client.close()
     return errors
 
