@@ -2,7 +2,8 @@
 
 A synchronous POST /api/prompt registers its job here before enqueueing it and then sleeps on an event;
 a single listener thread (a greenlet under gevent) receives every completion announcement and sets the
-matching events. Waiting therefore costs an Event, not a thread, a connection or database polling.
+matching events. Waiting therefore costs an Event, not a thread or a connection; the job is read on a
+wake-up and, should its announcement be lost, every RECHECK_S.
 """
 
 from __future__ import annotations
