@@ -6,8 +6,9 @@ busy gevent process that needs a while to get back to the connection: the row th
 service (backends queue on it while its holder sits in ClientRead). Sent as a single statement with no
 transaction open, the server commits it as it ends, so the row is locked only while the server works.
 
-These paths cover the common case. Anything they cannot decide (a month with no row yet, a bound that does
-not fit, a batch job) returns None and the caller takes the transactional path, which handles it all.
+These paths cover the common case. Where they cannot decide (a month with no row yet, a bound that does not
+fit) they write nothing and say so, and the caller takes the transactional path, which handles it all (as it
+does batch jobs, which never come here).
 """
 
 from __future__ import annotations
@@ -151,15 +152,18 @@ _ATTEMPT_FIELDS = (
 )  # fmt: skip
 
 
-# What the finished job's row must carry: the body's attributes and the callback to note. Only these, and
-# unqualified: psycopg caches the parsing of a statement only up to 4 KB (MAX_CACHED_STATEMENT_LENGTH in
-# psycopg._queries), and with "request_logs.x AS x" for every column the finish came to 5.7 KB, parsed anew
-# on every run (5 % of a worker's CPU). Labelled only where the attribute's name is not the column's.
+# What a finished job's row must carry, on this path and the transactional one: the body's attributes (the
+# batch among them) and the callback to note.
+FINISHED_ATTRIBUTES = (*BODY_ATTRIBUTES, "callback_url")
+# Only these, and unqualified: psycopg caches the parsing of a statement only up to 4 KB
+# (MAX_CACHED_STATEMENT_LENGTH in psycopg._queries), and with "request_logs.x AS x" for every column the finish
+# came to 5.7 KB, parsed anew on every run (5 % of a worker's CPU). Labelled only where the attribute's name is
+# not the column's.
 _RETURNED_COLUMNS = tuple(
     literal_column(col.name, type_=col.type)
     if name == col.name
     else literal_column(col.name, type_=col.type).label(name)
-    for name in (*BODY_ATTRIBUTES, "callback_url")
+    for name in FINISHED_ATTRIBUTES
     for col in [REQUEST_LOG_COLUMNS[name]]
 )
 

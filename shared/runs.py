@@ -92,8 +92,9 @@ _CLAIM = (
     )
     .returning(*CLAIMED_COLUMNS)
 )
-# The finished job, every column under its attribute's name, so that it reads like the mapped row.
-_FINISHED_COLUMNS = tuple(column.label(name) for name, column in REQUEST_LOG_COLUMNS.items())
+# What the finished body and its follow-up read, under the attributes' names, as the single-statement finish
+# returns it.
+_FINISHED_COLUMNS = tuple(REQUEST_LOG_COLUMNS[name].label(name) for name in one_statement.FINISHED_ATTRIBUTES)
 # Only while the claim holds: still running, under the run count this worker claimed it with. The SET clause
 # is left to the parameters: it names the columns the outcome has values for.
 _FINISH = (
