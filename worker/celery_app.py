@@ -10,6 +10,7 @@ from shared.config import Settings
 from shared.config import exit_on_config_error
 from shared.config import get_settings
 from shared.errors import ConfigError
+from worker.redis_transport import transport_for
 
 PROMPTS_QUEUE = "prompts"
 BATCH_QUEUE = "batch"
@@ -23,6 +24,7 @@ def create_celery(settings: Settings) -> Celery:
     hard_limit = int(settings.job_lease_s * 0.9)
     app.conf.update(
         broker_url=settings.redis_url,
+        broker_transport=transport_for(settings.redis_url),
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.job_lease_s * 2,
