@@ -1,4 +1,5 @@
-"""A wave of jobs in flight must not run a process out of Redis connections (broker acks, cache, breakers)."""
+"""A wave of jobs in flight must not run a process out of Redis connections (broker acks, cache, breakers,
+stream reads)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import redis
 from shared import circuit
 from tests.conftest import make_test_settings
 from tests.support.chaos import PrivateRedis
+from web import create_app
+from web.api import chat
 from worker.celery_app import create_celery
 
 IN_FLIGHT = 40  # jobs finishing together; well under the default worker concurrency (256)
@@ -106,3 +109,16 @@ def test_at_redis_pys_default_pool_the_same_readers_fail(private_redis: PrivateR
     errors = read_together(plain, private_redis.url, CACHE_READS)
     assert errors
     assert all(isinstance(error, redis.exceptions.MaxConnectionsError) for error in errors)
+
+
+def test_the_stream_reader_serves_more_readers_at_once_than_redis_pys_default(
+    private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    # Each streaming request blocks on XREAD with the web process's one stream client.
+    app = create_app(make_test_settings(f"sqlite:///{tmp_path}/router.db", redis_url=private_redis.url))
+    try:
+        with app.app_context():
+            client = chat._stream_client()
+        assert read_together(client, private_redis.url, CACHE_READS) == []
+    finally:
+        app.extensions["db_engine"].dispose()

@@ -278,7 +278,11 @@ def _stream_client() -> redis.Redis:
     """Return this process's Redis client for reading streams, made on first use (after gunicorn forks)."""
     client = current_app.extensions.get("stream_redis")
     if client is None:
-        client = redis.Redis.from_url(current_app.extensions["settings"].redis_url, health_check_interval=30)
+        settings = current_app.extensions["settings"]
+        # Each streaming request holds a connection while it blocks on XREAD, so the pool needs room for all.
+        client = redis.Redis.from_url(
+            settings.redis_url, health_check_interval=30, max_connections=settings.redis_max_connections
+        )
         current_app.extensions["stream_redis"] = client
     return client
 
