@@ -122,9 +122,10 @@ def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: boo
 def prompt_worker_processes(settings: Settings, environ: Mapping[str, str]) -> int:
     """Return how many prompts worker processes to run: WORKER_PROCESSES, else 2 on PostgreSQL and 1 on SQLite.
 
-    One gevent process uses at most one core, and on two cores that made the worker the bottleneck: at 50 ms /
-    64, 147 against 128 req/s with one (`python -m bench.throughput --worker-processes 1|2`, side by side).
-    SQLite has one writer at a time, so a second process there only waits for the lock.
+    One gevent process uses at most one core: on a day it filled that core, two served 147 against 128 req/s
+    at 50 ms / 64 (`python -m bench.throughput --worker-processes 1|2`, side by side). Where one process does
+    not fill its core, one is as fast and lighter (README, Performance), so WORKER_PROCESSES=1 is the choice
+    there. SQLite has one writer at a time, so a second process there only waits for the lock.
     """
     return int(environ.get("WORKER_PROCESSES", "1" if settings.is_sqlite else "2"))
 
