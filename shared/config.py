@@ -48,10 +48,11 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./model_router.db"
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Redis connections each of a process's pools (broker channel, response cache, circuit breakers, job
-    # announcements) may open at once. Under gevent every greenlet in a Redis round trip holds one, so this
-    # must cover the worker's concurrency and the web tier's requests in flight: at kombu's default of 10 (and
-    # redis-py's 100) a wave of late acks or cache reads fails with "Too many connections", and a consumer
-    # that fails an ack drops its broker connection, leaving the jobs in flight to wait for redelivery.
+    # announcements, stream reads) may open at once. Under gevent every greenlet in a Redis round trip holds
+    # one, so this must cover the worker's concurrency and the web tier's requests in flight: at kombu's
+    # default of 10 (and redis-py's 100) a wave of late acks or cache reads fails with "Too many connections",
+    # and a consumer that fails an ack drops its broker connection, leaving the jobs in flight to wait for
+    # redelivery.
     redis_max_connections: int = Field(default=DEFAULT_REDIS_MAX_CONNECTIONS, ge=10)
     # PostgreSQL connections per process (web worker or Celery worker): keep processes x (pool + overflow)
     # under the server's max_connections. No overflow by default: a connection beyond the pool is opened for
