@@ -1,4 +1,5 @@
-"""Budget alerts: thresholds of a scope's monthly budget that fire once per scope and month."""
+"""Budget alerts: thresholds of a scope's monthly budget that fire once per scope and month, and jobs billed
+over their bound, which hold their scopes' months (shared.budget)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -18,6 +20,9 @@ from shared import budget
 from shared.db.models import BudgetAlert
 from shared.db.models import MonthlyBudget
 from shared.db.types import utcnow
+
+if TYPE_CHECKING:  # importing the LLM client would load the openai SDK into gunicorn's master
+    from shared.bounds import Overrun
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +43,43 @@ class Alert:
         body = asdict(self)
         body.update(event="budget_threshold", spent=str(self.spent), monthly_limit=str(self.monthly_limit))
         return body
+
+
+@dataclass(frozen=True)
+class UsageOverBound:
+    """The upstream billed job `job_id` more than its bound: its cost is recorded as billed, and `scopes`
+    reserve nothing more in the month until an operator clears the hold."""
+
+    job_id: str
+    scopes: tuple[str, ...]
+    year: int
+    month: int
+    cost: Decimal
+    reserved: Decimal
+    # Each attempt billed over the bound: model, prompt_tokens, completion_tokens.
+    attempts: tuple[dict[str, object], ...]
+
+    @classmethod
+    def of(cls, overrun: Overrun, *, job_id: str, scopes: Sequence[str], period: budget.Period) -> UsageOverBound:
+        return cls(
+            job_id, tuple(scopes), period.year, period.month, overrun.cost, overrun.reserved, tuple(overrun.billed())
+        )
+
+    def as_payload(self) -> dict[str, object]:
+        """Return the alert as the JSON body of a webhook and a log line."""
+        body = asdict(self)
+        body.update(
+            event="usage_over_bound",
+            scopes=list(self.scopes),
+            attempts=list(self.attempts),
+            cost=str(self.cost),
+            reserved=str(self.reserved),
+        )
+        return body
+
+
+# What a finished job may set off for operators, delivered alike (a log line, ALERT_WEBHOOK_URL).
+Announcement = Alert | UsageOverBound
 
 
 def check(session: Session, *, scope: str, period: budget.Period, thresholds: Sequence[int]) -> list[Alert]:
@@ -89,6 +131,6 @@ def reached(*, spent: Decimal, limit: Decimal, thresholds: Sequence[int]) -> lis
     return [threshold for threshold in thresholds if used >= threshold]
 
 
-def log(alert: Alert) -> None:
+def log(alert: Announcement) -> None:
     """Write the alert as one structured log line."""
     logger.warning("budget_alert %s", json.dumps(alert.as_payload(), sort_keys=True))

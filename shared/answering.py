@@ -14,7 +14,7 @@ from dataclasses import field
 from decimal import Decimal
 from typing import Any
 
-from shared import budget
+from shared import bounds
 from shared import confidence
 from shared import difficulty
 from shared import routing
@@ -152,13 +152,13 @@ def _answer_slot(
     catalog = using.catalog
     policy = RetryPolicy.from_settings(using.settings)
     allowed = catalog.tiers if job.max_tier is None else catalog.tiers[: catalog.tiers.index(job.max_tier) + 1]
-    prompt_bound = budget.estimate_prompt_tokens_bound(job.prompt)
+    call = bounds.call_bound(prompt=job.prompt, max_tokens=job.max_tokens, messages=job.messages, options=job.options)
     outcome.completion, outcome.model = None, None
     for position, model in enumerate(catalog.chain(decision.model)):
         label = purpose if position == 0 or purpose == "escalation" else "fallback"
         if model.tier not in allowed:
             continue
-        if outcome.cost + model.cost(prompt_bound, job.max_tokens) > job.reserved_cost:
+        if outcome.cost + call.cost(model) > job.reserved_cost:
             outcome.attempts.append((label, _skipped(model, "over_reservation")))
             continue
         if using.breaker is not None and not using.breaker.allow(model.name):

@@ -2,7 +2,9 @@
 
 The invariant is `total_spent + reserved <= monthly_limit` for the month's row at every moment. Reserving
 is a single conditional UPDATE, so concurrent reservations can never together pass the limit; settling
-moves a job's reservation into spent (the true cost never exceeds the bound, see `reservation_bound`).
+moves a job's reservation into spent. The true cost stays within the bound (shared.bounds) unless an upstream
+bills more than it may: the ledger then records what was billed, and the settlement holds the scope's month
+(`held_by_job`), so that it reserves nothing more until an operator clears the hold (`clear_hold`).
 """
 
 from __future__ import annotations
@@ -11,21 +13,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import bindparam
+from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from shared import bounds
 from shared.catalog import Catalog
 from shared.db.models import MonthlyBudget
 from shared.db.types import Money
 from shared.errors import BudgetExceeded
-
-# Chat formatting adds a few tokens per message and per reply; this covers it with room to spare.
-CHAT_OVERHEAD_TOKENS = 16
+from shared.errors import BudgetHeld
 
 GLOBAL_SCOPE = "global"
 
@@ -63,6 +66,8 @@ class BudgetView:
     total_spent: Decimal
     reserved: Decimal
     request_count: int
+    # The job whose bill passed its bound: while set, the scope reserves nothing this month.
+    held_by_job: str | None = None
 
     @property
     def remaining(self) -> Decimal:
@@ -75,14 +80,6 @@ class BudgetView:
         return float(self.total_spent * 100 / self.monthly_limit)
 
 
-def estimate_prompt_tokens_bound(prompt: str) -> int:
-    """Return a count that no tokenizer's prompt token count can exceed.
-
-    Byte-level BPE tokens each cover at least one byte, so the UTF-8 length bounds the token count.
-    """
-    return len(prompt.encode("utf-8")) + CHAT_OVERHEAD_TOKENS
-
-
 def reservation_bound(
     *,
     catalog: Catalog,
@@ -91,27 +88,30 @@ def reservation_bound(
     max_tokens: int,
     escalation: bool,
     max_tier: str | None = None,
+    messages: Sequence[dict[str, Any]] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Decimal:
     """Return the most a job can cost: its dearest possible answer plus, if allowed, its escalation.
 
-    An answer comes from the tier's model or one of its fallbacks, so each is priced at the dearest of that
-    chain. Failed attempts (429, 5xx, timeouts) are not billed, so retries add nothing. With `max_tier`,
-    neither the first call nor the escalation may go above that tier.
+    Each call is bounded by shared.bounds from the request as it is sent (`messages` or `prompt`, `options`,
+    `max_tokens`). An answer comes from the tier's model or one of its fallbacks, so each is priced at the
+    dearest of that chain. Failed attempts (429, 5xx, timeouts) are not billed, so retries add nothing. With
+    `max_tier`, neither the first call nor the escalation may go above that tier.
     """
-    prompt_tokens = estimate_prompt_tokens_bound(prompt)
+    call = bounds.call_bound(prompt=prompt, max_tokens=max_tokens, messages=messages, options=options)
     allowed = catalog.tiers if max_tier is None else catalog.tiers[: catalog.tiers.index(max_tier) + 1]
 
-    def call_bound(tier: str) -> Decimal:
+    def tier_bound(tier: str) -> Decimal:
         chain = catalog.chain(catalog.model_for_tier(tier).name)
-        return max(model.cost(prompt_tokens, max_tokens) for model in chain if model.tier in allowed)
+        return max(call.cost(model) for model in chain if model.tier in allowed)
 
     worst = Decimal(0)
     for tier in tiers:
         if tier not in allowed:
             continue
         above = catalog.tier_above(tier) if escalation else None
-        extra = call_bound(above) if above in allowed else Decimal(0)
-        worst = max(worst, call_bound(tier) + extra)
+        extra = tier_bound(above) if above in allowed else Decimal(0)
+        worst = max(worst, tier_bound(tier) + extra)
     return worst
 
 
@@ -141,18 +141,28 @@ _AMOUNT = bindparam("b_amount", type_=Money())
 _LIMIT = bindparam("b_limit", type_=Money())
 _COST = bindparam("b_cost", type_=Money())
 _COUNT = bindparam("b_count")
+_HOLD = bindparam("b_hold", type_=MonthlyBudget.__table__.c.held_by_job.type)
 _THIS_MONTH = (_LEDGER.scope == _SCOPE, _LEDGER.year == _YEAR, _LEDGER.month == _MONTH)
 
-# Holds the amount and counts the requests only if it fits under the limit, which is written with it.
+# What a settlement writes, on this path and the single-statement finish alike: the reservation becomes the
+# cost, and a job billed over its bound (`b_hold`, its id; NULL for any other) holds the month, the first
+# such job staying named.
+SETTLED_VALUES = {
+    _LEDGER.reserved: _LEDGER.reserved - _AMOUNT,
+    _LEDGER.total_spent: _LEDGER.total_spent + _COST,
+    _LEDGER.held_by_job: func.coalesce(_LEDGER.held_by_job, _HOLD),
+}
+# Holds the amount and counts the requests only if it fits under the limit, which is written with it, and the
+# month is not held.
 _RESERVE = (
     update(MonthlyBudget.__table__)
-    .where(*_THIS_MONTH, _LEDGER.total_spent + _LEDGER.reserved + _AMOUNT <= _LIMIT)
+    .where(*_THIS_MONTH, _LEDGER.total_spent + _LEDGER.reserved + _AMOUNT <= _LIMIT, _LEDGER.held_by_job.is_(None))
     .values(reserved=_LEDGER.reserved + _AMOUNT, request_count=_LEDGER.request_count + _COUNT, monthly_limit=_LIMIT)
 )
 _SETTLE = (
     update(MonthlyBudget.__table__)
     .where(*_THIS_MONTH)
-    .values(reserved=_LEDGER.reserved - _AMOUNT, total_spent=_LEDGER.total_spent + _COST)
+    .values(SETTLED_VALUES)
     .returning(_LEDGER.total_spent, _LEDGER.monthly_limit)
 )
 _RELEASE = (
@@ -180,6 +190,12 @@ def reserve(session: Session, *, scope: str, period: Period, amount: Decimal, li
     if not reserved:
         view = get_view(session, scope=scope, period=period, limit=limit)
         which = "the monthly budget" if scope == GLOBAL_SCOPE else "this API key's monthly budget"
+        if view.held_by_job is not None:
+            raise BudgetHeld(
+                f"spending from {which} is stopped: job {view.held_by_job} was billed more than its bound; "
+                "an operator must clear the hold (DELETE /api/budget/hold, or `model-router budget --clear-hold`)",
+                details={"scope": scope, "reason": "usage_over_bound", "job_id": view.held_by_job},
+            )
         raise BudgetExceeded(
             f"{which} cannot cover this request",
             details={
@@ -199,19 +215,36 @@ def _reserve(session: Session, *, scope: str, period: Period, amount: Decimal, l
 
 
 def settle(
-    session: Session, *, scope: str, period: Period, reserved: Decimal, cost: Decimal
+    session: Session,
+    *,
+    scope: str,
+    period: Period,
+    reserved: Decimal,
+    cost: Decimal,
+    hold_for: str | None = None,
 ) -> tuple[Decimal, Decimal] | None:
-    """Turn a job's reservation into its true cost (zero for a job that spent nothing).
+    """Turn a job's reservation into its true cost (zero for a job that spent nothing); `hold_for`: the id
+    of a job billed over its bound, which holds the month (see reserve).
 
     Returns the month's spend and limit after it, for the alerts (None if the month has no row).
     """
-    row = session.execute(_SETTLE, {**_month(scope, period), "b_amount": reserved, "b_cost": cost}).one_or_none()
+    params = {**_month(scope, period), "b_amount": reserved, "b_cost": cost, "b_hold": hold_for}
+    row = session.execute(_SETTLE, params).one_or_none()
     return None if row is None else (row.total_spent, row.monthly_limit)
 
 
 def release(session: Session, *, scope: str, period: Period, reserved: Decimal, count: int = 1) -> None:
     """Give back a reservation whose jobs were never accepted, and uncount their `count` requests."""
     session.execute(_RELEASE, {**_month(scope, period), "b_amount": reserved, "b_count": count})
+
+
+def clear_hold(session: Session, *, scope: str, period: Period) -> bool:
+    """Let the scope reserve again this month; False when it was not held."""
+    result = session.execute(
+        update(MonthlyBudget.__table__).where(*_THIS_MONTH, _LEDGER.held_by_job.is_not(None)).values(held_by_job=None),
+        _month(scope, period),
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 def get_view(session: Session, *, scope: str, period: Period, limit: Decimal) -> BudgetView:
@@ -229,4 +262,5 @@ def get_view(session: Session, *, scope: str, period: Period, limit: Decimal) ->
         total_spent=row.total_spent,
         reserved=row.reserved,
         request_count=row.request_count,
+        held_by_job=row.held_by_job,
     )

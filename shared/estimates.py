@@ -14,6 +14,9 @@ from shared.catalog import Catalog
 
 # Typical English text runs about four characters per token.
 CHARS_PER_TOKEN = 4
+# What a server bills for one user turn's formatting, typically (OpenAI: 3 per message, 1 for the role, 3 per
+# reply); the worst case is shared.bounds'.
+CHAT_FORMAT_TOKENS = 7
 # Without history for a model, assume an answer uses a quarter of max_tokens.
 DEFAULT_COMPLETION_SHARE = 0.25
 
@@ -50,7 +53,7 @@ def estimate_cost(
     """
     estimate = difficulty.estimate_difficulty(prompt, estimator=estimator)
     decision = routing.route(catalog=catalog, score=estimate.score, preference=preference, model=model, tier=tier)
-    prompt_tokens = math.ceil(len(prompt) / CHARS_PER_TOKEN) + budget.CHAT_OVERHEAD_TOKENS // 2
+    prompt_tokens = math.ceil(len(prompt) / CHARS_PER_TOKEN) + CHAT_FORMAT_TOKENS
     typical = typical_completion_tokens(decision.model) or max_tokens * DEFAULT_COMPLETION_SHARE
     completion_tokens = max(1, min(max_tokens, round(typical)))
     pinned = model is not None or tier is not None

@@ -3,7 +3,8 @@
 Events: accepted (web, after the commit that queued it), cached (web, a job answered from the response
 cache, which counts as a cache hit and not as a finished job), started (worker, after its claim), attempt (one
 per upstream call, once the run is recorded), finished (after the commit that ended it, whoever ended it:
-a run, the reaper, a cancel). Metrics are recorded with `finished`, so a job counts once however many
+a run, the reaper, a cancel), usage_over_bound (with `finished`, a warning, for a job the upstream billed more
+than its bound). Metrics are recorded with `finished`, so a job counts once however many
 times its message was delivered. Prompt text appears only when LOG_PROMPTS=true.
 """
 
@@ -58,6 +59,8 @@ def finished(done: Finished, *, outcome: Outcome | None = None) -> None:
     """
     if outcome is not None:
         _attempts(done.job_id, outcome)
+    if done.overrun is not None:
+        _over_bound(done)
     status = done.status.value
     metrics.record_job_finished(tier=done.tier, model=done.model, outcome=status, error_code=done.error_code)
     values: dict[str, object] = {
@@ -78,6 +81,23 @@ def finished(done: Finished, *, outcome: Outcome | None = None) -> None:
         )
     # The message keeps the words of the line operators already search for.
     logger.info("job finished", extra=logs.fields(**values))
+
+
+def _over_bound(done: Finished) -> None:
+    overrun = done.overrun
+    assert overrun is not None
+    metrics.record_usage_over_bound(model=overrun.model)
+    logger.warning(
+        "upstream billed a job more than its bound; recorded as billed, its budget scopes are held",
+        extra=logs.fields(
+            event="usage_over_bound",
+            job_id=done.job_id,
+            model=overrun.model,
+            cost=str(overrun.cost),
+            reserved=str(overrun.reserved),
+            attempts=overrun.billed(),
+        ),
+    )
 
 
 def _attempts(job_id: str, outcome: Outcome) -> None:

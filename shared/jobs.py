@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm import joinedload
 
 from shared import alerts
+from shared import bounds
 from shared import budget
 from shared import difficulty
 from shared import logs
@@ -208,7 +209,8 @@ def limits_of(settings: Settings, requester: Requester | None) -> list[tuple[str
 
 
 def bound_for(request: JobRequest, *, catalog: Catalog, settings: Settings, max_tier: str | None = None) -> Decimal:
-    """Return the most the job can cost (RoutingError for an unknown model, tier or estimator)."""
+    """Return the most the job can cost (RoutingError for an unknown model, tier or estimator): what both
+    accept paths reserve, computed from the request as its calls send it (see shared.bounds)."""
     difficulty.get_estimator(request.difficulty_estimator or settings.difficulty_estimator)
     pinned = request.model is not None or request.tier is not None
     return budget.reservation_bound(
@@ -218,6 +220,8 @@ def bound_for(request: JobRequest, *, catalog: Catalog, settings: Settings, max_
         max_tokens=request.max_tokens,
         escalation=settings.escalation_enabled and not pinned,
         max_tier=max_tier,
+        messages=request.messages,
+        options=request.options,
     )
 
 
@@ -367,7 +371,7 @@ class Finished:
 
     status: JobStatus
     job_id: str
-    alerts: list[alerts.Alert] = field(default_factory=list)
+    alerts: list[alerts.Announcement] = field(default_factory=list)
     callbacks: list[tuple[str, str]] = field(default_factory=list)
     # Who answered and why it failed, for the job's metrics and log line (none for a cancelled job).
     model: str | None = None
@@ -375,6 +379,8 @@ class Finished:
     error_code: str | None = None
     # The job as the API shows it, when the code that ended it had the row at hand.
     body: dict[str, Any] | None = None
+    # How the upstream's bill passed the job's bound, when it did (shared.bounds.usage_over_bound).
+    overrun: bounds.Overrun | None = None
 
 
 def after_terminal(session: Session, *, job_id: str, finished: Finished) -> None:

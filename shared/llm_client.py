@@ -28,6 +28,7 @@ from tenacity import retry_if_exception_type
 from tenacity import stop_after_attempt
 from tenacity import wait_exponential_jitter
 
+from shared import bounds
 from shared.catalog import ModelSpec
 from shared.config import Settings
 from shared.db.types import utcnow
@@ -154,7 +155,7 @@ class OpenAIChatClient:
         client = self._client_for(model)
         request: dict[str, Any] = {
             "model": model.name,
-            "messages": messages or [{"role": "user", "content": prompt}],
+            "messages": bounds.sent_messages(prompt, messages),
             "max_tokens": max_tokens,
             **{name: value for name, value in (options or {}).items() if name in PASSTHROUGH_OPTIONS},
         }
@@ -191,7 +192,7 @@ class OpenAIChatClient:
         with what was produced (usage counted with the simulator's token rule when the server sent none).
         """
         client = self._client_for(model)
-        sent = messages or [{"role": "user", "content": prompt}]
+        sent = bounds.sent_messages(prompt, messages)
         pieces: list[str] = []
         finish_reason: str | None = None
         usage = None

@@ -98,6 +98,12 @@ CACHE_HITS = Counter(
     "Prompts answered from the response cache, by the model and tier of the cached answer.",
     ["model", "tier"],
 )
+USAGE_OVER_BOUND = Counter(
+    "model_router_usage_over_bound_total",
+    "Jobs the upstream billed more than their bound (recorded as billed; their scopes' months are held), by "
+    "the model whose usage passed it (none: only the job's total passed its reservation).",
+    ["model"],
+)
 
 # Attempts that never reached the upstream: no latency to observe, nothing billed.
 NOT_CALLED = frozenset({"circuit_open", "over_reservation", "worker_lost"})
@@ -149,6 +155,11 @@ def record_attempts(attempts: Sequence[tuple[str, AttemptRecord]]) -> None:
             TOKENS.labels(model=record.model, kind="completion").inc(record.completion_tokens)
         if record.cost > Decimal(0):
             COST.labels(model=record.model).inc(float(record.cost))
+
+
+def record_usage_over_bound(*, model: str | None) -> None:
+    """Count one job billed over its bound; call it once, after the commit that recorded it."""
+    USAGE_OVER_BOUND.labels(model=model or NONE).inc()
 
 
 def record_escalation(*, from_tier: str, to_tier: str) -> None:

@@ -75,10 +75,11 @@ def _count(cte: Any, *where: ColumnElement[bool]) -> ColumnElement[Any]:
 
 
 # Lock every scope's row in one order (global first, as the transactional path does), check that the bound
-# fits under each one's limit, reserve it in all of them or none, and write the job only if all reserved.
+# fits under each one's limit in a month that is not held (budget.reserve), reserve it in all of them or none,
+# and write the job only if all reserved.
 # FOR UPDATE returns each row as it is once locked, so `fits` is judged on the latest committed amounts.
 _LOCKED = (
-    select(_L.scope, (_L.total_spent + _L.reserved + _AMOUNT <= _LIMIT).label("fits"))
+    select(_L.scope, ((_L.total_spent + _L.reserved + _AMOUNT <= _LIMIT) & _L.held_by_job.is_(None)).label("fits"))
     .where(_THIS_MONTH)
     .order_by(_L.scope)
     .with_for_update()
@@ -200,7 +201,7 @@ def _finish_statement(names: tuple[str, ...]) -> Any:
     settled = (
         update(_LEDGER)
         .where(_L.id.in_(select(locked.c.id)))
-        .values(reserved=_L.reserved - _AMOUNT, total_spent=_L.total_spent + bindparam("b_cost", type_=Money()))
+        .values(budget.SETTLED_VALUES)
         .returning(_L.scope, _L.total_spent, _L.monthly_limit)
         .cte("settled")
     )
@@ -227,9 +228,10 @@ def finish(
     period: budget.Period,
     reserved: Decimal,
     cost: Decimal,
+    hold_for: str | None = None,
 ) -> list[Row[Any]]:
     """Record the job's outcome (`values` by attribute) and `attempts`, and settle `reserved` at `cost` in
-    every scope, committed, only while the job is running under `run_count`.
+    every scope, committed, only while the job is running under `run_count` (`hold_for`: as budget.settle).
 
     Returns one row per scope: the finished job's columns with that scope's `scope`, `total_spent` and
     `monthly_limit` after settling; no rows when the claim was lost (nothing was written).
@@ -244,6 +246,7 @@ def finish(
         "b_scopes": list(scopes),
         "b_amount": reserved,
         "b_cost": cost,
+        "b_hold": hold_for,
         **{f"f_{name}": value for name, value in values.items()},
     }
     return execute_alone(engine, statement, params)

@@ -26,7 +26,7 @@ BODY_ATTRIBUTES = (
     "id", "status", "created_at", "prompt", "cached", "request_id", "batch_id", "batch_index", "metadata_json",
     "error_code", "error_message", "finished_at", "response", "model_used", "tier", "difficulty_score",
     "difficulty_level", "tokens_used", "prompt_tokens", "completion_tokens", "cost", "latency_ms", "escalated",
-    "escalation_reason", "downgraded_from", "confidence", "retry_count",
+    "escalation_reason", "downgraded_from", "confidence", "retry_count", "usage_over_bound",
 )  # fmt: skip
 
 
@@ -69,6 +69,7 @@ def job_body(job: RequestLog | Row[Any], *, attempts: Sequence[Mapping[str, Any]
         downgraded_from=job.downgraded_from,
         confidence=job.confidence,
         retry_count=job.retry_count,
+        usage_over_bound=job.usage_over_bound,
         attempts=(
             [{name: getattr(attempt, name) for name in ATTEMPT_FIELDS} for attempt in job.attempts]
             if attempts is None

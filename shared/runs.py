@@ -34,6 +34,7 @@ from tenacity import wait_exponential_jitter
 
 from shared import alerts
 from shared import answering
+from shared import bounds
 from shared import budget
 from shared import cache
 from shared import job_events
@@ -151,7 +152,7 @@ class RunDeps:
     on_answered: Callable[[str, dict[str, Any]], None] | None = None
     # Called after commit with ("job" | "batch", id) when a callback_url is due a POST.
     on_callback: Callable[[str, str], None] = lambda resource, resource_id: None
-    on_alert: Callable[[alerts.Alert], None] = alerts.log
+    on_alert: Callable[[alerts.Announcement], None] = alerts.log
     sleep: Callable[[float], None] = time.sleep
     breaker: CircuitBreaker | None = None
     # Appends an entry to a streamed job's relay (shared.streams.append); None: streamed jobs are answered
@@ -377,6 +378,19 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
         "cost": outcome.cost,
         "settled": True,
     }
+    # The ledger records what the upstream billed, whatever the bound said; a bill over it also flags the job
+    # and holds its scopes' months, in the same write whichever form records it.
+    request = claim.request
+    overrun = bounds.usage_over_bound(
+        bounds.call_bound(
+            prompt=request.prompt, max_tokens=request.max_tokens, messages=request.messages, options=request.options
+        ),
+        (record for _, record in outcome.attempts),
+        cost=outcome.cost,
+        reserved=claim.reserved_cost,
+    )
+    values["usage_over_bound"] = overrun is not None
+    hold_for = None if overrun is None else claim.job_id
     values["tokens_used"] = values["prompt_tokens"] + values["completion_tokens"]
     if completion is not None:
         values.update(response=completion.text, finish_reason=completion.finish_reason)
@@ -412,10 +426,17 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
         model=values["model_used"],
         tier=values["tier"],
         error_code=values.get("error_code"),
+        overrun=overrun,
     )
+    if overrun is not None:
+        finished.alerts.append(
+            alerts.UsageOverBound.of(
+                overrun, job_id=claim.job_id, scopes=budget.scopes_of(claim.api_key_id), period=claim.period
+            )
+        )
     # A batch's last job completes its batch, which needs the transaction; any other job needs one statement.
     if claim.batch_id is None and deps.engine.dialect.name == "postgresql":
-        return _finish_alone(claim, outcome, finished, values=values, attempts=attempts, deps=deps)
+        return _finish_alone(claim, outcome, finished, values=values, attempts=attempts, hold_for=hold_for, deps=deps)
     with deps.sessions.begin() as session:
         ended = session.execute(
             _FINISH, {**values, "b_job_id": claim.job_id, "b_run_count": claim.run_count}
@@ -428,8 +449,9 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
             session.execute(_RECORD_ATTEMPTS, attempts)
         for scope in budget.scopes_of(claim.api_key_id):
             after = budget.settle(
-                session, scope=scope, period=claim.period, reserved=claim.reserved_cost, cost=outcome.cost
-            )
+                session, scope=scope, period=claim.period, reserved=claim.reserved_cost, cost=outcome.cost,
+                hold_for=hold_for,
+            )  # fmt: skip
             if outcome.cost > 0 and after is not None:
                 finished.alerts += alerts.fire(
                     session, scope=scope, period=claim.period, spent=after[0], limit=after[1],
@@ -450,6 +472,7 @@ def _finish_alone(
     *,
     values: dict[str, Any],
     attempts: list[dict[str, Any]],
+    hold_for: str | None,
     deps: RunDeps,
 ) -> jobs.Finished | None:
     """_finish as one self-committing statement (shared.one_statement); the alerts it sets off come after."""
@@ -463,6 +486,7 @@ def _finish_alone(
         period=claim.period,
         reserved=claim.reserved_cost,
         cost=outcome.cost,
+        hold_for=hold_for,
     )
     if not rows:
         logger.warning("lost the claim before finishing job_id=%s", claim.job_id)

@@ -77,7 +77,11 @@ def build_openapi_spec(*, version: str) -> dict[str, Any]:
             "`details` names the field."
         ),
         "401": unauthorized,
-        "402": error("`budget_exceeded`: the monthly budget cannot cover it; nothing is enqueued or spent."),
+        "402": error(
+            "`budget_exceeded`: the monthly budget cannot cover it; `budget_held`: spending is stopped because "
+            "an upstream billed a job more than its bound, until an operator clears the hold. Nothing is "
+            "enqueued or spent."
+        ),
         "409": error("`idempotency_conflict`: the Idempotency-Key was already used with a different body."),
         "413": error("`payload_too_large`: the request body is too large."),
         "415": error("`unsupported_media_type`: the body is not `application/json`."),
@@ -283,6 +287,33 @@ def build_openapi_spec(*, version: str) -> dict[str, Any]:
                     "own budget and an admin key the global one."
                 ),
                 "responses": {"200": json_body(BudgetView, "The current UTC month's budget."), "401": unauthorized},
+            }
+        },
+        "/api/budget/hold": {
+            "delete": {
+                "operationId": "clear_budget_hold",
+                "tags": ["budget"],
+                "summary": "Clear a budget hold",
+                "description": (
+                    "A job the upstream billed more than its bound holds its scopes for the month: they reserve "
+                    "nothing (402 `budget_held`) until an operator clears the hold here (keys off, or an admin "
+                    "key). Answers the scope's budget."
+                ),
+                "parameters": [
+                    {
+                        "name": "scope",
+                        "in": "query",
+                        "required": False,
+                        "description": "`global` or `key:<id>`; without it, the caller's own scope.",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": json_body(BudgetView, "The scope's budget, no longer held."),
+                    "400": error("`invalid_request`: an unknown scope."),
+                    "401": unauthorized,
+                    "403": error("`forbidden`: only an admin key may clear a hold."),
+                },
             }
         },
         "/api/stats": {

@@ -150,6 +150,11 @@ class JobResult(BaseModel):
     downgraded_from: str | None = None
     confidence: float | None = None
     retry_count: int | None = None
+    usage_over_bound: bool | None = Field(
+        default=None,
+        description="The upstream billed more than the job's bound: `cost` is what it billed, and the job's "
+        "budget scopes reserve nothing more this month until an operator clears the hold.",
+    )
     attempts: list[Attempt] | None = None
     error: ErrorDetail | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -173,6 +178,10 @@ class BudgetView(BaseModel):
     remaining: float
     percentage_used: float
     request_count: int
+    held_by_job: str | None = Field(
+        description="The job the upstream billed more than its bound: while set, this scope reserves nothing "
+        "(402 `budget_held`) until an operator clears the hold (DELETE /api/budget/hold)."
+    )
 
 
 class ModelStats(BaseModel):

@@ -146,15 +146,30 @@ def job(ctx: click.Context, job_id: str, wait: bool, wait_timeout: float | None,
 
 
 @click.command()
+@click.option(
+    "--clear-hold",
+    is_flag=True,
+    help="Let a scope held by a job billed over its bound reserve again (admin key, or keys off).",
+)
+@click.option("--scope", metavar="SCOPE", help="With --clear-hold: the scope (global, key:<id>); else your own.")
 @json_option
 @click.pass_context
-def budget(ctx: click.Context, as_json: bool) -> None:
+def budget(ctx: click.Context, clear_hold: bool, scope: str | None, as_json: bool) -> None:
     """Show this month's budget: limit, spent, reserved, remaining (yours, or global with an admin key)."""
     with client_of(ctx) as client:
-        view = client.get("/api/budget").body
+        if clear_hold:
+            view = client.request("DELETE", "/api/budget/hold", params={"scope": scope} if scope else None).body
+        else:
+            view = client.get("/api/budget").body
     if as_json:
         echo_json(view)
         return
+    if view.get("held_by_job"):
+        click.echo(
+            f"held: job {view['held_by_job']} was billed more than its bound; nothing more is reserved until "
+            "`model-router budget --clear-hold` (admin)",
+            err=True,
+        )
     table = Table(title=f"Budget {view['year']}-{view['month']:02d} ({view.get('scope', 'global')})")
     for column in ("limit", "spent", "reserved", "remaining", "used", "requests"):
         table.add_column(column, justify="right")

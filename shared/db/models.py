@@ -118,6 +118,9 @@ class RequestLog(Base):
     reserved_cost: Mapped[Decimal] = mapped_column(Money())
     cost: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
     settled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The upstream billed the job more than its bound (shared.bounds): its cost is what was billed, and its
+    # scopes' months are held (MonthlyBudget.held_by_job).
+    usage_over_bound: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     attempts: Mapped[list[RequestAttempt]] = relationship(
         back_populates="job", order_by="RequestAttempt.seq", cascade="all, delete-orphan"
@@ -165,6 +168,9 @@ class MonthlyBudget(Base):
     total_spent: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
     reserved: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
     request_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The first job of the month billed over its bound: while set, the scope reserves nothing (an operator
+    # clears it, shared.budget.clear_hold).
+    held_by_job: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 

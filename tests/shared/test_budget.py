@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy import select
 
+from shared import bounds
 from shared import budget
 from shared.catalog import Catalog
 from shared.db.models import MonthlyBudget
@@ -37,13 +38,8 @@ def test_money_refuses_amounts_finer_than_a_nano_dollar() -> None:
         to_nanos(Decimal("0.0000000001"))
 
 
-def test_prompt_token_bound_counts_utf8_bytes() -> None:
-    assert budget.estimate_prompt_tokens_bound("abc") == 3 + budget.CHAT_OVERHEAD_TOKENS
-    assert budget.estimate_prompt_tokens_bound("é") == 2 + budget.CHAT_OVERHEAD_TOKENS
-
-
 def _call_costs(catalog: Catalog, prompt: str, max_tokens: int) -> dict[str, Decimal]:
-    tokens = budget.estimate_prompt_tokens_bound(prompt)
+    tokens = bounds.prompt_tokens_bound(prompt=prompt)
     return {model.name: model.cost(tokens, max_tokens) for model in catalog.models}
 
 

@@ -42,6 +42,7 @@ from sqlalchemy.orm import sessionmaker
 
 from shared import api_keys
 from shared import batches
+from shared import bounds
 from shared import budget
 from shared import jobs
 from shared import reaper
@@ -216,7 +217,9 @@ def _scripted_client(
     makes (fallbacks and escalation may call a model twice), so no unscripted default answer slips in.
     """
     tokens = (
-        budget.estimate_prompt_tokens_bound(job.prompt) * share[0] // 100,
+        bounds.prompt_tokens_bound(prompt=job.prompt, messages=job.messages, options=job.upstream_options)
+        * share[0]
+        // 100,
         job.max_tokens * share[1] // 100,
     )
     fake = _InterleavingClient(meanwhile)
