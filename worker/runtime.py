@@ -83,7 +83,7 @@ def _native_readability_check() -> None:
         return
 
 
-def _announce_alert(alert: alerts.Alert) -> None:
+def _announce_alert(alert: alerts.Announcement) -> None:
     alerts.log(alert)
     if get_settings().alert_webhook_url is not None:
         # Imported here: the tasks module imports this one.

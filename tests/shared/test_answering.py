@@ -140,3 +140,21 @@ def test_escalation_uses_the_stronger_tiers_chain(catalog, settings, fake) -> No
     assert fake.calls == ["gpt-3.5-turbo", "gpt-4", "gpt-4-turbo"]
     assert (outcome.escalated, outcome.model.name) == (True, "gpt-4-turbo")
     assert [purpose for purpose, _ in outcome.attempts] == ["primary", "escalation", "escalation"]
+
+
+def test_the_check_before_each_call_bounds_the_chat_as_sent_not_its_joined_text(catalog, settings, fake) -> None:
+    """A reservation made from the joined text alone does not cover 2,000 empty turns: no call is made."""
+    messages = [{"role": "user", "content": ""}] * 2_000 + [{"role": "user", "content": "hi"}]
+    prompt = "\n".join(message["content"] for message in messages)
+    joined_only = catalog.get_model("gpt-4").cost(len(prompt.encode()) + 16, 10)
+    job = _job(catalog, prompt=prompt, messages=messages, model="gpt-4", max_tokens=10, reserved_cost=joined_only)
+    outcome = answering.answer(job, using=_using(catalog, settings, fake))
+    assert fake.calls == []
+    assert {(a.model, a.error_class) for _, a in outcome.attempts} == {
+        ("gpt-4", "over_reservation"), ("gpt-4-turbo", "over_reservation"),
+    }  # fmt: skip
+    covered = budget.reservation_bound(catalog=catalog, tiers=("mid",), prompt=prompt, max_tokens=10,
+                                       escalation=False, messages=messages)  # fmt: skip
+    outcome = answering.answer(_job(catalog, prompt=prompt, messages=messages, model="gpt-4", max_tokens=10,
+                                    reserved_cost=covered), using=_using(catalog, settings, fake))  # fmt: skip
+    assert (fake.calls, outcome.completion is not None) == (["gpt-4"], True)
