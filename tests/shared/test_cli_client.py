@@ -28,6 +28,7 @@ from click.testing import Result
 from flask import Flask
 from sqlalchemy import func
 from sqlalchemy import select
+from sqlalchemy import update
 from werkzeug.serving import make_server
 
 from shared import api_keys
@@ -38,6 +39,7 @@ from shared.cli import inputs
 from shared.cli import main
 from shared.cli import ops
 from shared.db.base import Base
+from shared.db.models import MonthlyBudget
 from shared.db.models import RequestLog
 from shared.db.session import make_sessionmaker
 from tests.conftest import make_test_settings
@@ -356,6 +358,20 @@ def test_budget_stats_and_health_print_raw_json(server: Served) -> None:
     assert json.loads(server.cli("budget", "--json").stdout)["monthly_limit"] == 100.0
     assert json.loads(server.cli("stats", "--json").stdout)["total_requests"] == 0
     assert json.loads(server.cli("health", "--json").stdout)["status"] == "ok"
+
+
+def test_budget_shows_a_hold_and_clears_it(server: Served) -> None:
+    from shared import budget as ledger
+
+    assert server.cli("prompt", "What is 2 + 2?").exit_code == 0
+    with make_sessionmaker(server.app.extensions["db_engine"]).begin() as session:
+        session.execute(update(MonthlyBudget).values(held_by_job="job-over-its-bound"))
+    assert "held: job job-over-its-bound" in server.cli("budget").stderr
+    refused = server.cli("prompt", "hi")
+    assert refused.exit_code == 5 and "402 budget_held" in _one_line(refused)
+    cleared = server.cli("budget", "--clear-hold", "--scope", ledger.GLOBAL_SCOPE, "--json")
+    assert cleared.exit_code == 0 and json.loads(cleared.stdout)["held_by_job"] is None
+    assert server.cli("prompt", "hi").exit_code == 0
 
 
 def test_stats_since_must_be_a_date(server: Served) -> None:

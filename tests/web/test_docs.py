@@ -25,6 +25,7 @@ CONTRACT_OPERATIONS = {
     ("/api/batch/{batch_id}", "get"),
     ("/api/batch/{batch_id}", "delete"),
     ("/api/budget", "get"),
+    ("/api/budget/hold", "delete"),
     ("/api/stats", "get"),
     ("/api/reports/costs", "get"),
     ("/api/health", "get"),

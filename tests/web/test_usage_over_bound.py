@@ -50,15 +50,25 @@ def _app(database_url: str, **overrides: object) -> Iterator[Flask]:
     app.extensions["db_engine"].dispose()
 
 
+def _database_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/router.db"
+    request.getfixturevalue("postgres_engine")  # an empty schema, dropped afterwards
+    return request.getfixturevalue("postgres_url")
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def any_app(request: pytest.FixtureRequest, tmp_path) -> Iterator[Flask]:
     """The app on SQLite, or on a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/router.db"
-    else:
-        request.getfixturevalue("postgres_engine")  # an empty schema, dropped afterwards
-        url = request.getfixturevalue("postgres_url")
-    with _app(url, monthly_budget_limit=Decimal(10)) as app:
+    with _app(_database_url(request, tmp_path), monthly_budget_limit=Decimal(10)) as app:
+        yield app
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_keyed_app(request: pytest.FixtureRequest, tmp_path) -> Iterator[Flask]:
+    """any_app with API keys required."""
+    url = _database_url(request, tmp_path)
+    with _app(url, monthly_budget_limit=Decimal(10), require_api_key=True) as app:
         yield app
 
 
@@ -150,6 +160,44 @@ def test_a_bill_within_the_bound_holds_nothing(any_app: Flask, catalog: Catalog,
     assert (job.status.value, job.usage_over_bound, job.cost) == ("succeeded", False, billed)
     assert _ledger(any_app).held_by_job is None
     assert client.get(f"/api/jobs/{job.id}").get_json()["usage_over_bound"] is False
+
+
+def test_a_keyed_job_over_its_bound_holds_its_key_and_the_global_scope(
+    any_keyed_app: Flask, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound, not the tenant, was wrong: every tenant's requests stop until an admin clears both holds."""
+    from shared import api_keys
+
+    app, client = any_keyed_app, any_keyed_app.test_client()
+    with make_sessionmaker(app.extensions["db_engine"]).begin() as session:
+        tenant_row, tenant = api_keys.create(session, name="tenant", monthly_budget=Decimal(5))
+        _, other = api_keys.create(session, name="other")
+        _, admin = api_keys.create(session, name="ops", is_admin=True)
+        tenant_scope = f"key:{tenant_row.id}"
+    fake = FakeLLMClient()
+    fake.script("gpt-3.5-turbo", ok(prompt_tokens=OVER_REPORTED, completion_tokens=24))
+    workers, job_ids = run_jobs_soon(monkeypatch, worker_deps(app, catalog, fake))
+    as_tenant, as_other, as_admin = ({"Authorization": f"Bearer {key}"} for key in (tenant, other, admin))
+    item = {"prompt": PROMPT, "model": "gpt-3.5-turbo", "wait": False}
+    assert client.post("/api/prompt", json=item, headers=as_tenant).status_code == 202
+    for worker in workers:
+        worker.join()
+    with make_sessionmaker(app.extensions["db_engine"])() as session:
+        held = dict(session.execute(select(MonthlyBudget.scope, MonthlyBudget.held_by_job)).all())
+    assert held == {"global": job_ids[0], tenant_scope: job_ids[0]}
+    for headers in (as_tenant, as_other):
+        refused = client.post("/api/prompt", json={"prompt": "hi", "wait": False}, headers=headers)
+        assert (refused.status_code, refused.get_json()["error"]["code"]) == (402, "budget_held")
+    assert client.get("/api/budget", headers=as_tenant).get_json()["held_by_job"] == job_ids[0]
+    assert client.delete("/api/budget/hold", headers=as_tenant).status_code == 403
+    assert client.delete("/api/budget/hold", headers=as_admin).status_code == 200
+    assert client.post("/api/prompt", json=item, headers=as_other).status_code == 202
+    assert client.post("/api/prompt", json=item, headers=as_tenant).status_code == 402
+    cleared = client.delete(f"/api/budget/hold?scope={tenant_scope}", headers=as_admin).get_json()
+    assert (cleared["scope"], cleared["monthly_limit"], cleared["held_by_job"]) == (tenant_scope, 5.0, None)
+    assert client.post("/api/prompt", json=item, headers=as_tenant).status_code == 202
+    for worker in workers:
+        worker.join()
 
 
 def test_only_an_admin_may_clear_a_hold(keyed_app: Flask) -> None:
