@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
@@ -10,6 +11,8 @@ from decimal import Decimal
 import pytest
 
 from shared import alerts
+from shared import bounds
+from shared import budget
 from shared import runs
 from shared import webhooks
 from tests.conftest import make_test_settings
@@ -74,3 +77,15 @@ def test_a_failing_receiver_is_retried_until_it_accepts(webhook_settings, monkey
     result = tasks.deliver_alert.apply(args=[PAYLOAD])
     assert result.result == 204
     assert len(_Receiver.received) == 1
+
+
+def test_a_usage_over_bound_alert_is_posted_like_the_others(webhook_settings) -> None:
+    overrun = bounds.Overrun(attempts=(), cost=Decimal("1.8"), reserved=Decimal("0.5"))
+    alert = alerts.UsageOverBound.of(overrun, job_id="j1", scopes=["global", "key:3"], period=budget.Period(2026, 12))
+    _Receiver.failures_left = 0
+    assert tasks.deliver_alert.apply(args=[alert.as_payload()]).result == 204
+    [(body, _)] = _Receiver.received
+    sent = json.loads(body)
+    assert (sent["event"], sent["job_id"], sent["scopes"], sent["cost"], sent["reserved"]) == (
+        "usage_over_bound", "j1", ["global", "key:3"], "1.8", "0.5",
+    )  # fmt: skip
