@@ -28,7 +28,6 @@ from shared.catalog import Catalog
 from shared.db.models import MonthlyBudget
 from shared.db.types import Money
 from shared.errors import BudgetExceeded
-from shared.errors import BudgetHeld
 
 GLOBAL_SCOPE = "global"
 
@@ -191,7 +190,7 @@ def reserve(session: Session, *, scope: str, period: Period, amount: Decimal, li
         view = get_view(session, scope=scope, period=period, limit=limit)
         which = "the monthly budget" if scope == GLOBAL_SCOPE else "this API key's monthly budget"
         if view.held_by_job is not None:
-            raise BudgetHeld(
+            raise BudgetExceeded(
                 f"spending from {which} is stopped: job {view.held_by_job} was billed more than its bound; "
                 "an operator must clear the hold (DELETE /api/budget/hold, or `model-router budget --clear-hold`)",
                 details={"scope": scope, "reason": "usage_over_bound", "job_id": view.held_by_job},

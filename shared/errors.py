@@ -38,12 +38,6 @@ class BudgetExceeded(DomainError):
     code = "budget_exceeded"
 
 
-class BudgetHeld(BudgetExceeded):
-    """The scope's spending is stopped this month: an upstream billed a job more than its bound."""
-
-    code = "budget_held"
-
-
 class RoutingError(DomainError):
     """A routing policy, threshold, tier or model name is unknown or invalid."""
 

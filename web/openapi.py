@@ -78,9 +78,9 @@ def build_openapi_spec(*, version: str) -> dict[str, Any]:
         ),
         "401": unauthorized,
         "402": error(
-            "`budget_exceeded`: the monthly budget cannot cover it; `budget_held`: spending is stopped because "
-            "an upstream billed a job more than its bound, until an operator clears the hold. Nothing is "
-            "enqueued or spent."
+            "`budget_exceeded`: the monthly budget cannot cover it, or (`details.reason`: `usage_over_bound`) "
+            "its spending is stopped because an upstream billed a job more than its bound, until an operator "
+            "clears the hold. Nothing is enqueued or spent."
         ),
         "409": error("`idempotency_conflict`: the Idempotency-Key was already used with a different body."),
         "413": error("`payload_too_large`: the request body is too large."),
@@ -296,8 +296,8 @@ def build_openapi_spec(*, version: str) -> dict[str, Any]:
                 "summary": "Clear a budget hold",
                 "description": (
                     "A job the upstream billed more than its bound holds its scopes for the month: they reserve "
-                    "nothing (402 `budget_held`) until an operator clears the hold here (keys off, or an admin "
-                    "key). Answers the scope's budget."
+                    "nothing (402 `budget_exceeded`, `details.reason`: `usage_over_bound`) until an operator "
+                    "clears the hold here (keys off, or an admin key). Answers the scope's budget."
                 ),
                 "parameters": [
                     {

@@ -180,7 +180,8 @@ class BudgetView(BaseModel):
     request_count: int
     held_by_job: str | None = Field(
         description="The job the upstream billed more than its bound: while set, this scope reserves nothing "
-        "(402 `budget_held`) until an operator clears the hold (DELETE /api/budget/hold)."
+        "(402 `budget_exceeded`, `details.reason`: `usage_over_bound`) until an operator clears the hold "
+        "(DELETE /api/budget/hold)."
     )
 
 

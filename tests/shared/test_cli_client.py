@@ -368,7 +368,7 @@ def test_budget_shows_a_hold_and_clears_it(server: Served) -> None:
         session.execute(update(MonthlyBudget).values(held_by_job="job-over-its-bound"))
     assert "held: job job-over-its-bound" in server.cli("budget").stderr
     refused = server.cli("prompt", "hi")
-    assert refused.exit_code == 5 and "402 budget_held" in _one_line(refused)
+    assert refused.exit_code == 5 and "job-over-its-bound was billed more than its bound" in _one_line(refused)
     cleared = server.cli("budget", "--clear-hold", "--scope", ledger.GLOBAL_SCOPE, "--json")
     assert cleared.exit_code == 0 and json.loads(cleared.stdout)["held_by_job"] is None
     assert server.cli("prompt", "hi").exit_code == 0

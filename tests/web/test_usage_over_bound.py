@@ -131,10 +131,11 @@ def test_a_bill_over_the_bound_is_recorded_flagged_counted_alerted_and_stops_spe
     assert refused.status_code == 402
     error = refused.get_json()["error"]
     assert (error["code"], error["details"]["reason"], error["details"]["job_id"]) == (
-        "budget_held", "usage_over_bound", job_id,
+        "budget_exceeded", "usage_over_bound", job_id,
     )  # fmt: skip
     chat = client.post("/v1/chat/completions", json={"model": "router", "messages": [{"role": "user", "content": "x"}]})
-    assert (chat.status_code, chat.get_json()["error"]["code"]) == (402, "budget_held")
+    assert (chat.status_code, chat.get_json()["error"]["code"]) == (402, "budget_exceeded")
+    assert "billed more than its bound" in chat.get_json()["error"]["message"]
     assert client.post("/api/batch", json={"prompts": ["hi"]}).status_code == 402
     assert client.get("/api/budget").get_json()["held_by_job"] == job_id
     assert _ledger(app).reserved == 0
@@ -187,7 +188,7 @@ def test_a_keyed_job_over_its_bound_holds_its_key_and_the_global_scope(
     assert held == {"global": job_ids[0], tenant_scope: job_ids[0]}
     for headers in (as_tenant, as_other):
         refused = client.post("/api/prompt", json={"prompt": "hi", "wait": False}, headers=headers)
-        assert (refused.status_code, refused.get_json()["error"]["code"]) == (402, "budget_held")
+        assert (refused.status_code, refused.get_json()["error"]["details"]["reason"]) == (402, "usage_over_bound")
     assert client.get("/api/budget", headers=as_tenant).get_json()["held_by_job"] == job_ids[0]
     assert client.delete("/api/budget/hold", headers=as_tenant).status_code == 403
     assert client.delete("/api/budget/hold", headers=as_admin).status_code == 200
