@@ -123,14 +123,17 @@ class ErrorBody(BaseModel):
 
 
 class JobResult(BaseModel):
-    """A job as stored; the result fields are filled once it has finished."""
+    """A job as stored; the result fields are present once it has finished (`error` only if it failed)."""
 
     job_id: str
     status: Literal["queued", "running", "succeeded", "failed"]
     created_at: str
     prompt: str = Field(description="The prompt as stored (a chat request's turns joined).")
     cached: bool = Field(description="Answered from the response cache, at no cost.")
-    request_id: str | None = Field(default=None, description="The X-Request-ID of the request that made the job.")
+    request_id: str | None = Field(description="The X-Request-ID of the request that made the job.")
+    metadata: dict[str, Any] = Field(description="As the request gave it.")
+    batch_id: str | None = Field(default=None, description="Only on a batch's jobs.")
+    batch_index: int | None = Field(default=None, description="The item's position in its batch; only with batch_id.")
     finished_at: str | None = None
     success: bool | None = None
     response: str | None = None
@@ -144,7 +147,6 @@ class JobResult(BaseModel):
     cost: float | None = None
     latency_ms: float | None = None
     escalated: bool | None = None
-    cached: bool | None = None
     escalation_reason: str | None = None
     downgraded: bool | None = None
     downgraded_from: str | None = None
@@ -152,7 +154,6 @@ class JobResult(BaseModel):
     retry_count: int | None = None
     attempts: list[Attempt] | None = None
     error: ErrorDetail | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class JobAccepted(BaseModel):
@@ -281,7 +282,7 @@ class BatchResult(BaseModel):
     failed: int
     pending: int
     cost: float
-    jobs: list[JobResult] = Field(default_factory=list)
+    jobs: list[JobResult]
 
 
 class ChatTextPart(BaseModel):
