@@ -94,11 +94,11 @@ def deliver_alert(self, payload: dict[str, object]) -> int | None:
     if not outcome.retry:
         logger.error("alert not delivered: %s", outcome.error)
         return None
+    if self.request.retries >= settings.alert_webhook_max_retries:
+        logger.error("giving up on an alert after %d attempts (%s)", self.request.retries + 1, outcome.error)
+        return outcome.status_code
     countdown = min(2**self.request.retries, 300)
     logger.warning("alert delivery failed (%s); retry %d in %ss", outcome.error, self.request.retries + 1, countdown)
-    if self.request.retries >= settings.alert_webhook_max_retries:
-        logger.error("giving up on an alert after %d attempts", self.request.retries + 1)
-        return outcome.status_code
     raise self.retry(countdown=countdown, max_retries=settings.alert_webhook_max_retries)
 
 

@@ -31,7 +31,7 @@ class Received:
 class Receiver:
     port: int
     requests: list[Received] = field(default_factory=list)
-    # Path -> (status, extra headers) answered instead of 204.
+    # Path (without the query) -> (status, extra headers) answered instead of 204.
     answers: dict[str, tuple[int, dict[str, str]]] = field(default_factory=dict)
 
 
@@ -44,7 +44,7 @@ def receiver(tls: ssl.SSLContext | None = None) -> Iterator[Receiver]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             record.requests.append(Received(self.path, dict(self.headers.items()), body))
-            status, headers = record.answers.get(self.path, (204, {}))
+            status, headers = record.answers.get(self.path.partition("?")[0], (204, {}))
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
