@@ -84,7 +84,9 @@ class PromptRequest(PromptFields):
     wait: StrictBool = Field(default=True, description="Answer with the result when ready within timeout_s.")
     timeout_s: StrictNumber = Field(default=30, gt=0, le=120, description="Only with wait=true.")
     callback_url: StrictStr | None = Field(
-        default=None, description="POSTed the finished job, signed (X-Router-Signature: sha256=<HMAC>)."
+        default=None,
+        description="POSTed the finished job, signed (X-Router-Signature: sha256=<HMAC>); a public host only "
+        "(or one in WEBHOOK_ALLOWED_HOSTS), stored encrypted.",
     )
     on_budget_pressure: Literal["fail", "downgrade"] = Field(
         default="fail",
@@ -262,7 +264,9 @@ class BatchRequest(BaseModel):
             }
         ),
     ] = Field(min_length=1, max_length=10000)
-    callback_url: StrictStr | None = Field(default=None, description="POSTed the finished batch, signed.")
+    callback_url: StrictStr | None = Field(
+        default=None, description="POSTed the finished batch, signed; the same rules as /api/prompt's."
+    )
 
 
 class BatchAccepted(BaseModel):
