@@ -139,7 +139,8 @@ def check_url(url: str, *, policy: HostPolicy, field: str = "callback_url") -> T
         return Target(parsed, host, allowed_name=False)
     if policy.only and not policy.networks:
         raise _refuse(field, "is not on an allowed host (WEBHOOK_ALLOWED_HOSTS)")
-    if "." not in host or host in METADATA_NAMES or host.endswith(tuple("." + s for s in INTERNAL_SUFFIXES)):
+    internal = host in INTERNAL_SUFFIXES or host.endswith(tuple("." + suffix for suffix in INTERNAL_SUFFIXES))
+    if "." not in host or internal or host in METADATA_NAMES:
         raise _refuse(field, "must name a public host (not a local, internal or metadata name)")
     return Target(parsed, host, allowed_name=False)
 

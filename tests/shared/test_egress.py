@@ -76,6 +76,7 @@ HOSTILE_URLS = [
     "http://printer.local/",
     "http://kubernetes.default.svc.cluster.local/",
     "http://router.home.arpa/",
+    "http://home.arpa/",
     "http://hooks.example.com./",
     # a host hidden behind user info is still the host
     "http://hooks.example.com@127.0.0.1/",
