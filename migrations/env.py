@@ -31,14 +31,16 @@ def run_migrations_offline() -> None:
 
 def run_migrations_online() -> None:
     engine = create_engine(_database_url())
-    with engine.connect() as connection:
-        # Batch mode lets ALTER TABLE work on SQLite, which cannot alter columns in place.
-        context.configure(
-            connection=connection, target_metadata=target_metadata, render_as_batch=True, compare_type=True
-        )
-        with context.begin_transaction():
-            context.run_migrations()
-    engine.dispose()
+    try:
+        with engine.connect() as connection:
+            # Batch mode lets ALTER TABLE work on SQLite, which cannot alter columns in place.
+            context.configure(
+                connection=connection, target_metadata=target_metadata, render_as_batch=True, compare_type=True
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:
+        engine.dispose()  # a failed migration leaves no connection open either
 
 
 if context.is_offline_mode():

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from typing import Literal
 from typing import NoReturn
 
@@ -17,7 +19,11 @@ from pydantic import model_validator
 from pydantic_settings import BaseSettings
 from pydantic_settings import SettingsConfigDict
 
+from shared import egress
+from shared import masking
+from shared import sealing
 from shared.errors import ConfigError
+from shared.errors import InvalidInput
 
 DEFAULT_CATALOG_PATH = Path(__file__).with_name("models.toml")
 
@@ -108,9 +114,15 @@ class Settings(BaseSettings):
     default_rpm: int | None = Field(default=None, ge=1)
 
     # Webhooks for finished jobs and batches (`callback_url`): signed with WEBHOOK_SECRET, retried with
-    # backoff for up to WEBHOOK_RETRY_FOR_S; WEBHOOK_ALLOWED_HOSTS, when set, lists the only hosts called.
+    # backoff for up to WEBHOOK_RETRY_FOR_S. Callbacks and alert webhooks go to public addresses only;
+    # WEBHOOK_ALLOWED_HOSTS names the hosts, IP addresses and CIDR networks they may reach besides (a
+    # receiver on the private network, or on loopback for local testing), and with WEBHOOK_ALLOWED_HOSTS_ONLY
+    # they may reach nothing else. Stored callback URLs are encrypted with WEBHOOK_URL_KEYS (Fernet keys, the
+    # first encrypts), or with a key derived from WEBHOOK_SECRET when none is set (shared.sealing).
     webhook_secret: SecretStr | None = None
     webhook_allowed_hosts: list[str] = Field(default_factory=list)
+    webhook_allowed_hosts_only: bool = False
+    webhook_url_keys: list[SecretStr] = Field(default_factory=list)
     webhook_retry_for_s: int = Field(default=3600, ge=0)
     webhook_timeout_s: float = Field(default=10.0, gt=0)
 
@@ -136,6 +148,19 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_key_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _check_allowed_hosts(cls, value: list[str]) -> list[str]:
+        egress.HostPolicy.parse(value)
+        return value
+
+    @field_validator("webhook_url_keys")
+    @classmethod
+    def _check_url_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for key in value:
+            sealing.check_key(key.get_secret_value())
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -181,6 +206,15 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _alert_webhook_is_allowed(self) -> Settings:
+        if self.alert_webhook_url is not None:
+            try:
+                egress.check_url(self.alert_webhook_url, policy=self.webhook_policy, field="ALERT_WEBHOOK_URL")
+            except InvalidInput as exc:
+                raise ValueError(f"{exc.message} (or name its host in WEBHOOK_ALLOWED_HOSTS)") from None
+        return self
+
+    @model_validator(mode="after")
     def _require_key_for_real_upstream(self) -> Settings:
         if self.openai_base_url is None and self.openai_api_key is None:
             raise ValueError(
@@ -192,6 +226,16 @@ class Settings(BaseSettings):
     def api_keys_required(self) -> bool:
         """Tell whether every /api route but health needs a key."""
         return self.environment == "production" if self.require_api_key is None else self.require_api_key
+
+    @property
+    def webhook_policy(self) -> egress.HostPolicy:
+        """Return where callbacks and alert webhooks may go besides public addresses."""
+        return egress.HostPolicy.parse(self.webhook_allowed_hosts, only=self.webhook_allowed_hosts_only)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # URLs may carry passwords and tokens (DATABASE_URL, REDIS_URL, webhook URLs): shown masked.
+        for name, value in super().__repr_args__():
+            yield name, masking.mask_url(value) if isinstance(value, str) and "://" in value else value
 
     @property
     def is_sqlite(self) -> bool:

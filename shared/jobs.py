@@ -62,6 +62,7 @@ class JobRequest:
     on_budget_pressure: str = "fail"
     deadline_s: float | None = None
     difficulty_estimator: str | None = None
+    # Sealed (shared.sealing): stored encrypted, opened only by the worker that delivers to it.
     callback_url: str | None = None
     # A chat's turns ({"role", "content"}) sent upstream as they are; `prompt` is then the conversation's
     # text, which difficulty and the cost bound are estimated from.

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import redis
 
+from shared import masking
 from shared import metrics
 from shared.config import Settings
 
@@ -84,7 +85,7 @@ def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: boo
             start_fake_redis(port=redis_port)
             notes.append(f"Redis: no redis-server installed; serving an embedded fakeredis on port {redis_port}")
     else:
-        notes.append(f"Redis: using the server at {settings.redis_url}")
+        notes.append(f"Redis: using the server at {masking.mask_url(settings.redis_url)}")
 
     if simulator:
         processes["simulator"] = f"{_tool('model-router')} simulate --host 127.0.0.1 --port {sim_port}"
@@ -92,7 +93,7 @@ def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: boo
             f"Upstream: the simulator at http://127.0.0.1:{sim_port}/v1 (set OPENAI_BASE_URL or a key to change)"
         )
     else:
-        notes.append(f"Upstream: {settings.openai_base_url or 'https://api.openai.com/v1'}")
+        notes.append(f"Upstream: {masking.mask_url(settings.openai_base_url or 'https://api.openai.com/v1')}")
 
     if settings.api_keys_required:
         notes.append("API keys: required (create one with `model-router keys create --name NAME`)")

@@ -21,6 +21,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
+from shared import masking
 from shared.config import Settings
 
 _bound: ContextVar[Mapping[str, Any]] = ContextVar("model_router_log_context", default=MappingProxyType({}))
@@ -85,7 +86,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return masking.mask_urls_in(json.dumps(entry, default=str, ensure_ascii=False), path=False)
 
 
 class TextFormatter(logging.Formatter):
@@ -102,10 +103,10 @@ class TextFormatter(logging.Formatter):
         extra = " ".join(
             f"{key}={value}" for key, value in _structured(record).items() if value is not None and key != "event"
         )
-        if not extra:
-            return line
-        head, newline, rest = line.partition("\n")  # keep a traceback below the line it belongs to
-        return f"{head} {extra}{newline}{rest}"
+        if extra:
+            head, newline, rest = line.partition("\n")  # keep a traceback below the line it belongs to
+            line = f"{head} {extra}{newline}{rest}"
+        return masking.mask_urls_in(line, path=False)
 
 
 def resolve_format(settings: Settings) -> str:

@@ -5,16 +5,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit
 
+import httpx
+from pydantic import SecretStr
 from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared import egress
+from shared import masking
+from shared import sealing
+from shared.config import Settings
 from shared.db.models import WebhookDelivery
 from shared.errors import InvalidInput
 
@@ -39,14 +44,51 @@ def _json_value(value: object) -> object:
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
-def check_url(url: str, *, allowed_hosts: Sequence[str], field: str = "callback_url") -> str:
-    """Return `url` if it may be called back: http(s), and on an allowed host when a list is set."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidInput(f"{field} must be an http(s) URL", details={"field": field})
-    if allowed_hosts and parts.hostname.lower() not in {host.lower() for host in allowed_hosts}:
-        raise InvalidInput(f"{field} is not on an allowed host", details={"field": field})
-    return url
+def accept_url(url: str, *, settings: Settings, field: str = "callback_url") -> str:
+    """Return `url` sealed for storage if it may be called back, or raise 400 naming `field`.
+
+    It must be an http(s) URL that `egress` allows, and the server must hold a secret to sign with.
+    """
+    egress.check_url(url, policy=settings.webhook_policy, field=field)
+    if settings.webhook_secret is None:
+        raise InvalidInput("callbacks need WEBHOOK_SECRET set on the server", details={"field": field})
+    return sealing.require(settings).seal(url)
+
+
+def deliver(
+    url: str, payload: dict[str, Any], *, secret: SecretStr | None, timeout_s: float, policy: egress.HostPolicy
+) -> Delivery:
+    """POST `payload` to `url`, signed with `secret` if given, on an address `egress` allows; never raises.
+
+    The outcome's error text never holds the URL's secrets.
+    """
+    body = encode(payload)
+    headers = {"Content-Type": "application/json"}
+    if secret is not None:
+        headers[SIGNATURE_HEADER] = sign(body, secret.get_secret_value())
+    try:
+        response = egress.post(url, content=body, headers=headers, timeout=timeout_s, policy=policy)
+    except egress.Refused as exc:
+        return Delivery(status_code=None, error=f"refused: {exc}", retry=False)
+    except (httpx.HTTPError, OSError) as exc:
+        return Delivery(status_code=None, error=masking.mask_urls_in(f"{type(exc).__name__}: {exc}", path=False)[:500])
+    if response.is_success:
+        return Delivery(status_code=response.status_code, error=None)
+    # A redirect is not followed: the address it names was never checked.
+    return Delivery(status_code=response.status_code, error=f"HTTP {response.status_code}")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One POST's outcome: the receiver's status, and an error unless it answered 2xx."""
+
+    status_code: int | None
+    error: str | None
+    retry: bool = True
+
+    @property
+    def delivered(self) -> bool:
+        return self.error is None
 
 
 def record_attempt(
@@ -59,7 +101,7 @@ def record_attempt(
     error: str | None,
     delivered: bool,
 ) -> int:
-    """Record one delivery attempt; return its number (1 for the first)."""
+    """Record one delivery attempt, with the URL masked; return its number (1 for the first)."""
     previous = session.scalar(
         select(func.count(WebhookDelivery.id)).where(
             WebhookDelivery.resource == resource, WebhookDelivery.resource_id == resource_id
@@ -70,7 +112,7 @@ def record_attempt(
         WebhookDelivery(
             resource=resource,
             resource_id=resource_id,
-            url=url,
+            url=masking.mask_url(url, path=False),
             attempt=attempt,
             status_code=status_code,
             error=error,

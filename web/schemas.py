@@ -84,7 +84,9 @@ class PromptRequest(PromptFields):
     wait: StrictBool = Field(default=True, description="Answer with the result when ready within timeout_s.")
     timeout_s: StrictNumber = Field(default=30, gt=0, le=120, description="Only with wait=true.")
     callback_url: StrictStr | None = Field(
-        default=None, description="POSTed the finished job, signed (X-Router-Signature: sha256=<HMAC>)."
+        default=None,
+        description="POSTed the finished job, signed (X-Router-Signature: sha256=<HMAC>); a public host only "
+        "(or one in WEBHOOK_ALLOWED_HOSTS), stored encrypted.",
     )
     on_budget_pressure: Literal["fail", "downgrade"] = Field(
         default="fail",
@@ -123,14 +125,17 @@ class ErrorBody(BaseModel):
 
 
 class JobResult(BaseModel):
-    """A job as stored; the result fields are filled once it has finished."""
+    """A job as stored; the result fields are present once it has finished (`error` only if it failed)."""
 
     job_id: str
     status: Literal["queued", "running", "succeeded", "failed"]
     created_at: str
     prompt: str = Field(description="The prompt as stored (a chat request's turns joined).")
     cached: bool = Field(description="Answered from the response cache, at no cost.")
-    request_id: str | None = Field(default=None, description="The X-Request-ID of the request that made the job.")
+    request_id: str | None = Field(description="The X-Request-ID of the request that made the job.")
+    metadata: dict[str, Any] = Field(description="As the request gave it.")
+    batch_id: str | None = Field(default=None, description="Only on a batch's jobs.")
+    batch_index: int | None = Field(default=None, description="The item's position in its batch; only with batch_id.")
     finished_at: str | None = None
     success: bool | None = None
     response: str | None = None
@@ -144,7 +149,6 @@ class JobResult(BaseModel):
     cost: float | None = None
     latency_ms: float | None = None
     escalated: bool | None = None
-    cached: bool | None = None
     escalation_reason: str | None = None
     downgraded: bool | None = None
     downgraded_from: str | None = None
@@ -157,7 +161,6 @@ class JobResult(BaseModel):
     )
     attempts: list[Attempt] | None = None
     error: ErrorDetail | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class JobAccepted(BaseModel):
@@ -271,7 +274,9 @@ class BatchRequest(BaseModel):
             }
         ),
     ] = Field(min_length=1, max_length=10000)
-    callback_url: StrictStr | None = Field(default=None, description="POSTed the finished batch, signed.")
+    callback_url: StrictStr | None = Field(
+        default=None, description="POSTed the finished batch, signed; the same rules as /api/prompt's."
+    )
 
 
 class BatchAccepted(BaseModel):
@@ -291,7 +296,7 @@ class BatchResult(BaseModel):
     failed: int
     pending: int
     cost: float
-    jobs: list[JobResult] = Field(default_factory=list)
+    jobs: list[JobResult]
 
 
 class ChatTextPart(BaseModel):

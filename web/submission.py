@@ -21,7 +21,6 @@ from shared import jobs
 from shared import notify
 from shared import webhooks
 from shared.db.types import utcnow
-from shared.errors import InvalidInput
 from shared.errors import Unavailable
 from web import caching
 from web.auth import current_identity
@@ -127,15 +126,11 @@ def _idempotency_owner() -> str:
     return idempotency.owner_of(None if identity is None else identity.api_key_id)
 
 
-def check_callback_url(url: str | None) -> str | None:
-    """Return a usable callback URL, or raise 400: http(s), an allowed host, and a secret to sign with."""
+def seal_callback_url(url: str | None) -> str | None:
+    """Return the callback URL sealed for storage (shared.webhooks.accept_url), or raise 400."""
     if url is None:
         return None
-    settings = current_app.extensions["settings"]
-    webhooks.check_url(url, allowed_hosts=settings.webhook_allowed_hosts)
-    if settings.webhook_secret is None:
-        raise InvalidInput("callbacks need WEBHOOK_SECRET set on the server", details={"field": "callback_url"})
-    return url
+    return webhooks.accept_url(url, settings=current_app.extensions["settings"])
 
 
 def enqueue(job_ids: Sequence[str], *, batch: bool, withdraw: Callable[[Session], None]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import redis
 from celery import shared_task
 from celery.signals import worker_process_init
@@ -14,10 +13,13 @@ from sqlalchemy.exc import OperationalError
 from shared import batches
 from shared import idempotency
 from shared import jobs
+from shared import masking
 from shared import reaper
 from shared import runs
+from shared import sealing
 from shared import webhooks
 from shared.db.types import utcnow
+from shared.errors import ConfigError
 from shared.representations import batch_body
 from shared.representations import job_body
 from worker import runtime
@@ -75,66 +77,80 @@ def enqueue_job(job_id: str, *, batch: bool = False, producer: object = None) ->
 
 
 @shared_task(name="alerts.deliver", bind=True, acks_late=True)
-def deliver_alert(self, payload: dict[str, object]) -> int:
+def deliver_alert(self, payload: dict[str, object]) -> int | None:
     """POST one budget alert to ALERT_WEBHOOK_URL, signed; retried with backoff, never blocking a request."""
     settings = runtime.get_deps().settings
     if settings.alert_webhook_url is None:
         return 0
-    body = webhooks.encode(payload)
-    headers = {"Content-Type": "application/json"}
-    if settings.alert_webhook_secret is not None:
-        headers[webhooks.SIGNATURE_HEADER] = webhooks.sign(body, settings.alert_webhook_secret.get_secret_value())
-    try:
-        response = httpx.post(
-            settings.alert_webhook_url, content=body, headers=headers, timeout=settings.alert_webhook_timeout_s
-        )
-        response.raise_for_status()
-    except httpx.HTTPError as exc:
-        countdown = min(2**self.request.retries, 300)
-        logger.warning("alert delivery failed (%s); retry %d in %ss", type(exc).__name__, self.request.retries + 1,
-                       countdown)  # fmt: skip
-        raise self.retry(exc=exc, countdown=countdown, max_retries=settings.alert_webhook_max_retries) from None
-    return response.status_code
+    outcome = webhooks.deliver(
+        settings.alert_webhook_url,
+        payload,
+        secret=settings.alert_webhook_secret,
+        timeout_s=settings.alert_webhook_timeout_s,
+        policy=settings.webhook_policy,
+    )
+    if outcome.delivered:
+        return outcome.status_code
+    if not outcome.retry:
+        logger.error("alert not delivered: %s", outcome.error)
+        return None
+    if self.request.retries >= settings.alert_webhook_max_retries:
+        logger.error("giving up on an alert after %d attempts (%s)", self.request.retries + 1, outcome.error)
+        return outcome.status_code
+    countdown = min(2**self.request.retries, 300)
+    logger.warning("alert delivery failed (%s); retry %d in %ss", outcome.error, self.request.retries + 1, countdown)
+    raise self.retry(countdown=countdown, max_retries=settings.alert_webhook_max_retries)
 
 
 @shared_task(name="webhooks.deliver", bind=True, acks_late=True, autoretry_for=INFRASTRUCTURE_ERRORS, max_retries=10)
 def deliver_callback(self, resource: str, resource_id: str, first_attempt_at: float | None = None) -> int | None:
-    """POST a finished job or batch to its callback_url, signed; retried with backoff, recorded per attempt."""
+    """POST a finished job or batch to its callback_url, signed; retried with backoff, recorded per attempt.
+
+    The URL is stored sealed (shared.sealing) and opened here only; logs and records show it masked.
+    """
     deps = runtime.get_deps()
     settings = deps.settings
     first_attempt_at = first_attempt_at or time.time()
     with deps.sessions() as session:
         if resource == "batch":
             view = batches.get_view(session, batch_id=resource_id)
-            url, payload = view.batch.callback_url, {"event": "batch.completed", **batch_body(view)}
+            sealed, payload = view.batch.callback_url, {"event": "batch.completed", **batch_body(view)}
         else:
             job = jobs.get_or_raise(session, job_id=resource_id)
-            url, payload = job.callback_url, {"event": "job.finished", **job_body(job)}
-    if url is None:
+            sealed, payload = job.callback_url, {"event": "job.finished", **job_body(job)}
+    if sealed is None:
         return None
-    body = webhooks.encode(payload)
-    headers = {"Content-Type": "application/json"}
-    if settings.webhook_secret is not None:
-        headers[webhooks.SIGNATURE_HEADER] = webhooks.sign(body, settings.webhook_secret.get_secret_value())
-    status_code, error = None, None
     try:
-        response = httpx.post(url, content=body, headers=headers, timeout=settings.webhook_timeout_s)
-        status_code = response.status_code
-        response.raise_for_status()
-    except httpx.HTTPError as exc:
-        error = f"{type(exc).__name__}: {exc}"[:500]
+        url = sealing.require(settings).open(sealed)
+    except (sealing.Unreadable, ConfigError) as exc:
+        logger.error("cannot deliver the %s %s webhook: %s", resource, resource_id, exc)
+        return None
+    outcome = webhooks.deliver(
+        url,
+        payload,
+        secret=settings.webhook_secret,
+        timeout_s=settings.webhook_timeout_s,
+        policy=settings.webhook_policy,
+    )
     with deps.sessions.begin() as session:
         attempt = webhooks.record_attempt(
-            session, resource=resource, resource_id=resource_id, url=url, status_code=status_code, error=error,
-            delivered=error is None,
+            session, resource=resource, resource_id=resource_id, url=url, status_code=outcome.status_code,
+            error=outcome.error, delivered=outcome.delivered,
         )  # fmt: skip
-    if error is None:
-        return status_code
+    if outcome.delivered:
+        return outcome.status_code
+    where = masking.mask_url(url, path=False)
     countdown = min(2 ** (attempt - 1), 300)
-    if time.time() + countdown - first_attempt_at > settings.webhook_retry_for_s:
-        logger.warning("giving up on %s %s webhook after %d attempts", resource, resource_id, attempt)
-        return status_code
-    logger.info("webhook for %s %s failed (%s); retry %d in %ss", resource, resource_id, error, attempt, countdown)
+    if not outcome.retry or time.time() + countdown - first_attempt_at > settings.webhook_retry_for_s:
+        logger.warning(
+            "giving up on %s %s webhook to %s after %d attempts (%s)", resource, resource_id, where, attempt,
+            outcome.error,
+        )  # fmt: skip
+        return outcome.status_code
+    logger.info(
+        "webhook for %s %s to %s failed (%s); retry %d in %ss", resource, resource_id, where, outcome.error, attempt,
+        countdown,
+    )  # fmt: skip
     # Bounded by WEBHOOK_RETRY_FOR_S above, not by a retry count.
     raise self.retry(
         args=[resource, resource_id, first_attempt_at], countdown=countdown, max_retries=self.request.retries + 1

@@ -12,6 +12,8 @@ from typing import Any
 import click
 import httpx
 
+from shared import masking
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 CONNECT_TIMEOUT_S = 5.0
 
@@ -85,7 +87,7 @@ class ApiClient:
                 transport=endpoint.transport,
             )
         except (httpx.InvalidURL, ValueError) as exc:
-            raise ApiError(f"invalid --url {endpoint.url!r}: {exc}", exit_code=EXIT_USAGE) from None
+            raise ApiError(f"invalid --url {masking.mask_url(endpoint.url)!r}: {exc}", exit_code=EXIT_USAGE) from None
 
     def __enter__(self) -> ApiClient:
         return self
@@ -149,7 +151,7 @@ class ApiClient:
         raise self._status_error(response, body)
 
     def _transport_error(self, exc: httpx.HTTPError) -> ApiError:
-        url = self.endpoint.url
+        url = masking.mask_url(self.endpoint.url)
         if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
             return ApiError(f"invalid --url {url!r}: {exc}", exit_code=EXIT_USAGE)
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):

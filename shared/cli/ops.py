@@ -118,6 +118,7 @@ def simulate(host: str, port: int) -> None:
 def run() -> None:
     """Start the local stack in the foreground: Redis if needed, the simulator, web and worker."""
     from shared import localstack
+    from shared import masking
     from shared.config import load_settings
     from shared.db import migrate
 
@@ -132,7 +133,7 @@ def run() -> None:
     plan = localstack.plan_stack(settings, environ, simulator=simulator)
     for note in plan.notes:
         click.echo(note)
-    click.echo(f"Database: {settings.database_url}")
+    click.echo(f"Database: {masking.mask_url(settings.database_url)}")
     click.echo(f"Serving {plan.web_url} (Ctrl-C stops everything)")
     sys.exit(localstack.run_stack(plan))
 

@@ -105,6 +105,7 @@ class RequestLog(Base):
     difficulty_estimator: Mapped[str | None] = mapped_column(String(32))
     batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"), index=True)
     batch_index: Mapped[int | None] = mapped_column(Integer)
+    # Encrypted (shared.sealing): a callback URL's path or query is often the receiver's secret.
     callback_url: Mapped[str | None] = mapped_column(Text)
     # Response cache: `cached` jobs were answered from an earlier identical request at no cost.
     cached: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
@@ -219,6 +220,7 @@ class Batch(Base):
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     total: Mapped[int] = mapped_column(Integer)
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    # Encrypted, as a job's (shared.sealing).
     callback_url: Mapped[str | None] = mapped_column(Text)
 
 
@@ -245,6 +247,7 @@ class WebhookDelivery(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     resource: Mapped[str] = mapped_column(String(16))
     resource_id: Mapped[str] = mapped_column(String(32), index=True)
+    # Masked (shared.masking): where the attempt went, without the URL's secrets.
     url: Mapped[str] = mapped_column(Text)
     attempt: Mapped[int] = mapped_column(Integer)
     status_code: Mapped[int | None] = mapped_column(Integer)

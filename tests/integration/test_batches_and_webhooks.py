@@ -158,6 +158,8 @@ def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "MONTHLY_BUDGET_LIMIT": "1000",
         "SIM_LATENCY_MS": str(SIM_LATENCY_MS),
         "WEBHOOK_SECRET": SECRET,
+        # The receiver listens on loopback, which callbacks may reach only when allowed.
+        "WEBHOOK_ALLOWED_HOSTS": '["127.0.0.1"]',
         "WEBHOOK_RETRY_FOR_S": str(WEBHOOK_RETRY_FOR_S),
         "WEBHOOK_TIMEOUT_S": "2",
     }
@@ -476,6 +478,28 @@ def test_a_job_callback_body_is_the_job_as_the_api_shows_it(stack: Stack, receiv
     payload = delivery.payload
     assert payload.pop("event") == "job.finished"
     assert payload == http("GET", f"{stack.web}/api/jobs/{job['job_id']}")[2]
+
+
+def test_callbacks_reach_only_allowed_or_public_hosts(stack: Stack, engine: Engine) -> None:
+    # 127.0.0.1 is allowed for the receiver; every other non-public address stays out of reach.
+    for url in ("http://127.0.0.2:6379/", "http://localhost:6379/", "http://169.254.169.254/", "http://2130706433/"):
+        status, _, body = http("POST", f"{stack.web}/api/prompt", {"prompt": "Name a tree.", "callback_url": url})
+        assert (status, body["error"]["details"]) == (400, {"field": "callback_url"}), (url, body)
+
+
+def test_a_callback_url_is_stored_encrypted_and_recorded_masked(
+    stack: Stack, receiver: Receiver, engine: Engine
+) -> None:
+    url = receiver.url("/job-secret") + "?token=callback-token-5e"
+    status, _, job = http("POST", f"{stack.web}/api/prompt", {"prompt": "Name a river.", "callback_url": url})
+    assert status == 200, job
+    receiver.wait_for("/job-secret?token=callback-token-5e", 1)
+    assert _wait_until(lambda: len(_deliveries(engine, job["job_id"])) == 1, timeout_s=10)
+    with engine.connect() as connection:
+        stored = connection.execute(select(RequestLog.callback_url).where(RequestLog.id == job["job_id"])).scalar_one()
+    assert "callback-token-5e" not in stored and "127.0.0.1" not in stored
+    [delivery] = _deliveries(engine, job["job_id"])
+    assert delivery.url == f"http://127.0.0.1:{receiver.server.server_port}/…?token=***"
 
 
 def test_a_failing_receiver_gets_the_callback_on_the_third_attempt(

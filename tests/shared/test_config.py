@@ -13,6 +13,7 @@ from shared.config import DEFAULT_CATALOG_PATH
 from shared.config import Settings
 from shared.config import load_settings
 from shared.errors import ConfigError
+from tests.conftest import make_test_settings
 
 SECRET = "sk-do-not-print-0123456789"
 LOCAL_UPSTREAM = "http://127.0.0.1:9000/v1"
@@ -344,3 +345,12 @@ def test_the_postgres_pool_follows_the_settings() -> None:
         assert (engine.pool.size(), engine.pool._max_overflow) == (3, 1)
     finally:
         engine.dispose()
+
+
+def test_webhook_url_keys_must_be_fernet_keys() -> None:
+    from cryptography.fernet import Fernet
+
+    key = Fernet.generate_key().decode()
+    assert make_test_settings("sqlite://", webhook_url_keys=[key]).webhook_url_keys[0].get_secret_value() == key
+    with pytest.raises(ConfigError, match="WEBHOOK_URL_KEYS: must be Fernet keys"):
+        make_test_settings("sqlite://", webhook_url_keys=["not-a-key"])

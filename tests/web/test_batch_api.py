@@ -15,6 +15,7 @@ from shared.db.models import IdempotencyKey
 from shared.db.models import MonthlyBudget
 from shared.db.models import RequestLog
 from shared.db.session import make_sessionmaker
+from tests.conftest import make_test_settings
 from tests.conftest import worker_deps
 from tests.support.fakes import FakeLLMClient
 
@@ -147,19 +148,22 @@ def test_a_refused_request_does_not_use_up_its_idempotency_key(client: FlaskClie
 
 
 def test_a_callback_needs_a_signing_secret_and_an_http_url(client: FlaskClient, app: Flask, enqueued) -> None:
-    body = {"prompt": "x", "wait": False, "callback_url": "http://127.0.0.1:9/hook"}
+    body = {"prompt": "x", "wait": False, "callback_url": "https://hooks.example.com/hook"}
     assert client.post("/api/prompt", json=body).get_json()["error"]["details"]["field"] == "callback_url"
-    app.extensions["settings"] = app.extensions["settings"].model_copy(update={"webhook_secret": "s"})
+    app.extensions["settings"] = make_test_settings(app.extensions["settings"].database_url, webhook_secret="s")
     assert client.post("/api/prompt", json=body).status_code == 202
-    for url in ("ftp://127.0.0.1/hook", "file:///etc/passwd", "not a url"):
+    for url in ("ftp://hooks.example.com/hook", "file:///etc/passwd", "not a url"):
         response = client.post("/api/prompt", json={**body, "callback_url": url})
         assert response.get_json()["error"]["details"]["field"] == "callback_url"
 
 
 def test_callbacks_can_be_restricted_to_allowed_hosts(client: FlaskClient, app: Flask, enqueued) -> None:
-    app.extensions["settings"] = app.extensions["settings"].model_copy(
-        update={"webhook_secret": "s", "webhook_allowed_hosts": ["hooks.internal"]}
+    app.extensions["settings"] = make_test_settings(
+        app.extensions["settings"].database_url,
+        webhook_secret="s",
+        webhook_allowed_hosts=["hooks.internal"],
+        webhook_allowed_hosts_only=True,
     )
-    body = {"prompt": "x", "wait": False, "callback_url": "http://127.0.0.1:9/hook"}
+    body = {"prompt": "x", "wait": False, "callback_url": "https://hooks.example.com/hook"}
     assert client.post("/api/prompt", json=body).status_code == 400
     assert client.post("/api/prompt", json={**body, "callback_url": "https://hooks.internal/x"}).status_code == 202

@@ -46,6 +46,7 @@ def create_batch() -> tuple[Response, int]:
             jobs.bound_for(item, catalog=catalog, settings=settings)
         except RoutingError as exc:  # an unknown model or tier: name the item
             raise _at(index, exc) from None
+    callback_url = submission.seal_callback_url(body.callback_url)
     session = get_session()
     batch_id = uuid.uuid4().hex
     existing = submission.claim_idempotency_key(session, body=raw, resource="batch", resource_id=batch_id)
@@ -56,7 +57,7 @@ def create_batch() -> tuple[Response, int]:
             catalog=catalog,
             settings=settings,
             requester=submission.requester(),
-            callback_url=submission.check_callback_url(body.callback_url),
+            callback_url=callback_url,
             batch_id=batch_id,
         )
         job_ids = [row.id for row in rows]

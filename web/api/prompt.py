@@ -43,7 +43,7 @@ def create_prompt() -> Response | tuple[Response, int]:
             on_budget_pressure=body.on_budget_pressure,
             deadline_s=body.deadline_s,
             difficulty_estimator=body.difficulty_estimator,
-            callback_url=submission.check_callback_url(body.callback_url),
+            callback_url=submission.seal_callback_url(body.callback_url),
         ),
         use_cache=body.cache,
     )
