@@ -60,6 +60,11 @@ def money(amount: Decimal) -> str:
     return f"${amount.quantize(Decimal('0.000001'))}"
 
 
+def _fixed(amount: Decimal) -> str:
+    """Money as plain decimal text (never "0E-9")."""
+    return f"{amount:f}"
+
+
 def optional(row: object, name: str) -> Any:
     """Return the attribute if this version of the service has it, else None."""
     return getattr(row, name, None)
@@ -219,8 +224,8 @@ def budget_never_overspent(bench: Bench) -> Result:
         figure,
         "max(spent+reserved) <= limit, and the ledger records at least what the simulator billed",
         {
-            "limit": str(limit), "peak": str(peak), "ratio": str(ratio), "spent": str(spent),
-            "reserved": str(reserved), "billed": str(billed), "accepted_jobs": len(jobs), "still_open": left,
+            "limit": _fixed(limit), "peak": _fixed(peak), "ratio": _fixed(ratio), "spent": _fixed(spent),
+            "reserved": _fixed(reserved), "billed": _fixed(billed), "accepted_jobs": len(jobs), "still_open": left,
             "answers": dict(answers), "sizes_used": {s.name: s.size for s in shapes},
             "dead_shapes": [s.name for s in shapes if s.dead], "ledger_samples": sampler.samples,
             "usage_over_bound": over_bound,
@@ -293,8 +298,8 @@ def every_job_ends_once(bench: Bench) -> Result:
             "requests": requests, "answers": dict(statuses), "accepted": len(ids), "rows": len(rows),
             "not_terminal": not_terminal, "by_status": dict(Counter(r.status.value for r in rows.values())),
             "failed_by_error": dict(Counter(r.error_code for r in rows.values() if r.status is JobStatus.FAILED)),
-            "ledger_spent": str(spent), "attempts_cost": str(attempts_cost), "billed": str(billed),
-            "billed_minus_recorded": str(billed - spent), "runs_per_job": dict(runs),
+            "ledger_spent": _fixed(spent), "attempts_cost": _fixed(attempts_cost), "billed": _fixed(billed),
+            "billed_minus_recorded": _fixed(billed - spent), "runs_per_job": dict(runs),
             "running_at_kill": len(running_at_kill), "rerun_jobs": len(reruns),
             "rerun_not_running_at_kill": len(reruns - running_at_kill), "unconfirmed": unconfirmed,
             "unsettled": sum(not r.settled for r in rows.values()),
@@ -486,9 +491,10 @@ def hanging_upstream_once(bench: Bench) -> Result:
         "failed, one run, settled once, ledger >= billed",
         {
             "tried": tried, "job_id": job_id, "deadline_s": row.deadline_s, "status": row.status.value,
-            "error_code": row.error_code, "runs": row.run_count, "seconds": round(took, 1), "billed": str(billed),
-            "upstream_calls": calls, "ledger_spent": str(spent), "job_cost": str(row.cost), "settled": row.settled,
-            "attempts": [(a.model, a.outcome, a.error_class, str(a.cost)) for a in row.attempts],
+            "error_code": row.error_code, "runs": row.run_count, "seconds": round(took, 1),
+            "billed": _fixed(billed), "upstream_calls": calls, "ledger_spent": _fixed(spent),
+            "job_cost": _fixed(row.cost), "settled": row.settled,
+            "attempts": [(a.model, a.outcome, a.error_class, _fixed(a.cost)) for a in row.attempts],
         },
     )  # fmt: skip
 
@@ -501,7 +507,7 @@ def _allowed(result: object) -> bool:
 
 
 def breaker_probes_exact(bench: Bench) -> Result:
-    rounds, callers = (20, 16) if bench.quick else (200, 32)
+    rounds, callers = (20, 16) if bench.quick else (100, 32)
     client = redis.Redis.from_url(bench.redis_url, max_connections=callers * 2)
     over: Counter[int] = Counter()
     seen: Counter[int] = Counter()
@@ -752,8 +758,9 @@ def stream_disconnect_cancels(bench: Bench) -> Result:
         "the job ends (not succeeded) within half the remaining stream, its cost > 0 is in the ledger",
         {
             "job_id": job_id, "status": row.status.value, "error_code": row.error_code,
-            "ended_after_disconnect_s": round(ended_after, 2), "job_cost": str(row.cost), "ledger_delta": str(spent),
-            "billed": str(billed), "first_event": first[:120].decode(errors="replace"),
+            "ended_after_disconnect_s": round(ended_after, 2), "job_cost": _fixed(row.cost),
+            "ledger_delta": _fixed(spent), "billed": _fixed(billed),
+            "first_event": first[:120].decode(errors="replace"),
         },
     )  # fmt: skip
 

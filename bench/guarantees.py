@@ -63,6 +63,9 @@ def run(scenarios: Sequence[Scenario], *, quick: bool, work_dir: Path, overrides
                         bench.forget_circuits()
                         bench.configure_sim()
                     results.append(_run_one(scenario, bench))
+                    if bench.throttled:
+                        results[-1].details["throttled_429"] = bench.throttled
+                        bench.throttled = 0
                     logger.info("%s", format_line(results[-1]))
         except Exception as exc:  # a stack that cannot start fails its scenarios, not the bench
             logger.error("the %s stack failed: %s", profile, traceback.format_exc())
