@@ -65,11 +65,6 @@ def _fixed(amount: Decimal) -> str:
     return f"{amount:f}"
 
 
-def optional(row: object, name: str) -> Any:
-    """Return the attribute if this version of the service has it, else None."""
-    return getattr(row, name, None)
-
-
 def column_count(rows: list[object], name: str, model: type) -> int | str:
     """Count rows whose `name` is truthy, or "n/a" when the table has no such column."""
     if name not in model.__table__.columns:
@@ -93,6 +88,16 @@ def metric_total(bench: Bench, fragment: str) -> float | str:
         if fragment in line and not line.startswith("#") and "_created" not in line
     ]
     return sum(values) if values else NA
+
+
+def _unconfirmed(attempts: list[RequestAttempt], jobs: list[RequestLog]) -> int | str:
+    """Count attempts charged without the upstream's confirmation: a flag column, or an outcome so named."""
+    for rows, model in ((attempts, RequestAttempt), (jobs, RequestLog)):
+        counted = column_count(rows, "unconfirmed", model)  # type: ignore[arg-type]
+        if counted != NA:
+            return counted
+    named = sum("unconfirmed" in (a.outcome or "", a.error_class or "") for a in attempts)
+    return named or NA
 
 
 def top_model(bench: Bench) -> str:
@@ -280,9 +285,7 @@ def every_job_ends_once(bench: Bench) -> Result:
     not_terminal = sum(not row.status.is_terminal for row in rows.values())
     runs = Counter(row.run_count for row in rows.values())
     reruns = {i for i, row in rows.items() if row.run_count > 1}
-    unconfirmed = column_count(attempts, "unconfirmed", RequestAttempt)
-    if unconfirmed == NA:
-        unconfirmed = column_count(list(rows.values()), "unconfirmed", RequestLog)
+    unconfirmed = _unconfirmed(attempts, list(rows.values()))
     ok = not_terminal == 0 and len(rows) == len(ids) and spent >= billed and reruns <= running_at_kill
     figure = (
         f"{not_terminal} of {len(ids)} jobs not terminal; ledger spent {money(spent)} vs simulator billed "

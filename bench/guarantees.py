@@ -70,11 +70,19 @@ def run(scenarios: Sequence[Scenario], *, quick: bool, work_dir: Path, overrides
         except Exception as exc:  # a stack that cannot start fails its scenarios, not the bench
             logger.error("the %s stack failed: %s", profile, traceback.format_exc())
             done = {result.name for result in results}
+            reason = _stack_failure(exc)
             for scenario in chosen:
                 if scenario.name not in done:
-                    results.append(Result(scenario.name, "ERROR", f"stack {profile}: {exc!r}"[:300], ""))
+                    results.append(Result(scenario.name, "ERROR", f"stack {profile}: {reason}", ""))
                     logger.info("%s", format_line(results[-1]))
     return results
+
+
+def _stack_failure(exc: Exception) -> str:
+    """Return the line that says why a stack did not start: a refused setting if a process named one."""
+    text = str(exc)
+    refused = [line.strip() for line in text.splitlines() if "invalid setting" in line]
+    return refused[0] if refused else f"{exc!r}"[:300]
 
 
 def _run_one(scenario: Scenario, bench: Any) -> Result:
