@@ -32,15 +32,18 @@ WORKER_COMMAND = (
 )  # fmt: skip
 
 
-def worker_command(queues: str | None = None, pool: str = "threads") -> list[str]:
+def worker_command(queues: str | None = None, pool: str = "threads", concurrency: int | None = None) -> list[str]:
     """Return WORKER_COMMAND, consuming `queues` (comma-separated) instead of "prompts,batch" when given.
 
-    `pool` "gevent" runs the production pool on PostgreSQL (SQLite's blocking calls need "threads").
+    `pool` "gevent" runs the production pool on PostgreSQL (SQLite's blocking calls need "threads");
+    `concurrency`, when given, replaces the 8 slots.
     """
     command = list(WORKER_COMMAND)
     if queues is not None:
         command[command.index("--queues") + 1] = queues
     command[command.index("--pool") + 1] = pool
+    if concurrency is not None:
+        command[command.index("--concurrency") + 1] = str(concurrency)
     return command
 
 
@@ -85,7 +88,8 @@ class Stack:
     a Celery `beat` process, `web_workers` gunicorn workers and extra gunicorn arguments (`web_args`).
     `worker_queues`, when given, starts one worker per entry (`workerN@%h`, consuming that entry's
     comma-separated queues, e.g. ("prompts", "batch") as in production) instead of `workers` workers.
-    `worker_pool`: see worker_command.
+    `worker_pool`: see worker_command. `worker_concurrency`, when given, sets each of those workers' slots
+    (one entry per entry of `worker_queues`).
     """
 
     env: dict[str, str]
@@ -100,6 +104,7 @@ class Stack:
     web_args: tuple[str, ...] = ()
     worker_queues: tuple[str, ...] | None = None
     worker_pool: str = "threads"
+    worker_concurrency: tuple[int, ...] | None = None
 
     @property
     def web(self) -> str:
@@ -125,7 +130,8 @@ class Stack:
         if self.worker_queues is not None:
             self.workers = len(self.worker_queues)
             for number, queues in enumerate(self.worker_queues, start=1):
-                self.start_worker(f"worker{number}", wait=False, queues=queues)
+                slots = None if self.worker_concurrency is None else self.worker_concurrency[number - 1]
+                self.start_worker(f"worker{number}", wait=False, queues=queues, concurrency=slots)
         elif self.workers == 1:
             self._spawn("worker", worker_command(pool=self.worker_pool))
         else:
@@ -139,12 +145,20 @@ class Stack:
             )  # fmt: skip
         self._wait_until_ready(min_workers=self.workers)
 
-    def start_worker(self, name: str, *, wait: bool = True, timeout_s: float = 60, queues: str | None = None) -> None:
+    def start_worker(
+        self,
+        name: str,
+        *,
+        wait: bool = True,
+        timeout_s: float = 60,
+        queues: str | None = None,
+        concurrency: int | None = None,
+    ) -> None:
         """Start one more Celery worker process with node name `name@%h`; wait until it is ready.
 
-        `queues` (comma-separated) replaces the default "prompts,batch".
+        `queues` (comma-separated) replaces the default "prompts,batch", `concurrency` the 8 slots.
         """
-        self._spawn(name, [*worker_command(queues, self.worker_pool), "-n", f"{name}@%h"])
+        self._spawn(name, [*worker_command(queues, self.worker_pool, concurrency), "-n", f"{name}@%h"])
         if not wait:
             return
         deadline = time.monotonic() + timeout_s
