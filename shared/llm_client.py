@@ -28,6 +28,7 @@ from tenacity import retry_if_exception_type
 from tenacity import stop_after_attempt
 from tenacity import wait_exponential_jitter
 
+from shared import budget
 from shared.catalog import ModelSpec
 from shared.config import Settings
 from shared.db.types import utcnow
@@ -67,6 +68,16 @@ class StreamInterrupted(LLMError):
     def __init__(self, message: str, *, partial: Completion, details: dict[str, object] | None = None) -> None:
         super().__init__(message, details=details)
         self.partial = partial
+
+
+class StreamCancelled(StreamInterrupted):
+    """A streamed answer stopped because its client left: billed for what arrived (see complete_with_retries)."""
+
+    code = "cancelled"  # the code of every cancelled job (shared.jobs.CANCELLED)
+
+
+class CallerGone(Exception):
+    """Raised by an `on_delta` callback when nobody reads the answer any more: the stream is closed at once."""
 
 
 # The sampling options a chat request may pass through to the upstream untouched.
@@ -368,7 +379,9 @@ def complete_with_retries(
     each attempt's timeouts shrink to the time left. `on_attempt` sees every attempt as it ends (the
     circuit breaker counts them). `messages` and `options`, when given, go to the client as they are
     (OpenAIChatClient.complete). With `on_delta` the answer is streamed to it (client.stream); a stream
-    cut after its first token is billed for what it produced and not retried.
+    cut after its first token is billed for what it produced and not retried. When `on_delta` raises
+    CallerGone the stream is closed and the attempt ends StreamCancelled, billed by the rule of
+    _received_usage, since the upstream sends usage only at the end.
 
     Never raises for an upstream failure: the result carries the last error
     and every attempt.
@@ -404,15 +417,26 @@ def complete_with_retries(
         start = time.perf_counter()
         left = time_left()
         error: LLMError | None = None
+        received: list[str] = []
+
+        def receive(text: str) -> None:
+            received.append(text)  # first: a delta that arrived was billed, relayed or not
+            on_delta(text)  # type: ignore[misc]
+
         try:
             if left is not None and left <= 0:
                 raise TransientLLMError(f"{model.name}: the job's deadline passed", details={"error_class": "deadline"})
             if on_delta is not None:
                 completion = client.stream(  # type: ignore[attr-defined]
-                    model=model, prompt=prompt, max_tokens=max_tokens, timeout_s=left, on_delta=on_delta, **chat
+                    model=model, prompt=prompt, max_tokens=max_tokens, timeout_s=left, on_delta=receive, **chat
                 )
             else:
                 completion = client.complete(model=model, prompt=prompt, max_tokens=max_tokens, timeout_s=left, **chat)
+        except CallerGone as gone:
+            completion = _received_usage(prompt, "".join(received), max_tokens=max_tokens)
+            error = StreamCancelled(
+                f"{model.name}: stopped, {gone}", partial=completion, details={"error_class": "cancelled"}
+            )
         except LLMError as failure:
             error = failure
             # A stream cut part way was still billed for what it produced.
@@ -452,6 +476,23 @@ def complete_with_retries(
     except LLMError as error:
         result.error = error
     return result
+
+
+def _received_usage(prompt: str, text: str, *, max_tokens: int) -> Completion:
+    """Return what a stream stopped by its client is charged: upper bounds of what the upstream may have billed.
+
+    The upstream reports usage only in its last chunk, so none came: the prompt is counted at the bound its
+    reservation used (shared.budget), and the completion at one token per UTF-8 byte received (the same bound:
+    a byte-level BPE token covers at least one byte), never above the `max_tokens` sent, which the upstream
+    cannot pass. Both stay inside the job's reservation. Tokens generated after the stream was closed and never
+    received are not known and not counted.
+    """
+    return Completion(
+        text=text,
+        finish_reason=None,
+        prompt_tokens=budget.estimate_prompt_tokens_bound(prompt),
+        completion_tokens=min(len(text.encode("utf-8")), max_tokens),
+    )
 
 
 def _elapsed_ms(start: float) -> float:

@@ -284,11 +284,15 @@ async def _send_stream(request: web.Request, events: list[bytes], settings: SimS
     try:
         if settings.ttft_ms > 0:
             await asyncio.sleep(settings.ttft_ms / 1000)
-        if not steps:
+        if not steps and not settings.pause_ms:
             await response.write(b"".join(events))
         else:
             await response.write(events[0])
+            if settings.pause_ms > 0:
+                await asyncio.sleep(settings.pause_ms / 1000)
             rest = events[1:]
+            if not steps:
+                await response.write(b"".join(rest))
             for step in range(steps):
                 await asyncio.sleep(remaining_s / steps)
                 await response.write(b"".join(rest[step * len(rest) // steps : (step + 1) * len(rest) // steps]))

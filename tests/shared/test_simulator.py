@@ -382,6 +382,21 @@ def test_stream_waits_ttft_then_spreads_the_rest_over_the_latency(start_sim: Cal
     assert total - first >= 0.15
 
 
+def test_a_stream_pauses_after_its_first_token_and_then_sends_the_rest(start_sim: Callable[..., Sim]) -> None:
+    sim = start_sim(pause_ms=400)
+    started = time.monotonic()
+    stream = sim.ask(PROMPTS[0], model=STRONG, stream=True)
+    with stream:
+        chunks = iter(stream)
+        first = next(chunks)
+        first_at = time.monotonic() - started
+        rest = list(chunks)
+    total = time.monotonic() - started
+    assert first.choices[0].delta.content and first_at < 0.3
+    assert total - first_at >= 0.4
+    assert rest[-1].choices[0].finish_reason in ("stop", "length")
+
+
 def test_a_client_leaving_mid_stream_is_not_a_server_error(
     start_sim: Callable[..., Sim], caplog: pytest.LogCaptureFixture
 ) -> None:
