@@ -409,6 +409,17 @@ def test_a_client_leaving_mid_stream_is_not_a_server_error(
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 
+def test_a_stream_its_client_leaves_is_billed_for_the_tokens_sent_only(start_sim: Callable[..., Sim]) -> None:
+    whole = start_sim().ask(PROMPTS[0], model=STRONG, max_tokens=400).usage.completion_tokens
+    sim = start_sim(latency_ms=2000)
+    stream = sim.ask(PROMPTS[0], model=STRONG, stream=True, max_tokens=400)
+    with stream:
+        next(iter(stream))
+    time.sleep(2.5)  # the server's next writes find the client gone
+    billed = sim.stats(STRONG)["completion_tokens"]
+    assert 1 <= billed < whole / 2
+
+
 def test_faults_on_a_stream_answer_the_status_before_streaming(start_sim: Callable[..., Sim]) -> None:
     sim = start_sim(fail_first=("503", 1))
     with pytest.raises(openai.InternalServerError) as caught:
