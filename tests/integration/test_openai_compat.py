@@ -177,3 +177,12 @@ def test_a_client_leaving_a_stream_cancels_its_job_and_it_is_billed_for_what_arr
     assert time.monotonic() - left < 8
     assert (job["status"], job["error"]["code"]) == ("failed", "cancelled")
     assert job["cost"] > 0 and job["completion_tokens"] == len(job["response"].encode()) > 0
+    # Never below what the upstream billed: the simulator bills the tokens it sent before the stream was closed.
+    billed: dict = {}
+    for _ in range(50):
+        billed = http("GET", f"{stack.sim}/sim/stats")[2]["models"]["gpt-4"]
+        if billed["completion_tokens"] <= job["completion_tokens"]:
+            break
+        time.sleep(0.1)
+    assert 0 < billed["completion_tokens"] <= job["completion_tokens"]
+    assert billed["prompt_tokens"] <= job["prompt_tokens"]
