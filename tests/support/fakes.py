@@ -48,13 +48,13 @@ class FakeLLMClient:
     """An LLMClient whose answers are scripted per model; unscripted calls answer FLUENT."""
 
     def __init__(self) -> None:
-        self.scripts: dict[str, deque[Completion | Exception]] = defaultdict(deque)
+        self.scripts: dict[str, deque[Completion | Exception | Slow]] = defaultdict(deque)
         self.calls: list[str] = []
         self.timeouts: list[float | None] = []
         self.requests: list[dict[str, object]] = []
         self.streamed: list[str] = []
 
-    def script(self, model: str, *outcomes: Completion | Exception) -> None:
+    def script(self, model: str, *outcomes: Completion | Exception | Slow) -> None:
         self.scripts[model].extend(outcomes)
 
     def complete(
