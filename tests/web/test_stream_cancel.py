@@ -31,6 +31,7 @@ from tests.conftest import worker_deps
 from tests.support.fakes import FakeLLMClient
 from tests.support.fakes import Slow
 from tests.support.fakes import ok
+from web.api import chat
 
 QUESTION = "Tell me about Paris."
 LONG = " ".join(f"word{n}" for n in range(60))
@@ -149,3 +150,22 @@ def test_a_stream_read_to_its_end_is_not_cancelled(
     job = _ended(app, job_id)
     assert (job.status.value, job.response, text) == ("succeeded", LONG, LONG)
     assert not publisher.exists(streams.cancel_key(job_id))
+
+
+def test_a_stream_the_router_gives_up_on_at_its_deadline_cancels_its_job(
+    sdk: openai.OpenAI, relayed: list[str], llm: FakeLLMClient, app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The request waits for the job's deadline (1 s here) and no longer; an upstream that goes on past it
+    # would otherwise be paid for an answer nobody reads.
+    monkeypatch.setattr(chat, "WAIT_SLACK_S", 0.0)
+    app.extensions["settings"] = app.extensions["settings"].model_copy(update={"default_deadline_s": 1.0})
+    llm.script("gpt-4", Slow(ok(LONG, completion_tokens=60), pause_s=2.0, every_s=0.05))
+    stream = sdk.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": QUESTION}], stream=True)
+    with pytest.raises(openai.APIError, match="did not finish streaming in time"):
+        list(stream)
+    job = _ended(app, stream.response.headers["x-router-job-id"])
+    assert (job.status.value, job.error_code) == ("failed", "cancelled")
+    assert len(relayed) == 2 and job.response == "".join(relayed)  # stopped at the first token after the pause
+    with make_sessionmaker(app.extensions["db_engine"])() as session:
+        (ledger,) = session.scalars(select(MonthlyBudget))
+    assert ledger.total_spent == job.cost > 0 and ledger.reserved == Decimal(0)

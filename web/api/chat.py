@@ -202,7 +202,8 @@ def _stream(job_id: str, *, timeout_s: float, include_usage: bool) -> Response:
     Waiting for the first entry before answering lets a stream that cannot start answer with the status a
     whole answer would have (504 when it timed out, 503 when its relay cannot be read). After that, failures
     end the stream with an error event in OpenAI's error shape, silences are bridged by keep-alive comments,
-    and a client that leaves cancels the job (see shared.streams).
+    and a client that leaves cancels the job (see shared.streams), as does every way of giving up on it here:
+    nobody would read the rest.
     """
     reader = _stream_reader()
     keepalive_ms = int(current_app.extensions["settings"].stream_keepalive_s * 1000)
@@ -211,11 +212,13 @@ def _stream(job_id: str, *, timeout_s: float, include_usage: bool) -> Response:
     while not entries:
         left_ms = int((deadline - time.monotonic()) * 1000)
         if left_ms <= 0:
-            raise GatewayTimeout(f"job {job_id} sent no token in time; it may still finish and be charged")
+            reader.request_cancel(job_id)
+            raise GatewayTimeout(f"job {job_id} sent no token in time; {_look_later(job_id)}")
         try:
             entries = reader.read(job_id, after="0-0", block_ms=min(left_ms, keepalive_ms))
         except redis.RedisError:
             logger.warning("cannot read the stream of job_id=%s", job_id, exc_info=True)
+            reader.request_cancel(job_id)
             raise Unavailable(f"job {job_id}: its answer cannot be relayed; {_look_later(job_id)}") from None
     first = entries[0][1]
     if first["type"] == streams.ERROR:
@@ -259,6 +262,7 @@ def _stream(job_id: str, *, timeout_s: float, include_usage: bool) -> Response:
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0:
                 ended = True
+                reader.request_cancel(job_id)
                 yield _error_event(f"job {job_id} did not finish streaming in time; {_look_later(job_id)}", "timeout")
                 return
             try:
@@ -266,6 +270,7 @@ def _stream(job_id: str, *, timeout_s: float, include_usage: bool) -> Response:
             except redis.RedisError:
                 logger.warning("stream of job_id=%s cut: its relay cannot be read", job_id, exc_info=True)
                 ended = True
+                reader.request_cancel(job_id)
                 yield _error_event(f"job {job_id}: its answer cannot be relayed; {_look_later(job_id)}", "unavailable")
                 return
             if not pending:
