@@ -200,6 +200,7 @@ class OpenAIChatClient:
 
         Failures before the first delta map as in complete(); a failure after it raises StreamInterrupted
         with what was produced (usage counted with the simulator's token rule when the server sent none).
+        CallerGone raised by `on_delta` passes through, after closing the upstream connection.
         """
         client = self._client_for(model)
         sent = messages or [{"role": "user", "content": prompt}]
