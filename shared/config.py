@@ -85,6 +85,9 @@ class Settings(BaseSettings):
 
     # One deadline per job for every retry, fallback and escalation (a request may set its own).
     default_deadline_s: float = Field(default=60.0, gt=0, le=600)
+    # A streamed answer that has started sends an SSE comment after this long without a token, so that clients
+    # and proxies keep a stream open through an upstream that pauses (at most 15 s apart, as proxies expect).
+    stream_keepalive_s: float = Field(default=10.0, gt=0, le=15)
 
     # Circuit breakers per model, shared by every worker through Redis.
     circuit_window_s: int = Field(default=30, ge=1)

@@ -70,6 +70,16 @@ class StreamInterrupted(LLMError):
         self.partial = partial
 
 
+class StreamCancelled(StreamInterrupted):
+    """A streamed answer stopped because its client left: billed for what arrived (see complete_with_retries)."""
+
+    code = "cancelled"  # the code of every cancelled job (shared.jobs.CANCELLED)
+
+
+class CallerGone(Exception):
+    """Raised by an `on_delta` callback when nobody reads the answer any more: the stream is closed at once."""
+
+
 # The sampling options a chat request may pass through to the upstream untouched.
 PASSTHROUGH_OPTIONS = ("temperature", "top_p", "stop", "user", "seed", "presence_penalty", "frequency_penalty")
 
@@ -190,6 +200,7 @@ class OpenAIChatClient:
 
         Failures before the first delta map as in complete(); a failure after it raises StreamInterrupted
         with what was produced (usage counted with the simulator's token rule when the server sent none).
+        CallerGone raised by `on_delta` passes through, after closing the upstream connection.
         """
         client = self._client_for(model)
         sent = bounds.sent_messages(prompt, messages)
@@ -369,7 +380,9 @@ def complete_with_retries(
     each attempt's timeouts shrink to the time left. `on_attempt` sees every attempt as it ends (the
     circuit breaker counts them). `messages` and `options`, when given, go to the client as they are
     (OpenAIChatClient.complete). With `on_delta` the answer is streamed to it (client.stream); a stream
-    cut after its first token is billed for what it produced and not retried.
+    cut after its first token is billed for what it produced and not retried. When `on_delta` raises
+    CallerGone the stream is closed and the attempt ends StreamCancelled, billed by the rule of
+    _received_usage, since the upstream sends usage only at the end.
 
     Never raises for an upstream failure: the result carries the last error
     and every attempt.
@@ -405,15 +418,29 @@ def complete_with_retries(
         start = time.perf_counter()
         left = time_left()
         error: LLMError | None = None
+        received: list[str] = []
+
+        def receive(text: str) -> None:
+            received.append(text)  # first: a delta that arrived was billed, relayed or not
+            on_delta(text)  # type: ignore[misc]
+
         try:
             if left is not None and left <= 0:
                 raise TransientLLMError(f"{model.name}: the job's deadline passed", details={"error_class": "deadline"})
             if on_delta is not None:
                 completion = client.stream(  # type: ignore[attr-defined]
-                    model=model, prompt=prompt, max_tokens=max_tokens, timeout_s=left, on_delta=on_delta, **chat
+                    model=model, prompt=prompt, max_tokens=max_tokens, timeout_s=left, on_delta=receive, **chat
                 )
             else:
                 completion = client.complete(model=model, prompt=prompt, max_tokens=max_tokens, timeout_s=left, **chat)
+        except CallerGone as gone:
+            completion = _received_usage(
+                bounds.call_bound(prompt=prompt, max_tokens=max_tokens, messages=messages, options=options),
+                "".join(received),
+            )
+            error = StreamCancelled(
+                f"{model.name}: stopped, {gone}", partial=completion, details={"error_class": "cancelled"}
+            )
         except LLMError as failure:
             error = failure
             # A stream cut part way was still billed for what it produced.
@@ -453,6 +480,23 @@ def complete_with_retries(
     except LLMError as error:
         result.error = error
     return result
+
+
+def _received_usage(bound: bounds.CallBound, text: str) -> Completion:
+    """Return what a stream stopped by its client is charged: upper bounds of what the upstream may have billed.
+
+    The upstream reports usage only in its last chunk, so none came: the prompt is counted at the bound its
+    reservation used (shared.bounds), and the completion at one token per UTF-8 byte received (the same bound:
+    a byte-level BPE token covers at least one byte), never above the `max_tokens` sent, which the upstream
+    cannot pass. Both stay inside the job's reservation. Tokens generated after the stream was closed and never
+    received are not known and not counted.
+    """
+    return Completion(
+        text=text,
+        finish_reason=None,
+        prompt_tokens=bound.prompt_tokens,
+        completion_tokens=min(len(text.encode("utf-8")), bound.completion_tokens),
+    )
 
 
 def _elapsed_ms(start: float) -> float:

@@ -53,6 +53,7 @@ from shared.db.models import RequestLog
 from shared.db.session import execute_alone
 from shared.db.types import UTCDateTime
 from shared.db.types import utcnow
+from shared.llm_client import CallerGone
 from shared.llm_client import LLMClient
 from shared.llm_client import StreamInterrupted
 from shared.representations import job_body
@@ -155,9 +156,9 @@ class RunDeps:
     on_alert: Callable[[alerts.Announcement], None] = alerts.log
     sleep: Callable[[float], None] = time.sleep
     breaker: CircuitBreaker | None = None
-    # Appends an entry to a streamed job's relay (shared.streams.append); None: streamed jobs are answered
-    # whole, like any other.
-    relay: Callable[[str, dict[str, str]], None] | None = None
+    # Appends an entry to a streamed job's relay and tells whether its reader asked to cancel the job
+    # (shared.streams.append); None: streamed jobs are answered whole, like any other.
+    relay: Callable[[str, dict[str, str]], bool] | None = None
     # The Redis holding the response cache (shared.cache); None: answers are not kept.
     response_cache: redis.Redis | None = None
 
@@ -238,7 +239,8 @@ def _keep_answer(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> 
         cache.put(deps.response_cache, claim.cache_key, answer, ttl_s=deps.settings.response_cache_ttl_s)
 
 
-def _delta_relay(job_id: str, relay: Callable[[str, dict[str, str]], None]) -> Callable[[ModelSpec, str], None]:
+def _delta_relay(job_id: str, relay: Callable[[str, dict[str, str]], bool]) -> Callable[[ModelSpec, str], None]:
+    """Return the callback relaying each delta; it raises CallerGone once the reader asked to cancel the job."""
     first = True
 
     def on_delta(model: ModelSpec, text: str) -> None:
@@ -247,7 +249,8 @@ def _delta_relay(job_id: str, relay: Callable[[str, dict[str, str]], None]) -> C
         if first:
             entry.update(model=model.name, tier=model.tier)
             first = False
-        relay(job_id, entry)
+        if relay(job_id, entry):
+            raise CallerGone(f"the client of job {job_id} left its stream")
 
     return on_delta
 
@@ -275,6 +278,9 @@ def _last_entry(outcome: answering.Outcome, *, recorded: bool) -> dict[str, str]
     else:
         code = error.code if error else "upstream_error"
         message = error.message if error else "the upstream call failed"
+        if error is not None and "error_class" in error.details:
+            # Lets the reader answer a stream that ran out of time before its first token with a 504.
+            common["error_class"] = str(error.details["error_class"])
     return {"type": streams.ERROR, "code": code, "message": message, **common}
 
 

@@ -276,27 +276,44 @@ def _stream_events(
     return [event.encode() for event in events]
 
 
-async def _send_stream(request: web.Request, events: list[bytes], settings: SimSettings) -> web.StreamResponse:
+async def _send_stream(
+    request: web.Request, events: list[bytes], settings: SimSettings
+) -> tuple[web.StreamResponse, int]:
+    """Send the stream's events on their schedule; return the response and how many events went out.
+
+    A client that leaves stops the stream at the next write, as a real server stops generating.
+    """
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     remaining_s = max(0.0, settings.latency_ms - settings.ttft_ms) / 1000
     steps = min(MAX_STREAM_STEPS, len(events) - 1) if remaining_s else 0
+    sent = 0
+
+    async def send(batch: list[bytes]) -> None:
+        nonlocal sent
+        await response.write(b"".join(batch))
+        sent += len(batch)
+
     try:
         if settings.ttft_ms > 0:
             await asyncio.sleep(settings.ttft_ms / 1000)
-        if not steps:
-            await response.write(b"".join(events))
+        if not steps and not settings.pause_ms:
+            await send(events)
         else:
-            await response.write(events[0])
+            await send(events[:1])
+            if settings.pause_ms > 0:
+                await asyncio.sleep(settings.pause_ms / 1000)
             rest = events[1:]
+            if not steps:
+                await send(rest)
             for step in range(steps):
                 await asyncio.sleep(remaining_s / steps)
-                await response.write(b"".join(rest[step * len(rest) // steps : (step + 1) * len(rest) // steps]))
+                await send(rest[step * len(rest) // steps : (step + 1) * len(rest) // steps])
         await response.write_eof()
     except ConnectionResetError:
         # A client that stops reading mid-stream is normal (it got what it wanted), not a server error.
         pass
-    return response
+    return response, sent
 
 
 async def _chat_completions(request: web.Request) -> web.StreamResponse:
@@ -355,7 +372,11 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
     stats.completion_tokens += answer.completion_tokens
     completion_id = "chatcmpl-" + uuid.uuid4().hex
     if chat.stream:
-        return await _send_stream(request, _stream_events(chat, answer, usage, completion_id=completion_id), settings)
+        events = _stream_events(chat, answer, usage, completion_id=completion_id)
+        response, sent = await _send_stream(request, events, settings)
+        # A stream its client left is billed for the tokens sent (one per piece), as generation stopped there.
+        stats.completion_tokens -= max(0, len(answer.pieces) - sent)
+        return response
     if settings.latency_ms > 0:
         await asyncio.sleep(settings.latency_ms / 1000)
     return web.json_response(_completion_body(chat, answer, usage, completion_id=completion_id))

@@ -23,6 +23,8 @@ class SimSettings:
 
     latency_ms: float = 0.0
     ttft_ms: float = 0.0
+    # A streamed answer stops this long after its first token, then goes on (a model that pauses to think).
+    pause_ms: float = 0.0
     faults: dict[str, float] = field(default_factory=dict)
     retry_after_s: float | None = 1.0
     down: frozenset[str] = frozenset()
@@ -145,6 +147,7 @@ def _parse_api_key(value: object) -> str | None:
 _PARSERS: dict[str, Callable[[object], object]] = {
     "latency_ms": _parse_float,
     "ttft_ms": _parse_float,
+    "pause_ms": _parse_float,
     "faults": _parse_faults,
     "retry_after_s": _parse_optional_float,
     "down": _parse_down,
@@ -219,6 +222,7 @@ def describe(settings: SimSettings) -> dict[str, object]:
     return {
         "latency_ms": settings.latency_ms,
         "ttft_ms": settings.ttft_ms,
+        "pause_ms": settings.pause_ms,
         "faults": dict(settings.faults),
         "retry_after_s": settings.retry_after_s,
         "down": sorted(settings.down),

@@ -6,9 +6,11 @@ through Redis (DB 7) to the waiting request.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
+import httpx
 import openai
 import pytest
 
@@ -24,6 +26,9 @@ REDIS_URL = "redis://127.0.0.1:6379/7"
 # Small enough that one gpt-4 call allowed 4096 tokens cannot be reserved.
 BUDGET_LIMIT = "0.2"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+KEEPALIVE_S = 2
+# Longer than redis-py's default socket timeout (5 s) and than several keep-alive intervals.
+SILENCE_MS = 7000
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +37,8 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     settings = {
         **QUICK_RETRIES,
         "MONTHLY_BUDGET_LIMIT": BUDGET_LIMIT,
+        # Short, so that waits of a few seconds span several keep-alives and blocked stream reads.
+        "STREAM_KEEPALIVE_S": str(KEEPALIVE_S),
     }
     with running_stack(
         database_url=database_url, redis_url=REDIS_URL, log_dir=tmp_path_factory.mktemp("logs"), settings=settings
@@ -117,3 +124,65 @@ def test_langchain_chat_openai_invokes_and_streams(stack: Stack) -> None:
     assert message.response_metadata["model_name"] == "gpt-3.5-turbo"
     pieces = [chunk.content for chunk in chat.stream("What is the capital of France?")]
     assert len([p for p in pieces if p]) > 1 and "".join(pieces)
+
+
+def test_a_stream_silent_for_7_s_before_its_first_token_and_7_s_mid_way_arrives_whole(
+    sdk: openai.OpenAI, stack: Stack
+) -> None:
+    http("POST", f"{stack.sim}/sim/config", {"ttft_ms": SILENCE_MS, "pause_ms": SILENCE_MS})
+    started = time.monotonic()
+    raw = sdk.chat.completions.with_raw_response.create(model="router", messages=QUESTION, stream=True, max_tokens=200)
+    chunks = list(raw.parse())
+    assert time.monotonic() - started >= 2 * SILENCE_MS / 1000
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    job = http("GET", f"{stack.web}/api/jobs/{raw.headers['x-router-job-id']}")[2]
+    assert (job["status"], job["response"]) == ("succeeded", text) and text
+
+
+def test_a_paused_stream_is_kept_alive_with_sse_comments(stack: Stack) -> None:
+    http("POST", f"{stack.sim}/sim/config", {"pause_ms": SILENCE_MS})
+    body = {"model": "router", "messages": QUESTION, "stream": True, "max_tokens": 200}
+    events: list[str] = []
+    with httpx.stream("POST", f"{stack.web}/v1/chat/completions", json=body, timeout=30) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line:
+                events.append(line)
+    first_text = next(i for i, e in enumerate(events) if e.startswith("data: {"))
+    keepalives = [e for e in events[first_text:] if e.startswith(":")]
+    assert set(keepalives) == {": keep-alive"} and len(keepalives) >= SILENCE_MS // 1000 // KEEPALIVE_S - 1
+    assert events[-1] == "data: [DONE]"
+    assert json.loads(events[-2].removeprefix("data: "))["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_a_client_leaving_a_stream_cancels_its_job_and_it_is_billed_for_what_arrived(
+    sdk: openai.OpenAI, stack: Stack
+) -> None:
+    http("POST", f"{stack.sim}/sim/config", {"latency_ms": 20000})  # the answer trickles in over 20 s
+    stream = sdk.chat.completions.create(
+        model="gpt-4", messages=[{"role": "user", "content": "Explain tides in detail."}], stream=True, max_tokens=800
+    )
+    next(iter(stream))
+    stream.close()
+    job_id = stream.response.headers["x-router-job-id"]
+    left = time.monotonic()
+    job: dict = {}
+    while time.monotonic() - left < 15:
+        job = http("GET", f"{stack.web}/api/jobs/{job_id}")[2]
+        if job["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.2)
+    # Stopped within a few relayed chunks (each ~1.3 s apart here), long before the upstream's 20 s.
+    assert time.monotonic() - left < 8
+    assert (job["status"], job["error"]["code"]) == ("failed", "cancelled")
+    assert job["cost"] > 0 and job["completion_tokens"] == len(job["response"].encode()) > 0
+    # Never below what the upstream billed: the simulator bills the tokens it sent before the stream was closed.
+    billed: dict = {}
+    for _ in range(50):
+        billed = http("GET", f"{stack.sim}/sim/stats")[2]["models"]["gpt-4"]
+        if billed["completion_tokens"] <= job["completion_tokens"]:
+            break
+        time.sleep(0.1)
+    assert 0 < billed["completion_tokens"] <= job["completion_tokens"]
+    assert billed["prompt_tokens"] <= job["prompt_tokens"]

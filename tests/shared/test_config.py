@@ -93,6 +93,8 @@ def test_base_url_loses_its_trailing_slash() -> None:
         pytest.param({"job_lease_s": "soon"}, "JOB_LEASE_S", id="lease-not-an-int"),
         pytest.param({"environment": "prod"}, "ENVIRONMENT", id="environment-unknown"),
         pytest.param({"escalation_confidence_threshold": 1.5}, "ESCALATION_CONFIDENCE_THRESHOLD", id="threshold>1"),
+        pytest.param({"stream_keepalive_s": 20}, "STREAM_KEEPALIVE_S", id="keepalive-above-15s"),
+        pytest.param({"stream_keepalive_s": 0}, "STREAM_KEEPALIVE_S", id="keepalive-zero"),
     ],
 )
 def test_malformed_value_raises_one_line_naming_the_setting(overrides: dict[str, object], name: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,10 +11,13 @@ import httpx
 import openai
 import pytest
 
+from shared import bounds
 from shared.catalog import Catalog
 from shared.errors import TransientLLMError
+from shared.llm_client import CallerGone
 from shared.llm_client import OpenAIChatClient
 from shared.llm_client import RetryPolicy
+from shared.llm_client import StreamCancelled
 from shared.llm_client import StreamInterrupted
 from shared.llm_client import complete_with_retries
 from shared.simulator import tokens
@@ -126,3 +130,33 @@ def test_a_stream_cut_before_its_first_token_is_a_transient_error(
     with pytest.raises(TransientLLMError):
         client.stream(model=model, prompt="Where?", max_tokens=50, on_delta=lambda _: None)
     client.close()
+
+
+def test_a_caller_leaving_closes_the_upstream_stream_and_bills_what_arrived_at_its_bound(
+    client: OpenAIChatClient, sim: SimServer, catalog: Catalog
+) -> None:
+    sim.configure(latency_ms=3000)  # the whole answer takes 3 s to arrive
+    model = catalog.get_model(CHEAP)
+    seen: list[str] = []
+
+    def on_delta(text: str) -> None:
+        seen.append(text)
+        if len(seen) == 2:
+            raise CallerGone("nobody reads")
+
+    started = time.monotonic()
+    result = complete_with_retries(
+        client, model=model, prompt="Tell me about Paris.", max_tokens=300, policy=NO_WAIT, sleep=lambda _: None,
+        on_delta=on_delta,
+    )  # fmt: skip
+    assert time.monotonic() - started < 1.5  # the upstream stream was closed, not read to its end
+    assert isinstance(result.error, StreamCancelled) and result.completion is None
+    assert result.error.code == "cancelled"
+    [attempt] = result.attempts  # never retried
+    assert (attempt.outcome, attempt.error_class) == ("error", "cancelled")
+    # No usage came: the prompt at its reservation bound, the completion at a token per byte received.
+    received = "".join(seen)
+    assert result.error.partial.text == received
+    assert attempt.prompt_tokens == bounds.prompt_tokens_bound(prompt="Tell me about Paris.")
+    assert attempt.completion_tokens == len(received.encode()) > 0
+    assert attempt.cost == model.cost(attempt.prompt_tokens, attempt.completion_tokens)

@@ -382,6 +382,21 @@ def test_stream_waits_ttft_then_spreads_the_rest_over_the_latency(start_sim: Cal
     assert total - first >= 0.15
 
 
+def test_a_stream_pauses_after_its_first_token_and_then_sends_the_rest(start_sim: Callable[..., Sim]) -> None:
+    sim = start_sim(pause_ms=400)
+    started = time.monotonic()
+    stream = sim.ask(PROMPTS[0], model=STRONG, stream=True)
+    with stream:
+        chunks = iter(stream)
+        first = next(chunks)
+        first_at = time.monotonic() - started
+        rest = list(chunks)
+    total = time.monotonic() - started
+    assert first.choices[0].delta.content and first_at < 0.3
+    assert total - first_at >= 0.4
+    assert rest[-1].choices[0].finish_reason in ("stop", "length")
+
+
 def test_a_client_leaving_mid_stream_is_not_a_server_error(
     start_sim: Callable[..., Sim], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -392,6 +407,17 @@ def test_a_client_leaving_mid_stream_is_not_a_server_error(
     time.sleep(0.4)
     assert sim.ask("still there?").choices[0].message.content
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+def test_a_stream_its_client_leaves_is_billed_for_the_tokens_sent_only(start_sim: Callable[..., Sim]) -> None:
+    whole = start_sim().ask(PROMPTS[0], model=STRONG, max_tokens=400).usage.completion_tokens
+    sim = start_sim(latency_ms=2000)
+    stream = sim.ask(PROMPTS[0], model=STRONG, stream=True, max_tokens=400)
+    with stream:
+        next(iter(stream))
+    time.sleep(2.5)  # the server's next writes find the client gone
+    billed = sim.stats(STRONG)["completion_tokens"]
+    assert 1 <= billed < whole / 2
 
 
 def test_faults_on_a_stream_answer_the_status_before_streaming(start_sim: Callable[..., Sim]) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections import defaultdict
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from shared.catalog import ModelSpec
 from shared.llm_client import Completion
@@ -31,17 +33,28 @@ class Cut(Exception):
         self.text = text
 
 
+@dataclass(frozen=True)
+class Slow:
+    """Scripted for a streamed call: send `completion` word by word like a slow server, `first_s` before the
+    first word, `pause_s` after it, `every_s` between the others (a closed stream stops it at once)."""
+
+    completion: Completion
+    first_s: float = 0.0
+    pause_s: float = 0.0
+    every_s: float = 0.0
+
+
 class FakeLLMClient:
     """An LLMClient whose answers are scripted per model; unscripted calls answer FLUENT."""
 
     def __init__(self) -> None:
-        self.scripts: dict[str, deque[Completion | Exception]] = defaultdict(deque)
+        self.scripts: dict[str, deque[Completion | Exception | Slow]] = defaultdict(deque)
         self.calls: list[str] = []
         self.timeouts: list[float | None] = []
         self.requests: list[dict[str, object]] = []
         self.streamed: list[str] = []
 
-    def script(self, model: str, *outcomes: Completion | Exception) -> None:
+    def script(self, model: str, *outcomes: Completion | Exception | Slow) -> None:
         self.scripts[model].extend(outcomes)
 
     def complete(
@@ -78,6 +91,15 @@ class FakeLLMClient:
         self.streamed.append(model.name)
         queue = self.scripts[model.name]
         outcome = queue[0] if queue else None
+        if isinstance(outcome, Slow):
+            queue.popleft()
+            self.calls.append(model.name)
+            time.sleep(outcome.first_s)
+            for index, word in enumerate(re.findall(r"\S+\s*", outcome.completion.text)):
+                if index:
+                    time.sleep(outcome.pause_s if index == 1 else outcome.every_s)
+                on_delta(word)
+            return outcome.completion
         if isinstance(outcome, Cut):
             queue.popleft()
             self.calls.append(model.name)

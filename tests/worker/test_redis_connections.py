@@ -118,7 +118,7 @@ def test_the_stream_reader_serves_more_readers_at_once_than_redis_pys_default(
     app = create_app(make_test_settings(f"sqlite:///{tmp_path}/router.db", redis_url=private_redis.url))
     try:
         with app.app_context():
-            client = chat._stream_client()
+            client = chat._stream_reader().client
         assert read_together(client, private_redis.url, CACHE_READS) == []
     finally:
         app.extensions["db_engine"].dispose()

@@ -8,6 +8,7 @@ headers. Errors on /v1 leave in OpenAI's error shape (web.errors).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -28,12 +29,15 @@ from shared.errors import InvalidInput
 from shared.errors import LLMError
 from shared.errors import RoutingError
 from shared.errors import TransientLLMError
+from shared.errors import Unavailable
 from web import submission
 from web import waiter
 from web.db import get_session
 from web.requests import read_json_object
 from web.requests import validate
 from web.schemas import ChatCompletionRequest
+
+logger = logging.getLogger(__name__)
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 
@@ -195,17 +199,27 @@ def router_headers(job: RequestLog) -> dict[str, str]:
 def _stream(job_id: str, *, timeout_s: float, include_usage: bool) -> Response:
     """Relay the job's streamed answer as OpenAI's chunks, once its first entry (a token or an error) is in.
 
-    Waiting for the first entry before answering lets a job that fails before its first token answer with
-    the same error status as a whole answer would; after that, failures end the stream with an error event.
+    Waiting for the first entry before answering lets a stream that cannot start answer with the status a
+    whole answer would have (504 when it timed out, 503 when its relay cannot be read). After that, failures
+    end the stream with an error event in OpenAI's error shape, silences are bridged by keep-alive comments,
+    and a client that leaves cancels the job (see shared.streams), as does every way of giving up on it here:
+    nobody would read the rest.
     """
-    client = _stream_client()
+    reader = _stream_reader()
+    keepalive_ms = int(current_app.extensions["settings"].stream_keepalive_s * 1000)
     deadline = time.monotonic() + timeout_s
     entries: list[tuple[str, dict[str, str]]] = []
     while not entries:
         left_ms = int((deadline - time.monotonic()) * 1000)
         if left_ms <= 0:
-            raise GatewayTimeout(f"job {job_id} sent no token in time; it may still finish and be charged")
-        entries = streams.read(client, job_id, after="0-0", block_ms=min(left_ms, 5000))
+            reader.request_cancel(job_id)
+            raise GatewayTimeout(f"job {job_id} sent no token in time; {_look_later(job_id)}")
+        try:
+            entries = reader.read(job_id, after="0-0", block_ms=min(left_ms, keepalive_ms))
+        except redis.RedisError:
+            logger.warning("cannot read the stream of job_id=%s", job_id, exc_info=True)
+            reader.request_cancel(job_id)
+            raise Unavailable(f"job {job_id}: its answer cannot be relayed; {_look_later(job_id)}") from None
     first = entries[0][1]
     if first["type"] == streams.ERROR:
         raise _stream_error(job_id, first)
@@ -219,7 +233,10 @@ def _stream(job_id: str, *, timeout_s: float, include_usage: bool) -> Response:
             body["usage"] = None
         return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
 
-    def events() -> Iterator[str]:
+    ended = False
+
+    def relayed() -> Iterator[str]:
+        nonlocal ended
         pending, last_id, opened = list(entries), "0-0", False
         while True:
             for entry_id, entry in pending:
@@ -231,6 +248,7 @@ def _stream(job_id: str, *, timeout_s: float, include_usage: bool) -> Response:
                         opened = True
                     yield chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
                 elif entry["type"] == streams.DONE:
+                    ended = True
                     finish = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": entry["finish_reason"]}
                     yield chunk([finish])
                     if include_usage:
@@ -238,18 +256,51 @@ def _stream(job_id: str, *, timeout_s: float, include_usage: bool) -> Response:
                     yield "data: [DONE]\n\n"
                     return
                 else:
+                    ended = True
                     yield _error_event(f"job {job_id}: {entry['message']}", entry["code"])
                     return
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0:
-                yield _error_event(f"job {job_id} did not finish streaming in time", "timeout")
+                ended = True
+                reader.request_cancel(job_id)
+                yield _error_event(f"job {job_id} did not finish streaming in time; {_look_later(job_id)}", "timeout")
                 return
-            pending = streams.read(client, job_id, after=last_id, block_ms=min(left_ms, 5000))
+            try:
+                pending = reader.read(job_id, after=last_id, block_ms=min(left_ms, keepalive_ms))
+            except redis.RedisError:
+                logger.warning("stream of job_id=%s cut: its relay cannot be read", job_id, exc_info=True)
+                ended = True
+                reader.request_cancel(job_id)
+                yield _error_event(f"job {job_id}: its answer cannot be relayed; {_look_later(job_id)}", "unavailable")
+                return
+            if not pending:
+                yield KEEPALIVE
+
+    def events() -> Iterator[str]:
+        try:
+            yield from relayed()
+        except GeneratorExit:
+            # Closed before its end: the client left (the server closes the response once its socket is dead,
+            # which a keep-alive reveals during a silence). The worker stops the upstream call at its next token.
+            if not ended:
+                logger.info("client left the stream; cancelling job_id=%s", job_id)
+                reader.request_cancel(job_id)
+            raise
 
     response = Response(stream_with_context(events()), mimetype="text/event-stream", headers=headers)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
     return response
+
+
+# An SSE comment: clients ignore it, and it keeps idle-timeout proxies from closing a stream the upstream paused.
+KEEPALIVE = ": keep-alive\n\n"
+# Error classes of an attempt that ran out of time: a stream failing with one before its first token is a 504.
+TIMEOUT_CLASSES = frozenset({"timeout", "deadline"})
+
+
+def _look_later(job_id: str) -> str:
+    return f"it may still finish and be charged (GET /api/jobs/{job_id})"
 
 
 def _error_event(message: str, code: str) -> str:
@@ -267,24 +318,26 @@ def _usage(entry: dict[str, str]) -> dict[str, int]:
     }
 
 
-def _stream_error(job_id: str, entry: dict[str, str]) -> LLMError:
+def _stream_error(job_id: str, entry: dict[str, str]) -> Exception:
+    """Return the error a stream that failed before its first token answers with (504 if it ran out of time)."""
     message = f"job {job_id}: {entry['message']}"
+    if entry.get("error_class") in TIMEOUT_CLASSES:
+        return GatewayTimeout(message)
     if entry["code"] == TransientLLMError.code:
         return TransientLLMError(message, details={"job_id": job_id})
     return LLMError(message, details={"job_id": job_id})
 
 
-def _stream_client() -> redis.Redis:
-    """Return this process's Redis client for reading streams, made on first use (after gunicorn forks)."""
-    client = current_app.extensions.get("stream_redis")
-    if client is None:
+def _stream_reader() -> streams.Reader:
+    """Return this process's stream reader, made on first use (after gunicorn forks)."""
+    reader = current_app.extensions.get("stream_reader")
+    if reader is None:
         settings = current_app.extensions["settings"]
-        # Each streaming request holds a connection while it blocks on XREAD, so the pool needs room for all.
-        client = redis.Redis.from_url(
-            settings.redis_url, health_check_interval=30, max_connections=settings.redis_max_connections
+        reader = streams.Reader(
+            settings.redis_url, max_block_s=settings.stream_keepalive_s, max_connections=settings.redis_max_connections
         )
-        current_app.extensions["stream_redis"] = client
-    return client
+        current_app.extensions["stream_reader"] = reader
+    return reader
 
 
 def _model_object(name: str, *, owned_by: str) -> dict[str, Any]:
