@@ -146,6 +146,13 @@ class JobResult(BaseModel):
     escalated: bool | None = None
     cached: bool | None = None
     escalation_reason: str | None = None
+    truncated: bool | None = Field(
+        default=None,
+        description=(
+            "The answer stopped at the request's max_tokens (finish_reason `length`); such an answer is never "
+            "escalated, since every tier gets the same max_tokens: ask again with a larger one."
+        ),
+    )
     downgraded: bool | None = None
     downgraded_from: str | None = None
     confidence: float | None = None
