@@ -398,7 +398,13 @@ class JobSearchQuery(BaseModel):
     since: QueryDateTime | None = Field(default=None, description="Jobs created at or after this moment.")
     until: QueryDateTime | None = Field(default=None, description="Jobs created before this moment.")
     q: str | None = Field(
-        default=None, max_length=1000, description="A case-insensitive substring of the prompt, or an exact job id."
+        default=None,
+        max_length=1000,
+        description=(
+            "A case-insensitive substring of the prompt, or an exact job id. Served by an index on PostgreSQL; "
+            "where none serves it (SQLite, or text without three letters or digits in a row) the search covers "
+            "at most the 31 days before `until` (`since` defaults to then; a wider window is a 400)."
+        ),
     )
     limit: int = Field(default=50, ge=1, le=200, description="Jobs per page.")
     cursor: str | None = Field(default=None, description="`next_cursor` of the previous page.")
