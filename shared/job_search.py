@@ -119,17 +119,11 @@ def _conditions(where: JobFilter) -> list[ColumnElement[bool]]:
     if where.until is not None:
         conditions.append(RequestLog.created_at < where.until)
     if where.text is not None:
-        # ILIKE with the pattern bound whole: the form pg_trgm's operator class serves (a lower() of the column,
-        # as icontains writes it, would need an index of its own).
-        pattern = "%" + _escape_like(where.text) + "%"
-        conditions.append(or_(RequestLog.id == where.text, RequestLog.prompt.ilike(pattern, escape="\\")))
+        # PostgreSQL writes this as `prompt ILIKE '%' || :text || '%'`, which the trigram index serves.
+        conditions.append(or_(RequestLog.id == where.text, RequestLog.prompt.icontains(where.text, autoescape=True)))
     if where.api_key_id is not None:
         conditions.append(RequestLog.api_key_id == where.api_key_id)
     return conditions
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def encode_cursor(position: Position) -> str:
