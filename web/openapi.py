@@ -96,7 +96,8 @@ def build_openapi_spec(*, version: str, settings: Settings | None = None) -> dic
         "413": error("`payload_too_large`: the request body is too large."),
         "415": error("`unsupported_media_type`: the body is not `application/json`."),
         "429": error(
-            "`rate_limited`: too many requests; retry after `Retry-After` seconds.",
+            "`rate_limited`: too many requests from this key or address, or too many failed authentications "
+            "from this address; retry after `Retry-After` seconds.",
             headers={
                 "Retry-After": {
                     "description": "Seconds to wait before retrying.",
@@ -376,6 +377,11 @@ def build_openapi_spec(*, version: str, settings: Settings | None = None) -> dic
             }
         },
     }
+    # Every route but health counts against the rate limits and authenticates.
+    for path, item in paths.items():
+        if path != "/api/health":
+            for operation in item.values():
+                operation["responses"].setdefault("429", prompt_errors["429"])
     return {
         "openapi": OPENAPI_VERSION,
         "info": {"title": "model-router", "version": version, "description": DESCRIPTION},
