@@ -23,15 +23,20 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("truncated", sa.Boolean(), server_default=sa.false(), nullable=False))
     if op.get_context().dialect.name == "postgresql":
         # Trigrams let `prompt ILIKE '%text%'` (the request-log search) use an index instead of reading every job.
+        # pg_trgm is a trusted extension (PostgreSQL 13+): the database's owner may create it.
         op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
-        op.create_index(
-            "ix_request_logs_prompt_trgm",
-            "request_logs",
-            ["prompt"],
-            unique=False,
-            postgresql_using="gin",
-            postgresql_ops={"prompt": "gin_trgm_ops"},
-        )
+        # Built concurrently, outside the migration's transaction: jobs keep being accepted and finished while
+        # a large request log is indexed.
+        with op.get_context().autocommit_block():
+            op.create_index(
+                "ix_request_logs_prompt_trgm",
+                "request_logs",
+                ["prompt"],
+                unique=False,
+                postgresql_using="gin",
+                postgresql_ops={"prompt": "gin_trgm_ops"},
+                postgresql_concurrently=True,
+            )
 
 
 def downgrade() -> None:
