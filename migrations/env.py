@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy import create_engine
 
 from shared.config import get_settings
-from shared.db import models  # noqa: F401  (registers the tables on Base.metadata)
+from shared.db import models  # registers the tables on Base.metadata
 from shared.db.base import Base
 
 config = context.config
@@ -23,6 +23,16 @@ def _database_url() -> str:
     return config.attributes.get("database_url") or get_settings().database_url
 
 
+def _on_this_dialect(dialect: str) -> object:
+    """Return autogenerate's filter that skips schema items the models mark as another dialect's only."""
+
+    def include(item: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+        only_on = getattr(item, "info", {}).get(models.ONLY_ON)
+        return only_on is None or only_on == dialect
+
+    return include
+
+
 def run_migrations_offline() -> None:
     context.configure(url=_database_url(), target_metadata=target_metadata, literal_binds=True, render_as_batch=True)
     with context.begin_transaction():
@@ -35,7 +45,11 @@ def run_migrations_online() -> None:
         with engine.connect() as connection:
             # Batch mode lets ALTER TABLE work on SQLite, which cannot alter columns in place.
             context.configure(
-                connection=connection, target_metadata=target_metadata, render_as_batch=True, compare_type=True
+                connection=connection,
+                target_metadata=target_metadata,
+                render_as_batch=True,
+                compare_type=True,
+                include_object=_on_this_dialect(connection.dialect.name),
             )
             with context.begin_transaction():
                 context.run_migrations()

@@ -1,5 +1,8 @@
 """Getting a job an answer: route, call through fallbacks and open circuits, escalate once if unsure.
 
+An answer cut at the job's max_tokens is never escalated: the stronger tier gets the same max_tokens
+(shared.confidence.cut_at_max_tokens).
+
 Everything here happens outside any database transaction. One deadline and the job's reserved dollars
 bound the whole of it: retries, fallbacks and the escalation together.
 """
@@ -87,6 +90,11 @@ class Outcome:
     def cost(self) -> Decimal:
         return sum((record.cost for _, record in self.attempts), Decimal(0))
 
+    @property
+    def truncated(self) -> bool:
+        """The answer stopped at the job's max_tokens."""
+        return self.completion is not None and confidence.cut_at_max_tokens(self.completion.finish_reason)
+
 
 def answer(job: Job, *, using: Answerer, on_delta: Callable[[ModelSpec, str], None] | None = None) -> Outcome:
     """Route the job and get its best answer within its deadline and reservation.
@@ -119,6 +127,7 @@ def answer(job: Job, *, using: Answerer, on_delta: Callable[[ModelSpec, str], No
         stronger = routing.escalate(catalog=catalog, decision=outcome.decision)
         if (
             settings.escalation_enabled
+            and not outcome.truncated
             and assessed.score < settings.escalation_confidence_threshold
             and stronger is not None
             and deadline - time.monotonic() > MIN_ESCALATION_TIME_S

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -23,6 +28,10 @@ from shared.errors import InvalidInput
 from shared.errors import NotFound
 
 KEY_PREFIX = "mr_"
+PREFIX_BYTES = 4
+SECRET_BYTES = 32
+# What create() hands out: anything else is refused without a database lookup.
+KEY_FORMAT = re.compile(rf"{KEY_PREFIX}[0-9a-f]{{{2 * PREFIX_BYTES}}}_[A-Za-z0-9_-]{{{(SECRET_BYTES * 4 + 2) // 3}}}")
 
 
 @dataclass(frozen=True)
@@ -56,8 +65,8 @@ def create(
         raise InvalidInput("monthly budget must be at least 0", details={"field": "monthly_budget"})
     if rpm is not None and rpm < 1:
         raise InvalidInput("rpm must be at least 1", details={"field": "rpm"})
-    prefix = secrets.token_hex(4)
-    key = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    prefix = secrets.token_hex(PREFIX_BYTES)
+    key = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(SECRET_BYTES)}"
     row = ApiKey(
         name=name.strip(),
         prefix=prefix,
@@ -90,14 +99,51 @@ def revoke(session: Session, *, key_id_or_prefix: str) -> ApiKey:
     return row
 
 
-def authenticate(session: Session, *, key: str) -> Identity | None:
-    """Return the identity of a live key, or None for an unknown or revoked one."""
-    if not key.startswith(KEY_PREFIX):
+class RefusedKeys:
+    """The hashes of keys refused lately, so that one bad key sent again and again costs one database lookup.
+
+    Only refusals are remembered: a refused key (unknown or revoked) never becomes valid, since new keys are
+    random, while an accepted key is looked up every time, so that revoking it takes effect at once.
+    """
+
+    def __init__(self, *, max_size: int = 10_000, ttl_s: float = 300.0, clock: Callable[[], float] = time.monotonic):
+        self._max_size, self._ttl_s, self._clock = max_size, ttl_s, clock
+        self._expiry: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, digest: str) -> bool:
+        with self._lock:
+            expiry = self._expiry.get(digest)
+            if expiry is None:
+                return False
+            if expiry <= self._clock():
+                del self._expiry[digest]
+                return False
+            return True
+
+    def add(self, digest: str) -> None:
+        with self._lock:
+            self._expiry[digest] = self._clock() + self._ttl_s
+            self._expiry.move_to_end(digest)
+            while len(self._expiry) > self._max_size:
+                self._expiry.popitem(last=False)
+
+
+def authenticate(session: Session, *, key: str, refused: RefusedKeys | None = None) -> Identity | None:
+    """Return the identity of a live key, or None for a malformed, unknown or revoked one.
+
+    A malformed key, or one in `refused`, is turned away without a database lookup; `refused` learns the rest.
+    """
+    if KEY_FORMAT.fullmatch(key) is None:
         return None
     digest = hash_key(key)
+    if refused is not None and digest in refused:
+        return None
     row = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).one_or_none()
     # compare_digest keeps the final comparison constant-time; the index lookup is by hash, not by key.
     if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, digest):
+        if refused is not None:
+            refused.add(digest)
         return None
     return Identity(
         api_key_id=row.id, name=row.name, is_admin=row.is_admin, monthly_budget=row.monthly_budget, rpm=row.rpm

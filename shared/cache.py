@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from shared import answering
 from shared import budget
+from shared import confidence
 from shared import jobs
 from shared.catalog import Catalog
 from shared.config import Settings
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "model_router:cache:"
 # Part of every key: bump it when what goes into a key or an entry changes, and old entries simply miss.
-KEY_VERSION = 1
+KEY_VERSION = 2
 SHARED_SCOPE = "shared"
 ANONYMOUS_SCOPE = "anonymous"
 # Upstream options that are numbers the upstream reads as floats: 1 and 1.0 ask for the same answer.
@@ -213,6 +214,7 @@ def create_job(
     job.model_used = answer.model_used
     job.tier = answer.tier
     job.finish_reason = answer.finish_reason
+    job.truncated = confidence.cut_at_max_tokens(answer.finish_reason)
     job.difficulty_score = answer.difficulty_score
     job.difficulty_level = answer.difficulty_level
     job.confidence = answer.confidence

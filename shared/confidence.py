@@ -12,6 +12,9 @@ The score is built in three steps:
    a strong hedge or refusal ("I'm not sure", "I don't know", "as an AI" ...) 0.3; too short 0.4.
 
 An answer is unsure when its score is below the threshold (DEFAULT_THRESHOLD = 0.5).
+
+A truncated answer scores low, but it is cut at the request's own max_tokens, which a stronger tier gets too:
+escalation leaves it alone (cut_at_max_tokens) and the job reports it as truncated instead.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ LONG_PROMPT_CHARS = 400
 LONG_PROMPT_MIN_RATIO = 0.05
 
 TRUNCATING_FINISH_REASONS = ("length", "content_filter")
+# The finish reason of an answer that used all of its max_tokens.
+MAX_TOKENS_FINISH_REASON = "length"
 
 # Phrases are matched whole and case-insensitively, after curly apostrophes become straight ones.
 STRONG_HEDGES = (
@@ -99,6 +104,15 @@ def is_unsure(confidence: AnswerConfidence, threshold: float = DEFAULT_THRESHOLD
     return confidence.is_unsure(threshold)
 
 
+def cut_at_max_tokens(finish_reason: str | None) -> bool:
+    """Tell whether an answer stopped at the request's max_tokens: no stronger tier answers it whole.
+
+    Every tier is called with the same max_tokens, and stronger tiers answer at greater length, so
+    re-asking only pays more for another cut answer; the caller's remedy is a larger max_tokens.
+    """
+    return finish_reason == MAX_TOKENS_FINISH_REASON
+
+
 def assess_answer(
     *,
     prompt: str,
@@ -130,7 +144,7 @@ def assess_answer(
 
     caps: list[tuple[str, float]] = []
     if finish_reason in TRUNCATING_FINISH_REASONS:
-        caps.append(("truncated" if finish_reason == "length" else "filtered", TRUNCATED_CAP))
+        caps.append(("truncated" if cut_at_max_tokens(finish_reason) else "filtered", TRUNCATED_CAP))
     if _phrases_found(normalized, STRONG_HEDGES):
         caps.append(("hedging", STRONG_HEDGE_CAP))
     if _too_short(prompt=prompt, answer=text, min_answer_chars=min_answer_chars):

@@ -114,7 +114,18 @@ class Settings(BaseSettings):
 
     # API keys and rate limits. REQUIRE_API_KEY defaults to true in production and false elsewhere.
     require_api_key: bool | None = None
-    default_rpm: int | None = Field(default=None, ge=1)
+    # Requests per minute of each API key without an rpm of its own (without keys: of each client address),
+    # across every web process; 0 turns the default off (a key's own rpm still applies).
+    default_rpm: int = Field(default=600, ge=0)
+    # Requests per minute from one client address, whatever key it sends; 0 turns it off.
+    address_rpm: int = Field(default=1200, ge=0)
+    # Failed authentications (missing, malformed, unknown or revoked key) one client address may make per
+    # minute; past them it is answered 429 without a database lookup until the minute ends. 0 turns it off.
+    auth_failures_per_minute: int = Field(default=20, ge=0)
+    # Reverse proxies in front of the web tier that set X-Forwarded-For: the client address is read that many
+    # hops back (0: the connecting peer is the client). Behind a proxy, leave it 0 and every client shares
+    # the proxy's address, and so its per-address limits.
+    trusted_proxies: int = Field(default=0, ge=0, le=5)
 
     # Webhooks for finished jobs and batches (`callback_url`): signed with WEBHOOK_SECRET, retried with
     # backoff for up to WEBHOOK_RETRY_FOR_S. Callbacks and alert webhooks go to public addresses only;

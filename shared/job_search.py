@@ -1,13 +1,22 @@
-"""Search the request log: filters, newest first, keyset pagination over (created_at, id)."""
+"""Search the request log: filters, newest first, keyset pagination over (created_at, id).
+
+The text search (`prompt ILIKE '%text%'`) is served by the trigram index on PostgreSQL
+(ix_request_logs_prompt_trgm). Where no index can serve it (SQLite, or text without a run of three letters or
+digits, which has no trigram to look up) it reads every job in its time window, so the window is bounded:
+at most TEXT_SEARCH_WINDOW, ending at `until` (default: now), starting there when `since` is not given.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC
 from datetime import datetime
+from datetime import timedelta
 
 from sqlalchemy import ColumnElement
 from sqlalchemy import and_
@@ -17,10 +26,15 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import JobStatus
 from shared.db.models import RequestLog
+from shared.db.types import utcnow
 from shared.errors import InvalidInput
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+# The longest time window a text search without an index may read.
+TEXT_SEARCH_WINDOW = timedelta(days=31)
+# pg_trgm looks up trigrams of letters and digits only: text without three in a row has none.
+_HAS_TRIGRAM = re.compile(r"[^\W_]{3}")
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,8 @@ def list_(session: Session, *, where: JobFilter, limit: int = DEFAULT_LIMIT, aft
     """Return up to `limit` matching jobs, newest first, starting after `after`."""
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"limit must be 1..{MAX_LIMIT}", details={"field": "limit"})
+    if where.text is not None and not text_search_is_indexed(where.text, dialect=session.get_bind().dialect.name):
+        where = bounded_in_time(where, now=utcnow())
     query = select(RequestLog).where(*_conditions(where))
     if after is not None:
         # Spelled out rather than as a row-value comparison, which SQLite's planner uses the index for
@@ -72,6 +88,24 @@ def list_(session: Session, *, where: JobFilter, limit: int = DEFAULT_LIMIT, aft
     return Page(jobs=rows[:limit], next_position=Position(created_at=last.created_at, job_id=last.id))
 
 
+def text_search_is_indexed(text: str, *, dialect: str) -> bool:
+    """Tell whether an index finds the prompts containing `text`, rather than a read of every job."""
+    return dialect == "postgresql" and _HAS_TRIGRAM.search(text) is not None
+
+
+def bounded_in_time(where: JobFilter, *, now: datetime) -> JobFilter:
+    """Return the filter with a window of at most TEXT_SEARCH_WINDOW; InvalidInput naming `since` if wider."""
+    until = where.until or now
+    if where.since is None:
+        return dataclasses.replace(where, since=until - TEXT_SEARCH_WINDOW)
+    if until - where.since > TEXT_SEARCH_WINDOW:
+        raise InvalidInput(
+            f"a text search here covers at most {TEXT_SEARCH_WINDOW.days} days: narrow since..until",
+            details={"field": "since", "max_days": TEXT_SEARCH_WINDOW.days},
+        )
+    return where
+
+
 def _conditions(where: JobFilter) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
     if where.status is not None:
@@ -85,6 +119,7 @@ def _conditions(where: JobFilter) -> list[ColumnElement[bool]]:
     if where.until is not None:
         conditions.append(RequestLog.created_at < where.until)
     if where.text is not None:
+        # PostgreSQL writes this as `prompt ILIKE '%' || :text || '%'`, which the trigram index serves.
         conditions.append(or_(RequestLog.id == where.text, RequestLog.prompt.icontains(where.text, autoescape=True)))
     if where.api_key_id is not None:
         conditions.append(RequestLog.api_key_id == where.api_key_id)

@@ -26,7 +26,7 @@ BODY_ATTRIBUTES = (
     "id", "status", "created_at", "prompt", "cached", "request_id", "batch_id", "batch_index", "metadata_json",
     "error_code", "error_message", "finished_at", "response", "model_used", "tier", "difficulty_score",
     "difficulty_level", "tokens_used", "prompt_tokens", "completion_tokens", "cost", "latency_ms", "escalated",
-    "escalation_reason", "downgraded_from", "confidence", "retry_count", "usage_over_bound",
+    "escalation_reason", "downgraded_from", "confidence", "retry_count", "usage_over_bound", "truncated",
 )  # fmt: skip
 
 
@@ -65,6 +65,7 @@ def job_body(job: RequestLog | Row[Any], *, attempts: Sequence[Mapping[str, Any]
         latency_ms=job.latency_ms,
         escalated=job.escalated,
         escalation_reason=job.escalation_reason,
+        truncated=job.truncated,
         downgraded=job.downgraded_from is not None,
         downgraded_from=job.downgraded_from,
         confidence=job.confidence,

@@ -399,7 +399,7 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
     hold_for = None if overrun is None else claim.job_id
     values["tokens_used"] = values["prompt_tokens"] + values["completion_tokens"]
     if completion is not None:
-        values.update(response=completion.text, finish_reason=completion.finish_reason)
+        values.update(response=completion.text, finish_reason=completion.finish_reason, truncated=outcome.truncated)
     else:
         error = outcome.error
         values.update(

@@ -45,6 +45,10 @@ def make_test_settings(database_url: str, **overrides: object) -> Settings:
         "upstream_backoff_initial_s": 0,
         "upstream_backoff_max_s": 0,
         "environment": "test",
+        # Suites send many requests from one address within a minute; those that test the limits set them.
+        "default_rpm": 0,
+        "address_rpm": 0,
+        "auth_failures_per_minute": 0,
     }
     values.update(overrides)
     return load_settings(**values)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from shared import logs
 from shared.catalog import load_catalog
@@ -47,12 +48,15 @@ def _build_app(settings: Settings) -> Flask:
     app = Flask(__name__)
     app.json = ApiJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    if settings.trusted_proxies:
+        # The client address (per-address limits, logs) is the one the trusted proxies saw.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
     app.extensions["settings"] = settings
     app.extensions["catalog"] = load_catalog(settings.model_catalog_path)
     db.init_app(app, settings)
     _init_celery(app, settings)
     waiter.init_app(app, settings)
-    auth.init_app(app)
+    auth.init_app(app, settings)
     # Registered after auth but placed first: every request, even one auth refuses, gets an id and a line.
     request_telemetry.init_app(app)
     request_ids.init_app(app)

@@ -9,11 +9,15 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 from pydantic.json_schema import models_json_schema
 
+from shared.config import Settings
+from shared.idempotency import MAX_KEY_LENGTH
 from web.schemas import BatchAccepted
 from web.schemas import BatchItem
 from web.schemas import BatchRequest
 from web.schemas import BatchResult
 from web.schemas import BudgetView
+from web.schemas import ChatCompletion
+from web.schemas import ChatCompletionRequest
 from web.schemas import CostReportQuery
 from web.schemas import CostReportView
 from web.schemas import ErrorBody
@@ -23,6 +27,7 @@ from web.schemas import JobAccepted
 from web.schemas import JobPage
 from web.schemas import JobResult
 from web.schemas import JobSearchQuery
+from web.schemas import OpenAIErrorBody
 from web.schemas import PromptRequest
 from web.schemas import StatsView
 
@@ -47,6 +52,9 @@ MODELS: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
     (BatchResult, "serialization"),
     (JobPage, "serialization"),
     (CostReportView, "serialization"),
+    (ChatCompletionRequest, "validation"),
+    (ChatCompletion, "serialization"),
+    (OpenAIErrorBody, "serialization"),
 )
 
 DESCRIPTION = (
@@ -56,9 +64,15 @@ DESCRIPTION = (
 )
 
 
-def build_openapi_spec(*, version: str) -> dict[str, Any]:
-    """Build the OpenAPI 3.1 document of the HTTP contract; `version` is the API's own version."""
+def build_openapi_spec(*, version: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Build the OpenAPI 3.1 document of the HTTP contract; `version` is the API's own version.
+
+    The bounds that settings size (MAX_PROMPT_CHARS, MAX_METADATA_BYTES, MAX_BATCH_ITEMS) show the values of
+    `settings`, or their defaults without it.
+    """
     refs, top = models_json_schema(MODELS, ref_template=REF_TEMPLATE)
+    schemas = top.get("$defs", {})
+    _show_limits(schemas, settings)
 
     def ref(model: type[BaseModel]) -> dict[str, Any]:
         mode = next(mode for candidate, mode in MODELS if candidate is model)
@@ -86,7 +100,8 @@ def build_openapi_spec(*, version: str) -> dict[str, Any]:
         "413": error("`payload_too_large`: the request body is too large."),
         "415": error("`unsupported_media_type`: the body is not `application/json`."),
         "429": error(
-            "`rate_limited`: too many requests; retry after `Retry-After` seconds.",
+            "`rate_limited`: too many requests from this key or address, or too many failed authentications "
+            "from this address; retry after `Retry-After` seconds.",
             headers={
                 "Retry-After": {
                     "description": "Seconds to wait before retrying.",
@@ -116,7 +131,7 @@ def build_openapi_spec(*, version: str) -> dict[str, Any]:
                             "The same key with the same body returns the same job and never makes a second "
                             "upstream call; with a different body the answer is 409."
                         ),
-                        "schema": {"type": "string"},
+                        "schema": IDEMPOTENCY_KEY_SCHEMA,
                     }
                 ],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": ref(PromptRequest)}}},
@@ -221,7 +236,7 @@ def build_openapi_spec(*, version: str) -> dict[str, Any]:
                         "in": "header",
                         "required": False,
                         "description": "The same key with the same body returns the same batch; another body: 409.",
-                        "schema": {"type": "string"},
+                        "schema": IDEMPOTENCY_KEY_SCHEMA,
                     }
                 ],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": ref(BatchRequest)}}},
@@ -356,6 +371,31 @@ def build_openapi_spec(*, version: str) -> dict[str, Any]:
                 },
             }
         },
+        "/v1/chat/completions": {
+            "post": {
+                "operationId": "create_chat_completion",
+                "tags": ["openai"],
+                "summary": "Route a chat as OpenAI's chat completions API",
+                "description": (
+                    "The same job as /api/prompt, in OpenAI's request and answer shapes (`stream: true` answers "
+                    "server-sent events). Fields the router cannot honour are ignored; the router's own details "
+                    "come back in `x-router-*` headers. Errors take OpenAI's shape, with `param` naming the field."
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": ref(ChatCompletionRequest)}},
+                },
+                "responses": {
+                    "200": json_body(ChatCompletion, "The answer (or, with `stream: true`, its chunks as SSE)."),
+                    **{
+                        status: {**answer, "content": {"application/json": {"schema": ref(OpenAIErrorBody)}}}
+                        for status, answer in prompt_errors.items()
+                    },
+                    "502": json_body(OpenAIErrorBody, "The upstream failed the job for good."),
+                    "504": json_body(OpenAIErrorBody, "The job did not finish in time; it may still finish."),
+                },
+            }
+        },
         "/api/health": {
             "get": {
                 "operationId": "get_health",
@@ -368,6 +408,11 @@ def build_openapi_spec(*, version: str) -> dict[str, Any]:
             }
         },
     }
+    # Every route but health counts against the rate limits and authenticates.
+    for path, item in paths.items():
+        if path != "/api/health":
+            for operation in item.values():
+                operation["responses"].setdefault("429", prompt_errors["429"])
     return {
         "openapi": OPENAPI_VERSION,
         "info": {"title": "model-router", "version": version, "description": DESCRIPTION},
@@ -377,10 +422,11 @@ def build_openapi_spec(*, version: str) -> dict[str, Any]:
             {"name": "budget", "description": "The monthly budget."},
             {"name": "stats", "description": "Usage statistics."},
             {"name": "health", "description": "Liveness of the stack."},
+            {"name": "openai", "description": "OpenAI's chat completions API, routed."},
         ],
         "paths": paths,
         "components": {
-            "schemas": top.get("$defs", {}),
+            "schemas": schemas,
             "securitySchemes": {
                 BEARER_SCHEME: {
                     "type": "http",
@@ -392,6 +438,30 @@ def build_openapi_spec(*, version: str) -> dict[str, Any]:
         # The empty requirement makes the key optional: deployments without keys need none.
         "security": [{}, {BEARER_SCHEME: []}],
     }
+
+
+IDEMPOTENCY_KEY_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH}
+
+
+def _show_limits(schemas: dict[str, Any], settings: Settings | None) -> None:
+    """Write the bounds that settings size into the request schemas, which validators enforce from context."""
+    fields = Settings.model_fields
+    prompt_chars = settings.max_prompt_chars if settings else fields["max_prompt_chars"].default
+    metadata_bytes = settings.max_metadata_bytes if settings else fields["max_metadata_bytes"].default
+    batch_items = settings.max_batch_items if settings else fields["max_batch_items"].default
+    for name in ("PromptRequest", "BatchItem"):
+        properties = schemas[name]["properties"]
+        properties["prompt"]["maxLength"] = prompt_chars
+        properties["metadata"]["description"] = f"Stored and returned as is; at most {metadata_bytes} bytes serialized."
+    prompts = schemas["BatchRequest"]["properties"]["prompts"]
+    prompts["maxItems"] = batch_items
+    prompts["items"]["anyOf"][0]["maxLength"] = prompt_chars
+    content = schemas["ChatMessage"]["properties"]["content"]
+    content["anyOf"][0]["maxLength"] = prompt_chars
+    content["anyOf"][1]["items"]["properties"]["text"]["maxLength"] = prompt_chars
+    content["description"] = f"At most {prompt_chars} characters, and so are all messages together."
+    messages = schemas["ChatCompletionRequest"]["properties"]["messages"]
+    messages["description"] = f"The conversation; its texts together hold at most {prompt_chars} characters."
 
 
 def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:

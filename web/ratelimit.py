@@ -1,4 +1,9 @@
-"""Per-key request rate limits, counted in Redis so that every web process shares them."""
+"""Request rate limits per API key and per client address, counted in Redis so that every web process shares them.
+
+Each request counts against two limits, each across every metered route: its key's (the key's own `rpm`, else
+DEFAULT_RPM; without keys, its address's DEFAULT_RPM) and its address's (ADDRESS_RPM, whatever key it sends).
+A limit of 0 is off. Failed authentication has a limit of its own (web.auth), checked before any of these.
+"""
 
 from __future__ import annotations
 
@@ -11,35 +16,38 @@ from flask_limiter import Limiter
 from shared.config import Settings
 from web.auth import current_identity
 
+KEY_PREFIX = "model_router_rl"
+
 
 def _client_key() -> str:
     identity = current_identity()
     return f"key:{identity.api_key_id}" if identity is not None else f"addr:{request.remote_addr}"
 
 
-def _rpm() -> int | None:
+def _address() -> str:
+    return f"addr:{request.remote_addr}"
+
+
+def _key_rpm() -> int:
     identity = current_identity()
     if identity is not None and identity.rpm is not None:
         return identity.rpm
     return current_app.extensions["settings"].default_rpm
 
 
-def _limit() -> str:
+def _address_rpm() -> int:
+    return current_app.extensions["settings"].address_rpm
+
+
+def _per_minute(rpm: int) -> str:
     # Flask-Limiter parses the limit before asking `exempt_when`; an exempt request still needs a valid one.
-    return f"{_rpm() or 1}/minute"
-
-
-def _exempt() -> bool:
-    return _rpm() is None
+    return f"{rpm or 1}/minute"
 
 
 def init_app(app: Flask, settings: Settings, blueprints: tuple[Blueprint, ...]) -> Limiter | None:
-    """Limit `blueprints` to each key's requests per minute (its own `rpm`, else DEFAULT_RPM).
-
-    Without API keys and without DEFAULT_RPM no limit can apply: no limiter then checks every request.
-    """
-    if not settings.api_keys_required and settings.default_rpm is None:
-        return None
+    """Limit `blueprints` per key and per address; with every limit off, no limiter checks any request."""
+    if not settings.default_rpm and not settings.address_rpm and not settings.api_keys_required:
+        return None  # no key can carry an rpm of its own either
     limiter = Limiter(
         key_func=_client_key,
         storage_uri=settings.redis_url,
@@ -47,10 +55,21 @@ def init_app(app: Flask, settings: Settings, blueprints: tuple[Blueprint, ...]) 
         headers_enabled=True,
         # Redis down must not turn every request into a 500: the broker check answers 503 where it matters.
         swallow_errors=True,
-        key_prefix="model_router_rl",
+        key_prefix=KEY_PREFIX,
+    )
+    # Shared scopes: one count per key and one per address across every route, not one per blueprint.
+    per_key = limiter.shared_limit(
+        lambda: _per_minute(_key_rpm()), scope="key", key_func=_client_key, exempt_when=lambda: not _key_rpm()
+    )
+    per_address = limiter.shared_limit(
+        lambda: _per_minute(_address_rpm()),
+        scope="address",
+        key_func=_address,
+        exempt_when=lambda: not _address_rpm(),
     )
     for blueprint in blueprints:
-        limiter.limit(_limit, exempt_when=_exempt)(blueprint)
+        per_key(blueprint)
+        per_address(blueprint)
     limiter.init_app(app)
     app.extensions["limiter"] = limiter
     return limiter

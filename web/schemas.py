@@ -23,6 +23,24 @@ StrictStr = Annotated[str, Strict()]
 # Strict floats still take JSON integers (30 means 30.0) but never strings or booleans.
 StrictNumber = Annotated[float, Strict()]
 
+# Bounds of the fields no setting sizes (MAX_PROMPT_CHARS, MAX_METADATA_BYTES and MAX_BATCH_ITEMS size the
+# others; /openapi.json shows the values in force). Names fit their columns.
+MODEL_NAME_CHARS = 128
+TIER_NAME_CHARS = 32
+CALLBACK_URL_CHARS = 2048
+MAX_CHAT_MESSAGES = 512
+MAX_CONTENT_PARTS = 64
+MESSAGE_NAME_CHARS = 64
+MAX_STOP_SEQUENCES = 4
+STOP_SEQUENCE_CHARS = 256
+USER_CHARS = 256
+CURSOR_CHARS = 256
+TIME_PARAM_CHARS = 64
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+ModelName = Annotated[str, Strict(), Field(min_length=1, max_length=MODEL_NAME_CHARS)]
+TierName = Annotated[str, Strict(), Field(min_length=1, max_length=TIER_NAME_CHARS)]
+CallbackUrl = Annotated[str, Strict(), Field(min_length=1, max_length=CALLBACK_URL_CHARS)]
+
 
 def _require_utf8(text: str) -> None:
     # JSON's \ud800-style escapes can smuggle in lone surrogates, which no UTF-8 store or client accepts.
@@ -42,9 +60,11 @@ class PromptFields(BaseModel):
     )
     max_tokens: StrictInt = Field(default=1000, ge=1, le=4096)
     preference: Literal["cost", "balanced", "quality"] = "balanced"
-    model: StrictStr | None = Field(default=None, description="Force a catalog model.")
-    tier: StrictStr | None = Field(default=None, description='Force a tier ("cheap", "mid", "high").')
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Stored and returned as is; <= 4 KiB.")
+    model: ModelName | None = Field(default=None, description="Force a catalog model.")
+    tier: TierName | None = Field(default=None, description='Force a tier ("cheap", "mid", "high").')
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="Stored and returned as is; at most MAX_METADATA_BYTES serialized."
+    )
     deadline_s: StrictNumber | None = Field(
         default=None, gt=0, le=600, description="Total time for retries, fallbacks and escalation (DEFAULT_DEADLINE_S)."
     )
@@ -83,7 +103,7 @@ class PromptRequest(PromptFields):
 
     wait: StrictBool = Field(default=True, description="Answer with the result when ready within timeout_s.")
     timeout_s: StrictNumber = Field(default=30, gt=0, le=120, description="Only with wait=true.")
-    callback_url: StrictStr | None = Field(
+    callback_url: CallbackUrl | None = Field(
         default=None,
         description="POSTed the finished job, signed (X-Router-Signature: sha256=<HMAC>); a public host only "
         "(or one in WEBHOOK_ALLOWED_HOSTS), stored encrypted.",
@@ -150,6 +170,13 @@ class JobResult(BaseModel):
     latency_ms: float | None = None
     escalated: bool | None = None
     escalation_reason: str | None = None
+    truncated: bool | None = Field(
+        default=None,
+        description=(
+            "The answer stopped at the request's max_tokens (finish_reason `length`); such an answer is never "
+            "escalated, since every tier gets the same max_tokens: ask again with a larger one."
+        ),
+    )
     downgraded: bool | None = None
     downgraded_from: str | None = None
     confidence: float | None = None
@@ -274,7 +301,7 @@ class BatchRequest(BaseModel):
             }
         ),
     ] = Field(min_length=1, max_length=10000)
-    callback_url: StrictStr | None = Field(
+    callback_url: CallbackUrl | None = Field(
         default=None, description="POSTed the finished batch, signed; the same rules as /api/prompt's."
     )
 
@@ -314,16 +341,45 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: StrictStr | list[ChatTextPart] | None = None
-    name: StrictStr | None = None
+    # Bounded by the validator below, which names the field whichever form failed; described here.
+    content: Annotated[
+        StrictStr | list[ChatTextPart] | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string"},
+                    {
+                        "type": "array",
+                        "maxItems": MAX_CONTENT_PARTS,
+                        "items": {
+                            "type": "object",
+                            "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+                            "required": ["type", "text"],
+                        },
+                    },
+                    {"type": "null"},
+                ],
+                "description": "At most MAX_PROMPT_CHARS characters, and so are all messages together.",
+            }
+        ),
+    ] = None
+    name: Annotated[str, Strict(), Field(min_length=1, max_length=MESSAGE_NAME_CHARS)] | None = None
 
     @field_validator("content")
     @classmethod
-    def _content_is_text(cls, value: str | list[ChatTextPart] | None) -> str | list[ChatTextPart] | None:
-        for text in [value] if isinstance(value, str) else [part.text for part in value or []]:
+    def _content_is_text(
+        cls, value: str | list[ChatTextPart] | None, info: ValidationInfo
+    ) -> str | list[ChatTextPart] | None:
+        if isinstance(value, list) and len(value) > MAX_CONTENT_PARTS:
+            raise ValueError(f"at most {MAX_CONTENT_PARTS} parts")
+        texts = [value] if isinstance(value, str) else [part.text for part in value or []]
+        for text in texts:
             if "\x00" in text:
                 raise ValueError("must not contain NUL characters")
             _require_utf8(text)
+        limit = (info.context or {}).get("max_prompt_chars")
+        if limit is not None and sum(len(text) for text in texts) > limit:
+            raise ValueError(f"must be at most {limit} characters")
         return value
 
     @property
@@ -344,16 +400,36 @@ class ChatCompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: StrictStr = Field(description='"router" or "auto", "router:cost|balanced|quality", or a catalog model.')
-    messages: list[ChatMessage] = Field(min_length=1)
+    model: ModelName = Field(description='"router" or "auto", "router:cost|balanced|quality", or a catalog model.')
+    messages: list[ChatMessage] = Field(
+        min_length=1,
+        max_length=MAX_CHAT_MESSAGES,
+        description="The conversation; its texts together hold at most MAX_PROMPT_CHARS characters.",
+    )
     max_tokens: StrictInt | None = Field(default=None, ge=1, le=4096)
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1, le=4096)
     temperature: StrictNumber | None = Field(default=None, ge=0, le=2)
     top_p: StrictNumber | None = Field(default=None, ge=0, le=1)
-    stop: StrictStr | list[StrictStr] | None = None
+    # Bounded by the validator below, which names the field whichever form failed; described here.
+    stop: Annotated[
+        StrictStr | list[StrictStr] | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "maxLength": STOP_SEQUENCE_CHARS},
+                    {
+                        "type": "array",
+                        "maxItems": MAX_STOP_SEQUENCES,
+                        "items": {"type": "string", "maxLength": STOP_SEQUENCE_CHARS},
+                    },
+                    {"type": "null"},
+                ]
+            }
+        ),
+    ] = None
     n: Literal[1] | None = None
-    user: StrictStr | None = None
-    seed: StrictInt | None = None
+    user: Annotated[str, Strict(), Field(max_length=USER_CHARS)] | None = None
+    seed: StrictInt | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     presence_penalty: StrictNumber | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: StrictNumber | None = Field(default=None, ge=-2, le=2)
     logprobs: StrictBool | None = None
@@ -367,16 +443,74 @@ class ChatCompletionRequest(BaseModel):
 
     @field_validator("stop")
     @classmethod
-    def _at_most_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences")
+    def _few_short_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
+        if any(len(stop) > STOP_SEQUENCE_CHARS for stop in stops):
+            raise ValueError(f"each stop sequence must be at most {STOP_SEQUENCE_CHARS} characters")
         return value
+
+
+class ChatCompletionMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+    refusal: str | None = None
+
+
+class ChatCompletionChoice(BaseModel):
+    index: int
+    message: ChatCompletionMessage
+    logprobs: dict[str, Any] | None = None
+    finish_reason: str = Field(
+        description=(
+            "As the upstream said: `stop`, or `length` when the answer was cut at max_tokens (never escalated: "
+            "every tier gets the same max_tokens)."
+        )
+    )
+
+
+class ChatCompletionUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    """OpenAI's `chat.completion`; the router's details are in the `x-router-*` headers."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChatCompletionChoice]
+    usage: ChatCompletionUsage
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = Field(description="The request field at fault, when one is.")
+    code: str
+
+
+class OpenAIErrorBody(BaseModel):
+    """Every error answer under /v1, in OpenAI's shape (its SDKs parse it)."""
+
+    error: OpenAIErrorDetail
 
 
 # Query strings carry text only, so these models convert ("50" is 50) instead of being strict.
 QueryDateTime = Annotated[
     datetime,
-    WithJsonSchema({"type": "string", "description": "An ISO 8601 date or date and time; UTC when it has no zone."}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": TIME_PARAM_CHARS,
+            "description": "An ISO 8601 date or date and time; UTC when it has no zone.",
+        }
+    ),
 ]
 
 
@@ -401,20 +535,35 @@ class JobSearchQuery(BaseModel):
         JobStatusName | None,
         WithJsonSchema({"type": "string", "enum": ["queued", "running", "succeeded", "failed", ""]}),
     ] = None
-    model: str | None = Field(default=None, description="The model that answered (`model_used`).")
-    tier: str | None = Field(default=None, description="The tier that answered.")
+    model: str | None = Field(
+        default=None, max_length=MODEL_NAME_CHARS, description="The model that answered (`model_used`)."
+    )
+    tier: str | None = Field(default=None, max_length=TIER_NAME_CHARS, description="The tier that answered.")
     since: QueryDateTime | None = Field(default=None, description="Jobs created at or after this moment.")
     until: QueryDateTime | None = Field(default=None, description="Jobs created before this moment.")
     q: str | None = Field(
-        default=None, max_length=1000, description="A case-insensitive substring of the prompt, or an exact job id."
+        default=None,
+        max_length=1000,
+        description=(
+            "A case-insensitive substring of the prompt, or an exact job id. Served by an index on PostgreSQL; "
+            "where none serves it (SQLite, or text without three letters or digits in a row) the search covers "
+            "at most the 31 days before `until` (`since` defaults to then; a wider window is a 400)."
+        ),
     )
     limit: int = Field(default=50, ge=1, le=200, description="Jobs per page.")
-    cursor: str | None = Field(default=None, description="`next_cursor` of the previous page.")
+    cursor: str | None = Field(default=None, max_length=CURSOR_CHARS, description="`next_cursor` of the previous page.")
 
     @field_validator("status", "model", "tier", "since", "until", "q", "cursor", mode="before")
     @classmethod
     def _blank_is_absent(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _short_time(cls, value: object) -> object:
+        if isinstance(value, str) and len(value) > TIME_PARAM_CHARS:
+            raise ValueError(f"must be at most {TIME_PARAM_CHARS} characters")
+        return value
 
     @field_validator("since", "until")
     @classmethod

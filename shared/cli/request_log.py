@@ -19,7 +19,16 @@ PREVIEW_CHARS = 40
 @click.option("--tier", help="Only jobs answered on this tier.")
 @click.option("--since", metavar="WHEN", help="Only jobs created at or after this ISO date or time (UTC if no zone).")
 @click.option("--until", metavar="WHEN", help="Only jobs created before this ISO date or time (UTC if no zone).")
-@click.option("-q", "--query", "q", metavar="TEXT", help="A piece of the prompt (any case), or a job id.")
+@click.option(
+    "-q",
+    "--query",
+    "q",
+    metavar="TEXT",
+    help=(
+        "A piece of the prompt (any case), or a job id. Where no index serves it (SQLite, or text without three "
+        "letters or digits in a row) it covers at most the 31 days before --until."
+    ),
+)
 @click.option("--limit", type=click.IntRange(1, 200), default=50, show_default=True, help="Jobs per page.")
 @click.option("--all", "every_page", is_flag=True, help="Follow the pages to the last matching job.")
 @commands.json_option

@@ -7,6 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import DDL
 from sqlalchemy import JSON
 from sqlalchemy import Boolean
 from sqlalchemy import Enum
@@ -17,6 +18,7 @@ from sqlalchemy import Integer
 from sqlalchemy import String
 from sqlalchemy import Text
 from sqlalchemy import UniqueConstraint
+from sqlalchemy import event
 from sqlalchemy import false
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
@@ -26,6 +28,10 @@ from shared.db.base import Base
 from shared.db.types import Money
 from shared.db.types import UTCDateTime
 from shared.db.types import utcnow
+
+# `info` key of a schema item that exists on one dialect only (also created only there, with `ddl_if`); the
+# migrations' comparison with the models skips it elsewhere.
+ONLY_ON = "only_on"
 
 
 class JobStatus(enum.StrEnum):
@@ -51,6 +57,14 @@ class RequestLog(Base):
         Index("ix_request_logs_status_created_at", "status", "created_at"),
         Index("ix_request_logs_model_used_created_at", "model_used", "created_at"),
         Index("ix_request_logs_tier_created_at", "tier", "created_at"),
+        # The request-log search (`prompt ILIKE '%text%'`) reads trigrams from it; PostgreSQL only (pg_trgm).
+        Index(
+            "ix_request_logs_prompt_trgm",
+            "prompt",
+            postgresql_using="gin",
+            postgresql_ops={"prompt": "gin_trgm_ops"},
+            info={ONLY_ON: "postgresql"},
+        ).ddl_if(dialect="postgresql"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -85,6 +99,8 @@ class RequestLog(Base):
     tier: Mapped[str | None] = mapped_column(String(32))
     response: Mapped[str | None] = mapped_column(Text)
     finish_reason: Mapped[str | None] = mapped_column(String(32))
+    # The answer was cut at the request's own max_tokens (finish_reason "length"): reported, never escalated.
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     confidence: Mapped[float | None] = mapped_column(Float)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
@@ -255,6 +271,13 @@ class WebhookDelivery(Base):
     delivered: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
+
+# pg_trgm provides the operator class of ix_request_logs_prompt_trgm; the migrations create it the same way.
+event.listen(
+    Base.metadata,
+    "before_create",
+    DDL("CREATE EXTENSION IF NOT EXISTS pg_trgm").execute_if(dialect="postgresql"),
+)
 
 # Each mapped attribute of a job row with its column, for Core statements that read or write whole rows: the
 # names differ where the column's would clash with the declarative base (`metadata_json` is column "metadata").

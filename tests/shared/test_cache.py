@@ -279,3 +279,21 @@ def test_a_hit_records_a_finished_cached_job_at_no_cost_and_leaves_the_ledger_al
         assert (job.prompt_tokens, job.completion_tokens, job.tokens_used) == (12, 24, 36)
         assert (job.metadata_json, job.api_key_id) == ({"run": 2}, requester.api_key_id)
         assert job.finished_at is not None
+
+
+@pytest.mark.parametrize(("finish_reason", "truncated"), [("length", True), ("stop", False)])
+def test_a_cached_answer_cut_at_max_tokens_is_reported_as_truncated(
+    sessions, settings, finish_reason: str, truncated: bool
+) -> None:
+    with sessions.begin() as session:
+        cache.create_job(
+            session,
+            request=BASE,
+            answer=dataclasses.replace(ANSWER, finish_reason=finish_reason),
+            cache_key="k",
+            settings=settings,
+            requester=None,
+            job_id="cachedcut",
+        )
+    with sessions() as session:
+        assert session.get(RequestLog, "cachedcut").truncated is truncated

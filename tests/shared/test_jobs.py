@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 
@@ -18,9 +19,11 @@ from shared import jobs
 from shared import runs
 from shared.catalog import Catalog
 from shared.config import Settings
+from shared.db.base import Base
 from shared.db.models import JobStatus
 from shared.db.models import MonthlyBudget
 from shared.db.models import RequestLog
+from shared.db.session import make_engine
 from shared.db.session import make_sessionmaker
 from shared.db.types import utcnow
 from shared.errors import BudgetExceeded
@@ -156,11 +159,54 @@ def test_hedging_answer_escalates_one_tier_and_sums_both_costs(deps, sessions, c
     assert job.retry_count == 0
 
 
-def test_truncated_answer_escalates(deps, sessions, catalog, settings, fake) -> None:
-    fake.script("gpt-3.5-turbo", ok(finish_reason="length"))
+CUT = "Hello there, it is a fine day to say"  # what a 16-token max_tokens leaves of a longer answer
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_database(request: pytest.FixtureRequest, tmp_path) -> Iterator[tuple[sessionmaker[Session], Settings]]:
+    """Sessions and settings on a fresh SQLite file, or on the PostgreSQL test database."""
+    if request.param == "postgresql":
+        engine = request.getfixturevalue("postgres_engine")
+        yield make_sessionmaker(engine), make_test_settings(engine.url.render_as_string(hide_password=False))
+        return
+    settings = make_test_settings(f"sqlite:///{tmp_path}/router.db")
+    engine = make_engine(settings)
+    Base.metadata.create_all(engine)
+    yield make_sessionmaker(engine), settings
+    engine.dispose()
+
+
+@pytest.mark.parametrize("wording", [CUT, HEDGE])
+def test_an_answer_cut_at_max_tokens_is_reported_and_not_escalated(any_database, catalog, fake, wording) -> None:
+    """Every tier gets the same max_tokens: re-asking a stronger one only pays more for another cut answer."""
+    sessions, settings = any_database
+    fake.script("gpt-3.5-turbo", ok(wording, finish_reason="length", prompt_tokens=14, completion_tokens=16))
+    deps = runs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=fake, sleep=lambda _: None)
+    job_id = _submit(sessions, catalog, settings, prompt="Say hello in five words.", max_tokens=16)
+
+    assert runs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
+
+    job = _job(sessions, job_id)
+    assert fake.calls == ["gpt-3.5-turbo"]
+    assert (job.truncated, job.escalated, job.finish_reason, job.response) == (True, False, "length", wording)
+    assert job.cost == catalog.get_model("gpt-3.5-turbo").cost(14, 16)
+    assert _ledger(sessions).total_spent == job.cost
+    assert job_body(job)["truncated"] is True
+
+
+def test_a_whole_answer_is_not_truncated(deps, sessions, catalog, settings, fake) -> None:
     job_id = _submit(sessions, catalog, settings, prompt=EASY)
     runs.run(job_id, deps=deps)
-    assert _job(sessions, job_id).escalated is True
+    job = _job(sessions, job_id)
+    assert (job.truncated, job.finish_reason, job_body(job)["truncated"]) == (False, "stop", False)
+
+
+def test_a_filtered_answer_still_escalates(deps, sessions, catalog, settings, fake) -> None:
+    fake.script("gpt-3.5-turbo", ok(finish_reason="content_filter"))
+    job_id = _submit(sessions, catalog, settings, prompt=EASY)
+    runs.run(job_id, deps=deps)
+    job = _job(sessions, job_id)
+    assert (fake.calls, job.escalated, job.truncated) == (["gpt-3.5-turbo", "gpt-4"], True, False)
 
 
 def test_failed_escalation_keeps_the_first_answer(deps, sessions, catalog, settings, fake) -> None:

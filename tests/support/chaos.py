@@ -62,8 +62,8 @@ logger = logging.getLogger(__name__)
 # Settings the stack's processes must not inherit from the shell that runs the scenario.
 OWN_SETTINGS = (
     "OPENAI_", "SIM_", "DATABASE_", "REDIS_", "MONTHLY_BUDGET_", "JOB_", "REAPER_", "REQUIRE_API_KEY",
-    "DEFAULT_RPM", "DEFAULT_DEADLINE_", "WORKER_HEARTBEAT_", "UPSTREAM_", "CIRCUIT_", "ESCALATION_", "ALERT_",
-    "ENVIRONMENT",
+    "DEFAULT_RPM", "ADDRESS_RPM", "AUTH_FAILURES_", "TRUSTED_PROXIES", "DEFAULT_DEADLINE_", "WORKER_HEARTBEAT_",
+    "UPSTREAM_", "CIRCUIT_", "ESCALATION_", "ALERT_", "ENVIRONMENT",
 )  # fmt: skip
 FAULTS = "429=0.3,500=0.1,timeout=0.05"
 # Tuned so that recovery takes seconds, not the production defaults' minutes: 300 requests run in under a minute.

@@ -116,6 +116,10 @@ class Stack:
 
     def start(self) -> None:
         self.env["OPENAI_BASE_URL"] = f"{self.sim}/v1"
+        # Tests and benchmarks send all their traffic from this one address at rates far past the default
+        # limits; a test of the limits sets them (a key's own rpm applies either way).
+        for limit in ("DEFAULT_RPM", "ADDRESS_RPM"):
+            self.env.setdefault(limit, "0")
         # A fresh directory per stack: the processes' metric values start from nothing.
         metrics_dir = self.log_dir / "metrics"
         localstack.empty_metrics_dir(metrics_dir)
@@ -222,7 +226,8 @@ class Stack:
 # Settings the stack's processes must not inherit from the shell that runs pytest.
 OWN_SETTINGS = (
     "OPENAI_", "SIM_", "DATABASE_", "REDIS_", "MONTHLY_BUDGET_", "JOB_", "REAPER_", "REQUIRE_API_KEY",
-    "DEFAULT_RPM", "WORKER_HEARTBEAT_", "UPSTREAM_", "ALERT_", "ENVIRONMENT", "WEBHOOK_", "LOG_", "METRICS_",
+    "DEFAULT_RPM", "ADDRESS_RPM", "AUTH_FAILURES_", "TRUSTED_PROXIES", "WORKER_HEARTBEAT_", "UPSTREAM_", "ALERT_",
+    "ENVIRONMENT", "WEBHOOK_", "LOG_", "METRICS_",
 )  # fmt: skip
 
 

@@ -10,9 +10,13 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from shared.config import Settings
+from tests.conftest import make_test_settings
 from web.api import docs
 from web.openapi import build_openapi_spec
 from web.openapi import downgrade_to_openapi_30
+from web.openapi import query_parameters
+from web.schemas import JobSearchQuery
 from web.schemas import PromptRequest
 
 CONTRACT_OPERATIONS = {
@@ -29,7 +33,9 @@ CONTRACT_OPERATIONS = {
     ("/api/stats", "get"),
     ("/api/reports/costs", "get"),
     ("/api/health", "get"),
+    ("/v1/chat/completions", "post"),
 }
+REQUEST_SCHEMAS = ("PromptRequest", "BatchRequest", "BatchItem", "ChatCompletionRequest")
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 SCRIPT_TYPES = {"application/javascript", "text/javascript"}
 
@@ -108,7 +114,10 @@ def test_openapi_json_has_every_contract_operation_and_no_other(client: FlaskCli
 
 def test_openapi_prompt_request_is_the_validating_model(client: FlaskClient) -> None:
     spec = _get_json(client, "/openapi.json")
-    assert spec["components"]["schemas"]["PromptRequest"] == PromptRequest.model_json_schema()
+    validating = PromptRequest.model_json_schema()
+    validating["properties"]["prompt"]["maxLength"] = Settings.model_fields["max_prompt_chars"].default
+    validating["properties"]["metadata"]["description"] = "Stored and returned as is; at most 4096 bytes serialized."
+    assert spec["components"]["schemas"]["PromptRequest"] == validating
     body = spec["paths"]["/api/prompt"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/PromptRequest"}
 
@@ -145,9 +154,9 @@ def test_openapi_every_ref_resolves(client: FlaskClient, url: str) -> None:
 def test_openapi_json_is_built_once_per_app(app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
 
-    def counting_build(*, version: str) -> dict[str, Any]:
+    def counting_build(*, version: str, settings: Settings | None = None) -> dict[str, Any]:
         calls.append(version)
-        return build_openapi_spec(version=version)
+        return build_openapi_spec(version=version, settings=settings)
 
     monkeypatch.setattr(docs, "build_openapi_spec", counting_build)
     first = _get_json(client, "/openapi.json")
@@ -237,3 +246,54 @@ def test_redoc_page_loads_openapi_json_without_web_fonts(client: FlaskClient) ->
 def test_swagger_assets_serve_only_what_the_page_needs(client: FlaskClient, name: str) -> None:
     with client.get(f"/docs/assets/{name}") as response:
         assert response.status_code == 404
+
+
+def _unbounded(schema: Any, schemas: dict[str, Any], where: str) -> Iterator[str]:
+    """Yield the places in `schema` where a string, array or integer has no upper bound."""
+    if not isinstance(schema, dict):
+        return
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        if name not in REQUEST_SCHEMAS:  # a request model is checked on its own
+            yield from _unbounded(schemas[name], schemas, f"{where}->{name}")
+        return
+    kind = schema.get("type")
+    if "enum" not in schema and "const" not in schema:
+        if kind == "string" and "maxLength" not in schema:
+            yield where
+        if kind == "array" and "maxItems" not in schema:
+            yield where
+        if kind == "integer" and "maximum" not in schema:
+            yield where
+    for key in ("anyOf", "oneOf", "allOf"):
+        for index, branch in enumerate(schema.get(key, [])):
+            yield from _unbounded(branch, schemas, f"{where}[{index}]")
+    if isinstance(schema.get("items"), dict):
+        yield from _unbounded(schema["items"], schemas, f"{where}[]")
+    for name, sub in schema.get("properties", {}).items():
+        yield from _unbounded(sub, schemas, f"{where}.{name}")
+
+
+def test_every_request_field_is_bounded_in_the_document(client: FlaskClient) -> None:
+    schemas = _get_json(client, "/openapi.json")["components"]["schemas"]
+    found = [place for name in REQUEST_SCHEMAS for place in _unbounded(schemas[name], schemas, name)]
+    found += [
+        place
+        for parameter in query_parameters(JobSearchQuery)
+        for place in _unbounded(parameter["schema"], schemas, f"GET /api/jobs?{parameter['name']}")
+    ]
+    assert found == []
+    # The one object without a schema of its own is bounded in bytes, as its description says.
+    assert "4096 bytes" in schemas["PromptRequest"]["properties"]["metadata"]["description"]
+
+
+def test_the_document_shows_the_limits_in_force(tmp_path) -> None:
+    settings = make_test_settings(
+        f"sqlite:///{tmp_path}/r.db", max_prompt_chars=1234, max_batch_items=7, max_metadata_bytes=99
+    )
+    schemas = build_openapi_spec(version="1", settings=settings)["components"]["schemas"]
+    assert schemas["PromptRequest"]["properties"]["prompt"]["maxLength"] == 1234
+    assert schemas["BatchItem"]["properties"]["prompt"]["maxLength"] == 1234
+    assert schemas["BatchRequest"]["properties"]["prompts"]["maxItems"] == 7
+    assert "99 bytes" in schemas["BatchItem"]["properties"]["metadata"]["description"]
+    assert schemas["ChatMessage"]["properties"]["content"]["anyOf"][0]["maxLength"] == 1234

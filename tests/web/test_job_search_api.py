@@ -96,11 +96,27 @@ def test_q_matches_a_prompt_substring_in_any_case_or_an_exact_id(app: Flask, cli
         {"created_at": T0, "prompt": "Give 100% of the answer"},
         {"created_at": T0, "prompt": "Name a prime number"},
     )
-    assert _ids(client, "q=capital%20OF") == [capital]
-    assert _ids(client, "q=CAPITAL") == [capital]
-    assert _ids(client, "q=0%25") == [percent]  # a LIKE wildcard in q matches only itself
-    assert _ids(client, "q=_") == []
-    assert _ids(client, f"q={other}") == [other]
+    window = "&until=2026-03-11"  # a search no index serves reads at most 31 days before `until`
+    assert _ids(client, "q=capital%20OF" + window) == [capital]
+    assert _ids(client, "q=CAPITAL" + window) == [capital]
+    assert _ids(client, "q=0%25" + window) == [percent]  # a LIKE wildcard in q matches only itself
+    assert _ids(client, "q=_" + window) == []
+    assert _ids(client, f"q={other}" + window) == [other]
+
+
+def test_a_search_no_index_serves_reads_only_its_time_window(app: Flask, client: FlaskClient) -> None:
+    now = datetime.now(UTC)
+    recent, old = _add(
+        app,
+        {"created_at": now - timedelta(days=2), "prompt": "ab recent"},
+        {"created_at": now - timedelta(days=40), "prompt": "ab old"},
+    )
+    # "ab" has no trigram: on either database it reads the 31 days before `until` (now when not given).
+    assert _ids(client, "q=ab") == [recent]
+    assert _ids(client, "q=ab&until=" + (now - timedelta(days=30)).date().isoformat()) == [old]
+    response = client.get("/api/jobs?q=ab&since=" + (now - timedelta(days=60)).date().isoformat())
+    assert response.status_code == 400
+    assert response.get_json()["error"]["details"]["field"] == "since"
 
 
 def test_pages_return_every_job_once_in_order_even_with_equal_timestamps(app: Flask, client: FlaskClient) -> None:

@@ -271,7 +271,7 @@ def test_a_streamed_answer_is_never_escalated(
 ) -> None:
     from tests.support.fakes import ok
 
-    unsure = ok("I'm not sure, maybe.", finish_reason="length")
+    unsure = ok("I'm not sure, maybe.")
     llm.script("gpt-3.5-turbo", unsure, unsure)
     sdk.chat.completions.create(model="router", messages=[{"role": "user", "content": "Explain gravity"}])
     assert llm.calls == ["gpt-3.5-turbo", "gpt-4"]  # escalated when answered whole
@@ -281,3 +281,19 @@ def test_a_streamed_answer_is_never_escalated(
         )
     )
     assert llm.calls[2:] == ["gpt-3.5-turbo"]
+
+
+def test_an_answer_cut_at_max_tokens_keeps_finish_reason_length_and_is_not_escalated(
+    sdk: openai.OpenAI, worker: list[str], llm: FakeLLMClient, app: Flask
+) -> None:
+    from tests.support.fakes import ok
+
+    llm.script("gpt-3.5-turbo", ok("Hello there, it is a fine day", finish_reason="length", completion_tokens=16))
+    raw = sdk.chat.completions.with_raw_response.create(
+        model="router", messages=[{"role": "user", "content": "Say hello in five words."}], max_tokens=16
+    )
+    completion = raw.parse()
+    assert completion.choices[0].finish_reason == "length"
+    assert (llm.calls, raw.headers["x-router-escalated"]) == (["gpt-3.5-turbo"], "false")
+    (job,) = _rows(app, RequestLog)
+    assert (job.truncated, job.max_tokens) == (True, 16)

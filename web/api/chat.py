@@ -69,7 +69,7 @@ def create_chat_completion() -> Response:
     """Route one chat and answer it as a `chat.completion`."""
     settings = current_app.extensions["settings"]
     raw = read_json_object()
-    body = validate(ChatCompletionRequest, raw)
+    body = validate(ChatCompletionRequest, raw, max_prompt_chars=settings.max_prompt_chars)
     request = job_request(body, catalog=current_app.extensions["catalog"], max_prompt_chars=settings.max_prompt_chars)
     job_id, queued = submission.accept_job(raw, request, use_cache=body.cache)
     timeout_s = settings.default_deadline_s + WAIT_SLACK_S

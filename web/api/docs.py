@@ -157,7 +157,7 @@ def _document(variant: str) -> Response:
     # Built on first use and kept per app: the models do not change while it runs.
     documents = current_app.extensions.get(EXTENSION_KEY)
     if documents is None:
-        spec = build_openapi_spec(version=_api_version())
+        spec = build_openapi_spec(version=_api_version(), settings=current_app.extensions.get("settings"))
         documents = {
             "3.1": json.dumps(spec).encode(),
             "3.0": json.dumps(downgrade_to_openapi_30(spec)).encode(),
