@@ -48,10 +48,8 @@ def receiver() -> Iterator[str]:
 
 
 @pytest.fixture
-def webhook_settings(receiver: str, tmp_path, sessions, catalog, monkeypatch: pytest.MonkeyPatch):
-    settings = make_test_settings(
-        f"sqlite:///{tmp_path}/router.db", alert_webhook_url=receiver, alert_webhook_secret="s3cret"
-    )
+def webhook_settings(receiver: str, database_url: str, sessions, catalog, monkeypatch: pytest.MonkeyPatch):
+    settings = make_test_settings(database_url, alert_webhook_url=receiver, alert_webhook_secret="s3cret")
     deps = runs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=FakeLLMClient())
     monkeypatch.setattr(runtime, "get_deps", lambda: deps)
     return settings
