@@ -102,10 +102,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run each test that uses the `database` fixture, directly or through another fixture, on both databases."""
     if "database" not in metafunc.fixturenames:
         return
-    marker = metafunc.definition.get_closest_marker("sqlite_only")
-    if marker is not None and not (marker.args or marker.kwargs.get("reason")):
-        raise pytest.UsageError(f"{metafunc.definition.nodeid}: sqlite_only needs a reason")
-    metafunc.parametrize("database", ["sqlite"] if marker else DATABASES, indirect=True)
+    sqlite_only = metafunc.definition.get_closest_marker("sqlite_only") is not None
+    metafunc.parametrize("database", ["sqlite"] if sqlite_only else DATABASES, indirect=True)
 
 
 @pytest.fixture
