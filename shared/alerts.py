@@ -12,11 +12,10 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from shared import budget
+from shared.db.insert_or_ignore import insert_or_ignore
 from shared.db.models import BudgetAlert
 from shared.db.models import MonthlyBudget
 from shared.db.types import utcnow
@@ -102,23 +101,13 @@ def fire(
     session: Session, *, scope: str, period: budget.Period, spent: Decimal, limit: Decimal, thresholds: Sequence[int]
 ) -> list[Alert]:
     """check() for a caller that already holds the month's spend and limit (a settlement's RETURNING)."""
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     fired = []
     for threshold in reached(spent=spent, limit=limit, thresholds=thresholds):
-        result = session.execute(
-            insert(BudgetAlert)
-            .values(
-                scope=scope,
-                year=period.year,
-                month=period.month,
-                threshold=threshold,
-                spent=spent,
-                monthly_limit=limit,
-                fired_at=utcnow(),
-            )
-            .on_conflict_do_nothing(index_elements=["scope", "year", "month", "threshold"])
-        )
-        if result.rowcount == 1:  # type: ignore[attr-defined]
+        values = {
+            "scope": scope, "year": period.year, "month": period.month, "threshold": threshold, "spent": spent,
+            "monthly_limit": limit, "fired_at": utcnow(),
+        }  # fmt: skip
+        if insert_or_ignore(session, BudgetAlert, values, conflict_on=("scope", "year", "month", "threshold")):
             fired.append(Alert(scope, period.year, period.month, threshold, spent, limit))
     return fired
 

@@ -98,7 +98,7 @@ def create(
 
 def get_view(session: Session, *, batch_id: str) -> BatchView:
     """Return the batch and its jobs in submission order, or raise NotFound."""
-    batch = session.get(Batch, batch_id, populate_existing=True)
+    batch = session.get(Batch, batch_id, populate_existing=True) if jobs.could_be_stored_id(batch_id) else None
     if batch is None:
         raise NotFound(f"no batch {batch_id!r}")
     rows = list(

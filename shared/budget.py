@@ -19,12 +19,11 @@ from sqlalchemy import bindparam
 from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy import update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from shared import bounds
 from shared.catalog import Catalog
+from shared.db.insert_or_ignore import insert_or_ignore
 from shared.db.models import MonthlyBudget
 from shared.db.types import Money
 from shared.errors import BudgetExceeded
@@ -116,18 +115,11 @@ def reservation_bound(
 
 def _ensure_month(session: Session, *, scope: str, period: Period, limit: Decimal) -> None:
     """Create the scope's row for the month if it is missing; a concurrent creator wins quietly."""
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    statement = insert(MonthlyBudget).values(
-        scope=scope,
-        year=period.year,
-        month=period.month,
-        monthly_limit=limit,
-        total_spent=Decimal(0),
-        reserved=Decimal(0),
-        request_count=0,
-    )
-    session.execute(statement.on_conflict_do_nothing(index_elements=["scope", "year", "month"]))
+    values = {
+        "scope": scope, "year": period.year, "month": period.month, "monthly_limit": limit,
+        "total_spent": Decimal(0), "reserved": Decimal(0), "request_count": 0,
+    }  # fmt: skip
+    insert_or_ignore(session, MonthlyBudget, values, conflict_on=("scope", "year", "month"))
 
 
 # The ledger's hot statements are built once, as Core statements on the table with bound parameters:

@@ -14,10 +14,9 @@ from typing import Any
 
 from sqlalchemy import delete
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from shared.db.insert_or_ignore import insert_or_ignore
 from shared.db.models import IdempotencyKey
 from shared.errors import IdempotencyConflict
 from shared.errors import InvalidInput
@@ -67,15 +66,11 @@ def claim(
             IdempotencyKey.owner == owner, IdempotencyKey.key == key, IdempotencyKey.created_at < now - TTL
         )
     )
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    result = session.execute(
-        insert(IdempotencyKey)
-        .values(
-            owner=owner, key=key, request_hash=request_hash, resource=resource, resource_id=resource_id, created_at=now
-        )
-        .on_conflict_do_nothing(index_elements=["owner", "key"])
-    )
-    if result.rowcount == 1:  # type: ignore[attr-defined]
+    values = {
+        "owner": owner, "key": key, "request_hash": request_hash, "resource": resource, "resource_id": resource_id,
+        "created_at": now,
+    }  # fmt: skip
+    if insert_or_ignore(session, IdempotencyKey, values, conflict_on=("owner", "key")):
         return None
     existing = session.scalars(
         select(IdempotencyKey).where(IdempotencyKey.owner == owner, IdempotencyKey.key == key)

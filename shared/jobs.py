@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 DEADLINE_SHARE_OF_LEASE = 0.8
 
 CANCELLED = "cancelled"
+# Jobs and batches have ids of one form (uuid4().hex) in columns of one length.
+ID_LENGTH: int = RequestLog.__table__.c.id.type.length  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -358,9 +360,20 @@ def _held(rows: Sequence[Row[Any]]) -> dict[tuple[str, budget.Period], tuple[Dec
     return held
 
 
+def could_be_stored_id(value: str) -> bool:
+    """Whether `value` could be the id of a stored job or batch: no longer than the column (32 characters) and
+    free of NUL, which PostgreSQL refuses in text. Anything else is unknown without a query, which would fail.
+    """
+    return len(value) <= ID_LENGTH and "\x00" not in value
+
+
 def get_or_raise(session: Session, *, job_id: str) -> RequestLog:
     """Return the job, its attempts loaded in the same query, or raise NotFound."""
-    job = session.get(RequestLog, job_id, options=[joinedload(RequestLog.attempts)])
+    job = (
+        session.get(RequestLog, job_id, options=[joinedload(RequestLog.attempts)])
+        if could_be_stored_id(job_id)
+        else None
+    )
     if job is None:
         raise NotFound(f"no job {job_id!r}")
     return job

@@ -1,4 +1,11 @@
-"""Fixtures from cheap to expensive: settings, catalog, database, sessions, app, client."""
+"""Fixtures from cheap to expensive: settings, catalog, database, sessions, app, client.
+
+Every test that uses the database fixtures (`database`, `database_url`, `settings`, `engine`, `sessions`,
+`app`, `keyed_app`, `client`, and any fixture built on them) runs twice: on SQLite, the embedded default,
+and on PostgreSQL, the production database, each time on an empty schema. A test that is genuinely about
+one of them says so: `@pytest.mark.sqlite_only("why")` runs it on SQLite alone; a test that needs PostgreSQL
+features asks for `postgres_engine` or `postgres_url` instead.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +35,10 @@ from shared.db.base import Base
 from shared.db.session import make_engine
 from shared.db.session import make_sessionmaker
 from shared.llm_client import LLMClient
+from tests.support.databases import ReusableSchema
 from tests.support.databases import temporary_postgres_database
+
+DATABASES = ("sqlite", "postgresql")
 
 # Unit suites that touch Redis use their own logical database (MODEL_ROUTER_TEST_REDIS_DB picks another,
 # so that two test runs on one machine do not flush each other's keys).
@@ -86,6 +96,36 @@ def run_jobs_soon(
     return threads, job_ids
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only(reason): run a test on the database fixtures on SQLite alone, for the reason given"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each test that uses the `database` fixture, directly or through another fixture, on both databases."""
+    if "database" not in metafunc.fixturenames:
+        return
+    sqlite_only = metafunc.definition.get_closest_marker("sqlite_only") is not None
+    metafunc.parametrize("database", ["sqlite"] if sqlite_only else DATABASES, indirect=True)
+
+
+@pytest.fixture
+def database(request: pytest.FixtureRequest) -> str:
+    """The database this run of the test is on: "sqlite" or "postgresql"."""
+    return request.param
+
+
+@pytest.fixture
+def database_url(database: str, request: pytest.FixtureRequest, tmp_path) -> str:
+    """The URL of an empty database with every table: a new SQLite file, or the session's PostgreSQL database."""
+    if database == "sqlite":
+        return f"sqlite:///{tmp_path}/router.db"
+    schema: ReusableSchema = request.getfixturevalue("postgres_schema")
+    schema.empty()
+    return schema.url
+
+
 @pytest.fixture
 def publisher(app: Flask) -> Iterator[redis.Redis]:
     """A client of the app's Redis, for a stand-in worker to announce jobs and relay streams on."""
@@ -95,8 +135,8 @@ def publisher(app: Flask) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def settings(tmp_path) -> Settings:
-    return make_test_settings(f"sqlite:///{tmp_path}/router.db")
+def settings(database_url: str) -> Settings:
+    return make_test_settings(database_url)
 
 
 @pytest.fixture(scope="session")
@@ -123,13 +163,20 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def postgres_schema(postgres_url: str) -> Iterator[ReusableSchema]:
+    """Every table in the session's PostgreSQL database, to be emptied before each test that uses it."""
+    schema = ReusableSchema(postgres_url, Base.metadata)
+    yield schema
+    schema.close()
+
+
 @pytest.fixture
-def postgres_engine(postgres_url: str) -> Iterator[Engine]:
-    engine = make_engine(make_test_settings(postgres_url))
-    Base.metadata.drop_all(engine)
-    Base.metadata.create_all(engine)
+def postgres_engine(postgres_schema: ReusableSchema) -> Iterator[Engine]:
+    """An engine on the session's PostgreSQL database, every table empty: for tests of PostgreSQL's own paths."""
+    postgres_schema.empty()
+    engine = make_engine(make_test_settings(postgres_schema.url))
     yield engine
-    Base.metadata.drop_all(engine)
     engine.dispose()
 
 

@@ -1,4 +1,7 @@
-"""The `model-router` command line against the real stack: gunicorn, a Celery worker, Redis and the simulator."""
+"""The `model-router` command line against the real stack: gunicorn, a Celery worker, Redis and the simulator.
+
+Runs once on SQLite and once on PostgreSQL, the production database.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from tests.support.stack import BIN
 from tests.support.stack import QUICK_RETRIES
 from tests.support.stack import Stack
 from tests.support.stack import http
-from tests.support.stack import migrated_sqlite_url
+from tests.support.stack import migrated_database
 from tests.support.stack import running_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_simulator")]
@@ -33,9 +36,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_simulator"
 REDIS_URL = "redis://127.0.0.1:6379/10"
 
 
-@pytest.fixture(scope="module")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return migrated_sqlite_url(tmp_path_factory.mktemp("db"))
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with migrated_database(request.param, tmp_path_factory.mktemp("db")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +53,7 @@ def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 @pytest.fixture(scope="module")
 def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_engine(database_url)
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
     yield engine
     engine.dispose()
 

@@ -147,9 +147,7 @@ def _hammer(engine: Engine, *, threads: int, per_thread: int, amount: Decimal, l
     return accepted
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_concurrent_reservations_never_pass_the_limit(backend: str, request: pytest.FixtureRequest) -> None:
-    engine = request.getfixturevalue("engine" if backend == "sqlite" else "postgres_engine")
+def test_concurrent_reservations_never_pass_the_limit(engine: Engine) -> None:
     accepted = _hammer(engine, threads=8, per_thread=15, amount=Decimal("0.1"), limit=Decimal("3.7"))
     ledger = _ledger(engine)
     assert accepted == 37

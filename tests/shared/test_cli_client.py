@@ -147,10 +147,10 @@ def server(app: Flask, catalog: Any, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
 
 @pytest.fixture
-def keyed_server(tmp_path: Path, catalog: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
+def keyed_server(database_url: str, catalog: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
     from web import create_app
 
-    app = create_app(make_test_settings(f"sqlite:///{tmp_path}/keyed.db", require_api_key=True))
+    app = create_app(make_test_settings(database_url, require_api_key=True))
     Base.metadata.create_all(app.extensions["db_engine"])
     yield from _serve(app, catalog, monkeypatch)
     app.extensions["db_engine"].dispose()

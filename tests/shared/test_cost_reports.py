@@ -28,9 +28,8 @@ def _at(day: int, hour: int = 12, **extra: int) -> datetime:
     return datetime(2026, 2, day, hour, tzinfo=UTC) + timedelta(**extra)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def session(request: pytest.FixtureRequest) -> Iterator[Session]:
-    engine: Engine = request.getfixturevalue("engine" if request.param == "sqlite" else "postgres_engine")
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
     with sessionmaker(bind=engine)() as session:
         yield session
 

@@ -34,9 +34,9 @@ def _limit_between(catalog, *, prompt: str, max_tokens: int, below: str) -> Deci
     return capped
 
 
-def test_downgrade_caps_a_hard_prompt_at_the_tier_the_budget_covers(sessions, catalog, tmp_path) -> None:
+def test_downgrade_caps_a_hard_prompt_at_the_tier_the_budget_covers(sessions, catalog, database_url) -> None:
     limit = _limit_between(catalog, prompt=HARD, max_tokens=1000, below="cheap")
-    settings = make_test_settings(f"sqlite:///{tmp_path}/router.db", monthly_budget_limit=limit)
+    settings = make_test_settings(database_url, monthly_budget_limit=limit)
     fake = FakeLLMClient()
     deps = runs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=fake, sleep=lambda _: None)
     with sessions.begin() as session:
@@ -54,17 +54,17 @@ def test_downgrade_caps_a_hard_prompt_at_the_tier_the_budget_covers(sessions, ca
     assert fake.calls == ["gpt-3.5-turbo"]
 
 
-def test_without_downgrade_the_same_request_is_refused(sessions, catalog, tmp_path) -> None:
+def test_without_downgrade_the_same_request_is_refused(sessions, catalog, database_url) -> None:
     limit = _limit_between(catalog, prompt=HARD, max_tokens=1000, below="cheap")
-    settings = make_test_settings(f"sqlite:///{tmp_path}/router.db", monthly_budget_limit=limit)
+    settings = make_test_settings(database_url, monthly_budget_limit=limit)
     with pytest.raises(BudgetExceeded), sessions.begin() as session:
         jobs.create(session, request=jobs.JobRequest(prompt=HARD), catalog=catalog, settings=settings)
 
 
-def test_downgraded_jobs_never_escalate_past_the_cap(sessions, catalog, tmp_path) -> None:
+def test_downgraded_jobs_never_escalate_past_the_cap(sessions, catalog, database_url) -> None:
     prompt = "What is the capital of France?"
     limit = _limit_between(catalog, prompt=prompt, max_tokens=1000, below="cheap")
-    settings = make_test_settings(f"sqlite:///{tmp_path}/router.db", monthly_budget_limit=limit)
+    settings = make_test_settings(database_url, monthly_budget_limit=limit)
     fake = FakeLLMClient()
     fake.script("gpt-3.5-turbo", ok("I'm not sure."))
     deps = runs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=fake, sleep=lambda _: None)
@@ -92,8 +92,8 @@ def test_a_keys_own_budget_refusal_leaves_the_global_ledger_untouched(sessions, 
     assert (view.reserved, view.request_count) == (Decimal(0), 0)
 
 
-def test_thresholds_fire_once_per_scope_and_month(sessions, catalog, tmp_path) -> None:
-    settings = make_test_settings(f"sqlite:///{tmp_path}/router.db", monthly_budget_limit=Decimal("1"))
+def test_thresholds_fire_once_per_scope_and_month(sessions, catalog, database_url) -> None:
+    settings = make_test_settings(database_url, monthly_budget_limit=Decimal("1"))
     fired: list[alerts.Alert] = []
     fake = FakeLLMClient()
     deps = runs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=fake,

@@ -233,8 +233,8 @@ def test_forced_model_is_used_whatever_the_difficulty(deps, sessions, catalog, s
     assert _job(sessions, job_id).model_used == "gpt-4-turbo"
 
 
-def test_escalation_can_be_switched_off(sessions, catalog, tmp_path, fake) -> None:
-    settings = make_test_settings(f"sqlite:///{tmp_path}/router.db", escalation_enabled=False)
+def test_escalation_can_be_switched_off(sessions, catalog, database_url, fake) -> None:
+    settings = make_test_settings(database_url, escalation_enabled=False)
     deps = runs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=fake, sleep=lambda _: None)
     fake.script("gpt-3.5-turbo", ok(HEDGE))
     job_id = _submit(sessions, catalog, settings, prompt=EASY)
@@ -289,8 +289,8 @@ def test_unknown_model_is_refused_before_anything_is_reserved(sessions, catalog,
         assert session.scalars(select(MonthlyBudget)).all() == []
 
 
-def test_no_job_is_recorded_when_the_budget_is_exhausted(sessions, catalog, tmp_path) -> None:
-    settings = make_test_settings(f"sqlite:///{tmp_path}/router.db", monthly_budget_limit=Decimal("0.001"))
+def test_no_job_is_recorded_when_the_budget_is_exhausted(sessions, catalog, database_url) -> None:
+    settings = make_test_settings(database_url, monthly_budget_limit=Decimal("0.001"))
     with pytest.raises(BudgetExceeded), sessions.begin() as session:
         jobs.create(session, request=jobs.JobRequest(prompt=EASY), catalog=catalog, settings=settings)
     with sessions() as session:
@@ -358,8 +358,8 @@ def test_a_job_can_ask_for_the_learned_estimator(deps, sessions, catalog, settin
     assert job.difficulty_score != pytest.approx(difficulty.estimate_difficulty(prompt).score, abs=1e-4)
 
 
-def test_the_estimator_setting_is_the_default(sessions, catalog, tmp_path) -> None:
-    settings = make_test_settings(f"sqlite:///{tmp_path}/router.db", difficulty_estimator="learned")
+def test_the_estimator_setting_is_the_default(sessions, catalog, database_url) -> None:
+    settings = make_test_settings(database_url, difficulty_estimator="learned")
     job_id = _submit(sessions, catalog, settings, prompt=EASY)
     assert _job(sessions, job_id).difficulty_estimator == "learned"
 

@@ -140,8 +140,9 @@ def test_a_finish_records_the_outcome_its_attempts_and_settles_every_scope_at_on
     fake.script("gpt-3.5-turbo", TransientLLMError("503", status_code=503), ok("Paris.", prompt_tokens=40,
                                                                               completion_tokens=45))  # fmt: skip
     bodies: dict[str, dict] = {}
+    fired: list = []
     deps = runs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=fake, sleep=lambda _: None,
-                        on_alert=lambda alert: None, on_answered=bodies.__setitem__)  # fmt: skip
+                        on_alert=fired.append, on_answered=bodies.__setitem__)  # fmt: skip
     statements: list[str] = []
     event.listen(postgres_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
 
@@ -160,6 +161,8 @@ def test_a_finish_records_the_outcome_its_attempts_and_settles_every_scope_at_on
         # The key's small budget crossed its threshold: the alert is recorded, after the statement.
         alerts = session.scalars(select(BudgetAlert)).all()
         assert [(a.scope, a.threshold) for a in alerts] == [(budget.key_scope(requester.api_key_id), threshold)]
+    # ... and sent on, once.
+    assert [(alert.scope, alert.threshold) for alert in fired] == [(budget.key_scope(requester.api_key_id), threshold)]
     # The outcome, its attempts and both settlements: one statement, the only one touching the ledger.
     ledger_statements = [statement for statement in statements if "monthly_budgets" in statement]
     assert len(ledger_statements) == 1 and ledger_statements[0].startswith("WITH ended AS")

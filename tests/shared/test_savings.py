@@ -23,9 +23,8 @@ from tests.support import request_logs
 T0 = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def session(request: pytest.FixtureRequest) -> Iterator[Session]:
-    engine: Engine = request.getfixturevalue("engine" if request.param == "sqlite" else "postgres_engine")
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
     with sessionmaker(bind=engine)() as session:
         yield session
 

@@ -24,6 +24,7 @@ import redis
 from shared import localstack
 from shared import metrics
 from shared.db import migrate
+from tests.support.databases import temporary_postgres_database
 
 BIN = Path(sys.executable).parent
 WORKER_COMMAND = (
@@ -56,6 +57,18 @@ def migrated_sqlite_url(directory: Path) -> str:
     url = f"sqlite:///{directory}/router.db"
     migrate.upgrade("head", database_url=url)
     return url
+
+
+@contextmanager
+def migrated_database(backend: str, directory: Path) -> Iterator[str]:
+    """Yield the URL of a new database migrated to head: a SQLite file in `directory`, or a throw-away
+    PostgreSQL database (dropped afterwards) when `backend` is "postgresql"."""
+    if backend == "sqlite":
+        yield migrated_sqlite_url(directory)
+        return
+    with temporary_postgres_database("model_router_stack") as url:
+        migrate.upgrade("head", database_url=url.replace("postgresql://", "postgresql+psycopg://", 1))
+        yield url
 
 
 def free_port() -> int:

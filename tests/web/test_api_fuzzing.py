@@ -71,7 +71,7 @@ CODE_BY_STATUS = {
 
 @pytest.fixture
 def fuzz_app(app: Flask, enqueued: list[str], monkeypatch: pytest.MonkeyPatch) -> Flask:
-    """Return the app on its temporary SQLite database, needing neither a broker nor a worker."""
+    """Return the app on its empty database, needing neither a broker nor a worker."""
     # No job ever runs here, so a fuzzed `wait: true` with a long timeout_s would sleep out that timeout.
     # The cases are not rewritten to `wait: false`: that would spoil the negative cases whose invalid part
     # is `wait`, and send bodies other than the generated ones. Instead every wait times out at once, so
@@ -82,6 +82,12 @@ def fuzz_app(app: Flask, enqueued: list[str], monkeypatch: pytest.MonkeyPatch) -
     # One accepted job, so that the ledger a rejection or a read must leave alone is not empty.
     assert app.test_client().post("/api/prompt", json={"prompt": "Seed", "wait": False}).status_code == 202
     return app
+
+
+@pytest.fixture
+def seen_idempotency_keys() -> set[str]:
+    """The Idempotency-Keys the cases of one operation sent: one app and database serve all of them."""
+    return set()
 
 
 def _ledger(app: Flask) -> tuple[int, ...]:
@@ -118,9 +124,6 @@ def test_the_fuzzed_document_is_the_one_served(client: FlaskClient) -> None:
     assert served == build_openapi_spec(version=served["info"]["version"])
 
 
-_SEEN_IDEMPOTENCY_KEYS: set[tuple[str, str]] = set()
-
-
 # Small enough that the file runs in well under a minute on two cores: max_examples bounds the fuzzing phase
 # per operation, on top of the spec's examples and the coverage phase's boundary cases. Derandomized so CI
 # sees the same cases on every run, and without Hypothesis's example database so nothing lands in the tree.
@@ -139,7 +142,7 @@ _SEEN_IDEMPOTENCY_KEYS: set[tuple[str, str]] = set()
     ],
 )
 def test_fuzzed_requests_conform_and_rejections_leave_the_ledger_alone(
-    case: schemathesis.Case, fuzz_app: Flask
+    case: schemathesis.Case, fuzz_app: Flask, seen_idempotency_keys: set[str]
 ) -> None:
     before = _ledger(fuzz_app)
     response = case.call(app=fuzz_app)
@@ -151,12 +154,10 @@ def test_fuzzed_requests_conform_and_rejections_leave_the_ledger_alone(
     elif case.method != "POST":
         assert after == before, f"a {case.method} changed the ledger: {before} -> {after}"
     elif response.status_code == 202:
-        # Each operation has an app (and database) of its own, so keys are remembered per operation.
-        header = (case.headers or {}).get("Idempotency-Key")
-        key = None if header is None else (case.path, header)
-        replayed = key is not None and key in _SEEN_IDEMPOTENCY_KEYS
+        key = (case.headers or {}).get("Idempotency-Key")
+        replayed = key is not None and key in seen_idempotency_keys
         if key is not None:
-            _SEEN_IDEMPOTENCY_KEYS.add(key)
+            seen_idempotency_keys.add(key)
         # A replayed Idempotency-Key answers the work it made before and records nothing new; a new batch
         # records one job per item, a new prompt one job.
         made = len(response.json()["job_ids"]) if case.path == "/api/batch" else 1

@@ -10,6 +10,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func
 from sqlalchemy import select
 
+from shared import api_keys
 from shared import runs
 from shared.db.models import IdempotencyKey
 from shared.db.models import MonthlyBudget
@@ -138,6 +139,41 @@ def test_an_idempotent_batch_is_not_submitted_twice(client: FlaskClient, app: Fl
     second = client.post("/api/batch", json={"prompts": ["a", "b"]}, headers=headers).get_json()
     assert (first["batch_id"], first["job_ids"]) == (second["batch_id"], second["job_ids"])
     assert _count(app, RequestLog) == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "made"),
+    [("/api/prompt", {"prompt": "Hi", "wait": False}, "job_id"), ("/api/batch", {"prompts": ["a", "b"]}, "batch_id")],
+    ids=["prompt", "batch"],
+)
+def test_each_new_idempotency_key_makes_new_work_and_a_repeated_one_returns_it(
+    client: FlaskClient, app: Flask, enqueued, path: str, body: dict, made: str
+) -> None:
+    def submit(key: str) -> str:
+        response = client.post(path, json=body, headers={"Idempotency-Key": key})
+        assert response.status_code == 202, response.get_json()
+        return response.get_json()[made]
+
+    first, repeated, second, third = submit("k-1"), submit("k-1"), submit("k-2"), submit("k-3")
+    assert first == repeated and len({first, second, third}) == 3
+    assert _count(app, IdempotencyKey) == 3
+    assert client.get(f"{'/api/jobs' if made == 'job_id' else '/api/batch'}/{third}").status_code == 200
+
+
+def test_one_idempotency_key_sent_by_two_api_keys_makes_work_for_each(keyed_app: Flask) -> None:
+    client = keyed_app.test_client()
+    with make_sessionmaker(keyed_app.extensions["db_engine"]).begin() as session:
+        keys = [api_keys.create(session, name=name)[1] for name in ("alice", "bob")]
+    made = []
+    for key in [*keys, keys[0]]:
+        headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "nightly"}
+        response = client.post("/api/batch", json={"prompts": ["a"]}, headers=headers)
+        assert response.status_code == 202, response.get_json()
+        made.append(response.get_json()["batch_id"])
+    alice, bob, alice_again = made
+    assert alice == alice_again and bob != alice
+    bobs_view = client.get(f"/api/batch/{bob}", headers={"Authorization": f"Bearer {keys[1]}"})
+    assert bobs_view.status_code == 200
 
 
 def test_a_refused_request_does_not_use_up_its_idempotency_key(client: FlaskClient, app: Flask, enqueued) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Callable
-from collections.abc import Iterator
 from typing import Any
 
 import fakeredis
@@ -16,8 +14,6 @@ from flask.testing import FlaskClient
 from sqlalchemy import text
 from werkzeug.test import TestResponse
 
-from shared.db.base import Base
-from tests.conftest import make_test_settings
 from tests.support.fakes import TimedOutWaiter
 
 JSON = "application/json"
@@ -34,43 +30,6 @@ def _no_broker(app: Flask, enqueued: list[str], monkeypatch: pytest.MonkeyPatch)
     # Health and stats ask Redis for worker and circuit state: an in-memory one keeps the run broker-free.
     monkeypatch.setattr(redis.Redis, "from_url", lambda *_, **__: fakeredis.FakeRedis())
     _seed(app)
-
-
-@pytest.fixture
-def app_on(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, app: Flask, enqueued: list[str]
-) -> Iterator[Callable[[str], tuple[Flask, list[str]]]]:
-    """Return the app on "sqlite" (the `app` fixture) or on a throw-away "postgres" database, the production one."""
-    built: list[Flask] = []
-
-    def make(backend: str) -> tuple[Flask, list[str]]:
-        if backend == "sqlite":
-            return app, enqueued
-        from web import create_app
-        from worker import tasks
-
-        pg_app = create_app(make_test_settings(request.getfixturevalue("postgres_url")))
-        pg_app.config["TESTING"] = True
-        Base.metadata.drop_all(pg_app.extensions["db_engine"])
-        Base.metadata.create_all(pg_app.extensions["db_engine"])
-        built.append(pg_app)
-        monkeypatch.setitem(pg_app.extensions, "waiter", TimedOutWaiter())
-        sent: list[str] = []
-        # Patch this app's own task, not the `tasks.run_job` proxy: `enqueued` already patched the proxy
-        # while it resolved to the SQLite app's Celery app, and create_app has just made another one current.
-        task = pg_app.extensions["celery"].tasks[tasks.run_job.name]
-        monkeypatch.setattr(task, "apply_async", lambda args, **_: sent.append(args[0]))
-        _seed(pg_app)
-        return pg_app, sent
-
-    yield make
-    if built:
-        # Make the SQLite app's Celery app current again, so that undoing `enqueued` restores its own task.
-        app.extensions["celery"].set_current()
-        app.extensions["celery"].set_default()
-    for pg_app in built:
-        Base.metadata.drop_all(pg_app.extensions["db_engine"])
-        pg_app.extensions["db_engine"].dispose()
 
 
 def _seed(app: Flask) -> None:
@@ -226,38 +185,18 @@ def test_a_gzip_content_encoding_is_415(app: Flask, enqueued: list[str], compres
 # --- characters the database or a strict JSON parser cannot take ---------------------------------------
 
 
-@pytest.mark.parametrize(
-    "backend",
-    [
-        pytest.param(
-            "sqlite",
-        ),
-        pytest.param(
-            "postgres",
-        ),
-    ],
-)
-def test_a_nul_character_in_the_prompt_is_400(app_on: Callable[[str], tuple[Flask, list[str]]], backend: str) -> None:
-    app, enqueued = app_on(backend)
+def test_a_nul_character_in_the_prompt_is_400(app: Flask, enqueued: list[str]) -> None:
     error = _assert_rejected(app, enqueued, b'{"prompt": "a\\u0000b", "wait": false}', 400, "invalid_request")
     assert error["details"]["field"] == "prompt"
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_a_nul_character_in_metadata_round_trips(
-    app_on: Callable[[str], tuple[Flask, list[str]]], backend: str
-) -> None:
-    app, enqueued = app_on(backend)
+def test_a_nul_character_in_metadata_round_trips(app: Flask, enqueued: list[str]) -> None:
     job_id = _assert_accepted(app, enqueued, b'{"prompt": "Hello", "wait": false, "metadata": {"k": "a\\u0000b"}}')
     assert app.test_client().get(f"/api/jobs/{job_id}").get_json()["metadata"] == {"k": "a\x00b"}
 
 
 @pytest.mark.parametrize("path", BODY_PATHS)
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_a_lone_surrogate_in_the_prompt_is_400(
-    app_on: Callable[[str], tuple[Flask, list[str]]], backend: str, path: str
-) -> None:
-    app, enqueued = app_on(backend)
+def test_a_lone_surrogate_in_the_prompt_is_400(app: Flask, enqueued: list[str], path: str) -> None:
     body = b'{"prompt": "a\\ud800b", "wait": false}'
     error = _assert_rejected(app, enqueued, body, 400, "invalid_request", path=path)
     assert error["details"]["field"] == "prompt"
@@ -285,22 +224,8 @@ def test_huge_or_non_finite_numbers_in_numeric_fields_are_400(
     _assert_rejected(app, enqueued, body, 400, "invalid_request")
 
 
-@pytest.mark.parametrize(
-    "backend",
-    [
-        pytest.param(
-            "sqlite",
-        ),
-        pytest.param(
-            "postgres",
-        ),
-    ],
-)
 @pytest.mark.parametrize("literal", NON_FINITE_LITERALS)
-def test_non_finite_numbers_in_metadata_are_400(
-    app_on: Callable[[str], tuple[Flask, list[str]]], backend: str, literal: str
-) -> None:
-    app, enqueued = app_on(backend)
+def test_non_finite_numbers_in_metadata_are_400(app: Flask, enqueued: list[str], literal: str) -> None:
     body = f'{{"prompt": "Hello", "wait": false, "metadata": {{"x": {literal}}}}}'.encode()
     error = _assert_rejected(app, enqueued, body, 400, "invalid_request")
     # NaN, Infinity and numbers beyond a double are not JSON (RFC 8259): the body is refused as a whole.
@@ -371,11 +296,13 @@ def test_an_extremely_long_header_value_never_causes_a_server_error(
 
 
 @pytest.mark.parametrize(
-    "job_id",
+    "hostile_id",
     ["a" * 100_000, "%00", "%ED%A0%80", "%FF", "%C3%BCn%C3%AF", "..%2F..%2Fetc%2Fpasswd", "%20", "1%3B%20DROP"],
 )
-def test_hostile_job_ids_are_404(client: FlaskClient, job_id: str) -> None:
-    _error(client.get(f"/api/jobs/{job_id}"), 404, "not_found")
+@pytest.mark.parametrize("path", ["/api/jobs", "/api/batch"])
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_hostile_job_and_batch_ids_are_404(client: FlaskClient, method: str, path: str, hostile_id: str) -> None:
+    _error(client.open(f"{path}/{hostile_id}", method=method), 404, "not_found")
 
 
 @pytest.mark.parametrize(

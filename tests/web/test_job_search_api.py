@@ -11,27 +11,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from shared import api_keys
-from shared.config import Settings
-from shared.db.base import Base
 from shared.db.models import JobStatus
-from shared.db.session import make_engine
 from shared.db.session import make_sessionmaker
-from tests.conftest import make_test_settings
 from tests.support import request_logs
 
 T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def settings(request: pytest.FixtureRequest, tmp_path) -> Settings:
-    """Settings on a fresh SQLite file or a fresh schema in the test PostgreSQL database."""
-    if request.param == "sqlite":
-        return make_test_settings(f"sqlite:///{tmp_path}/search.db")
-    settings = make_test_settings(request.getfixturevalue("postgres_url"))
-    engine = make_engine(settings)
-    Base.metadata.drop_all(engine)
-    engine.dispose()
-    return settings
 
 
 def _add(app: Flask, *rows: dict) -> list[str]:

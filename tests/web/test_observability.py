@@ -25,10 +25,10 @@ def _parsed(stream: io.StringIO) -> list[dict]:
     return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
-def _make_app(tmp_path, monkeypatch: pytest.MonkeyPatch, **overrides: object) -> Flask:
+def _make_app(database_url: str, monkeypatch: pytest.MonkeyPatch, **overrides: object) -> Flask:
     from web import create_app
 
-    app = create_app(make_test_settings(f"sqlite:///{tmp_path}/obs.db", **overrides))
+    app = create_app(make_test_settings(database_url, **overrides))
     Base.metadata.create_all(app.extensions["db_engine"])
     from worker import tasks
 
@@ -87,8 +87,8 @@ def test_request_and_job_lines_carry_the_request_id_but_never_the_prompt_or_key(
     assert key not in log_lines.getvalue()
 
 
-def test_log_prompts_puts_the_prompt_in_the_accepted_line(tmp_path, monkeypatch, log_lines) -> None:
-    app = _make_app(tmp_path, monkeypatch, log_prompts=True)
+def test_log_prompts_puts_the_prompt_in_the_accepted_line(database_url, monkeypatch, log_lines) -> None:
+    app = _make_app(database_url, monkeypatch, log_prompts=True)
     job_id = app.test_client().post("/api/prompt", json={"prompt": SECRET_PROMPT, "wait": False}).get_json()["job_id"]
     (accepted,) = [line for line in _parsed(log_lines) if line.get("event") == "job_accepted"]
     assert (accepted["job_id"], accepted["prompt"]) == (job_id, SECRET_PROMPT)
@@ -129,8 +129,8 @@ def test_metrics_need_an_admin_key_when_api_keys_are_required(keyed_app: Flask) 
     assert admin.status_code == 200 and "model_router_http_requests_total" in admin.text
 
 
-def test_metrics_public_opens_metrics_even_when_keys_are_required(tmp_path, monkeypatch) -> None:
-    app = _make_app(tmp_path, monkeypatch, require_api_key=True, metrics_public=True)
+def test_metrics_public_opens_metrics_even_when_keys_are_required(database_url, monkeypatch) -> None:
+    app = _make_app(database_url, monkeypatch, require_api_key=True, metrics_public=True)
     client = app.test_client()
     assert client.get("/metrics").status_code == 200
     assert client.post("/api/prompt", json={"prompt": "Hi"}).status_code == 401

@@ -32,7 +32,7 @@ QUESTION = "What is the capital of France?"
 
 
 @pytest.fixture
-def make_app(tmp_path) -> Iterator[Callable[..., Flask]]:
+def make_app(database_url: str) -> Iterator[Callable[..., Flask]]:
     """Yield a maker of apps with these settings overrides, all on one database."""
     from web import create_app
 
@@ -41,7 +41,7 @@ def make_app(tmp_path) -> Iterator[Callable[..., Flask]]:
     made: list[Flask] = []
 
     def make(**overrides: object) -> Flask:
-        app = create_app(make_test_settings(f"sqlite:///{tmp_path}/cache.db", **overrides))
+        app = create_app(make_test_settings(database_url, **overrides))
         app.config["TESTING"] = True
         Base.metadata.create_all(app.extensions["db_engine"])
         made.append(app)

@@ -51,12 +51,9 @@ def receiver() -> Iterator[str]:
 
 
 @pytest.fixture
-def webhook_settings(receiver: str, tmp_path, sessions, catalog, monkeypatch: pytest.MonkeyPatch):
+def webhook_settings(receiver: str, database_url: str, sessions, catalog, monkeypatch: pytest.MonkeyPatch):
     settings = make_test_settings(
-        f"sqlite:///{tmp_path}/router.db",
-        alert_webhook_url=receiver,
-        alert_webhook_secret="s3cret",
-        webhook_allowed_hosts=["127.0.0.1"],
+        database_url, alert_webhook_url=receiver, alert_webhook_secret="s3cret", webhook_allowed_hosts=["127.0.0.1"]
     )
     deps = runs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=FakeLLMClient())
     monkeypatch.setattr(runtime, "get_deps", lambda: deps)
