@@ -1,7 +1,7 @@
 """usage over bound: the job's flag and the month's hold
 
 Revision ID: 8d2f4b6c1e37
-Revises: 3c1d2e7a9b10
+Revises: 7d2f4b8e1c06
 Create Date: 2026-12-06 05:20:00.000000+00:00
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "8d2f4b6c1e37"
-down_revision: str | None = "3c1d2e7a9b10"
+down_revision: str | None = "7d2f4b8e1c06"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

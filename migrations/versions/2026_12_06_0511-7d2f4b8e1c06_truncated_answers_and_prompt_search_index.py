@@ -1,7 +1,7 @@
 """truncated answers and the prompt search index
 
 Revision ID: 7d2f4b8e1c06
-Revises: 3c1d2e7a9b10
+Revises: e9613c75ec6e
 Create Date: 2026-12-06 05:10:00.000000+00:00
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "7d2f4b8e1c06"
-down_revision: str | None = "3c1d2e7a9b10"
+down_revision: str | None = "e9613c75ec6e"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
