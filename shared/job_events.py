@@ -58,6 +58,9 @@ def finished(done: Finished, *, outcome: Outcome | None = None) -> None:
     """
     if outcome is not None:
         _attempts(done.job_id, outcome)
+    else:
+        # Ended without a run's answer (the reaper, a run that could not record one): its lost calls' charge.
+        metrics.record_unconfirmed(model=done.model, cost=done.unconfirmed_cost)
     status = done.status.value
     metrics.record_job_finished(tier=done.tier, model=done.model, outcome=status, error_code=done.error_code)
     values: dict[str, object] = {
@@ -67,6 +70,7 @@ def finished(done: Finished, *, outcome: Outcome | None = None) -> None:
         "model": done.model,
         "tier": done.tier,
         "error_code": done.error_code,
+        "unconfirmed_cost": str(done.unconfirmed_cost),
     }
     if outcome is not None:
         values.update(

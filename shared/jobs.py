@@ -41,10 +41,6 @@ from shared.errors import NotFound
 logger = logging.getLogger(__name__)
 
 
-# A run must end well inside its lease, or the reaper would hand the job to a second run while the first
-# is still calling upstream (and paying for it): deadlines are capped at this share of JOB_LEASE_S.
-DEADLINE_SHARE_OF_LEASE = 0.8
-
 CANCELLED = "cancelled"
 
 
@@ -278,9 +274,9 @@ def job_values(
         api_key_id=None if requester is None else requester.api_key_id,
         max_tier=max_tier,
         difficulty_estimator=request.difficulty_estimator or settings.difficulty_estimator,
-        deadline_s=min(
-            request.deadline_s or settings.default_deadline_s, settings.job_lease_s * DEADLINE_SHARE_OF_LEASE
-        ),
+        # A run must end inside its lease, or the reaper would hand the job to a second run while the first
+        # is still calling upstream (and paying for it): see shared.config.TimeLimits.
+        deadline_s=settings.deadline_for(request.deadline_s),
         batch_id=batch_id,
         batch_index=batch_index,
         budget_year=period.year,
@@ -375,6 +371,8 @@ class Finished:
     error_code: str | None = None
     # The job as the API shows it, when the code that ended it had the row at hand.
     body: dict[str, Any] | None = None
+    # The part of its cost charged at their bound for calls lost with their workers (shared.lost_calls).
+    unconfirmed_cost: Decimal = Decimal(0)
 
 
 def after_terminal(session: Session, *, job_id: str, finished: Finished) -> None:

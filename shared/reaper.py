@@ -4,8 +4,9 @@
   JOB_MAX_RUNS runs, failed with `worker_lost`.
 - A queued job not picked up within a lease lost its message (or the web process died before enqueueing):
   it is re-enqueued, or, once older than JOB_MAX_AGE_S, failed with `expired`.
-A failed job's reservation is settled at what it recorded spending (nothing, for a job that never finished
-a call), in the month it was reserved in, so a month that ends with reservations open closes them correctly.
+A failed job's reservation is settled, in the month it was reserved in, at what its lost runs' calls may
+have cost: each call a run noted before starting it is charged at its bound and marked unconfirmed
+(shared.lost_calls). A month that ends with reservations open closes them correctly.
 Re-enqueueing a job twice is harmless: only one run can claim it.
 """
 
@@ -24,9 +25,9 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
 
-from shared import budget
 from shared import job_events
 from shared import jobs
+from shared import lost_calls
 from shared.config import Settings
 from shared.db.models import JobStatus
 from shared.db.models import RequestLog
@@ -113,29 +114,9 @@ def _mark_requeued(
 def fail(
     sessions: sessionmaker[Session], *, job_id: str, code: str, message: str, now: datetime, lease: timedelta
 ) -> jobs.Finished | None:
-    """Finish a stale job as failed and settle its reservation, once; None if it moved on meanwhile."""
-    with sessions.begin() as session:
-        result = session.execute(
-            update(RequestLog)
-            .where(_stale_condition(job_id, now=now, lease=lease))
-            .values(
-                status=JobStatus.FAILED,
-                error_code=code,
-                error_message=message,
-                finished_at=now,
-                updated_at=now,
-                lease_expires_at=None,
-                settled=True,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            return None
-        job = session.get(RequestLog, job_id, populate_existing=True)
-        assert job is not None
-        period = budget.Period(job.budget_year, job.budget_month)
-        for scope in budget.scopes_of(job.api_key_id):
-            budget.settle(session, scope=scope, period=period, reserved=job.reserved_cost, cost=job.cost)
-        finished = jobs.Finished(status=JobStatus.FAILED, job_id=job_id)
-        jobs.after_terminal(session, job_id=job_id, finished=finished)
-    return finished
+    """Finish a stale job as failed and settle its reservation, once; None if it moved on meanwhile.
+
+    Its cost is what its lost runs' calls may have cost, at their bounds (shared.lost_calls).
+    """
+    where = _stale_condition(job_id, now=now, lease=lease)
+    return lost_calls.fail(sessions, job_id=job_id, where=where, code=code, message=message, now=now)

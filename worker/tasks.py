@@ -44,7 +44,9 @@ def _reset_after_fork(**_: object) -> None:
 )
 def run_job(job_id: str) -> str | None:
     """Route, call and settle one job."""
-    result = runs.run(job_id, deps=runtime.get_deps())
+    # The run's time limits count from here, as Celery's do.
+    started = time.monotonic()
+    result = runs.run(job_id, deps=runtime.get_deps(), started=started)
     if isinstance(result, runs.Busy):
         # Another run holds the lease (a redelivered message, say); if that run dies, the reaper
         # re-enqueues the job once the lease lapses.

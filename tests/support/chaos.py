@@ -86,7 +86,7 @@ SETTINGS = {
     # Kept under JOB_LEASE_S: nothing renews a lease while a job runs, so a run that outlives it is reaped
     # and run again alongside, and the first run's billed answers are dropped unrecorded. Here the only
     # re-runs must be the killed worker's.
-    "DEFAULT_DEADLINE_S": "8",
+    "DEFAULT_DEADLINE_S": "7",
 }
 SIM_CONFIG = {"retry_after_s": 0.2, "timeout_hang_s": 3}
 WAIT_TIMEOUT_S = 20.0
