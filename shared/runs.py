@@ -240,7 +240,7 @@ def _run_claimed(claim: Claim, *, deps: RunDeps) -> JobStatus | None:
         logger.exception("the job's outcome could not be recorded job_id=%s", job_id)
         return _fail_unrecorded(
             claim, "unrecordable", "the job's outcome could not be recorded", relay=relay, deps=deps,
-            at_least=_known_cost(outcome),
+            at_least=_known_cost(outcome, claim),
         )  # fmt: skip
     if relay is not None:
         # After the commit: a reader that sees the last entry finds the job recorded and settled.
@@ -283,13 +283,14 @@ def _fail_unrecorded(
     return finished.status
 
 
-def _known_cost(outcome: answering.Outcome) -> Decimal:
-    """What the outcome says was billed, or nothing if that is not a sane amount of money."""
+def _known_cost(outcome: answering.Outcome, claim: Claim) -> Decimal:
+    """What the outcome says was billed, or nothing if that cannot be true (the calls are then charged at their
+    bounds): an amount the reservation could not have covered is no measure of what was billed."""
     try:
         cost = outcome.cost
     except Exception:
         return Decimal(0)
-    return cost if cost.is_finite() and cost > 0 else Decimal(0)
+    return cost if cost.is_finite() and 0 < cost <= claim.reserved_cost else Decimal(0)
 
 
 def _unrecorded_entry() -> dict[str, str]:

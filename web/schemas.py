@@ -142,6 +142,11 @@ class JobResult(BaseModel):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cost: float | None = None
+    unconfirmed_cost: float | None = Field(
+        default=None,
+        description="The part of `cost` charged at its worst-case bound for upstream calls whose answer was lost"
+        " (with their worker, or to an interruption): the upstream may have billed them, and never said how much.",
+    )
     latency_ms: float | None = None
     escalated: bool | None = None
     cached: bool | None = None
@@ -178,6 +183,7 @@ class BudgetView(BaseModel):
 class ModelStats(BaseModel):
     requests: int
     cost: float
+    unconfirmed_cost: float = Field(description="Part of cost charged at bounds for calls whose answer was lost.")
     avg_latency_ms: float | None
     tokens: int
 
@@ -196,6 +202,9 @@ class StatsView(BaseModel):
     failed_requests: int
     success_rate: float
     total_cost: float
+    unconfirmed_cost: float = Field(
+        description="Part of total_cost charged at worst-case bounds for upstream calls whose answer was lost."
+    )
     avg_latency_ms: float | None
     total_tokens: int
     escalation_rate: float
@@ -463,6 +472,7 @@ class DayCost(BaseModel):
 class ModelCost(BaseModel):
     model: str | None = Field(description="null for jobs that never reached a model.")
     cost: float
+    unconfirmed_cost: float = Field(description="Part of cost charged at bounds for calls whose answer was lost.")
     requests: int
     prompt_tokens: int
     completion_tokens: int
@@ -488,6 +498,9 @@ class CostReportView(BaseModel):
     since: str
     until: str
     total_cost: float
+    unconfirmed_cost: float = Field(
+        description="Part of total_cost charged at worst-case bounds for upstream calls whose answer was lost."
+    )
     baseline_cost: float
     savings: float
     savings_pct: float

@@ -20,6 +20,7 @@ from shared import webhooks
 from shared.db.types import utcnow
 from shared.representations import batch_body
 from shared.representations import job_body
+from worker import broker_messages
 from worker import runtime
 from worker.celery_app import BATCH_QUEUE
 from worker.celery_app import PROMPTS_QUEUE
@@ -60,7 +61,11 @@ def run_job(job_id: str) -> str | None:
 def reap_jobs() -> dict[str, int]:
     """Re-enqueue jobs whose worker or message was lost; fail those beyond saving."""
     deps = runtime.get_deps()
-    swept = reaper.sweep(sessions=deps.sessions, settings=deps.settings)
+    swept = reaper.sweep(
+        sessions=deps.sessions,
+        settings=deps.settings,
+        messages=lambda: broker_messages.job_messages(reap_jobs.app, queues=(PROMPTS_QUEUE, BATCH_QUEUE)),
+    )
     for job_id, in_batch in swept.requeued:
         enqueue_job(job_id, batch=in_batch)
     for finished in swept.failed:
