@@ -32,15 +32,18 @@ WORKER_COMMAND = (
 )  # fmt: skip
 
 
-def worker_command(queues: str | None = None, pool: str = "threads") -> list[str]:
+def worker_command(queues: str | None = None, pool: str = "threads", concurrency: int | None = None) -> list[str]:
     """Return WORKER_COMMAND, consuming `queues` (comma-separated) instead of "prompts,batch" when given.
 
-    `pool` "gevent" runs the production pool on PostgreSQL (SQLite's blocking calls need "threads").
+    `pool` "gevent" runs the production pool on PostgreSQL (SQLite's blocking calls need "threads");
+    `concurrency` replaces the 8 slots.
     """
     command = list(WORKER_COMMAND)
     if queues is not None:
         command[command.index("--queues") + 1] = queues
     command[command.index("--pool") + 1] = pool
+    if concurrency is not None:
+        command[command.index("--concurrency") + 1] = str(concurrency)
     return command
 
 
@@ -85,7 +88,7 @@ class Stack:
     a Celery `beat` process, `web_workers` gunicorn workers and extra gunicorn arguments (`web_args`).
     `worker_queues`, when given, starts one worker per entry (`workerN@%h`, consuming that entry's
     comma-separated queues, e.g. ("prompts", "batch") as in production) instead of `workers` workers.
-    `worker_pool`: see worker_command.
+    `worker_pool`, `worker_concurrency`: see worker_command.
     """
 
     env: dict[str, str]
@@ -100,6 +103,7 @@ class Stack:
     web_args: tuple[str, ...] = ()
     worker_queues: tuple[str, ...] | None = None
     worker_pool: str = "threads"
+    worker_concurrency: int | None = None
 
     @property
     def web(self) -> str:
@@ -144,7 +148,7 @@ class Stack:
 
         `queues` (comma-separated) replaces the default "prompts,batch".
         """
-        self._spawn(name, [*worker_command(queues, self.worker_pool), "-n", f"{name}@%h"])
+        self._spawn(name, [*worker_command(queues, self.worker_pool, self.worker_concurrency), "-n", f"{name}@%h"])
         if not wait:
             return
         deadline = time.monotonic() + timeout_s
