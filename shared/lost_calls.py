@@ -16,10 +16,13 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy import Row
 from sqlalchemy import bindparam
 from sqlalchemy import case
+from sqlalchemy import func
 from sqlalchemy import literal
 from sqlalchemy import select
 from sqlalchemy import update
@@ -32,12 +35,17 @@ from shared import jobs
 from shared.config import Settings
 from shared.db.models import ApiKey
 from shared.db.models import JobStatus
+from shared.db.models import RequestAttempt
 from shared.db.models import RequestLog
 from shared.db.session import execute_alone
 from shared.db.types import Money
 from shared.errors import BudgetExceeded
+from shared.metrics import UNCONFIRMED
 
 logger = logging.getLogger(__name__)
+
+# Stands for a lost call's model and tier when the job names neither.
+UNKNOWN = "unknown"
 
 _JOB = RequestLog.__table__.c
 # Only while the claim holds: a run that lost its job must not spend on it any more.
@@ -122,7 +130,8 @@ def fail(
     """Fail the job (while `where` holds) charging every call not on record at its bound, and settle it once.
 
     The cost is what lost runs left charged plus the calls still noted in flight, or `at_least` (what the
-    caller knows was billed) if that is more. None if the job moved on meanwhile.
+    caller knows was billed) if that is more; one `unconfirmed` attempt carries it, so that the job's cost
+    is the sum of its attempts as always. None if the job moved on meanwhile.
     """
     charged = RequestLog.unconfirmed_cost + RequestLog.in_flight_cost
     floor = literal(at_least, type_=Money())
@@ -130,6 +139,7 @@ def fail(
     returned = (
         RequestLog.budget_year, RequestLog.budget_month, RequestLog.api_key_id, RequestLog.reserved_cost,
         RequestLog.cost, RequestLog.unconfirmed_cost, RequestLog.model_used, RequestLog.tier,
+        RequestLog.requested_model, RequestLog.requested_tier,
     )
     # fmt: on
     with sessions.begin() as session:
@@ -152,6 +162,8 @@ def fail(
         ).first()
         if job is None:
             return None
+        if job.cost > 0:
+            _record_charge(session, job_id=job_id, job=job, error_class=code, now=now)
         period = budget.Period(job.budget_year, job.budget_month)
         for scope in budget.scopes_of(job.api_key_id):
             budget.settle(session, scope=scope, period=period, reserved=job.reserved_cost, cost=job.cost)
@@ -161,3 +173,18 @@ def fail(
         )  # fmt: skip
         jobs.after_terminal(session, job_id=job_id, finished=finished)
     return finished
+
+
+def _record_charge(session: Session, *, job_id: str, job: Row[Any], error_class: str, now: datetime) -> None:
+    """Add the attempt that carries a failed job's charge for its calls not on record.
+
+    Which model a lost call went to is not known; the model the job was routed or pinned to stands for it.
+    """
+    last = session.scalar(select(func.coalesce(func.max(RequestAttempt.seq), 0)).where(RequestAttempt.job_id == job_id))
+    session.add(
+        RequestAttempt(
+            job_id=job_id, seq=last + 1, model=job.model_used or job.requested_model or UNKNOWN,
+            tier=job.tier or job.requested_tier or UNKNOWN, purpose="primary", outcome=UNCONFIRMED,
+            error_class=error_class, latency_ms=0.0, cost=job.cost, started_at=now,
+        )
+    )  # fmt: skip

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field
 from datetime import datetime
 from datetime import timedelta
 from decimal import Decimal
@@ -125,7 +126,7 @@ class Claim:
     # What the calls of earlier, lost runs may have cost, charged at their bounds (shared.lost_calls).
     lost_cost: Decimal = Decimal(0)
     # When the run's task started (time.monotonic()): its time limits count from there.
-    started: float = 0.0
+    started: float = field(default_factory=time.monotonic)
 
 
 def announce(finished: jobs.Finished, *, deps: RunDeps) -> None:

@@ -1,9 +1,14 @@
-"""A backlog is not lost messages: the reaper leaves alone the jobs whose message the broker still holds.
+"""A backlog is not lost messages, and a hanging upstream does not outlast its run: the real stack, slowly.
 
-The real stack on PostgreSQL (gunicorn, a prompts worker with beat's reaper sweeping every second, a batch
-worker with 2 slots, the simulator answering in 1.5 s) with a lease of 20 s: 60 batch items take about 45 s
-to drain, so most of them wait in the batch queue for longer than a lease. Each must be called upstream
-exactly once and succeed, and no message may be sent twice.
+The real stack on PostgreSQL as production runs it (gunicorn, gevent Celery workers: one on prompts, with
+beat's reaper sweeping every second, one on batch, each with 2 slots; the simulator answering in 1.5 s) with
+a lease of 20 s:
+
+- 60 batch items take about 45 s to drain, so most of them wait in the batch queue for longer than a lease.
+  Each must be called upstream exactly once and succeed, and no message may be sent twice.
+- A job asking for the longest deadline against an upstream that never answers ends failed once, with one
+  upstream call: its deadline and its recording end before Celery's soft time limit, which ends before the
+  lease, so the reaper never finds it running and runs it again.
 """
 
 from __future__ import annotations
@@ -13,8 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine
+from sqlalchemy import select
 
 from shared.db import migrate
+from shared.db.models import RequestLog
 from tests.support.chaos import PrivateRedis
 from tests.support.databases import temporary_postgres_database
 from tests.support.stack import QUICK_RETRIES
@@ -54,6 +62,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 settings=settings,
                 worker_queues=("prompts", "batch"),
                 worker_concurrency=SLOTS,
+                worker_pool="gevent",
                 beat=True,
             ) as stack:
                 yield stack
@@ -82,3 +91,31 @@ def test_a_batch_draining_slower_than_a_lease_is_called_once_per_item_and_succee
     # The reaper swept about 45 times while items waited past a lease, and re-sent nothing.
     assert "jobs.reap" in _log(stack, "worker1")
     assert "reaper requeued" not in _log(stack, "worker1")
+
+
+def test_a_job_at_the_longest_deadline_against_a_hanging_upstream_fails_once(stack: Stack) -> None:
+    http("POST", f"{stack.sim}/sim/config", {"latency_ms": 600_000})
+    calls_before = sum(upstream_calls(stack).values())
+    status, _, accepted = http(
+        "POST", f"{stack.web}/api/prompt", {"prompt": "Hang on.", "tier": "cheap", "deadline_s": 600, "wait": False}
+    )
+    assert status == 202, accepted
+
+    # Past the job's deadline and a whole lease more, with the reaper sweeping every second.
+    deadline = time.monotonic() + 3 * LEASE_S
+    while True:
+        body = http("GET", f"{stack.web}/api/jobs/{accepted['job_id']}")[2]
+        if body["status"] in ("succeeded", "failed") or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert body["status"] == "failed", body
+    time.sleep(LEASE_S + 2)
+
+    engine = create_engine(stack.env["DATABASE_URL"])
+    try:
+        with engine.connect() as connection:
+            run_count = connection.scalar(select(RequestLog.run_count).where(RequestLog.id == accepted["job_id"]))
+    finally:
+        engine.dispose()
+    assert run_count == 1
+    assert sum(upstream_calls(stack).values()) - calls_before == 1

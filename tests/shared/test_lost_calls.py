@@ -125,6 +125,9 @@ def test_the_reaper_charges_a_lost_runs_call_at_its_bound(deps: runs.RunDeps) ->
     assert [(f.job_id, f.error_code, f.unconfirmed_cost) for f in swept.failed] == [(job_id, "worker_lost", bound)]
     job = _job(deps, job_id)
     assert (job.status, job.cost, job.unconfirmed_cost, job.in_flight_cost) == (JobStatus.FAILED, bound, bound, 0)
+    # The job's cost is the sum of its attempts, as always: one carries the charge.
+    assert [(a.outcome, a.error_class, a.cost) for a in job.attempts] == [("unconfirmed", "worker_lost", bound)]
+    assert job_body(job)["unconfirmed_cost"] == bound
     ledger = _ledger(deps)
     assert (ledger.total_spent, ledger.reserved) == (bound, 0)
 
@@ -180,6 +183,7 @@ def test_an_outcome_the_database_refuses_fails_the_job_once_with_its_cost(deps: 
     # The answer's usage cannot be true (its reservation could not have paid for it): the call is charged
     # at its bound.
     assert (job.cost, job.unconfirmed_cost) == (bound, bound)
+    assert [(a.outcome, a.cost) for a in job.attempts] == [("unconfirmed", bound)]
     assert (_ledger(deps).total_spent, _ledger(deps).reserved) == (bound, 0)
 
 
