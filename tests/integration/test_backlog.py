@@ -1,8 +1,7 @@
 """A backlog is not lost messages, and a hanging upstream does not outlast its run: the real stack, slowly.
 
-The real stack on PostgreSQL as production runs it (gunicorn, gevent Celery workers: one on prompts, with
-beat's reaper sweeping every second, one on batch, each with 2 slots; the simulator answering in 1.5 s) with
-a lease of 20 s:
+The real stack on PostgreSQL (gunicorn, Celery workers: one on prompts, with beat's reaper sweeping every
+second, one on batch, each with 2 slots; the simulator answering in 1.5 s) with a lease of 20 s:
 
 - 60 batch items take about 45 s to drain, so most of them wait in the batch queue for longer than a lease.
   Each must be called upstream exactly once and succeed, and no message may be sent twice.
@@ -62,7 +61,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 settings=settings,
                 worker_queues=("prompts", "batch"),
                 worker_concurrency=SLOTS,
-                worker_pool="gevent",
+                # Prefork: the pool whose soft time limit interrupts a task (gevent's enforces only the hard one).
+                worker_pool="prefork",
                 beat=True,
             ) as stack:
                 yield stack
