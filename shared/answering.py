@@ -10,10 +10,12 @@ bound the whole of it: retries, fallbacks and the escalation together.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -34,6 +36,9 @@ from shared.llm_client import LLMClient
 from shared.llm_client import RetryPolicy
 from shared.llm_client import StreamInterrupted
 from shared.llm_client import complete_with_retries
+from shared.metrics import UNCONFIRMED
+
+logger = logging.getLogger(__name__)
 
 # An escalation needs at least this much of the deadline left to be worth starting.
 MIN_ESCALATION_TIME_S = 0.5
@@ -52,6 +57,9 @@ class Job:
     reserved_cost: Decimal
     deadline_s: float
     previous_runs: int = 0
+    # What the calls of those runs may have cost, charged at their bounds (shared.lost_calls); part of the
+    # reservation already spent.
+    lost_cost: Decimal = Decimal(0)
     difficulty_estimator: str = "heuristic"
     # A chat's turns and sampling options, sent upstream as they are (see shared.jobs.JobRequest).
     messages: list[dict[str, str]] | None = None
@@ -95,13 +103,28 @@ class Outcome:
         """The answer stopped at the job's max_tokens."""
         return self.completion is not None and confidence.cut_at_max_tokens(self.completion.finish_reason)
 
+    @property
+    def unconfirmed_cost(self) -> Decimal:
+        """The part of the cost charged at bounds for calls whose answer never told what they cost."""
+        return sum((record.cost for _, record in self.attempts if record.outcome == UNCONFIRMED), Decimal(0))
 
-def answer(job: Job, *, using: Answerer, on_delta: Callable[[ModelSpec, str], None] | None = None) -> Outcome:
+
+# Before each upstream call, with the most the call can cost: False stops the job (its run lost its claim).
+OnCall = Callable[[Decimal], bool]
+
+
+def answer(
+    job: Job,
+    *,
+    using: Answerer,
+    on_delta: Callable[[ModelSpec, str], None] | None = None,
+    on_call: OnCall | None = None,
+) -> Outcome:
     """Route the job and get its best answer within its deadline and reservation.
 
     With `on_delta` the answer is streamed: each text delta goes to it with the model producing it, as it
     arrives. A streamed answer is never escalated (its tokens are already out), and retries and fallbacks
-    stop at its first token.
+    stop at its first token. `on_call` is told each call's bound before the call starts.
     """
     started = time.perf_counter()
     deadline = time.monotonic() + job.deadline_s
@@ -116,11 +139,14 @@ def answer(job: Job, *, using: Answerer, on_delta: Callable[[ModelSpec, str], No
         if capped.tier != decision.tier:
             outcome.downgraded_from = decision.tier
         outcome.decision = capped
-    for _ in range(job.previous_runs):
-        # A run whose worker died left no record of its calls; say so instead of pretending it never ran.
-        outcome.attempts.append(("primary", _lost_run(catalog.get_model(outcome.decision.model))))
+    for lost in range(job.previous_runs):
+        # A run whose worker died left no record of its calls; say so instead of pretending it never ran. The
+        # calls they noted are charged, at their bounds, on the first of these records.
+        cost = job.lost_cost if lost == 0 else Decimal(0)
+        outcome.attempts.append(("primary", _lost_run(catalog.get_model(outcome.decision.model), cost=cost)))
 
-    _answer_slot(job, outcome, outcome.decision, "primary", deadline=deadline, using=using, on_delta=on_delta)
+    slot = functools.partial(_answer_slot, job, outcome, deadline=deadline, using=using, on_call=on_call)
+    slot(outcome.decision, "primary", on_delta=on_delta)
     if outcome.completion is not None and on_delta is None:
         assessed = _assess(job.prompt, outcome.completion, settings)
         outcome.confidence = assessed.score
@@ -135,7 +161,7 @@ def answer(job: Job, *, using: Answerer, on_delta: Callable[[ModelSpec, str], No
             outcome.escalated = True
             outcome.escalation_reason = ",".join(assessed.reasons) or "low_confidence"
             first = (outcome.model, outcome.completion, outcome.confidence)
-            _answer_slot(job, outcome, stronger, "escalation", deadline=deadline, using=using)
+            slot(stronger, "escalation")
             if outcome.completion is None:
                 # The stronger tier could not answer: the first answer stands.
                 outcome.model, outcome.completion, outcome.confidence = first
@@ -155,19 +181,24 @@ def _answer_slot(
     *,
     deadline: float,
     using: Answerer,
+    on_call: OnCall | None,
     on_delta: Callable[[ModelSpec, str], None] | None = None,
 ) -> None:
-    """Try the decision's model, then its fallbacks, until one answers; leave the result on `outcome`."""
+    """Try the decision's model, then its fallbacks, until one answers; leave the result on `outcome`.
+
+    A call interrupted by anything but an upstream failure (the task's time limit, say) may have been billed
+    without an answer to tell: it is recorded as unconfirmed, at its bound, and the job ends there.
+    """
     catalog = using.catalog
     policy = RetryPolicy.from_settings(using.settings)
     allowed = catalog.tiers if job.max_tier is None else catalog.tiers[: catalog.tiers.index(job.max_tier) + 1]
-    call = bounds.call_bound(prompt=job.prompt, max_tokens=job.max_tokens, messages=job.messages, options=job.options)
     outcome.completion, outcome.model = None, None
     for position, model in enumerate(catalog.chain(decision.model)):
         label = purpose if position == 0 or purpose == "escalation" else "fallback"
         if model.tier not in allowed:
             continue
-        if outcome.cost + call.cost(model) > job.reserved_cost:
+        bound = attempt_bound(job, model)
+        if outcome.cost + bound > job.reserved_cost:
             outcome.attempts.append((label, _skipped(model, "over_reservation")))
             continue
         if using.breaker is not None and not using.breaker.allow(model.name):
@@ -179,19 +210,34 @@ def _answer_slot(
         if time.monotonic() >= deadline:
             outcome.error = TransientLLMError("the job's deadline passed", details={"error_class": "deadline"})
             break
-        result = complete_with_retries(
-            using.client,
-            model=model,
-            prompt=job.prompt,
-            max_tokens=job.max_tokens,
-            policy=policy,
-            sleep=using.sleep,
-            deadline=deadline,
-            on_attempt=_breaker_recorder(using.breaker, model.name),
-            messages=job.messages,
-            options=job.options,
-            on_delta=None if on_delta is None else functools.partial(on_delta, model),
-        )
+        if on_call is not None and not on_call(bound):
+            outcome.error = TransientLLMError(
+                "the job was taken over by another run", details={"error_class": "lost_claim"}
+            )
+            return
+        started_at = utcnow()
+        try:
+            result = complete_with_retries(
+                using.client,
+                model=model,
+                prompt=job.prompt,
+                max_tokens=job.max_tokens,
+                policy=policy,
+                sleep=using.sleep,
+                deadline=deadline,
+                on_attempt=_breaker_recorder(using.breaker, model.name),
+                messages=job.messages,
+                options=job.options,
+                on_delta=None if on_delta is None else functools.partial(on_delta, model),
+            )
+        except Exception as exc:
+            logger.exception("upstream call interrupted model=%s", model.name)
+            outcome.attempts.append((label, _interrupted(model, cost=bound, started_at=started_at)))
+            outcome.error = TransientLLMError(
+                f"{model.name}: the call was interrupted ({type(exc).__name__})",
+                details={"error_class": "interrupted"},
+            )
+            return
         outcome.attempts.extend((label, record) for record in result.attempts)
         outcome.retry_count += result.retry_count
         if result.completion is not None:
@@ -224,10 +270,23 @@ def _skipped(model: ModelSpec, reason: str) -> AttemptRecord:
     )
 
 
-def _lost_run(model: ModelSpec) -> AttemptRecord:
+def attempt_bound(job: Job, model: ModelSpec) -> Decimal:
+    """Return the most one call of `model` for the job can cost: the pre-call guard's and the in-flight note's."""
+    call = bounds.call_bound(prompt=job.prompt, max_tokens=job.max_tokens, messages=job.messages, options=job.options)
+    return call.cost(model)
+
+
+def _lost_run(model: ModelSpec, *, cost: Decimal) -> AttemptRecord:
     return AttemptRecord(
-        model=model.name, tier=model.tier, outcome="error", latency_ms=0.0, started_at=utcnow(),
-        error_class="worker_lost",
+        model=model.name, tier=model.tier, outcome=UNCONFIRMED if cost > 0 else "error", latency_ms=0.0,
+        started_at=utcnow(), error_class="worker_lost", cost=cost,
+    )  # fmt: skip
+
+
+def _interrupted(model: ModelSpec, *, cost: Decimal, started_at: datetime) -> AttemptRecord:
+    return AttemptRecord(
+        model=model.name, tier=model.tier, outcome=UNCONFIRMED, latency_ms=0.0, started_at=started_at,
+        error_class="interrupted", cost=cost,
     )  # fmt: skip
 
 

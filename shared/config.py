@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,27 @@ DEFAULT_CATALOG_PATH = Path(__file__).with_name("models.toml")
 
 
 DEFAULT_REDIS_MAX_CONNECTIONS = 1024
+
+# The time limits' defaults, as shares of JOB_LEASE_S (see TimeLimits).
+_GRACE_SHARE_OF_LEASE = 0.05
+_FINISH_SHARE_OF_LEASE = 0.1
+
+
+@dataclass(frozen=True)
+class TimeLimits:
+    """How long one run of a job may take, each limit counted from the start of its task (at or before its claim).
+
+    In this order, strictly: the job's deadline (at most `max_deadline_s`), then `finish_s` to record its outcome,
+    end before Celery's soft limit (`soft_s`: the run is interrupted and records a failure), which comes before
+    its hard limit (`hard_s`: the process is killed), which comes before the lease (`lease_s`, counted from the
+    claim) lapses and lets another run take the job. So a run always ends before another may start.
+    """
+
+    max_deadline_s: float
+    finish_s: float
+    soft_s: float
+    hard_s: float
+    lease_s: float
 
 
 class Settings(BaseSettings):
@@ -105,6 +127,10 @@ class Settings(BaseSettings):
 
     # Jobs: a claimed job whose worker is silent this long may be claimed again.
     job_lease_s: int = Field(default=300, ge=10)
+    # The longest deadline a job may have (a longer one asked for is cut to it) and the time a run has after
+    # its deadline to record its outcome; unset, they are derived from JOB_LEASE_S (see TimeLimits).
+    job_max_deadline_s: float | None = Field(default=None, gt=0)
+    job_finish_s: float | None = Field(default=None, gt=0)
     worker_heartbeat_s: int = Field(default=10, ge=1)
     # The reaper (a Celery beat task) re-enqueues jobs whose worker died or whose message was lost, and
     # fails those that ran out of runs or age, releasing their reservations.
@@ -235,6 +261,37 @@ class Settings(BaseSettings):
                 "OPENAI_API_KEY is required when OPENAI_BASE_URL is not set (the default is api.openai.com)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _check_time_limits(self) -> Settings:
+        limits = self.time_limits
+        if limits.max_deadline_s + limits.finish_s >= limits.soft_s:
+            raise ValueError(
+                f"JOB_MAX_DEADLINE_S + JOB_FINISH_S ({limits.max_deadline_s:g} s + {limits.finish_s:g} s) must end "
+                f"before Celery's soft time limit ({limits.soft_s:g} s, derived from JOB_LEASE_S={self.job_lease_s}):"
+                " lower them or raise JOB_LEASE_S"
+            )
+        if "default_deadline_s" in self.model_fields_set and self.default_deadline_s > limits.max_deadline_s:
+            raise ValueError(
+                f"DEFAULT_DEADLINE_S ({self.default_deadline_s:g} s) is longer than the longest deadline a job may "
+                f"have ({limits.max_deadline_s:g} s, JOB_MAX_DEADLINE_S or derived from JOB_LEASE_S)"
+            )
+        return self
+
+    @property
+    def time_limits(self) -> TimeLimits:
+        """Return a run's time limits: the one place they are computed (Celery's among them)."""
+        lease = float(self.job_lease_s)
+        grace = lease * _GRACE_SHARE_OF_LEASE
+        hard = lease - grace
+        soft = hard - grace
+        finish = self.job_finish_s if self.job_finish_s is not None else lease * _FINISH_SHARE_OF_LEASE
+        max_deadline = self.job_max_deadline_s if self.job_max_deadline_s is not None else soft - finish - grace
+        return TimeLimits(max_deadline_s=max_deadline, finish_s=finish, soft_s=soft, hard_s=hard, lease_s=lease)
+
+    def deadline_for(self, requested_s: float | None) -> float:
+        """Return the deadline of a job that asked for `requested_s` (None: DEFAULT_DEADLINE_S), within the limits."""
+        return min(requested_s or self.default_deadline_s, self.time_limits.max_deadline_s)
 
     @property
     def api_keys_required(self) -> bool:

@@ -56,6 +56,8 @@ class DayCost:
 class ModelCost:
     model: str | None
     cost: Decimal
+    # Part of cost charged at worst-case bounds for calls whose answer was lost (shared.lost_calls).
+    unconfirmed_cost: Decimal
     requests: int
     prompt_tokens: int
     completion_tokens: int
@@ -90,6 +92,10 @@ class CostReport:
     by_model: list[ModelCost]
     by_tier: list[TierCost]
     by_key: list[KeyCost]
+
+    @property
+    def unconfirmed_cost(self) -> Decimal:
+        return sum((row.unconfirmed_cost for row in self.by_model), Decimal(0))
 
 
 def window_for(period: Period, *, today: date) -> Window:
@@ -166,13 +172,21 @@ def _by_model(session: Session, *, where: list[ColumnElement[bool]]) -> list[Mod
             func.count(RequestLog.id),
             func.sum(RequestLog.prompt_tokens),
             func.sum(RequestLog.completion_tokens),
+            func.sum(RequestLog.unconfirmed_cost, type_=Money()),
         )
         .where(*where)
         .group_by(RequestLog.model_used)
     ).all()
     result = [
-        ModelCost(model=model, cost=Decimal(cost), requests=requests, prompt_tokens=int(p), completion_tokens=int(c))
-        for model, cost, requests, p, c in rows
+        ModelCost(
+            model=model,
+            cost=Decimal(cost),
+            unconfirmed_cost=Decimal(unconfirmed),
+            requests=requests,
+            prompt_tokens=int(p),
+            completion_tokens=int(c),
+        )
+        for model, cost, requests, p, c, unconfirmed in rows
     ]
     return sorted(result, key=lambda row: (-row.cost, row.model or ""))
 

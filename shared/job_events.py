@@ -59,6 +59,9 @@ def finished(done: Finished, *, outcome: Outcome | None = None) -> None:
     """
     if outcome is not None:
         _attempts(done.job_id, outcome)
+    else:
+        # Ended without a run's answer (the reaper, a run that could not record one): its lost calls' charge.
+        metrics.record_unconfirmed(model=done.model, cost=done.unconfirmed_cost)
     if done.overrun is not None:
         _over_bound(done)
     status = done.status.value
@@ -70,6 +73,7 @@ def finished(done: Finished, *, outcome: Outcome | None = None) -> None:
         "model": done.model,
         "tier": done.tier,
         "error_code": done.error_code,
+        "unconfirmed_cost": str(done.unconfirmed_cost),
     }
     if outcome is not None:
         values.update(

@@ -42,10 +42,6 @@ from shared.errors import NotFound
 logger = logging.getLogger(__name__)
 
 
-# A run must end well inside its lease, or the reaper would hand the job to a second run while the first
-# is still calling upstream (and paying for it): deadlines are capped at this share of JOB_LEASE_S.
-DEADLINE_SHARE_OF_LEASE = 0.8
-
 CANCELLED = "cancelled"
 # Jobs and batches have ids of one form (uuid4().hex) in columns of one length.
 ID_LENGTH: int = RequestLog.__table__.c.id.type.length  # type: ignore[attr-defined]
@@ -285,9 +281,9 @@ def job_values(
         api_key_id=None if requester is None else requester.api_key_id,
         max_tier=max_tier,
         difficulty_estimator=request.difficulty_estimator or settings.difficulty_estimator,
-        deadline_s=min(
-            request.deadline_s or settings.default_deadline_s, settings.job_lease_s * DEADLINE_SHARE_OF_LEASE
-        ),
+        # A run must end inside its lease, or the reaper would hand the job to a second run while the first
+        # is still calling upstream (and paying for it): see shared.config.TimeLimits.
+        deadline_s=settings.deadline_for(request.deadline_s),
         batch_id=batch_id,
         batch_index=batch_index,
         budget_year=period.year,
@@ -395,6 +391,8 @@ class Finished:
     body: dict[str, Any] | None = None
     # How the upstream's bill passed the job's bound, when it did (shared.bounds.usage_over_bound).
     overrun: bounds.Overrun | None = None
+    # The part of its cost charged at their bound for calls lost with their workers (shared.lost_calls).
+    unconfirmed_cost: Decimal = Decimal(0)
 
 
 def after_terminal(session: Session, *, job_id: str, finished: Finished) -> None:

@@ -93,6 +93,12 @@ COST = Counter(
     "Dollars spent upstream, by model (a float mirror of the Decimal ledger).",
     ["model"],
 )
+UNCONFIRMED_COST = Counter(
+    "model_router_unconfirmed_cost_dollars_total",
+    "Dollars charged at their worst-case bound for calls whose answer was lost (with their worker, or to an"
+    " interruption) and may have been billed, by model; also counted in model_router_cost_dollars_total.",
+    ["model"],
+)
 CACHE_HITS = Counter(
     "model_router_cache_hits_total",
     "Prompts answered from the response cache, by the model and tier of the cached answer.",
@@ -105,6 +111,8 @@ USAGE_OVER_BOUND = Counter(
     ["model"],
 )
 
+# The outcome of an attempt that may have been billed though no answer says what: charged at its bound.
+UNCONFIRMED = "unconfirmed"
 # Attempts that never reached the upstream: no latency to observe, nothing billed.
 NOT_CALLED = frozenset({"circuit_open", "over_reservation", "worker_lost"})
 
@@ -139,6 +147,10 @@ def record_attempts(attempts: Sequence[tuple[str, AttemptRecord]]) -> None:
     previous: tuple[str, str] | None = None
     for purpose, record in attempts:
         slot = (purpose, record.model)
+        if record.outcome == UNCONFIRMED:
+            record_unconfirmed(model=record.model, cost=record.cost)
+            previous = None
+            continue
         if record.error_class in NOT_CALLED:
             previous = None
             continue
@@ -160,6 +172,13 @@ def record_attempts(attempts: Sequence[tuple[str, AttemptRecord]]) -> None:
 def record_usage_over_bound(*, model: str | None) -> None:
     """Count one job billed over its bound; call it once, after the commit that recorded it."""
     USAGE_OVER_BOUND.labels(model=model or NONE).inc()
+
+
+def record_unconfirmed(*, model: str | None, cost: Decimal) -> None:
+    """Count dollars charged at their bound for calls that may have been billed without an answer to tell."""
+    if cost > 0:
+        COST.labels(model=model or NONE).inc(float(cost))
+        UNCONFIRMED_COST.labels(model=model or NONE).inc(float(cost))
 
 
 def record_escalation(*, from_tier: str, to_tier: str) -> None:

@@ -2,16 +2,22 @@
 
 - A running job whose lease lapsed lost its worker: it is re-enqueued (the next run claims it), or, after
   JOB_MAX_RUNS runs, failed with `worker_lost`.
-- A queued job not picked up within a lease lost its message (or the web process died before enqueueing):
-  it is re-enqueued, or, once older than JOB_MAX_AGE_S, failed with `expired`.
-A failed job's reservation is settled at what it recorded spending (nothing, for a job that never finished
-a call), in the month it was reserved in, so a month that ends with reservations open closes them correctly.
+- A queued job not picked up within a lease may have lost its message (or the web process died before
+  enqueueing). Where the broker can be asked (`messages`), only a job whose message is gone is: one still
+  waiting in its queue, or delivered to a worker, is part of a backlog being drained and is left alone,
+  neither re-sent nor expired, however long it waits. A job whose message is gone is re-enqueued, or, once
+  older than JOB_MAX_AGE_S, failed with `expired`.
+- A running job whose message waits in a queue again (redelivered) is not re-sent a second time.
+A failed job's reservation is settled, in the month it was reserved in, at what its lost runs' calls may
+have cost: each call a run noted before starting it is charged at its bound and marked unconfirmed
+(shared.lost_calls). A month that ends with reservations open closes them correctly.
 Re-enqueueing a job twice is harmless: only one run can claim it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
 from datetime import datetime
@@ -24,9 +30,9 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
 
-from shared import budget
 from shared import job_events
 from shared import jobs
+from shared import lost_calls
 from shared.config import Settings
 from shared.db.models import JobStatus
 from shared.db.models import RequestLog
@@ -37,6 +43,14 @@ logger = logging.getLogger(__name__)
 BATCH = 500
 
 
+@dataclass(frozen=True)
+class Messages:
+    """The jobs whose message is in the broker: waiting in a queue, or delivered to a worker and unacknowledged."""
+
+    waiting: frozenset[str] = frozenset()
+    delivered: frozenset[str] = frozenset()
+
+
 @dataclass
 class Sweep:
     """What one pass of the reaper did: jobs to re-enqueue (id, is a batch item) and jobs it failed."""
@@ -45,8 +59,18 @@ class Sweep:
     failed: list[jobs.Finished] = field(default_factory=list)
 
 
-def sweep(*, sessions: sessionmaker[Session], settings: Settings, now: datetime | None = None) -> Sweep:
-    """Fail what is beyond saving and return the ids to re-enqueue; each decision is its own transaction."""
+def sweep(
+    *,
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    now: datetime | None = None,
+    messages: Callable[[], Messages] | None = None,
+) -> Sweep:
+    """Fail what is beyond saving and return the ids to re-enqueue; each decision is its own transaction.
+
+    `messages` reads which jobs the broker still holds a message for (asked once, only if a job looks stuck);
+    None: every stale job's message is taken as lost.
+    """
     now = now or utcnow()
     result = Sweep()
     lease = timedelta(seconds=settings.job_lease_s)
@@ -65,7 +89,14 @@ def sweep(*, sessions: sessionmaker[Session], settings: Settings, now: datetime 
             .order_by(RequestLog.created_at)
             .limit(BATCH)
         ).all()
+    held = messages() if messages is not None and stale else Messages()
+    draining = {job_id for job_id, status, *_ in stale if status is JobStatus.QUEUED and _in_broker(job_id, held)}
+    if draining:
+        # Seen in the broker: looked at again a lease from now, so that the sweep's window moves past them.
+        _mark_seen(sessions, job_ids=draining, now=now)
     for job_id, status, run_count, created_at, batch_id in stale:
+        if job_id in draining or (status is JobStatus.RUNNING and job_id in held.waiting):
+            continue
         if status is JobStatus.RUNNING and run_count >= settings.job_max_runs:
             reason = ("worker_lost", f"the job's worker stopped answering {run_count} times")
         elif created_at < now - timedelta(seconds=settings.job_max_age_s):
@@ -81,6 +112,20 @@ def sweep(*, sessions: sessionmaker[Session], settings: Settings, now: datetime 
     if result.requeued or result.failed:
         logger.warning("reaper requeued=%d failed=%d", len(result.requeued), len(result.failed))
     return result
+
+
+def _in_broker(job_id: str, held: Messages) -> bool:
+    return job_id in held.waiting or job_id in held.delivered
+
+
+def _mark_seen(sessions: sessionmaker[Session], *, job_ids: set[str], now: datetime) -> None:
+    with sessions.begin() as session:
+        session.execute(
+            update(RequestLog)
+            .where(RequestLog.id.in_(job_ids), RequestLog.status == JobStatus.QUEUED)
+            .values(enqueued_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def _stale_condition(job_id: str, *, now: datetime, lease: timedelta) -> object:
@@ -113,29 +158,9 @@ def _mark_requeued(
 def fail(
     sessions: sessionmaker[Session], *, job_id: str, code: str, message: str, now: datetime, lease: timedelta
 ) -> jobs.Finished | None:
-    """Finish a stale job as failed and settle its reservation, once; None if it moved on meanwhile."""
-    with sessions.begin() as session:
-        result = session.execute(
-            update(RequestLog)
-            .where(_stale_condition(job_id, now=now, lease=lease))
-            .values(
-                status=JobStatus.FAILED,
-                error_code=code,
-                error_message=message,
-                finished_at=now,
-                updated_at=now,
-                lease_expires_at=None,
-                settled=True,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            return None
-        job = session.get(RequestLog, job_id, populate_existing=True)
-        assert job is not None
-        period = budget.Period(job.budget_year, job.budget_month)
-        for scope in budget.scopes_of(job.api_key_id):
-            budget.settle(session, scope=scope, period=period, reserved=job.reserved_cost, cost=job.cost)
-        finished = jobs.Finished(status=JobStatus.FAILED, job_id=job_id)
-        jobs.after_terminal(session, job_id=job_id, finished=finished)
-    return finished
+    """Finish a stale job as failed and settle its reservation, once; None if it moved on meanwhile.
+
+    Its cost is what its lost runs' calls may have cost, at their bounds (shared.lost_calls).
+    """
+    where = _stale_condition(job_id, now=now, lease=lease)
+    return lost_calls.fail(sessions, job_id=job_id, where=where, code=code, message=message, now=now)

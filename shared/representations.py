@@ -27,6 +27,7 @@ BODY_ATTRIBUTES = (
     "error_code", "error_message", "finished_at", "response", "model_used", "tier", "difficulty_score",
     "difficulty_level", "tokens_used", "prompt_tokens", "completion_tokens", "cost", "latency_ms", "escalated",
     "escalation_reason", "downgraded_from", "confidence", "retry_count", "usage_over_bound", "truncated",
+    "unconfirmed_cost",
 )  # fmt: skip
 
 
@@ -62,6 +63,7 @@ def job_body(job: RequestLog | Row[Any], *, attempts: Sequence[Mapping[str, Any]
         prompt_tokens=job.prompt_tokens,
         completion_tokens=job.completion_tokens,
         cost=job.cost,
+        unconfirmed_cost=job.unconfirmed_cost,
         latency_ms=job.latency_ms,
         escalated=job.escalated,
         escalation_reason=job.escalation_reason,

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field
 from datetime import datetime
 from datetime import timedelta
 from decimal import Decimal
@@ -40,6 +41,7 @@ from shared import cache
 from shared import job_events
 from shared import jobs
 from shared import logs
+from shared import lost_calls
 from shared import one_statement
 from shared import streams
 from shared.catalog import Catalog
@@ -73,7 +75,8 @@ CLAIMED_COLUMNS = tuple(
     for name in (
         "id", "run_count", "prompt", "max_tokens", "preference", "requested_model", "requested_tier", "messages",
         "upstream_options", "stream", "difficulty_estimator", "budget_year", "budget_month", "reserved_cost",
-        "api_key_id", "max_tier", "deadline_s", "cache_key", "request_id", "batch_id",
+        "api_key_id", "max_tier", "deadline_s", "cache_key", "request_id", "batch_id", "in_flight_cost",
+        "unconfirmed_cost",
     )
 )  # fmt: skip
 _CLAIM = (
@@ -122,6 +125,10 @@ class Claim:
     cache_key: str | None = None
     request_id: str | None = None
     batch_id: str | None = None
+    # What the calls of earlier, lost runs may have cost, charged at their bounds (shared.lost_calls).
+    lost_cost: Decimal = Decimal(0)
+    # When the run's task started (time.monotonic()): its time limits count from there.
+    started: float = field(default_factory=time.monotonic)
 
 
 def announce(finished: jobs.Finished, *, deps: RunDeps) -> None:
@@ -173,10 +180,15 @@ class RunDeps:
         )
 
 
-def run(job_id: str, *, deps: RunDeps) -> JobStatus | Busy | None:
-    """Run the job if it is ours to run; return its final status, Busy, or None when already finished."""
+def run(job_id: str, *, deps: RunDeps, started: float | None = None) -> JobStatus | Busy | None:
+    """Run the job if it is ours to run; return its final status, Busy, or None when already finished.
+
+    `started` is when the task running it started (time.monotonic(); default: now), which its time limits
+    (shared.config.TimeLimits) count from.
+    """
+    started = time.monotonic() if started is None else started
     with logs.bound(job_id=job_id):
-        claim = _claim(job_id, deps=deps)
+        claim = _claim(job_id, deps=deps, started=started)
         if not isinstance(claim, Claim):
             return claim
         # Lines logged while running carry the id of the request that created the job.
@@ -186,48 +198,114 @@ def run(job_id: str, *, deps: RunDeps) -> JobStatus | Busy | None:
 
 
 def _run_claimed(claim: Claim, *, deps: RunDeps) -> JobStatus | None:
+    """Answer the claimed job and record it; whatever goes wrong, end it once, with its cost, if it can be."""
     job_id = claim.job_id
     request = claim.request
     relay = deps.relay if request.stream else None
-    outcome = answering.answer(
-        answering.Job(
-            prompt=request.prompt,
-            max_tokens=request.max_tokens,
-            preference=request.preference,
-            model=request.model,
-            tier=request.tier,
-            max_tier=claim.max_tier,
-            reserved_cost=claim.reserved_cost,
-            deadline_s=claim.deadline_s,
-            previous_runs=claim.run_count - 1,
-            difficulty_estimator=request.difficulty_estimator or deps.settings.difficulty_estimator,
-            messages=request.messages,
-            options=request.options,
-        ),
-        using=deps.answerer,
-        on_delta=None if relay is None else _delta_relay(job_id, relay),
-    )
+    limits = deps.settings.time_limits
+    try:
+        outcome = answering.answer(
+            answering.Job(
+                prompt=request.prompt,
+                max_tokens=request.max_tokens,
+                preference=request.preference,
+                model=request.model,
+                tier=request.tier,
+                max_tier=claim.max_tier,
+                reserved_cost=claim.reserved_cost,
+                # Counted from the task's start, so that the run ends before Celery's soft limit.
+                deadline_s=min(claim.deadline_s, limits.max_deadline_s - (time.monotonic() - claim.started)),
+                previous_runs=claim.run_count - 1,
+                lost_cost=claim.lost_cost,
+                difficulty_estimator=request.difficulty_estimator or deps.settings.difficulty_estimator,
+                messages=request.messages,
+                options=request.options,
+            ),
+            using=deps.answerer,
+            on_delta=None if relay is None else _delta_relay(job_id, relay),
+            on_call=lambda bound: lost_calls.note(
+                deps.sessions, job_id=job_id, run_count=claim.run_count, amount=bound
+            ),
+        )
+    except Exception:
+        logger.exception("the job's run failed job_id=%s", job_id)
+        return _fail_unrecorded(claim, "internal_error", "the job's run failed", relay=relay, deps=deps)
     try:
         finished = _finish_with_retries(claim, outcome, deps=deps)
-    except Exception:
-        if relay is not None:
-            # The job stays running until the reaper takes it over; its reader need not wait that long.
-            relay(job_id, {"type": streams.ERROR, "code": "unavailable", "message": "the job could not be recorded"})
-        raise
+    except Exception as error:
+        if _is_disconnect(error):
+            if relay is not None:
+                # The job stays running until the reaper takes it over; its reader need not wait that long.
+                relay(job_id, _unrecorded_entry())
+            raise
+        # Retrying cannot fix it (a value the table refuses, say): fail the job, with its cost, instead of
+        # leaving it running for the reaper to run and pay again.
+        logger.exception("the job's outcome could not be recorded job_id=%s", job_id)
+        return _fail_unrecorded(
+            claim, "unrecordable", "the job's outcome could not be recorded", relay=relay, deps=deps,
+            at_least=_known_cost(outcome, claim),
+        )  # fmt: skip
     if relay is not None:
         # After the commit: a reader that sees the last entry finds the job recorded and settled.
-        relay(job_id, _last_entry(outcome, recorded=finished is not None))
+        _quietly(relay, job_id, _last_entry(outcome, recorded=finished is not None))
     if finished is None:
         return None
     # Before the announcement: a client repeating the request as soon as it has the answer must hit.
-    _keep_answer(claim, outcome, deps=deps)
-    job_events.finished(finished, outcome=outcome)
+    _quietly(_keep_answer, claim, outcome, deps=deps)
+    _quietly(job_events.finished, finished, outcome=outcome)
     if deps.on_answered is not None and finished.body is not None:
-        deps.on_answered(job_id, finished.body)
+        _quietly(deps.on_answered, job_id, finished.body)
     else:
-        deps.on_finished(job_id)
-    announce(finished, deps=deps)
+        _quietly(deps.on_finished, job_id)
+    _quietly(announce, finished, deps=deps)
     return finished.status
+
+
+def _fail_unrecorded(
+    claim: Claim,
+    code: str,
+    message: str,
+    *,
+    relay: Callable[[str, dict[str, str]], None] | None,
+    deps: RunDeps,
+    at_least: Decimal = Decimal(0),
+) -> JobStatus | None:
+    """End the claimed job failed, charging its calls at their bounds as noted (shared.lost_calls)."""
+    finished = lost_calls.fail(
+        deps.sessions, job_id=claim.job_id, where=lost_calls.held_by(claim.job_id, claim.run_count), code=code,
+        message=message, now=utcnow(), at_least=at_least,
+    )  # fmt: skip
+    if relay is not None:
+        _quietly(relay, claim.job_id, _unrecorded_entry() if finished is None else {
+            "type": streams.ERROR, "code": code, "message": message})  # fmt: skip
+    if finished is None:
+        return None
+    _quietly(job_events.finished, finished)
+    _quietly(deps.on_finished, claim.job_id)
+    _quietly(announce, finished, deps=deps)
+    return finished.status
+
+
+def _known_cost(outcome: answering.Outcome, claim: Claim) -> Decimal:
+    """What the outcome says was billed, or nothing if that cannot be true (the calls are then charged at their
+    bounds): an amount the reservation could not have covered is no measure of what was billed."""
+    try:
+        cost = outcome.cost
+    except Exception:
+        return Decimal(0)
+    return cost if cost.is_finite() and 0 < cost <= claim.reserved_cost else Decimal(0)
+
+
+def _unrecorded_entry() -> dict[str, str]:
+    return {"type": streams.ERROR, "code": "unavailable", "message": "the job could not be recorded"}
+
+
+def _quietly(step: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+    """Run a step that follows the job's commit: its failure is logged, never sent round the reaper."""
+    try:
+        step(*args, **kwargs)
+    except Exception:
+        logger.exception("a step after recording the job failed step=%s", getattr(step, "__name__", step))
 
 
 def _keep_answer(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> None:
@@ -284,8 +362,11 @@ def _last_entry(outcome: answering.Outcome, *, recorded: bool) -> dict[str, str]
     return {"type": streams.ERROR, "code": code, "message": message, **common}
 
 
-def _claim(job_id: str, *, deps: RunDeps) -> Claim | Busy | None:
-    """Claim the job and read what running it needs in one statement; look at it again only if that fails."""
+def _claim(job_id: str, *, deps: RunDeps, started: float | None = None) -> Claim | Busy | None:
+    """Claim the job and read what running it needs in one statement; look at it again only if that fails.
+
+    A claim that finds calls a lost run left noted charges them, and tops the reservation up by as much.
+    """
     now = utcnow()
     params = {
         "b_job_id": job_id,
@@ -306,6 +387,14 @@ def _claim(job_id: str, *, deps: RunDeps) -> Claim | Busy | None:
             elif current.status is JobStatus.RUNNING and current.lease_expires_at is not None:
                 return Busy(lease_expires_at=current.lease_expires_at)
             return None
+    reserved_cost, lost_cost = job.reserved_cost, job.unconfirmed_cost
+    if job.in_flight_cost > 0:
+        with deps.sessions() as session:
+            limits = lost_calls.limits_for(session, api_key_id=job.api_key_id, settings=deps.settings)
+        reserved_cost += lost_calls.absorb(
+            deps.sessions, job_id=job.id, run_count=job.run_count, lost=job.in_flight_cost, limits=limits
+        )
+        lost_cost += job.in_flight_cost
     return Claim(
         job_id=job.id,
         run_count=job.run_count,
@@ -321,26 +410,31 @@ def _claim(job_id: str, *, deps: RunDeps) -> Claim | Busy | None:
             difficulty_estimator=job.difficulty_estimator,
         ),
         period=budget.Period(job.budget_year, job.budget_month),
-        reserved_cost=job.reserved_cost,
+        reserved_cost=reserved_cost,
         api_key_id=job.api_key_id,
         max_tier=job.max_tier,
         deadline_s=job.deadline_s or deps.settings.default_deadline_s,
         cache_key=job.cache_key,
         request_id=job.request_id,
         batch_id=job.batch_id,
+        lost_cost=lost_cost,
+        started=time.monotonic() if started is None else started,
     )
 
 
 def _finish_with_retries(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.Finished | None:
     """Record the outcome, retrying while the database is unreachable: the answer in hand is not thrown away.
 
-    Retries stop before the lease lapses; past it another run may take the job over, and the conditional
-    finish makes sure only one of them records and settles it.
+    Retries stop when the run's time to finish ends (shared.config.TimeLimits), before Celery's soft limit and
+    the lease; past the lease another run may take the job over, and the conditional finish makes sure only
+    one of them records and settles it.
     """
+    limits = deps.settings.time_limits
+    left = limits.max_deadline_s + limits.finish_s - (time.monotonic() - claim.started)
     retrying = Retrying(
         retry=retry_if_exception(_is_disconnect),
         wait=wait_exponential_jitter(multiplier=0.2, max=5),
-        stop=stop_after_delay(deps.settings.job_lease_s * 0.5),
+        stop=stop_after_delay(max(left, 0.0)),
         sleep=deps.sleep,
         reraise=True,
         before_sleep=lambda state: logger.warning(
@@ -382,6 +476,9 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
         "prompt_tokens": sum(record.prompt_tokens for _, record in outcome.attempts),
         "completion_tokens": sum(record.completion_tokens for _, record in outcome.attempts),
         "cost": outcome.cost,
+        "unconfirmed_cost": outcome.unconfirmed_cost,
+        # The run's calls are on record now, with their true costs.
+        "in_flight_cost": Decimal(0),
         "settled": True,
     }
     # The ledger records what the upstream billed, whatever the bound said; a bill over it also flags the job
@@ -433,6 +530,7 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
         tier=values["tier"],
         error_code=values.get("error_code"),
         overrun=overrun,
+        unconfirmed_cost=values["unconfirmed_cost"],
     )
     if overrun is not None:
         finished.alerts.append(

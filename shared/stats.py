@@ -21,6 +21,7 @@ from shared.db.types import Money
 class ModelStats:
     requests: int
     cost: Decimal
+    unconfirmed_cost: Decimal
     avg_latency_ms: float | None
     tokens: int
 
@@ -33,6 +34,8 @@ class Stats:
     successful_requests: int
     failed_requests: int
     total_cost: Decimal
+    # Part of total_cost charged at worst-case bounds for calls whose answer was lost (shared.lost_calls).
+    unconfirmed_cost: Decimal
     avg_latency_ms: float | None
     total_tokens: int
     escalated_requests: int
@@ -76,6 +79,7 @@ def get_stats(session: Session, *, since: datetime | None = None, api_key_id: in
             func.sum(case((RequestLog.escalated, 1), else_=0)),
             func.sum(RequestLog.retry_count),
             func.sum(case((RequestLog.cached, 1), else_=0)),
+            func.sum(RequestLog.unconfirmed_cost, type_=Money()),
         ).where(*where)
     ).one()
     fallbacks = session.scalar(
@@ -90,6 +94,7 @@ def get_stats(session: Session, *, since: datetime | None = None, api_key_id: in
             func.sum(RequestLog.cost, type_=Money()),
             func.avg(RequestLog.latency_ms),
             func.sum(RequestLog.tokens_used),
+            func.sum(RequestLog.unconfirmed_cost, type_=Money()),
         )
         .where(RequestLog.model_used.is_not(None), *where)
         .group_by(RequestLog.model_used)
@@ -106,11 +111,16 @@ def get_stats(session: Session, *, since: datetime | None = None, api_key_id: in
         total_retries=int(totals[7] or 0),
         fallback_attempts=int(fallbacks or 0),
         cache_hits=int(totals[8] or 0),
+        unconfirmed_cost=totals[9] or Decimal(0),
         by_model={
             model: ModelStats(
-                requests=count, cost=cost or Decimal(0), avg_latency_ms=_round(latency), tokens=int(tokens or 0)
+                requests=count,
+                cost=cost or Decimal(0),
+                unconfirmed_cost=unconfirmed or Decimal(0),
+                avg_latency_ms=_round(latency),
+                tokens=int(tokens or 0),
             )
-            for model, count, cost, latency, tokens in rows
+            for model, count, cost, latency, tokens, unconfirmed in rows
         },
     )
 

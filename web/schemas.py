@@ -167,6 +167,11 @@ class JobResult(BaseModel):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cost: float | None = None
+    unconfirmed_cost: float | None = Field(
+        default=None,
+        description="The part of `cost` charged at its worst-case bound for upstream calls whose answer was lost"
+        " (with their worker, or to an interruption): the upstream may have billed them, and never said how much.",
+    )
     latency_ms: float | None = None
     escalated: bool | None = None
     escalation_reason: str | None = None
@@ -218,6 +223,7 @@ class BudgetView(BaseModel):
 class ModelStats(BaseModel):
     requests: int
     cost: float
+    unconfirmed_cost: float = Field(description="Part of cost charged at bounds for calls whose answer was lost.")
     avg_latency_ms: float | None
     tokens: int
 
@@ -236,6 +242,9 @@ class StatsView(BaseModel):
     failed_requests: int
     success_rate: float
     total_cost: float
+    unconfirmed_cost: float = Field(
+        description="Part of total_cost charged at worst-case bounds for upstream calls whose answer was lost."
+    )
     avg_latency_ms: float | None
     total_tokens: int
     escalation_rate: float
@@ -627,6 +636,7 @@ class DayCost(BaseModel):
 class ModelCost(BaseModel):
     model: str | None = Field(description="null for jobs that never reached a model.")
     cost: float
+    unconfirmed_cost: float = Field(description="Part of cost charged at bounds for calls whose answer was lost.")
     requests: int
     prompt_tokens: int
     completion_tokens: int
@@ -652,6 +662,9 @@ class CostReportView(BaseModel):
     since: str
     until: str
     total_cost: float
+    unconfirmed_cost: float = Field(
+        description="Part of total_cost charged at worst-case bounds for upstream calls whose answer was lost."
+    )
     baseline_cost: float
     savings: float
     savings_pct: float

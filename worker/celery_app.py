@@ -19,9 +19,10 @@ BATCH_QUEUE = "batch"
 def create_celery(settings: Settings) -> Celery:
     """Build a Celery app for `settings`; tasks are found in worker.tasks."""
     app = Celery("model_router", include=["worker.tasks", "worker.heartbeat"])
-    # A run must end before its lease lapses (or another run may take the job over), so the hard time
-    # limit sits under the lease and Redis's visibility timeout above it (Celery's optimizing guide).
-    hard_limit = int(settings.job_lease_s * 0.9)
+    # A run must end before its lease lapses (or another run may take the job over), so the time limits sit
+    # under the lease (shared.config.TimeLimits) and Redis's visibility timeout above it (Celery's optimizing
+    # guide).
+    limits = settings.time_limits
     app.conf.update(
         broker_url=settings.redis_url,
         broker_transport=transport_for(settings.redis_url),
@@ -46,8 +47,8 @@ def create_celery(settings: Settings) -> Celery:
         # before it takes the next one (the chaos suite ran 2.5x slower at 1). Unstarted prefetched jobs are
         # redelivered if the worker dies, and their claims keep them from running twice.
         worker_prefetch_multiplier=4,
-        task_soft_time_limit=int(settings.job_lease_s * 0.8),
-        task_time_limit=hard_limit,
+        task_soft_time_limit=limits.soft_s,
+        task_time_limit=limits.hard_s,
         # Fail a publish fast when Redis is down: the web tier answers 503 and releases the reservation.
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
         beat_schedule={

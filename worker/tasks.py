@@ -22,6 +22,7 @@ from shared.db.types import utcnow
 from shared.errors import ConfigError
 from shared.representations import batch_body
 from shared.representations import job_body
+from worker import broker_messages
 from worker import runtime
 from worker.celery_app import BATCH_QUEUE
 from worker.celery_app import PROMPTS_QUEUE
@@ -46,7 +47,9 @@ def _reset_after_fork(**_: object) -> None:
 )
 def run_job(job_id: str) -> str | None:
     """Route, call and settle one job."""
-    result = runs.run(job_id, deps=runtime.get_deps())
+    # The run's time limits count from here, as Celery's do.
+    started = time.monotonic()
+    result = runs.run(job_id, deps=runtime.get_deps(), started=started)
     if isinstance(result, runs.Busy):
         # Another run holds the lease (a redelivered message, say); if that run dies, the reaper
         # re-enqueues the job once the lease lapses.
@@ -60,7 +63,11 @@ def run_job(job_id: str) -> str | None:
 def reap_jobs() -> dict[str, int]:
     """Re-enqueue jobs whose worker or message was lost; fail those beyond saving."""
     deps = runtime.get_deps()
-    swept = reaper.sweep(sessions=deps.sessions, settings=deps.settings)
+    swept = reaper.sweep(
+        sessions=deps.sessions,
+        settings=deps.settings,
+        messages=lambda: broker_messages.job_messages(reap_jobs.app, queues=(PROMPTS_QUEUE, BATCH_QUEUE)),
+    )
     for job_id, in_batch in swept.requeued:
         enqueue_job(job_id, batch=in_batch)
     for finished in swept.failed:

@@ -138,6 +138,11 @@ class RequestLog(Base):
     # The upstream billed the job more than its bound (shared.bounds): its cost is what was billed, and its
     # scopes' months are held (MonthlyBudget.held_by_job).
     usage_over_bound: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Upstream calls whose outcome is not on record (shared.lost_calls), each at its worst-case cost: the
+    # running run's calls, noted before each starts; and those lost with their workers, charged (part of
+    # `cost`) though the upstream never confirmed what it billed.
+    in_flight_cost: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0), server_default="0")
+    unconfirmed_cost: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0), server_default="0")
 
     attempts: Mapped[list[RequestAttempt]] = relationship(
         back_populates="job", order_by="RequestAttempt.seq", cascade="all, delete-orphan"

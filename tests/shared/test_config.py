@@ -356,3 +356,41 @@ def test_webhook_url_keys_must_be_fernet_keys() -> None:
     assert make_test_settings("sqlite://", webhook_url_keys=[key]).webhook_url_keys[0].get_secret_value() == key
     with pytest.raises(ConfigError, match="WEBHOOK_URL_KEYS: must be Fernet keys"):
         make_test_settings("sqlite://", webhook_url_keys=["not-a-key"])
+
+
+@pytest.mark.parametrize("lease", [10, 20, 300, 3600])
+def test_time_limits_are_ordered_for_any_lease(lease: int) -> None:
+    limits = _load(job_lease_s=lease).time_limits
+    assert limits.max_deadline_s + limits.finish_s < limits.soft_s < limits.hard_s < limits.lease_s == lease
+
+
+def test_the_celery_limits_are_the_settings_limits() -> None:
+    from worker.celery_app import create_celery
+
+    settings = _load(job_lease_s=120)
+    conf = create_celery(settings).conf
+    assert (conf.task_soft_time_limit, conf.task_time_limit) == (
+        settings.time_limits.soft_s,
+        settings.time_limits.hard_s,
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param({"job_lease_s": 60, "job_max_deadline_s": 50}, id="deadline-past-soft-limit"),
+        pytest.param({"job_lease_s": 60, "job_max_deadline_s": 40, "job_finish_s": 20}, id="finish-past-soft-limit"),
+        pytest.param({"job_lease_s": 60, "default_deadline_s": 59}, id="default-deadline-past-the-longest"),
+    ],
+)
+def test_settings_that_break_the_order_of_time_limits_are_refused(overrides: dict[str, object]) -> None:
+    message = _config_error(**overrides)
+    assert message.startswith("invalid settings: ")
+    assert "JOB_LEASE_S" in message or "JOB_MAX_DEADLINE_S" in message
+
+
+def test_a_requested_deadline_is_cut_to_the_longest_allowed() -> None:
+    settings = _load(job_lease_s=60, job_max_deadline_s=30, job_finish_s=10)
+    assert settings.deadline_for(600) == 30
+    assert settings.deadline_for(None) == 30  # DEFAULT_DEADLINE_S left at its default (60) is cut too
+    assert settings.deadline_for(5) == 5

@@ -342,7 +342,9 @@ def test_a_deadline_never_outlasts_the_lease(sessions, catalog, settings) -> Non
     with sessions.begin() as session:
         job = jobs.create(session, request=jobs.JobRequest(prompt=EASY, deadline_s=600), catalog=catalog,
                           settings=settings)  # fmt: skip
-    assert job.deadline_s == settings.job_lease_s * jobs.DEADLINE_SHARE_OF_LEASE < 600
+    limits = settings.time_limits
+    assert job.deadline_s == limits.max_deadline_s < 600
+    assert job.deadline_s + limits.finish_s < limits.soft_s < limits.hard_s < limits.lease_s
 
 
 def test_a_job_can_ask_for_the_learned_estimator(deps, sessions, catalog, settings) -> None:
@@ -364,8 +366,9 @@ def test_the_estimator_setting_is_the_default(sessions, catalog, database_url) -
     assert _job(sessions, job_id).difficulty_estimator == "learned"
 
 
-def test_a_run_is_two_statements_and_no_transaction_on_postgresql(postgres_engine, catalog) -> None:
-    """Claiming and finishing each commit on the server as they end: no BEGIN, no COMMIT round trips."""
+def test_a_run_is_one_statement_per_step_and_no_transaction_on_postgresql(postgres_engine, catalog) -> None:
+    """Claiming, noting the call in flight and finishing each commit on the server as they end: no BEGIN, no
+    COMMIT round trips."""
     settings = make_test_settings(postgres_engine.url.render_as_string(hide_password=False))
     sessions = make_sessionmaker(postgres_engine)
     fake = FakeLLMClient()
@@ -379,7 +382,8 @@ def test_a_run_is_two_statements_and_no_transaction_on_postgresql(postgres_engin
         JobStatus.SUCCEEDED
     )
 
-    claim, finish = statements
-    assert claim.startswith("UPDATE request_logs") and finish.startswith("WITH ended AS")
+    claim, note, finish = statements
+    assert claim.startswith("UPDATE request_logs") and note.startswith("UPDATE request_logs")
+    assert finish.startswith("WITH ended AS")
     assert commits == []
     assert _job(sessions, job_id).status is JobStatus.SUCCEEDED and _ledger(sessions).reserved == 0

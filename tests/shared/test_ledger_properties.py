@@ -168,7 +168,19 @@ def _snapshot(sessions: sessionmaker[Session]) -> Snapshot:
     with sessions() as session:
         job_rows = session.scalars(select(RequestLog).order_by(RequestLog.id)).all()
         jobs_state = tuple(
-            (j.id, j.status, j.run_count, j.cost, j.settled, j.lease_expires_at, j.finished_at) for j in job_rows
+            (
+                j.id,
+                j.status,
+                j.run_count,
+                j.cost,
+                j.settled,
+                j.lease_expires_at,
+                j.finished_at,
+                j.reserved_cost,
+                j.unconfirmed_cost,
+                j.in_flight_cost,
+            )
+            for j in job_rows
         )
         return (tuple(sorted(_ledgers(session).items())), jobs_state)
 
@@ -186,6 +198,10 @@ def _die() -> None:
     raise _WorkerDied
 
 
+class _CheckFailed(BaseException):
+    """A check made while a call was in flight failed: raised past the run, which ends any call's Exception."""
+
+
 class _InterleavingClient(FakeLLMClient):
     """A fake upstream that, while its first call is in flight, lets something else happen to the job."""
 
@@ -198,7 +214,10 @@ class _InterleavingClient(FakeLLMClient):
         if self.meanwhile is not None:
             meanwhile, self.meanwhile = self.meanwhile, None
             self.interrupted = True
-            meanwhile()
+            try:
+                meanwhile()
+            except AssertionError as failure:
+                raise _CheckFailed(failure) from failure
         return super().complete(**call)
 
 
@@ -214,8 +233,10 @@ def _scripted_client(
     """Return a fake whose models behave as `script` says, and the status and cost a run with it must record.
 
     Every answer bills tokens within the job's bound, and each model is scripted for more calls than any run
-    makes (fallbacks and escalation may call a model twice), so no unscripted default answer slips in.
+    makes (fallbacks and escalation may call a model twice), so no unscripted default answer slips in. The
+    calls earlier runs of the job left unrecorded are charged at their bounds on top (shared.lost_calls).
     """
+    lost = job.unconfirmed_cost + job.in_flight_cost
     tokens = (
         bounds.prompt_tokens_bound(prompt=job.prompt, messages=job.messages, options=job.upstream_options)
         * share[0]
@@ -238,7 +259,7 @@ def _scripted_client(
         # Whatever the routing, fallbacks and escalation did: a run that got any answer succeeded, and it
         # was billed for exactly the calls that answered.
         answered = [name for name in fake.calls if behaviour[name] in ANSWERS]
-        cost = sum((catalog.get_model(name).cost(*tokens) for name in answered), Decimal(0))
+        cost = sum((catalog.get_model(name).cost(*tokens) for name in answered), lost)
         return (JobStatus.SUCCEEDED if answered else JobStatus.FAILED), cost
 
     return fake, expected
@@ -515,7 +536,8 @@ class LedgerMachine(RuleBasedStateMachine):
             status, cost = expected()
             after = _job(self.sessions, job_id)
             assert after is not None
-            assert (result, after.status, after.cost) == (JobStatus.SUCCEEDED, status, cost)
+            # It fails only if what is left of its reservation, after the lost call, cannot pay for an answer.
+            assert (result, after.status, after.cost) == (status, status, cost)
         elif meanwhile == "taken, dies":
             # The lease lapses; another worker claims the job and dies mid-call, so it is still running.
             self.lapse(job_id)
@@ -601,7 +623,10 @@ class LedgerMachine(RuleBasedStateMachine):
         for job_id in expected_failed:
             after = _job(self.sessions, job_id)
             assert after is not None
-            assert (after.status, after.cost, after.settled) == (JobStatus.FAILED, before[job_id].cost, True)
+            # Charged what its lost runs' calls may have cost, at their bounds.
+            charged = before[job_id].unconfirmed_cost + before[job_id].in_flight_cost
+            assert (after.status, after.cost, after.settled) == (JobStatus.FAILED, charged, True)
+            assert (after.unconfirmed_cost, after.in_flight_cost) == (charged, 0)
             event(f"sweep: failed as {after.error_code}")
 
     @precondition(lambda self: self.finished())
@@ -630,6 +655,8 @@ class LedgerMachine(RuleBasedStateMachine):
             assert Decimal(0) <= job.cost <= job.reserved_cost, job.id
             assert job.settled is terminal, job.id
             assert terminal or job.cost == 0, job.id
+            assert job.unconfirmed_cost + job.in_flight_cost <= job.reserved_cost, job.id
+            assert not terminal or (job.in_flight_cost == 0 and job.unconfirmed_cost <= job.cost), job.id
             for scope in budget.scopes_of(job.api_key_id):
                 key = (scope, job.budget_year, job.budget_month)
                 totals = expected.setdefault(key, [Decimal(0), Decimal(0), 0])

@@ -77,6 +77,32 @@ def test_the_first_call_after_a_lost_run_is_not_a_retry() -> None:
     assert _value("model_router_upstream_call_duration_seconds_count", model=model, outcome="worker_lost") == 0
 
 
+def test_a_lost_call_charged_at_its_bound_counts_as_spent_and_as_unconfirmed() -> None:
+    model = "metrics-test-unconfirmed"
+    metrics.record_attempts(
+        [
+            ("primary", _attempt(model, "unconfirmed", "worker_lost", cost=Decimal("0.004"))),
+            ("primary", _attempt(model, cost=Decimal("0.001"))),
+        ]
+    )
+    assert _value("model_router_cost_dollars_total", model=model) == 0.005
+    assert _value("model_router_unconfirmed_cost_dollars_total", model=model) == 0.004
+    assert _value("model_router_upstream_retries_total", model=model) == 0
+    assert _value("model_router_upstream_call_duration_seconds_count", model=model, outcome="worker_lost") == 0
+
+
+def test_a_job_the_reaper_failed_counts_its_lost_calls_charge() -> None:
+    from shared import job_events
+    from shared.db.models import JobStatus
+    from shared.jobs import Finished
+
+    model = "metrics-test-reaped"
+    job_events.finished(Finished(status=JobStatus.FAILED, job_id="j", model=model, error_code="worker_lost",
+                                 unconfirmed_cost=Decimal("0.25")))  # fmt: skip
+    assert _value("model_router_unconfirmed_cost_dollars_total", model=model) == 0.25
+    assert _value("model_router_cost_dollars_total", model=model) == 0.25
+
+
 def test_gunicorn_forgets_the_live_gauges_of_a_worker_that_exited(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv(metrics.MULTIPROC_ENV, str(tmp_path))
     worker = metrics.process_identifier(4242)

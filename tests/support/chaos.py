@@ -86,7 +86,7 @@ SETTINGS = {
     # Kept under JOB_LEASE_S: nothing renews a lease while a job runs, so a run that outlives it is reaped
     # and run again alongside, and the first run's billed answers are dropped unrecorded. Here the only
     # re-runs must be the killed worker's.
-    "DEFAULT_DEADLINE_S": "8",
+    "DEFAULT_DEADLINE_S": "7",
 }
 SIM_CONFIG = {"retry_after_s": 0.2, "timeout_hang_s": 3}
 WAIT_TIMEOUT_S = 20.0
@@ -637,7 +637,10 @@ def _money_figures(
             "faults": sum(row["faults"] for row in sim.values()),
             "by_model": sim,
             "recorded_by_model": recorded,
+            # Negative when the ledger holds more than the upstream billed: the killed worker's calls are charged
+            # at their bounds (unconfirmed), whether or not they were billed, and at least what they were.
             "billed_but_unrecorded_cost": str(billed_cost - attempts_cost),
+            "unconfirmed_cost": str(sum((row.unconfirmed_cost for row in rows.values()), Decimal(0))),
             "billed_but_unrecorded_calls": sum(row["calls"] - row["faults"] for row in sim.values()) - len(ok),
         },
     }

@@ -48,13 +48,13 @@ class FakeLLMClient:
     """An LLMClient whose answers are scripted per model; unscripted calls answer FLUENT."""
 
     def __init__(self) -> None:
-        self.scripts: dict[str, deque[Completion | Exception | Slow]] = defaultdict(deque)
+        self.scripts: dict[str, deque[Completion | BaseException | Slow]] = defaultdict(deque)
         self.calls: list[str] = []
         self.timeouts: list[float | None] = []
         self.requests: list[dict[str, object]] = []
         self.streamed: list[str] = []
 
-    def script(self, model: str, *outcomes: Completion | Exception | Slow) -> None:
+    def script(self, model: str, *outcomes: Completion | BaseException | Slow) -> None:
         self.scripts[model].extend(outcomes)
 
     def complete(
@@ -72,7 +72,7 @@ class FakeLLMClient:
         self.timeouts.append(timeout_s)
         queue = self.scripts[model.name]
         outcome = queue.popleft() if queue else ok()
-        if isinstance(outcome, Exception):
+        if isinstance(outcome, BaseException):
             raise outcome
         return outcome
 

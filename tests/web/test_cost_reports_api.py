@@ -30,8 +30,8 @@ def test_the_report_defaults_to_this_month_with_every_day(app: Flask, client: Fl
     _add(app, {"created_at": _today_noon(), "cost": Decimal("0.25")})
     body = client.get("/api/reports/costs").get_json()
     assert list(body) == [
-        "period", "since", "until", "total_cost", "baseline_cost", "savings", "savings_pct", "requests", "by_day",
-        "by_model", "by_tier", "by_key",
+        "period", "since", "until", "total_cost", "unconfirmed_cost", "baseline_cost", "savings", "savings_pct",
+        "requests", "by_day", "by_model", "by_tier", "by_key",
     ]  # fmt: skip
     today = _today_noon().date()
     assert body["period"] == "month"

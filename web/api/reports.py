@@ -41,6 +41,7 @@ def _body(report: cost_reports.CostReport) -> dict[str, Any]:
         "since": report.window.since.isoformat(),
         "until": report.window.until.isoformat(),
         "total_cost": report.totals.cost,
+        "unconfirmed_cost": report.unconfirmed_cost,
         "baseline_cost": report.totals.baseline_cost,
         "savings": report.totals.savings,
         "savings_pct": report.totals.savings_pct,
@@ -58,6 +59,7 @@ def _body(report: cost_reports.CostReport) -> dict[str, Any]:
             {
                 "model": row.model,
                 "cost": row.cost,
+                "unconfirmed_cost": row.unconfirmed_cost,
                 "requests": row.requests,
                 "prompt_tokens": row.prompt_tokens,
                 "completion_tokens": row.completion_tokens,

@@ -44,6 +44,7 @@ def get_stats() -> Response:
             "failed_requests": result.failed_requests,
             "success_rate": result.success_rate,
             "total_cost": result.total_cost,
+            "unconfirmed_cost": result.unconfirmed_cost,
             "avg_latency_ms": result.avg_latency_ms,
             "total_tokens": result.total_tokens,
             "escalation_rate": result.escalation_rate,
@@ -58,6 +59,7 @@ def get_stats() -> Response:
                 model: {
                     "requests": row.requests,
                     "cost": row.cost,
+                    "unconfirmed_cost": row.unconfirmed_cost,
                     "avg_latency_ms": row.avg_latency_ms,
                     "tokens": row.tokens,
                 }
