@@ -64,6 +64,11 @@ def take_body(client: redis.Redis, job_id: str) -> dict[str, Any] | None:
     return None if body is None else json.loads(body)
 
 
+def discard_body(client: redis.Redis, job_id: str) -> None:
+    """Remove the finished body the job's announcement left, for a waiter that answers without it."""
+    client.unlink(_body_key(job_id))
+
+
 def _body_key(job_id: str) -> str:
     return f"{CHANNEL_PREFIX}{job_id}:body"
 

@@ -47,6 +47,8 @@ class Done(threading.Event):
         super().__init__()
         # True once the job's own announcement set it, not a reconnect.
         self.announced = False
+        # True once its waiter took (or looked for) the body the announcement may have left.
+        self.body_taken = False
 
 
 class CompletionWaiter:
@@ -78,7 +80,7 @@ class CompletionWaiter:
         return event
 
     def unregister(self, job_id: str, event: Done) -> None:
-        """Stop waiting on `event`."""
+        """Stop waiting on `event`; remove the body its announcement left if its waiter did not take it."""
         with self._lock:
             waiting = self._events.get(job_id)
             if waiting is not None:
@@ -86,11 +88,17 @@ class CompletionWaiter:
                 if not waiting:
                     del self._events[job_id]
                     self._send("UNSUBSCRIBE", notify.channel(job_id))
+        if event.announced and not event.body_taken:
+            try:
+                notify.discard_body(self._bodies, job_id)
+            except redis.RedisError:
+                logger.warning("could not remove the announced body job_id=%s; it expires", job_id)
 
     def take_body(self, job_id: str, event: Done) -> dict[str, Any] | None:
         """Return the finished body the job's announcement left for its waiters, if it woke `event` and left one."""
-        if not event.announced:
+        if not event.announced or event.body_taken:
             return None
+        event.body_taken = True
         try:
             return notify.take_body(self._bodies, job_id)
         except redis.RedisError:

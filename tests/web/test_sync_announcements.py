@@ -105,3 +105,17 @@ def test_concurrent_waiters_each_get_their_own_answer(app: Flask, upstream: Fake
     assert [answer["prompt"] for answer in answers] == prompts
     assert len({answer["job_id"] for answer in answers}) == len(prompts)
     assert server.keys("*") == []
+
+
+def test_a_chat_completion_leaves_no_body_behind(
+    client: FlaskClient, upstream: FakeLLMClient, server: redis.Redis, eavesdropper: Eavesdropper
+) -> None:
+    question = f"What is {uuid.uuid4().hex}?"
+    response = client.post(
+        "/v1/chat/completions", json={"model": "router", "messages": [{"role": "user", "content": question}]}
+    )
+
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["choices"][0]["message"]["content"]
+    assert [m for m in eavesdropper.heard() if question.encode() in m[1]] == []
+    assert server.keys("*") == []
