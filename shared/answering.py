@@ -167,13 +167,16 @@ def _answer_slot(
         if time.monotonic() >= deadline:
             outcome.error = TransientLLMError("the job's deadline passed", details={"error_class": "deadline"})
             break
-        permit = None if using.breaker is None else using.breaker.allow(model.name)
-        if using.breaker is not None and permit is None:
-            outcome.attempts.append((label, _skipped(model, "circuit_open")))
-            outcome.error = outcome.error or TransientLLMError(
-                f"{model.name}: circuit open", details={"error_class": "circuit_open"}
-            )
-            continue
+        recorder, permit = None, None
+        if using.breaker is not None:
+            permit = using.breaker.allow(model.name)
+            if permit is None:
+                outcome.attempts.append((label, _skipped(model, "circuit_open")))
+                outcome.error = outcome.error or TransientLLMError(
+                    f"{model.name}: circuit open", details={"error_class": "circuit_open"}
+                )
+                continue
+            recorder = _breaker_recorder(using.breaker, permit)
         result = complete_with_retries(
             using.client,
             model=model,
@@ -183,7 +186,7 @@ def _answer_slot(
             policy=dataclasses.replace(policy, max_attempts=1) if permit is not None and permit.probe else policy,
             sleep=using.sleep,
             deadline=deadline,
-            on_attempt=None if permit is None else _breaker_recorder(using.breaker, permit),
+            on_attempt=recorder,
             messages=job.messages,
             options=job.options,
             on_delta=None if on_delta is None else functools.partial(on_delta, model),
