@@ -9,6 +9,7 @@ bound the whole of it: retries, fallbacks and the escalation together.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -26,10 +27,12 @@ from shared import routing
 from shared.catalog import Catalog
 from shared.catalog import ModelSpec
 from shared.circuit import CircuitBreaker
+from shared.circuit import Permit
 from shared.config import Settings
 from shared.db.types import utcnow
 from shared.errors import LLMError
 from shared.errors import TransientLLMError
+from shared.llm_client import UPSTREAM_BROKEN
 from shared.llm_client import AttemptRecord
 from shared.llm_client import Completion
 from shared.llm_client import LLMClient
@@ -201,16 +204,22 @@ def _answer_slot(
         if outcome.cost + bound > job.reserved_cost:
             outcome.attempts.append((label, _skipped(model, "over_reservation")))
             continue
-        if using.breaker is not None and not using.breaker.allow(model.name):
-            outcome.attempts.append((label, _skipped(model, "circuit_open")))
-            outcome.error = outcome.error or TransientLLMError(
-                f"{model.name}: circuit open", details={"error_class": "circuit_open"}
-            )
-            continue
         if time.monotonic() >= deadline:
             outcome.error = TransientLLMError("the job's deadline passed", details={"error_class": "deadline"})
             break
+        recorder, permit = None, None
+        if using.breaker is not None:
+            permit = using.breaker.allow(model.name)
+            if permit is None:
+                outcome.attempts.append((label, _skipped(model, "circuit_open")))
+                outcome.error = outcome.error or TransientLLMError(
+                    f"{model.name}: circuit open", details={"error_class": "circuit_open"}
+                )
+                continue
+            recorder = _breaker_recorder(using.breaker, permit)
         if on_call is not None and not on_call(bound):
+            if permit is not None:
+                using.breaker.release(permit)  # type: ignore[union-attr]
             outcome.error = TransientLLMError(
                 "the job was taken over by another run", details={"error_class": "lost_claim"}
             )
@@ -222,10 +231,11 @@ def _answer_slot(
                 model=model,
                 prompt=job.prompt,
                 max_tokens=job.max_tokens,
-                policy=policy,
+                # A half-open circuit's probe is one call: retrying it would call an upstream its failure reopened.
+                policy=dataclasses.replace(policy, max_attempts=1) if permit is not None and permit.probe else policy,
                 sleep=using.sleep,
                 deadline=deadline,
-                on_attempt=_breaker_recorder(using.breaker, model.name),
+                on_attempt=recorder,
                 messages=job.messages,
                 options=job.options,
                 on_delta=None if on_delta is None else functools.partial(on_delta, model),
@@ -250,16 +260,16 @@ def _answer_slot(
             return
 
 
-def _breaker_recorder(breaker: CircuitBreaker | None, model: str) -> Callable[[AttemptRecord], None] | None:
-    if breaker is None:
-        return None
+def _breaker_recorder(breaker: CircuitBreaker, permit: Permit) -> Callable[[AttemptRecord], None]:
+    """Report each attempt made under `permit` to the model's circuit: only a broken upstream counts against it."""
 
     def record(attempt: AttemptRecord) -> None:
-        # Only the upstream's own failures count against its circuit, not a deadline we ran out of.
         if attempt.outcome == "ok":
-            breaker.record_success(model)
-        elif attempt.error_class in ("timeout", "connection", "rate_limited", "server_error"):
-            breaker.record_failure(model)
+            breaker.record_success(permit)
+        elif attempt.error_class in UPSTREAM_BROKEN:
+            breaker.record_failure(permit)
+        else:
+            breaker.release(permit)
 
     return record
 

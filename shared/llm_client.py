@@ -80,6 +80,12 @@ class CallerGone(Exception):
     """Raised by an `on_delta` callback when nobody reads the answer any more: the stream is closed at once."""
 
 
+# The error classes that say the upstream itself is broken, the only failures its circuit breaker counts: a
+# 5xx, a connection that could not be made or was lost, a call that timed out. A 429 says the upstream is
+# busy (its limit, not its health), another 4xx that it refused this request, a deadline that we ran out of
+# time: none of them opens a circuit.
+UPSTREAM_BROKEN = frozenset({"server_error", "connection", "timeout"})
+
 # The sampling options a chat request may pass through to the upstream untouched.
 PASSTHROUGH_OPTIONS = ("temperature", "top_p", "stop", "user", "seed", "presence_penalty", "frequency_penalty")
 

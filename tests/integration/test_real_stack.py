@@ -6,6 +6,7 @@ Runs once on SQLite and once on PostgreSQL (a database of its own on the local s
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -16,12 +17,14 @@ from sqlalchemy.orm import Session
 from shared.db import migrate
 from shared.db.models import MonthlyBudget
 from shared.db.models import RequestLog
+from tests.support.channels import Eavesdropper
 from tests.support.databases import temporary_postgres_database
 from tests.support.stack import QUICK_RETRIES
 from tests.support.stack import Stack
 from tests.support.stack import http
 from tests.support.stack import running_stack
 from tests.support.stack import upstream_calls
+from web import waiter
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_simulator")]
 
@@ -82,6 +85,24 @@ def test_sync_prompt_answers_200_with_every_field_and_a_row(stack: Stack, db: Se
     assert (row.status.value, row.model_used, row.response) == ("succeeded", body["model_used"], body["response"])
     assert row.cost == Decimal(str(body["cost"]))
     assert upstream_calls(stack) == {body["model_used"]: 1}
+
+
+def test_a_sync_answer_wakes_on_its_own_channel_and_no_text_crosses_a_channel(stack: Stack) -> None:
+    eavesdropper = Eavesdropper(stack.env["REDIS_URL"])
+    try:
+        prompt = f"Which word follows {uuid.uuid4().hex}?"
+        started = time.monotonic()
+        status, _, body = http("POST", f"{stack.web}/api/prompt", {"prompt": prompt})
+        elapsed = time.monotonic() - started
+        heard = eavesdropper.heard()
+    finally:
+        eavesdropper.close()
+    assert status == 200, body
+    # Woken by the announcement, not by the waiter's recheck.
+    assert elapsed < waiter.RECHECK_S
+    assert (f"model_router:job:{body['job_id']}".encode(), body["job_id"].encode()) in heard
+    leaked = [m for m in heard for text in (prompt, body["response"]) if text.encode() in m[0] + m[1]]
+    assert leaked == []
 
 
 def test_async_prompt_answers_202_and_the_poll_reaches_succeeded(stack: Stack) -> None:

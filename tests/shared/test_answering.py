@@ -15,11 +15,15 @@ from shared.circuit import BreakerPolicy
 from shared.circuit import CircuitBreaker
 from shared.errors import PermanentLLMError
 from shared.errors import TransientLLMError
+from shared.llm_client import OpenAIChatClient
+from tests.conftest import make_test_settings
 from tests.support.fakes import FakeLLMClient
 from tests.support.fakes import ok
 from tests.support.prompts import EASY
+from tests.support.sim import running_sim
 
 DOWN = TransientLLMError("503", status_code=503, details={"error_class": "server_error"})
+RATE_LIMITED = TransientLLMError("429", status_code=429, details={"error_class": "rate_limited"})
 
 
 @pytest.fixture
@@ -76,7 +80,7 @@ def test_when_the_whole_chain_fails_the_last_error_is_kept(catalog, settings, fa
 
 def test_an_open_circuit_is_skipped_without_a_call(catalog, settings, fake, breaker) -> None:
     for _ in range(3):
-        breaker.record_failure("gpt-3.5-turbo")
+        breaker.record_failure(breaker.allow("gpt-3.5-turbo"))
     outcome = answering.answer(_job(catalog), using=_using(catalog, settings, fake, breaker))
     assert fake.calls == ["gpt-4"]
     assert outcome.attempts[0][1].outcome == "skipped"
@@ -158,3 +162,60 @@ def test_the_check_before_each_call_bounds_the_chat_as_sent_not_its_joined_text(
     outcome = answering.answer(_job(catalog, prompt=prompt, messages=messages, model="gpt-4", max_tokens=10,
                                     reserved_cost=covered), using=_using(catalog, settings, fake))  # fmt: skip
     assert (fake.calls, outcome.completion is not None) == (["gpt-4"], True)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(("status", "state"), [("429", "closed"), ("500", "open")])
+def test_only_a_broken_upstream_opens_the_circuit_a_rate_limit_does_not(
+    catalog, tmp_path, status: str, state: str
+) -> None:
+    """Through the real client and the simulator: a 429 says the upstream is busy, a 5xx that it is broken."""
+    breaker = CircuitBreaker(fakeredis.FakeRedis(), BreakerPolicy(min_failures=3, failure_rate=0.5, cooldown_s=60))
+    with running_sim() as sim:
+        sim.configure(fail_first=f"{status}:1000", retry_after_s=0)
+        settings = make_test_settings(f"sqlite:///{tmp_path}/router.db", openai_base_url=sim.base_url)
+        client = OpenAIChatClient(settings)
+        try:
+            for _ in range(3):
+                answering.answer(_job(catalog), using=_using(catalog, settings, client, breaker))
+        finally:
+            client.close()
+    assert breaker.state("gpt-3.5-turbo") == state
+
+
+@pytest.fixture
+def half_open(fake) -> tuple[CircuitBreaker, Clock]:
+    clock = Clock()
+    policy = BreakerPolicy(min_failures=3, failure_rate=0.5, cooldown_s=60)
+    breaker = CircuitBreaker(fakeredis.FakeRedis(), policy, clock=clock)
+    for _ in range(3):
+        breaker.record_failure(breaker.allow("gpt-3.5-turbo"))
+    clock.now += policy.cooldown_s
+    return breaker, clock
+
+
+def test_a_half_open_circuits_probe_is_one_call(catalog, settings, fake, half_open) -> None:
+    breaker, _ = half_open
+    fake.script("gpt-3.5-turbo", *[DOWN] * settings.upstream_max_attempts)
+    outcome = answering.answer(_job(catalog), using=_using(catalog, settings, fake, breaker))
+    assert fake.calls == ["gpt-3.5-turbo", "gpt-4"]
+    assert outcome.model.name == "gpt-4"
+    assert breaker.state("gpt-3.5-turbo") == "open"
+
+
+def test_a_rate_limited_probe_leaves_the_circuit_half_open_for_the_next(catalog, settings, fake, half_open) -> None:
+    breaker, _ = half_open
+    fake.script("gpt-3.5-turbo", RATE_LIMITED)
+    answering.answer(_job(catalog), using=_using(catalog, settings, fake, breaker))
+    assert breaker.state("gpt-3.5-turbo") == "half_open"
+    fake.calls.clear()
+    answering.answer(_job(catalog), using=_using(catalog, settings, fake, breaker))
+    assert fake.calls == ["gpt-3.5-turbo"]
+    assert breaker.state("gpt-3.5-turbo") == "closed"

@@ -78,7 +78,8 @@ def test_queue_depth_counts_every_waiting_message_including_prioritised_ones(red
 
 
 def test_each_model_reports_its_current_circuit_state(redis_client, sessions) -> None:
-    CircuitBreaker(redis_client, BreakerPolicy(min_failures=1, failure_rate=0.1)).record_failure("gpt-4")
+    breaker = CircuitBreaker(redis_client, BreakerPolicy(min_failures=1, failure_rate=0.1))
+    breaker.record_failure(breaker.allow("gpt-4"))
     states = _collect(redis_client, sessions)["model_router_circuit_state"]
     assert states[("gpt-4", "open")] == 1 and states[("gpt-4", "closed")] == 0
     assert states[("gpt-3.5-turbo", "closed")] == 1 and states[("gpt-3.5-turbo", "open")] == 0

@@ -132,3 +132,6 @@ class TimedOutWaiter:
 
     def unregister(self, job_id: str, event: waiter.Done) -> None:
         pass
+
+    def take_body(self, job_id: str, event: waiter.Done) -> None:
+        return None

@@ -64,11 +64,11 @@ def create_prompt() -> Response | tuple[Response, int]:
                 return _accepted(job_id, status)
             if finished is not None:
                 return jsonify(finished)
-        # The announcement carries the finished job, read back only when it did not (a lost announcement).
+        # The announcement leaves the finished job for its waiters; it is read back only when it did not.
         finished = waiter.wait_for(
             done,
             timeout_s=body.timeout_s,
-            look=lambda: done.body or _look(job_id)[1],
+            look=lambda: completion_waiter.take_body(job_id, done) or _look(job_id)[1],
             recheck_s=completion_waiter.recheck_s,
         )
         return jsonify(finished) if finished is not None else _accepted(job_id, _look(job_id)[0])
