@@ -37,15 +37,10 @@ class WorkerDied(BaseException):
     """What a SIGKILL looks like from inside the run: nothing after it runs, not even `except Exception`."""
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def deps(request, tmp_path, catalog) -> runs.RunDeps:
-    if request.param == "sqlite":
-        engine = request.getfixturevalue("engine")
-        url = f"sqlite:///{tmp_path}/router.db"
-    else:
-        engine = request.getfixturevalue("postgres_engine")
-        url = engine.url.render_as_string(hide_password=False)
-    settings = make_test_settings(url, escalation_enabled=False, job_lease_s=60)
+@pytest.fixture
+def deps(database_url: str, engine, catalog) -> runs.RunDeps:
+    """On SQLite and PostgreSQL (the `database` fixture's two runs)."""
+    settings = make_test_settings(database_url, escalation_enabled=False, job_lease_s=60)
     return runs.RunDeps(
         sessions=make_sessionmaker(engine), catalog=catalog, settings=settings, client=FakeLLMClient(),
         sleep=lambda _: None,

@@ -32,6 +32,7 @@ from tests.conftest import worker_deps
 from tests.support.fakes import FakeLLMClient
 from tests.support.fakes import ok
 from tests.support.sim import SimServer
+from web import schemas
 
 PROMPT = "What is the capital of France?"
 # Far more than any bound of PROMPT: 2M prompt tokens of gpt-3.5-turbo are $1.
@@ -223,13 +224,18 @@ def sim() -> Iterator[SimServer]:
     server.stop()
 
 
-@pytest.mark.parametrize("limit", [Decimal(1), Decimal(20)])
+# As many turns as a chat may hold: all empty but the last.
+TURNS = schemas.MAX_CHAT_MESSAGES
+
+
+@pytest.mark.parametrize("limit", [Decimal("0.05"), Decimal(20)])
 def test_many_empty_messages_reserve_what_the_simulator_bills(
     tmp_path, catalog: Catalog, monkeypatch: pytest.MonkeyPatch, sim: SimServer, limit: Decimal
 ) -> None:
-    """15,000 empty turns and "hi" to gpt-4: refused under a $1 limit (the simulator bills $1.80 of prompt
-    for them); under a larger one, the reservation covers what the simulator billed, the job's exact cost."""
-    messages = [{"role": "user", "content": ""}] * 15_000 + [{"role": "user", "content": "hi"}]
+    """511 empty turns and "hi" to gpt-4: refused under a $0.05 limit (the simulator bills $0.06 of prompt for
+    them, which a bound of the joined text, $0.02, let through); under a larger one, the reservation covers what
+    the simulator billed, the job's exact cost."""
+    messages = [{"role": "user", "content": ""}] * (TURNS - 1) + [{"role": "user", "content": "hi"}]
     chat = {"model": "gpt-4", "messages": messages, "max_tokens": 16}
     with _app(f"sqlite:///{tmp_path}/router.db", monthly_budget_limit=limit, openai_base_url=sim.base_url) as app:
         publisher = redis.Redis.from_url(UNIT_REDIS_URL)
@@ -243,13 +249,13 @@ def test_many_empty_messages_reserve_what_the_simulator_bills(
             worker.join()
         job = _job(app, job_ids[0]) if job_ids else None
         spent = _ledger(app).total_spent if job_ids else None
-    if limit == 1:
+    if limit < 1:
         assert response.status_code == 402, response.get_json()
         assert job_ids == [] and sim.stats()["gpt-4"]["calls"] == 0
         return
     assert response.status_code == 200, response.get_json()
     billed = sim.stats()["gpt-4"]
-    assert billed["prompt_tokens"] == 15_001 * 4 + 1 + 3
+    assert billed["prompt_tokens"] == TURNS * 4 + 1 + 3
     cost = catalog.get_model("gpt-4").cost(billed["prompt_tokens"], billed["completion_tokens"])
     assert job is not None and job.cost == cost <= job.reserved_cost
     assert (job.usage_over_bound, spent) == (False, cost)
