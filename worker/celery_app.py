@@ -29,6 +29,11 @@ def create_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.job_lease_s * 2,
+            # Messages a dead worker had taken (kombu's `unacked` hash) go back to their queue once the
+            # visibility timeout passes; the reaper leaves them to this (shared.reaper). kombu looks for them
+            # every interval x throttle seconds (100 s by default): here every tenth of a lease.
+            "unacked_restore_interval": max(1, settings.job_lease_s // 10),
+            "unacked_restore_throttle": 1,
             "max_connections": settings.redis_max_connections,
         },
         # Job state lives in the database; waiting requests learn of completion through Redis pub/sub.

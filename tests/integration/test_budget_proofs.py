@@ -350,17 +350,23 @@ def test_a_killed_worker_loses_no_money_and_settles_each_job_once(
     assert ledger.total_spent == sum((row.cost for row in rows.values()), Decimal(0))
     assert ledger.total_spent == sum((attempt.cost for attempt in attempts), Decimal(0))
     # The simulator bills a call when it decides the answer, before its 3 s of latency: the dead worker's
-    # in-flight calls were billed upstream but their answers died with the process. So the service records
-    # at most what was billed: every billed call after the kill has its answer recorded, the ones in flight
-    # at the kill (at most one per orphaned job) do not. A re-run may note the lost run as an attempt of
-    # its own, but never with an answer or a cost.
+    # in-flight calls were billed upstream but their answers died with the process. Each run notes a call's
+    # bound before making it, so the run that takes the job over charges every such call at that bound, as
+    # an `unconfirmed` attempt: the ledger is never below what was billed, and above it by at most those
+    # charges (a noted call the upstream never received, or billed below its bound).
     billed = sum(row["calls"] for row in stats.values())
     answered = [attempt for attempt in attempts if attempt.outcome == "ok"]
+    unconfirmed = [attempt for attempt in attempts if attempt.outcome == "unconfirmed"]
     assert billed_at_kill <= len(orphaned)
     assert len(answered) <= billed
     assert billed - len(answered) == billed_at_kill
-    assert all(attempt.cost == 0 for attempt in attempts if attempt.outcome != "ok")
-    assert ledger.total_spent <= _billed_cost(stats, load_catalog(DEFAULT_CATALOG_PATH))
+    assert {attempt.job_id for attempt in unconfirmed} <= orphaned
+    assert len(unconfirmed) >= billed_at_kill
+    assert all(attempt.cost > 0 for attempt in unconfirmed)
+    assert all(attempt.cost == 0 for attempt in attempts if attempt.outcome not in ("ok", "unconfirmed"))
+    billed_cost = _billed_cost(stats, load_catalog(DEFAULT_CATALOG_PATH))
+    charged_at_bounds = sum((attempt.cost for attempt in unconfirmed), Decimal(0))
+    assert billed_cost <= ledger.total_spent <= billed_cost + charged_at_bounds
     figures = {
         "jobs": CRASH_JOBS,
         "orphaned_by_kill": len(orphaned),
@@ -369,8 +375,10 @@ def test_a_killed_worker_loses_no_money_and_settles_each_job_once(
         "answers_recorded": len(answered),
         "attempt_rows": len(attempts),
         "run_counts": dict(Counter(row.run_count for row in rows.values())),
+        "unconfirmed_attempts": len(unconfirmed),
+        "charged_at_bounds": str(charged_at_bounds),
         "spent": str(ledger.total_spent),
-        "billed_cost": str(_billed_cost(stats, load_catalog(DEFAULT_CATALOG_PATH))),
+        "billed_cost": str(billed_cost),
     }
     (tmp_path / "crash.json").write_text(json.dumps(figures, indent=2))
     with capsys.disabled():
