@@ -35,6 +35,7 @@ from shared.db.types import utcnow
 from shared.errors import LLMError
 from shared.errors import PermanentLLMError
 from shared.errors import TransientLLMError
+from shared.metrics import UNCONFIRMED
 from shared.simulator import tokens
 
 # Keys never travel to a server that did not ask for one; a local simulator accepts any.
@@ -387,8 +388,8 @@ def complete_with_retries(
     circuit breaker counts them). `messages` and `options`, when given, go to the client as they are
     (OpenAIChatClient.complete). With `on_delta` the answer is streamed to it (client.stream); a stream
     cut after its first token is billed for what it produced and not retried. When `on_delta` raises
-    CallerGone the stream is closed and the attempt ends StreamCancelled, billed by the rule of
-    _received_usage, since the upstream sends usage only at the end.
+    CallerGone the stream is closed and the attempt ends StreamCancelled, charged at its bound and unconfirmed
+    (_received_usage), since the upstream sends usage only at the end.
 
     Never raises for an upstream failure: the result carries the last error
     and every attempt.
@@ -455,7 +456,7 @@ def complete_with_retries(
             AttemptRecord(
                 model=model.name,
                 tier=model.tier,
-                outcome="ok" if error is None else "error",
+                outcome="ok" if error is None else UNCONFIRMED if isinstance(error, StreamCancelled) else "error",
                 latency_ms=_elapsed_ms(start),
                 started_at=started_at,
                 error_class=None if error is None else str(error.details.get("error_class", type(error).__name__)),
@@ -489,19 +490,16 @@ def complete_with_retries(
 
 
 def _received_usage(bound: bounds.CallBound, text: str) -> Completion:
-    """Return what a stream stopped by its client is charged: upper bounds of what the upstream may have billed.
+    """Return what a stream stopped by its client is charged: the bound of the call, unconfirmed.
 
-    The upstream reports usage only in its last chunk, so none came: the prompt is counted at the bound its
-    reservation used (shared.bounds), and the completion at one token per UTF-8 byte received (the same bound:
-    a byte-level BPE token covers at least one byte), never above the `max_tokens` sent, which the upstream
-    cannot pass. Both stay inside the job's reservation. Tokens generated after the stream was closed and never
-    received are not known and not counted.
+    The upstream reports usage only in its last chunk, so none came; and it produced tokens that were on
+    their way when the stream was closed, or before it noticed, that never arrived here. What it billed is
+    not known, only that it is at most the call's bound: the prompt at the bound its reservation used
+    (shared.bounds), the completion at the `max_tokens` sent. The attempt is charged that and recorded as
+    unconfirmed, like a call lost with its worker, so the ledger is never below the bill.
     """
     return Completion(
-        text=text,
-        finish_reason=None,
-        prompt_tokens=bound.prompt_tokens,
-        completion_tokens=min(len(text.encode("utf-8")), bound.completion_tokens),
+        text=text, finish_reason=None, prompt_tokens=bound.prompt_tokens, completion_tokens=bound.completion_tokens
     )
 
 

@@ -110,15 +110,17 @@ def test_a_client_leaving_mid_stream_stops_the_upstream_and_the_job_is_billed_fo
     assert 3 <= len(relayed) < 10
     assert (job.status.value, job.error_code) == ("failed", "cancelled")
     assert job.response == "".join(relayed)
-    # Usage comes only at a stream's end: the prompt is billed at its bound, the completion one token per byte.
+    # Usage comes only at a stream's end, and tokens were on their way when it closed: the call is charged at
+    # its bound (the prompt's bound and the max_tokens sent), unconfirmed.
     prompt_bound = bounds.prompt_tokens_bound(prompt=QUESTION)
-    completion_bound = len(job.response.encode())
+    completion_bound = 500
     assert (job.prompt_tokens, job.completion_tokens) == (prompt_bound, completion_bound)
     assert job.cost == catalog.get_model("gpt-4").cost(prompt_bound, completion_bound) > 0
     with make_sessionmaker(app.extensions["db_engine"])() as session:
         (attempt,) = session.scalars(select(RequestAttempt).where(RequestAttempt.job_id == job.id))
         (ledger,) = session.scalars(select(MonthlyBudget))
-    assert (attempt.outcome, attempt.error_class, attempt.cost) == ("error", "cancelled", job.cost)
+    assert (attempt.outcome, attempt.error_class, attempt.cost) == ("unconfirmed", "cancelled", job.cost)
+    assert job.unconfirmed_cost == job.cost
     assert ledger.total_spent == job.cost and ledger.reserved == Decimal(0)
 
 
