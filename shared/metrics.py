@@ -104,6 +104,11 @@ CACHE_HITS = Counter(
     "Prompts answered from the response cache, by the model and tier of the cached answer.",
     ["model", "tier"],
 )
+JOBS_REQUEUED = Counter(
+    "model_router_jobs_requeued_total",
+    "Jobs the reaper sent to their queue again: their message was gone (lost, or a worker died holding the job). "
+    "A backlog still held by the broker is never counted here.",
+)
 USAGE_OVER_BOUND = Counter(
     "model_router_usage_over_bound_total",
     "Jobs the upstream billed more than their bound (recorded as billed; their scopes' months are held), by "
@@ -131,6 +136,12 @@ def record_http_request(*, route: str, method: str, status: int, seconds: float)
 def record_cache_hit(*, model: str, tier: str) -> None:
     """Count one prompt answered from the response cache."""
     CACHE_HITS.labels(model=model, tier=tier).inc()
+
+
+def record_requeued(count: int) -> None:
+    """Count jobs the reaper sent to their queue again; call it after the sweep that decided it."""
+    if count:
+        JOBS_REQUEUED.inc(count)
 
 
 def record_job_finished(*, tier: str | None, model: str | None, outcome: str, error_code: str | None) -> None:

@@ -33,6 +33,7 @@ from sqlalchemy.orm import sessionmaker
 from shared import job_events
 from shared import jobs
 from shared import lost_calls
+from shared import metrics
 from shared.config import Settings
 from shared.db.models import JobStatus
 from shared.db.models import RequestLog
@@ -109,6 +110,7 @@ def sweep(
         if finished is not None:
             job_events.finished(finished)
             result.failed.append(finished)
+    metrics.record_requeued(len(result.requeued))
     if result.requeued or result.failed:
         logger.warning("reaper requeued=%d failed=%d", len(result.requeued), len(result.failed))
     return result

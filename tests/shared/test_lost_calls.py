@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import pytest
 from billiard.exceptions import SoftTimeLimitExceeded
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 from sqlalchemy import update
 
@@ -60,6 +61,10 @@ def _job(deps: runs.RunDeps, job_id: str) -> RequestLog:
         job = session.get(RequestLog, job_id)
         job.attempts  # noqa: B018  (loaded while the session is open)
         return job
+
+
+def _requeued_total() -> float:
+    return REGISTRY.get_sample_value("model_router_jobs_requeued_total") or 0.0
 
 
 def _ledger(deps: runs.RunDeps) -> MonthlyBudget:
@@ -225,6 +230,7 @@ def test_a_backlog_whose_messages_the_broker_holds_is_neither_resent_nor_expired
     with deps.sessions.begin() as session:
         session.execute(update(RequestLog).values(created_at=old, enqueued_at=old))
     held = reaper.Messages(waiting=frozenset({waiting}), delivered=frozenset({delivered}))
+    requeued_before = _requeued_total()
 
     swept = reaper.sweep(sessions=deps.sessions, settings=deps.settings, messages=lambda: held)
 
@@ -233,11 +239,14 @@ def test_a_backlog_whose_messages_the_broker_holds_is_neither_resent_nor_expired
     assert {_job(deps, j).status for j in (waiting, delivered)} == {JobStatus.QUEUED}
     # Seen in the broker just now: not looked at again for a lease.
     assert reaper.sweep(sessions=deps.sessions, settings=deps.settings, messages=lambda: held).failed == []
+    assert _requeued_total() == requeued_before
 
 
 def test_a_queued_job_whose_message_is_gone_is_resent(deps: runs.RunDeps) -> None:
     job_id = _submit(deps)
     with deps.sessions.begin() as session:
         session.execute(update(RequestLog).values(enqueued_at=utcnow() - timedelta(seconds=61)))
+    requeued_before = _requeued_total()
     swept = reaper.sweep(sessions=deps.sessions, settings=deps.settings, messages=reaper.Messages)
     assert swept.requeued == [(job_id, False)]
+    assert _requeued_total() == requeued_before + 1
