@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,3 +47,17 @@ def test_waiting_and_delivered_job_messages_are_found(app: Celery) -> None:
         assert held.delivered == {"delivered"}
         channel.basic_ack(message.delivery_tag)
     assert job_messages(app, queues=QUEUES).delivered == frozenset()
+
+
+def test_a_delivered_message_left_unrestored_past_twice_its_visibility_timeout_counts_as_gone(app: Celery) -> None:
+    app.send_task("jobs.run", args=["taken-by-a-dead-worker"], queue=PROMPTS_QUEUE)
+    with app.connection_for_read() as connection:
+        channel = connection.default_channel
+        message = channel.basic_get(PROMPTS_QUEUE, no_ack=False)
+        assert message.payload[0] == ["taken-by-a-dead-worker"]
+        visibility = channel.visibility_timeout
+        soon = job_messages(app, queues=QUEUES, now=time.time() + visibility)
+        late = job_messages(app, queues=QUEUES, now=time.time() + 2 * visibility + 1)
+        channel.basic_ack(message.delivery_tag)
+    assert soon.delivered == {"taken-by-a-dead-worker"}  # kombu restores it itself after the visibility timeout
+    assert late.delivered == frozenset()  # it did not: the reaper sends it again
