@@ -132,11 +132,11 @@ class Claim:
 
 
 def announce(finished: jobs.Finished, *, deps: RunDeps) -> None:
-    """After commit: fire the alerts and callbacks a terminal job set off."""
+    """After commit: fire the alerts and callbacks a terminal job set off; one that fails does not stop the rest."""
     for alert in finished.alerts:
-        deps.on_alert(alert)
+        _quietly(deps.on_alert, alert)
     for resource, resource_id in finished.callbacks:
-        deps.on_callback(resource, resource_id)
+        _quietly(deps.on_callback, resource, resource_id)
 
 
 @dataclass(frozen=True)
@@ -306,6 +306,16 @@ def _quietly(step: Callable[..., object], *args: Any, **kwargs: Any) -> None:
         step(*args, **kwargs)
     except Exception:
         logger.exception("a step after recording the job failed step=%s", getattr(step, "__name__", step))
+
+
+def _body_of(ended: Any, attempts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The recorded job as the API shows it, or None (waiters then read it back) if it cannot be built: the
+    job is recorded already, and nothing after its commit may fail its run."""
+    try:
+        return job_body(ended, attempts=attempts)
+    except Exception:
+        logger.exception("the finished job's body could not be built job_id=%s", getattr(ended, "id", None))
+        return None
 
 
 def _keep_answer(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> None:
@@ -493,6 +503,9 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
         reserved=claim.reserved_cost,
     )
     values["usage_over_bound"] = overrun is not None
+    # Calls whose usage could not be true are charged at their bounds (shared.llm_client); the job says so.
+    invalid = outcome.usage_invalid
+    values["usage_invalid"] = bool(invalid)
     hold_for = None if overrun is None else claim.job_id
     values["tokens_used"] = values["prompt_tokens"] + values["completion_tokens"]
     if completion is not None:
@@ -531,7 +544,14 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
         error_code=values.get("error_code"),
         overrun=overrun,
         unconfirmed_cost=values["unconfirmed_cost"],
+        usage_invalid=tuple(record.model for record in invalid),
     )
+    if invalid:
+        finished.alerts.append(
+            alerts.UsageInvalid(
+                claim.job_id, tuple(record.model for record in invalid), sum((r.cost for r in invalid), Decimal(0))
+            )
+        )
     if overrun is not None:
         finished.alerts.append(
             alerts.UsageOverBound.of(
@@ -565,7 +585,7 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
             session, job_id=claim.job_id, callback_url=ended.callback_url, batch_id=ended.batch_id, finished=finished
         )
     # After the commit, from the row the finishing UPDATE returned: what a read of the job would show.
-    finished.body = job_body(ended, attempts=attempts)
+    finished.body = _body_of(ended, attempts)
     return finished
 
 
@@ -609,5 +629,5 @@ def _finish_alone(
                 )  # fmt: skip
     if ended.callback_url:
         finished.callbacks.append(("job", claim.job_id))
-    finished.body = job_body(ended, attempts=attempts)
+    finished.body = _body_of(ended, attempts)
     return finished
