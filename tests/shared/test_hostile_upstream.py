@@ -11,10 +11,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import fakeredis
 import pytest
 
+from shared import answering
 from shared import bounds
+from shared import budget
 from shared.catalog import Catalog
+from shared.circuit import BreakerPolicy
+from shared.circuit import CircuitBreaker
 from shared.llm_client import BAD_RESPONSE
 from shared.llm_client import UPSTREAM_BROKEN
 from shared.llm_client import CallResult
@@ -162,3 +167,24 @@ def test_no_body_holds_an_attempt_past_its_time_limit(
         assert result.error.code == "upstream_cut"  # its first token was out: billed for what arrived
     else:
         assert result.attempts[0].error_class == "timeout"
+
+
+@pytest.mark.parametrize(("mode", "state"), [("non_json", "open"), ("negative_usage", "closed")])
+def test_bad_answers_open_the_models_circuit_impossible_usage_does_not(
+    client: OpenAIChatClient, catalog: Catalog, hostile: HostileUpstream, tmp_path: Path, mode: str, state: str
+) -> None:
+    """A bad answer says the upstream is broken; an answer with impossible usage is an answer, billed at its bound."""
+    breaker = CircuitBreaker(fakeredis.FakeRedis(), BreakerPolicy(min_failures=3, failure_rate=0.5, cooldown_s=60))
+    settings = make_test_settings(f"sqlite:///{tmp_path}/router.db", openai_base_url=hostile.base_url)
+    using = answering.Answerer(catalog=catalog, settings=settings, client=client, breaker=breaker, sleep=lambda _: None)
+    prompt = f"{mode} What is the capital of France?"
+    reserved = budget.reservation_bound(
+        catalog=catalog, tiers=catalog.tiers, prompt=prompt, max_tokens=MAX_TOKENS, escalation=True
+    )
+    job = answering.Job(
+        prompt=prompt, max_tokens=MAX_TOKENS, preference="balanced", model=CHEAP, tier=None, max_tier=None,
+        reserved_cost=reserved, deadline_s=10.0,
+    )  # fmt: skip
+    for _ in range(3):
+        assert answering.answer(job, using=using).cost <= reserved
+    assert breaker.state(CHEAP) == state
