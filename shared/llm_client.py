@@ -41,6 +41,7 @@ from shared.errors import PermanentLLMError
 from shared.errors import TransientLLMError
 from shared.metrics import UNCONFIRMED
 from shared.simulator import tokens
+from shared.watchdog import WATCHDOG
 
 # What a call or the read of its body raises when the upstream fails: the SDK's errors, and those of the HTTP
 # library under it (httpx, or httpx2 in the SDK's later versions) for a body cut or shut part way.
@@ -450,14 +451,11 @@ class _Watchdog:
     """
 
     def __init__(self, sock: socket.socket, seconds: float) -> None:
-        self.fired = False
         self._sock = sock
-        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
-        self._timer.daemon = True
-        self._timer.start()
+        self._alarm = WATCHDOG.arm(seconds, self._fire)
 
     @classmethod
-    def over(cls, response: httpx.Response, seconds: float | None) -> _Watchdog | None:
+    def over(cls, response: Any, seconds: float | None) -> _Watchdog | None:
         """Watch `response` for `seconds` (None: no limit; a response without a socket cannot be watched)."""
         stream = response.extensions.get("network_stream")
         sock = None if stream is None else stream.get_extra_info("socket")
@@ -465,13 +463,16 @@ class _Watchdog:
             return None
         return cls(sock, seconds)
 
+    @property
+    def fired(self) -> bool:
+        return self._alarm.fired
+
     def _fire(self) -> None:
-        self.fired = True
         with contextlib.suppress(OSError):  # already closed
             self._sock.shutdown(socket.SHUT_RDWR)
 
     def cancel(self) -> None:
-        self._timer.cancel()
+        self._alarm.cancel()
 
 
 def _status_error(model_name: str, exc: openai.APIStatusError) -> LLMError:
