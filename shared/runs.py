@@ -193,7 +193,7 @@ def run(job_id: str, *, deps: RunDeps, started: float | None = None) -> JobStatu
             return claim
         # Lines logged while running carry the id of the request that created the job.
         with logs.bound(request_id=claim.request_id):
-            job_events.started(job_id, run_count=claim.run_count)
+            _quietly(job_events.started, job_id, run_count=claim.run_count)
             return _run_claimed(claim, deps=deps)
 
 
@@ -236,7 +236,7 @@ def _run_claimed(claim: Claim, *, deps: RunDeps) -> JobStatus | None:
         if _is_disconnect(error):
             if relay is not None:
                 # The job stays running until the reaper takes it over; its reader need not wait that long.
-                relay(job_id, _unrecorded_entry())
+                _quietly(relay, job_id, _unrecorded_entry())
             raise
         # Retrying cannot fix it (a value the table refuses, say): fail the job, with its cost, instead of
         # leaving it running for the reaper to run and pay again.
@@ -301,7 +301,8 @@ def _unrecorded_entry() -> dict[str, str]:
 
 
 def _quietly(step: Callable[..., object], *args: Any, **kwargs: Any) -> None:
-    """Run a step that follows the job's commit: its failure is logged, never sent round the reaper."""
+    """Run a step that tells about the job (events, relays, announcements) rather than records it: its failure
+    is logged, never changes how the job ends, never sends it round the reaper."""
     try:
         step(*args, **kwargs)
     except Exception:

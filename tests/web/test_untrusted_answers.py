@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from shared import alerts
 from shared import bounds
+from shared import job_events
 from shared import metrics
 from shared.catalog import Catalog
 from shared.db.base import Base
@@ -129,12 +130,13 @@ def test_an_answer_that_is_not_a_chat_completion_fails_the_job_once_charged_at_e
     assert job.cost <= job.reserved_cost
 
 
-def test_metrics_logs_and_alerts_that_fail_after_the_commit_leave_the_job_recorded_once(
+def test_events_metrics_and_alerts_that_fail_leave_the_job_recorded_once(
     app: Flask, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(*_: object, **__: object) -> None:
         raise RuntimeError("broken")
 
+    monkeypatch.setattr(job_events, "started", broken)
     monkeypatch.setattr(metrics, "record_usage_invalid", broken)
     monkeypatch.setattr(metrics, "record_attempts", broken)
     finished: list[str] = []
