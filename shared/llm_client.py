@@ -295,6 +295,11 @@ class OpenAIChatClient:
             if watchdog is not None:
                 watchdog.cancel()
         sent = request["messages"]
+        if finish_reason is None and not pieces:
+            # No answer at all (no event, or not an event stream): what the upstream billed is not known.
+            raise UpstreamBadResponse(
+                f"{model.name}: the stream ended without an answer", details={"error_class": BAD_RESPONSE}
+            )
         if finish_reason is None and pieces:
             # The connection ended without a finishing chunk: the answer is incomplete.
             raise StreamInterrupted(

@@ -121,7 +121,7 @@ def test_an_answer_that_is_not_a_chat_completion_ends_the_attempt_charged_at_its
     assert hostile.calls_in(mode) == before + 1
 
 
-@pytest.mark.parametrize("mode", ["stream_non_json_first", "stream_bad_delta"])
+@pytest.mark.parametrize("mode", ["stream_non_json_first", "stream_bad_delta", "stream_empty", "stream_json_body"])
 def test_a_stream_whose_first_event_is_not_valid_is_a_bad_response(
     client: OpenAIChatClient, catalog: Catalog, mode: str
 ) -> None:

@@ -15,7 +15,8 @@ its own way), else the server's `mode`. Modes:
 - trickle: a valid answer whose body comes a byte every `interval_s`; hang_body: half a body, then nothing.
 - stream_non_json_first, stream_non_json_later (after a first token), stream_negative_usage,
   stream_trickle (a valid token every `interval_s`, never finishing), stream_bad_delta (a delta that
-  is not text): streamed answers (the request's `stream` must be true).
+  is not text), stream_empty (no event at all), stream_json_body (a JSON body, not an event stream): streamed
+  answers (the request's `stream` must be true).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ BAD_ANSWERS: dict[str, Any] = {
 }
 MODES = frozenset(
     {"ok", "over_max_tokens", "no_usage", "non_json", "trickle", "hang_body", "stream_non_json_first",
-     "stream_non_json_later", "stream_negative_usage", "stream_trickle", "stream_bad_delta"}
+     "stream_non_json_later", "stream_negative_usage", "stream_trickle", "stream_bad_delta", "stream_empty",
+     "stream_json_body"}
     | USAGE_MODES.keys() | BAD_ANSWERS.keys()
 )  # fmt: skip
 
@@ -163,6 +165,11 @@ class HostileUpstream:
         def delta(content: Any, finish_reason: str | None = None) -> dict[str, Any]:
             return {"choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish_reason}]}
 
+        if mode == "stream_empty":
+            return response
+        if mode == "stream_json_body":
+            await response.write(json.dumps({"choices": []}).encode())
+            return response
         if mode == "stream_non_json_first":
             await event("{not json")
             return response
