@@ -77,8 +77,25 @@ class UsageOverBound:
         return body
 
 
+@dataclass(frozen=True)
+class UsageInvalid:
+    """The upstream reported usage that cannot be true for calls of job `job_id` (shared.upstream_answers):
+    each is charged at its bound instead. An upstream that does this may bill anything; operators should know."""
+
+    job_id: str
+    # The model of each such call.
+    models: tuple[str, ...]
+    # What those calls were charged, at their bounds.
+    charged: Decimal
+
+    def as_payload(self) -> dict[str, object]:
+        """Return the alert as the JSON body of a webhook and a log line."""
+        return {"event": "usage_invalid", "job_id": self.job_id, "models": list(self.models),
+                "charged": str(self.charged)}  # fmt: skip
+
+
 # What a finished job may set off for operators, delivered alike (a log line, ALERT_WEBHOOK_URL).
-Announcement = Alert | UsageOverBound
+Announcement = Alert | UsageOverBound | UsageInvalid
 
 
 def check(session: Session, *, scope: str, period: budget.Period, thresholds: Sequence[int]) -> list[Alert]:

@@ -109,7 +109,15 @@ class Outcome:
     @property
     def unconfirmed_cost(self) -> Decimal:
         """The part of the cost charged at bounds for calls whose answer never told what they cost."""
-        return sum((record.cost for _, record in self.attempts if record.outcome == UNCONFIRMED), Decimal(0))
+        return sum(
+            (record.cost for _, record in self.attempts if record.outcome == UNCONFIRMED or record.usage_invalid),
+            Decimal(0),
+        )
+
+    @property
+    def usage_invalid(self) -> tuple[AttemptRecord, ...]:
+        """The attempts whose reported usage could not be true, charged at their bounds instead."""
+        return tuple(record for _, record in self.attempts if record.usage_invalid)
 
 
 # Before each upstream call, with the most the call can cost: False stops the job (its run lost its claim).

@@ -20,6 +20,9 @@ from shared.errors import RoutingError
 # Costs are kept in whole nano-dollars; a price per 1K tokens with at most 6 decimals makes every
 # per-token cost an exact number of nano-dollars.
 PRICE_DECIMALS = 6
+# The context window of a model whose entry names none: above every model's today, so that only usage no
+# model can have (shared.upstream_answers) is refused for it.
+DEFAULT_CONTEXT_WINDOW = 2_000_000
 
 
 class _ModelEntry(BaseModel):
@@ -32,6 +35,8 @@ class _ModelEntry(BaseModel):
     base_url: str | None = None
     api_key_env: str | None = None
     supports_logprobs: bool = True
+    # The most tokens a prompt to it can have: usage reporting more cannot be true.
+    context_window: int = Field(default=DEFAULT_CONTEXT_WINDOW, gt=0, lt=2**31)
     # None: the default chain (the tier's other models, then the next tier up); []: no fallbacks.
     fallbacks: list[str] | None = None
 
@@ -98,6 +103,7 @@ class ModelSpec:
     base_url: str | None = None
     api_key_env: str | None = None
     supports_logprobs: bool = True
+    context_window: int = DEFAULT_CONTEXT_WINDOW
     fallbacks: tuple[str, ...] = ()
     connect_timeout_s: float | None = None
     read_timeout_s: float | None = None

@@ -64,6 +64,8 @@ def finished(done: Finished, *, outcome: Outcome | None = None) -> None:
         metrics.record_unconfirmed(model=done.model, cost=done.unconfirmed_cost)
     if done.overrun is not None:
         _over_bound(done)
+    if done.usage_invalid:
+        _usage_invalid(done)
     status = done.status.value
     metrics.record_job_finished(tier=done.tier, model=done.model, outcome=status, error_code=done.error_code)
     values: dict[str, object] = {
@@ -101,6 +103,15 @@ def _over_bound(done: Finished) -> None:
             reserved=str(overrun.reserved),
             attempts=overrun.billed(),
         ),
+    )
+
+
+def _usage_invalid(done: Finished) -> None:
+    for model in done.usage_invalid:
+        metrics.record_usage_invalid(model=model)
+    logger.warning(
+        "upstream reported usage that cannot be true; its calls are charged at their bounds",
+        extra=logs.fields(event="usage_invalid", job_id=done.job_id, models=list(done.usage_invalid)),
     )
 
 

@@ -393,6 +393,8 @@ class Finished:
     overrun: bounds.Overrun | None = None
     # The part of its cost charged at their bound for calls lost with their workers (shared.lost_calls).
     unconfirmed_cost: Decimal = Decimal(0)
+    # The models of the attempts whose reported usage could not be true (charged at their bounds instead).
+    usage_invalid: tuple[str, ...] = ()
 
 
 def after_terminal(session: Session, *, job_id: str, finished: Finished) -> None:

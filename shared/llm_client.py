@@ -6,13 +6,16 @@ infrastructure faults (broker, database), so the two never multiply.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import itertools
-import json
 import math
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
 from datetime import datetime
@@ -29,6 +32,7 @@ from tenacity import stop_after_attempt
 from tenacity import wait_exponential_jitter
 
 from shared import bounds
+from shared import upstream_answers
 from shared.catalog import ModelSpec
 from shared.config import Settings
 from shared.db.types import utcnow
@@ -37,6 +41,15 @@ from shared.errors import PermanentLLMError
 from shared.errors import TransientLLMError
 from shared.metrics import UNCONFIRMED
 from shared.simulator import tokens
+from shared.watchdog import WATCHDOG
+
+# What a call or the read of its body raises when the upstream fails: the SDK's errors, and those of the HTTP
+# library under it (httpx, or httpx2 in the SDK's later versions) for a body cut or shut part way.
+HTTP_ERRORS: tuple[type[BaseException], ...] = (openai.APIError, httpx.HTTPError, OSError)
+with contextlib.suppress(ImportError):
+    import httpx2
+
+    HTTP_ERRORS += (httpx2.HTTPError,)
 
 # Keys never travel to a server that did not ask for one; a local simulator accepts any.
 PLACEHOLDER_KEY = "no-key"
@@ -51,6 +64,9 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     logprobs: tuple[float, ...] | None = None
+    # The server's usage could not be true, or it sent none: the tokens above are not its word, and the
+    # attempt is charged at its bound (complete_with_retries).
+    usage_invalid: bool = False
 
 
 class LLMClient(Protocol):
@@ -77,15 +93,34 @@ class StreamCancelled(StreamInterrupted):
     code = "cancelled"  # the code of every cancelled job (shared.jobs.CANCELLED)
 
 
+# The error class of an answer that is not what an OpenAI-compatible server sends (shared.upstream_answers).
+BAD_RESPONSE = "bad_response"
+
+
+class UpstreamBadResponse(LLMError):
+    """An answer that failed validation. It may have been billed, so its attempt is charged at its bound. Not
+    retried on the same model (each try would cost another bound, which the job's reservation does not hold),
+    it falls back to the next model like any failed call, and counts against the model's circuit."""
+
+    code = "upstream_bad_response"
+
+
+class StreamBadResponse(StreamInterrupted):
+    """A stream that carried an event failing validation after its first token: charged at its bound, ended."""
+
+    code = "upstream_bad_response"
+
+
 class CallerGone(Exception):
     """Raised by an `on_delta` callback when nobody reads the answer any more: the stream is closed at once."""
 
 
 # The error classes that say the upstream itself is broken, the only failures its circuit breaker counts: a
-# 5xx, a connection that could not be made or was lost, a call that timed out. A 429 says the upstream is
+# 5xx, a connection that could not be made or was lost, a call that timed out, an answer that failed
+# validation. A 429 says the upstream is
 # busy (its limit, not its health), another 4xx that it refused this request, a deadline that we ran out of
 # time: none of them opens a circuit.
-UPSTREAM_BROKEN = frozenset({"server_error", "connection", "timeout"})
+UPSTREAM_BROKEN = frozenset({"server_error", "connection", "timeout", BAD_RESPONSE})
 
 # The sampling options a chat request may pass through to the upstream untouched.
 PASSTHROUGH_OPTIONS = ("temperature", "top_p", "stop", "user", "seed", "presence_penalty", "frequency_penalty")
@@ -105,6 +140,8 @@ class AttemptRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: Decimal = Decimal(0)
+    # The server's usage could not be true: the tokens and cost above are the call's bound.
+    usage_invalid: bool = False
 
 
 @dataclass
@@ -169,28 +206,25 @@ class OpenAIChatClient:
         `messages` (a chat's turns) replace the single user turn made of `prompt`; `options` are
         PASSTHROUGH_OPTIONS sent as they are.
         """
-        client = self._client_for(model)
-        request: dict[str, Any] = {
-            "model": model.name,
-            "messages": bounds.sent_messages(prompt, messages),
-            "max_tokens": max_tokens,
-            **{name: value for name, value in (options or {}).items() if name in PASSTHROUGH_OPTIONS},
-        }
+        request = self._request(model, prompt, max_tokens, messages, options)
         if model.supports_logprobs:
             request["logprobs"] = True
+        watchdog = None
         try:
             # The SDK's documented raw request (same client, keys, timeouts and error mapping), read as plain
             # JSON: transforming the typed parameters and building the typed answer cost more CPU than the call.
-            response = client.post(
-                "/chat/completions",
-                body=request,
-                cast_to=httpx.Response,
-                options={"timeout": self._timeout_for(model, timeout_s)},
-            )
-            body = response.content
-        except (openai.APITimeoutError, openai.APIConnectionError, openai.APIStatusError) as exc:
-            raise _mapped(model.name, exc) from None
-        return _parsed(model.name, body)
+            response = self._post(model, request, timeout_s)
+            try:
+                watchdog = _Watchdog.over(response, timeout_s)
+                body = response.read()
+            finally:
+                response.close()
+        except HTTP_ERRORS as exc:
+            raise _mapped(model.name, exc, timed_out=watchdog is not None and watchdog.fired) from None
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+        return _parsed(model, body, max_tokens=max_tokens)
 
     def stream(
         self,
@@ -206,26 +240,28 @@ class OpenAIChatClient:
         """Ask `model` once with a streamed answer, passing each text delta to `on_delta` as it arrives.
 
         Failures before the first delta map as in complete(); a failure after it raises StreamInterrupted
-        with what was produced (usage counted with the simulator's token rule when the server sent none).
-        CallerGone raised by `on_delta` passes through, after closing the upstream connection.
+        with what was produced (usage counted with the simulator's token rule when the server sent none), or
+        StreamBadResponse when an event failed validation. CallerGone raised by `on_delta` passes through,
+        after closing the upstream connection.
         """
-        client = self._client_for(model)
-        sent = bounds.sent_messages(prompt, messages)
+        request = self._request(model, prompt, max_tokens, messages, options)
+        request.update(stream=True, stream_options={"include_usage": True})
         pieces: list[str] = []
         finish_reason: str | None = None
-        usage = None
+        usage: object | None = None
+        watchdog = None
         try:
-            stream = client.chat.completions.create(
-                model=model.name,
-                messages=sent,  # type: ignore[arg-type]
-                max_tokens=max_tokens,
-                stream=True,
-                stream_options={"include_usage": True},
-                timeout=self._timeout_for(model, timeout_s),
-                **{name: value for name, value in (options or {}).items() if name in PASSTHROUGH_OPTIONS},
-            )
-            with stream:
-                for chunk in stream:
+            response = self._post(model, request, timeout_s)
+            try:
+                watchdog = _Watchdog.over(response, timeout_s)
+                for data in _sse_data(response.iter_lines()):
+                    if data == "[DONE]":
+                        break
+                    chunk = upstream_answers.chunk(data)
+                    if chunk.error is not None:
+                        raise TransientLLMError(
+                            f"{model.name}: the upstream sent an error event", details={"error_class": "server_error"}
+                        )
                     if chunk.usage is not None:
                         usage = chunk.usage
                     if not chunk.choices:
@@ -236,21 +272,67 @@ class OpenAIChatClient:
                         on_delta(choice.delta.content)
                     if choice.finish_reason is not None:
                         finish_reason = choice.finish_reason
-        except (openai.APIError, httpx.HTTPError) as exc:
-            # A connection lost mid-stream surfaces from the SDK's iterator as httpx's own error.
+            finally:
+                response.close()
+        except upstream_answers.BadResponse as bad:
+            message = f"{model.name}: the upstream sent a stream event that is not valid ({bad})"
             if not pieces:
-                raise _mapped(model.name, exc) from None
+                raise UpstreamBadResponse(message, details={"error_class": BAD_RESPONSE}) from None
+            raise StreamBadResponse(
+                message, partial=Completion("".join(pieces), None, 0, 0), details={"error_class": BAD_RESPONSE}
+            ) from None
+        except (*HTTP_ERRORS, TransientLLMError) as exc:
+            # A connection lost mid-stream surfaces from the iterator as httpx's own error.
+            timed_out = watchdog is not None and watchdog.fired
+            if not pieces:
+                raise (exc if isinstance(exc, LLMError) else _mapped(model.name, exc, timed_out=timed_out)) from None
             raise StreamInterrupted(
-                f"{model.name}: the upstream cut the stream", partial=_counted(sent, pieces, None, None),
+                f"{model.name}: the upstream {'took too long' if timed_out else 'cut the stream'}",
+                partial=_counted(request["messages"], pieces, None, None, model=model, max_tokens=max_tokens),
                 details={"error_class": "stream_cut"},
-            ) from None  # fmt: skip
+            ) from None
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+        sent = request["messages"]
+        if finish_reason is None and not pieces:
+            # No answer at all (no event, or not an event stream): what the upstream billed is not known.
+            raise UpstreamBadResponse(
+                f"{model.name}: the stream ended without an answer", details={"error_class": BAD_RESPONSE}
+            )
         if finish_reason is None and pieces:
             # The connection ended without a finishing chunk: the answer is incomplete.
             raise StreamInterrupted(
-                f"{model.name}: the stream ended early", partial=_counted(sent, pieces, None, usage),
+                f"{model.name}: the stream ended early",
+                partial=_counted(sent, pieces, None, usage, model=model, max_tokens=max_tokens),
                 details={"error_class": "stream_cut"},
-            )  # fmt: skip
-        return _counted(sent, pieces, finish_reason, usage)
+            )
+        return _counted(sent, pieces, finish_reason, usage, model=model, max_tokens=max_tokens)
+
+    @staticmethod
+    def _request(
+        model: ModelSpec,
+        prompt: str,
+        max_tokens: int,
+        messages: list[dict[str, str]] | None,
+        options: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        return {
+            "model": model.name,
+            "messages": bounds.sent_messages(prompt, messages),
+            "max_tokens": max_tokens,
+            **{name: value for name, value in (options or {}).items() if name in PASSTHROUGH_OPTIONS},
+        }
+
+    def _post(self, model: ModelSpec, request: dict[str, Any], timeout_s: float | None) -> Any:
+        """Send the request; return the response once its headers are in, its body left to read."""
+        return self._client_for(model).post(
+            "/chat/completions",
+            body=request,
+            cast_to=httpx.Response,
+            stream=True,
+            options={"timeout": self._timeout_for(model, timeout_s)},
+        )
 
     def close(self) -> None:
         """Close every SDK client and its connection pool."""
@@ -296,28 +378,29 @@ class OpenAIChatClient:
         )
 
 
-def _parsed(model_name: str, body: bytes) -> Completion:
-    """Read a chat completion's JSON body; an answer without a readable first choice is a bad answer."""
+def _parsed(model: ModelSpec, body: bytes, *, max_tokens: int) -> Completion:
+    """Read a chat completion's body through its model (shared.upstream_answers); raise UpstreamBadResponse."""
     try:
-        answer = json.loads(body)
-        choice = answer["choices"][0]
-        usage = answer.get("usage") or {}
-        tokens_logprobs = (choice.get("logprobs") or {}).get("content")
-        return Completion(
-            text=(choice.get("message") or {}).get("content") or "",
-            finish_reason=choice.get("finish_reason"),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            logprobs=tuple(float(token["logprob"]) for token in tokens_logprobs) if tokens_logprobs else None,
-        )
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-        raise PermanentLLMError(
-            f"{model_name}: the answer could not be read", details={"error_class": "bad_answer"}
+        answer = upstream_answers.answer(body)
+    except upstream_answers.BadResponse as bad:
+        raise UpstreamBadResponse(
+            f"{model.name}: the answer is not valid ({bad})", details={"error_class": BAD_RESPONSE}
         ) from None
+    choice = answer.choices[0]
+    tokens_logprobs = choice.logprobs.content if choice.logprobs is not None else None
+    usage = upstream_answers.usage(answer.usage, context_window=model.context_window, max_tokens=max_tokens)
+    return Completion(
+        text=choice.message.content or "",
+        finish_reason=choice.finish_reason,
+        prompt_tokens=0 if usage is None else usage.prompt_tokens,
+        completion_tokens=0 if usage is None else usage.completion_tokens,
+        logprobs=tuple(float(token.logprob) for token in tokens_logprobs) if tokens_logprobs else None,
+        usage_invalid=usage is None,
+    )
 
 
-def _mapped(model_name: str, exc: openai.APIError | httpx.HTTPError) -> LLMError:
-    if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException):
+def _mapped(model_name: str, exc: BaseException, *, timed_out: bool = False) -> LLMError:
+    if timed_out or isinstance(exc, openai.APITimeoutError | httpx.TimeoutException):
         return TransientLLMError(f"{model_name}: upstream timed out", details={"error_class": "timeout"})
     if isinstance(exc, openai.APIStatusError):
         return _status_error(model_name, exc)
@@ -325,18 +408,76 @@ def _mapped(model_name: str, exc: openai.APIError | httpx.HTTPError) -> LLMError
 
 
 def _counted(
-    messages: list[dict[str, str]], pieces: list[str], finish_reason: str | None, usage: object | None
+    messages: list[dict[str, str]],
+    pieces: list[str],
+    finish_reason: str | None,
+    usage: object | None,
+    *,
+    model: ModelSpec,
+    max_tokens: int,
 ) -> Completion:
-    """Return a streamed answer with the server's usage, or with tokens counted by the simulator's rule."""
+    """Return a streamed answer with the server's usage, or with tokens counted by the simulator's rule when it
+    sent none; usage it sent that cannot be true marks the answer `usage_invalid`."""
     text = "".join(pieces)
     if usage is not None:
-        prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens  # type: ignore[attr-defined]
+        checked = upstream_answers.usage(usage, context_window=model.context_window, max_tokens=max_tokens)
+        if checked is None:
+            return Completion(text=text, finish_reason=finish_reason, prompt_tokens=0, completion_tokens=0,
+                              usage_invalid=True)  # fmt: skip
+        prompt_tokens, completion_tokens = checked.prompt_tokens, checked.completion_tokens
     else:
         prompt_tokens = tokens.count_prompt_tokens(str(m.get("content") or "") for m in messages)
         completion_tokens = tokens.count_tokens(text)
     return Completion(
         text=text, finish_reason=finish_reason, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
     )
+
+
+def _sse_data(lines: Iterator[str]) -> Iterator[str]:
+    """Yield the data of each server-sent event (its `data:` lines joined); comments and other fields are skipped."""
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+    if data:
+        yield "\n".join(data)
+
+
+class _Watchdog:
+    """Ends an attempt's body at its time limit: shuts the response's socket, which ends a read in progress.
+
+    httpx's read timeout counts from each read, so a body trickled a byte at a time never trips it; this
+    counts the whole body. (Connecting and the response's headers are bounded by the connect and read
+    timeouts, shrunk to the same time left.)
+    """
+
+    def __init__(self, sock: socket.socket, seconds: float) -> None:
+        self._sock = sock
+        self._alarm = WATCHDOG.arm(seconds, self._fire)
+
+    @classmethod
+    def over(cls, response: Any, seconds: float | None) -> _Watchdog | None:
+        """Watch `response` for `seconds` (None: no limit; a response without a socket cannot be watched)."""
+        stream = response.extensions.get("network_stream")
+        sock = None if stream is None else stream.get_extra_info("socket")
+        if seconds is None or sock is None:
+            return None
+        return cls(sock, seconds)
+
+    @property
+    def fired(self) -> bool:
+        return self._alarm.fired
+
+    def _fire(self) -> None:
+        with contextlib.suppress(OSError):  # already closed
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._alarm.cancel()
 
 
 def _status_error(model_name: str, exc: openai.APIStatusError) -> LLMError:
@@ -388,8 +529,8 @@ def complete_with_retries(
     circuit breaker counts them). `messages` and `options`, when given, go to the client as they are
     (OpenAIChatClient.complete). With `on_delta` the answer is streamed to it (client.stream); a stream
     cut after its first token is billed for what it produced and not retried. When `on_delta` raises
-    CallerGone the stream is closed and the attempt ends StreamCancelled, charged at its bound and unconfirmed
-    (_received_usage), since the upstream sends usage only at the end.
+    CallerGone the stream is closed and the attempt ends StreamCancelled, charged at its bound and unconfirmed,
+    since the upstream sends usage only at the end.
 
     Never raises for an upstream failure: the result carries the last error
     and every attempt.
@@ -420,6 +561,8 @@ def complete_with_retries(
         if on_attempt is not None:
             on_attempt(attempt)
 
+    bound = bounds.call_bound(prompt=prompt, max_tokens=max_tokens, messages=messages, options=options)
+
     def attempt() -> Completion:
         started_at = utcnow()
         start = time.perf_counter()
@@ -441,10 +584,7 @@ def complete_with_retries(
             else:
                 completion = client.complete(model=model, prompt=prompt, max_tokens=max_tokens, timeout_s=left, **chat)
         except CallerGone as gone:
-            completion = _received_usage(
-                bounds.call_bound(prompt=prompt, max_tokens=max_tokens, messages=messages, options=options),
-                "".join(received),
-            )
+            completion = Completion("".join(received), None, 0, 0)
             error = StreamCancelled(
                 f"{model.name}: stopped, {gone}", partial=completion, details={"error_class": "cancelled"}
             )
@@ -452,11 +592,24 @@ def complete_with_retries(
             error = failure
             # A stream cut part way was still billed for what it produced.
             completion = failure.partial if isinstance(failure, StreamInterrupted) else Completion("", None, 0, 0)
+        # An answer that failed validation, or whose usage cannot be true, may have been billed anything up to
+        # its bound: it is charged at the bound, never at what it said. So is a stream its client left: the
+        # upstream reports usage only in its last chunk, and tokens were on their way (or still being produced)
+        # when it was closed, so what it billed is not known.
+        at_bound = (
+            completion.usage_invalid
+            or isinstance(error, StreamCancelled)
+            or (error is not None and error.details.get("error_class") == BAD_RESPONSE)
+        )
+        if at_bound:
+            completion = dataclasses.replace(
+                completion, prompt_tokens=bound.prompt_tokens, completion_tokens=bound.completion_tokens
+            )
         record(
             AttemptRecord(
                 model=model.name,
                 tier=model.tier,
-                outcome="ok" if error is None else UNCONFIRMED if isinstance(error, StreamCancelled) else "error",
+                outcome="ok" if error is None else UNCONFIRMED if at_bound else "error",
                 latency_ms=_elapsed_ms(start),
                 started_at=started_at,
                 error_class=None if error is None else str(error.details.get("error_class", type(error).__name__)),
@@ -464,6 +617,7 @@ def complete_with_retries(
                 prompt_tokens=completion.prompt_tokens,
                 completion_tokens=completion.completion_tokens,
                 cost=model.cost(completion.prompt_tokens, completion.completion_tokens),
+                usage_invalid=completion.usage_invalid,
             )
         )
         if error is not None:
@@ -478,7 +632,7 @@ def complete_with_retries(
     retrying = Retrying(
         stop=stop_after_attempt(policy.max_attempts) | out_of_time,
         wait=wait,
-        retry=retry_if_exception_type(TransientLLMError),
+        retry=retry_if_exception_type(TransientLLMError),  # never UpstreamBadResponse: see its docstring
         sleep=sleep,
         reraise=True,
     )
@@ -487,20 +641,6 @@ def complete_with_retries(
     except LLMError as error:
         result.error = error
     return result
-
-
-def _received_usage(bound: bounds.CallBound, text: str) -> Completion:
-    """Return what a stream stopped by its client is charged: the bound of the call, unconfirmed.
-
-    The upstream reports usage only in its last chunk, so none came; and it produced tokens that were on
-    their way when the stream was closed, or before it noticed, that never arrived here. What it billed is
-    not known, only that it is at most the call's bound: the prompt at the bound its reservation used
-    (shared.bounds), the completion at the `max_tokens` sent. The attempt is charged that and recorded as
-    unconfirmed, like a call lost with its worker, so the ledger is never below the bill.
-    """
-    return Completion(
-        text=text, finish_reason=None, prompt_tokens=bound.prompt_tokens, completion_tokens=bound.completion_tokens
-    )
 
 
 def _elapsed_ms(start: float) -> float:

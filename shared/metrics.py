@@ -115,6 +115,12 @@ USAGE_OVER_BOUND = Counter(
     "the model whose usage passed it (none: only the job's total passed its reservation).",
     ["model"],
 )
+USAGE_INVALID = Counter(
+    "model_router_usage_invalid_total",
+    "Upstream calls whose reported usage could not be true (negative, not an integer, above the model's context"
+    " window or the max_tokens sent, or missing), charged at their bound instead, by model.",
+    ["model"],
+)
 
 # The outcome of an attempt that may have been billed though no answer says what: charged at its bound.
 UNCONFIRMED = "unconfirmed"
@@ -183,6 +189,11 @@ def record_attempts(attempts: Sequence[tuple[str, AttemptRecord]]) -> None:
 def record_usage_over_bound(*, model: str | None) -> None:
     """Count one job billed over its bound; call it once, after the commit that recorded it."""
     USAGE_OVER_BOUND.labels(model=model or NONE).inc()
+
+
+def record_usage_invalid(*, model: str) -> None:
+    """Count one call whose reported usage could not be true; call it once, after the commit that recorded it."""
+    USAGE_INVALID.labels(model=model).inc()
 
 
 def record_unconfirmed(*, model: str | None, cost: Decimal) -> None:

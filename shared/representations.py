@@ -27,7 +27,7 @@ BODY_ATTRIBUTES = (
     "error_code", "error_message", "finished_at", "response", "model_used", "tier", "difficulty_score",
     "difficulty_level", "tokens_used", "prompt_tokens", "completion_tokens", "cost", "latency_ms", "escalated",
     "escalation_reason", "downgraded_from", "confidence", "retry_count", "usage_over_bound", "truncated",
-    "unconfirmed_cost",
+    "unconfirmed_cost", "usage_invalid",
 )  # fmt: skip
 
 
@@ -73,6 +73,7 @@ def job_body(job: RequestLog | Row[Any], *, attempts: Sequence[Mapping[str, Any]
         confidence=job.confidence,
         retry_count=job.retry_count,
         usage_over_bound=job.usage_over_bound,
+        usage_invalid=job.usage_invalid,
         attempts=(
             [{name: getattr(attempt, name) for name in ATTEMPT_FIELDS} for attempt in job.attempts]
             if attempts is None

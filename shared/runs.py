@@ -132,11 +132,11 @@ class Claim:
 
 
 def announce(finished: jobs.Finished, *, deps: RunDeps) -> None:
-    """After commit: fire the alerts and callbacks a terminal job set off."""
+    """After commit: fire the alerts and callbacks a terminal job set off; one that fails does not stop the rest."""
     for alert in finished.alerts:
-        deps.on_alert(alert)
+        _quietly(deps.on_alert, alert)
     for resource, resource_id in finished.callbacks:
-        deps.on_callback(resource, resource_id)
+        _quietly(deps.on_callback, resource, resource_id)
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ def run(job_id: str, *, deps: RunDeps, started: float | None = None) -> JobStatu
             return claim
         # Lines logged while running carry the id of the request that created the job.
         with logs.bound(request_id=claim.request_id):
-            job_events.started(job_id, run_count=claim.run_count)
+            _quietly(job_events.started, job_id, run_count=claim.run_count)
             return _run_claimed(claim, deps=deps)
 
 
@@ -236,7 +236,7 @@ def _run_claimed(claim: Claim, *, deps: RunDeps) -> JobStatus | None:
         if _is_disconnect(error):
             if relay is not None:
                 # The job stays running until the reaper takes it over; its reader need not wait that long.
-                relay(job_id, _unrecorded_entry())
+                _quietly(relay, job_id, _unrecorded_entry())
             raise
         # Retrying cannot fix it (a value the table refuses, say): fail the job, with its cost, instead of
         # leaving it running for the reaper to run and pay again.
@@ -301,11 +301,22 @@ def _unrecorded_entry() -> dict[str, str]:
 
 
 def _quietly(step: Callable[..., object], *args: Any, **kwargs: Any) -> None:
-    """Run a step that follows the job's commit: its failure is logged, never sent round the reaper."""
+    """Run a step that tells about the job (events, relays, announcements) rather than records it: its failure
+    is logged, never changes how the job ends, never sends it round the reaper."""
     try:
         step(*args, **kwargs)
     except Exception:
         logger.exception("a step after recording the job failed step=%s", getattr(step, "__name__", step))
+
+
+def _body_of(ended: Any, attempts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The recorded job as the API shows it, or None (waiters then read it back) if it cannot be built: the
+    job is recorded already, and nothing after its commit may fail its run."""
+    try:
+        return job_body(ended, attempts=attempts)
+    except Exception:
+        logger.exception("the finished job's body could not be built job_id=%s", getattr(ended, "id", None))
+        return None
 
 
 def _keep_answer(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> None:
@@ -493,6 +504,9 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
         reserved=claim.reserved_cost,
     )
     values["usage_over_bound"] = overrun is not None
+    # Calls whose usage could not be true are charged at their bounds (shared.llm_client); the job says so.
+    invalid = outcome.usage_invalid
+    values["usage_invalid"] = bool(invalid)
     hold_for = None if overrun is None else claim.job_id
     values["tokens_used"] = values["prompt_tokens"] + values["completion_tokens"]
     if completion is not None:
@@ -531,7 +545,14 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
         error_code=values.get("error_code"),
         overrun=overrun,
         unconfirmed_cost=values["unconfirmed_cost"],
+        usage_invalid=tuple(record.model for record in invalid),
     )
+    if invalid:
+        finished.alerts.append(
+            alerts.UsageInvalid(
+                claim.job_id, tuple(record.model for record in invalid), sum((r.cost for r in invalid), Decimal(0))
+            )
+        )
     if overrun is not None:
         finished.alerts.append(
             alerts.UsageOverBound.of(
@@ -565,7 +586,7 @@ def _finish(claim: Claim, outcome: answering.Outcome, *, deps: RunDeps) -> jobs.
             session, job_id=claim.job_id, callback_url=ended.callback_url, batch_id=ended.batch_id, finished=finished
         )
     # After the commit, from the row the finishing UPDATE returned: what a read of the job would show.
-    finished.body = job_body(ended, attempts=attempts)
+    finished.body = _body_of(ended, attempts)
     return finished
 
 
@@ -609,5 +630,5 @@ def _finish_alone(
                 )  # fmt: skip
     if ended.callback_url:
         finished.callbacks.append(("job", claim.job_id))
-    finished.body = job_body(ended, attempts=attempts)
+    finished.body = _body_of(ended, attempts)
     return finished

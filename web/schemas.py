@@ -191,6 +191,12 @@ class JobResult(BaseModel):
         description="The upstream billed more than the job's bound: `cost` is what it billed, and the job's "
         "budget scopes reserve nothing more this month until an operator clears the hold.",
     )
+    usage_invalid: bool | None = Field(
+        default=None,
+        description="The upstream reported usage that cannot be true for one of the job's calls (negative, not "
+        "an integer, a prompt above the model's context window, a completion above the max_tokens sent, or "
+        "none at all): that call is charged at its worst-case bound, part of `unconfirmed_cost`.",
+    )
     attempts: list[Attempt] | None = None
     error: ErrorDetail | None = None
 

@@ -138,6 +138,9 @@ class RequestLog(Base):
     # The upstream billed the job more than its bound (shared.bounds): its cost is what was billed, and its
     # scopes' months are held (MonthlyBudget.held_by_job).
     usage_over_bound: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The upstream reported usage that cannot be true (shared.upstream_answers) for one of its calls: that call
+    # is charged at its bound, not at what was reported.
+    usage_invalid: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Upstream calls whose outcome is not on record (shared.lost_calls), each at its worst-case cost: the
     # running run's calls, noted before each starts; and those lost with their workers, charged (part of
     # `cost`) though the upstream never confirmed what it billed.

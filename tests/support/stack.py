@@ -128,7 +128,8 @@ class Stack:
         return f"http://127.0.0.1:{self.sim_port}"
 
     def start(self) -> None:
-        self.env["OPENAI_BASE_URL"] = f"{self.sim}/v1"
+        # The simulator, unless the settings name another upstream (a hostile one, say).
+        self.env.setdefault("OPENAI_BASE_URL", f"{self.sim}/v1")
         # Tests and benchmarks send all their traffic from this one address at rates far past the default
         # limits; a test of the limits sets them (a key's own rpm applies either way).
         for limit in ("DEFAULT_RPM", "ADDRESS_RPM"):
