@@ -6,9 +6,9 @@ infrastructure faults (broker, database), so the two never multiply.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
-import math
 import os
 import threading
 import time
@@ -24,11 +24,12 @@ import httpx
 import openai
 from tenacity import RetryCallState
 from tenacity import Retrying
-from tenacity import retry_if_exception_type
+from tenacity import retry_if_exception
 from tenacity import stop_after_attempt
 from tenacity import wait_exponential_jitter
 
 from shared import bounds
+from shared.admission import RateLimits
 from shared.catalog import ModelSpec
 from shared.config import Settings
 from shared.db.types import utcnow
@@ -50,6 +51,8 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     logprobs: tuple[float, ...] | None = None
+    # What the answer's headers said of the upstream's rate limits (shared.admission learns from it).
+    rate_limits: RateLimits | None = None
 
 
 class LLMClient(Protocol):
@@ -104,6 +107,7 @@ class AttemptRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: Decimal = Decimal(0)
+    rate_limits: RateLimits | None = None
 
 
 @dataclass
@@ -189,7 +193,9 @@ class OpenAIChatClient:
             body = response.content
         except (openai.APITimeoutError, openai.APIConnectionError, openai.APIStatusError) as exc:
             raise _mapped(model.name, exc) from None
-        return _parsed(model.name, body)
+        completion = _parsed(model.name, body)
+        limits = RateLimits.from_headers(response.headers)
+        return completion if limits is None else dataclasses.replace(completion, rate_limits=limits)
 
     def stream(
         self,
@@ -342,28 +348,20 @@ def _status_error(model_name: str, exc: openai.APIStatusError) -> LLMError:
     status = exc.status_code
     if status == 429 or status >= 500:
         kind = "rate_limited" if status == 429 else "server_error"
-        return TransientLLMError(
+        limits = RateLimits.from_headers(exc.response.headers)
+        error = TransientLLMError(
             f"{model_name}: upstream answered {status}",
             status_code=status,
-            retry_after_s=_retry_after(exc.response.headers.get("retry-after")),
+            retry_after_s=None if limits is None else limits.retry_after_s,
             details={"error_class": kind},
         )
+        error.rate_limits = limits
+        return error
     return PermanentLLMError(
         f"{model_name}: upstream rejected the request ({status})",
         status_code=status,
         details={"error_class": "rejected"},
     )
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Parse a Retry-After header given in seconds (the HTTP-date form is rare for APIs and ignored)."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def complete_with_retries(
@@ -379,8 +377,12 @@ def complete_with_retries(
     messages: list[dict[str, str]] | None = None,
     options: dict[str, Any] | None = None,
     on_delta: Callable[[str], None] | None = None,
+    retry_throttled: bool = True,
 ) -> CallResult:
     """Call `model`, retrying transient failures with jittered exponential backoff or Retry-After.
+
+    With `retry_throttled` False a 429 ends the call at once (admission control, shared.admission, paces the
+    next one).
 
     `deadline` (a time.monotonic() value) bounds the whole call: no attempt starts or waits past it, and
     each attempt's timeouts shrink to the time left. `on_attempt` sees every attempt as it ends (the
@@ -463,6 +465,7 @@ def complete_with_retries(
                 prompt_tokens=completion.prompt_tokens,
                 completion_tokens=completion.completion_tokens,
                 cost=model.cost(completion.prompt_tokens, completion.completion_tokens),
+                rate_limits=completion.rate_limits if error is None else error.rate_limits,
             )
         )
         if error is not None:
@@ -477,7 +480,12 @@ def complete_with_retries(
     retrying = Retrying(
         stop=stop_after_attempt(policy.max_attempts) | out_of_time,
         wait=wait,
-        retry=retry_if_exception_type(TransientLLMError),
+        retry=retry_if_exception(
+            lambda error: (
+                isinstance(error, TransientLLMError)
+                and (retry_throttled or error.details.get("error_class") != "rate_limited")
+            )
+        ),
         sleep=sleep,
         reraise=True,
     )
