@@ -130,9 +130,11 @@ class RateLimits:
         if throttled and self.retry_after_s is not None:
             return self.retry_after_s
         exhausted = self.exhausted
+        if exhausted == REQUESTS and self.limit_requests:
+            # The next call is admitted once one request is back, at the limit's rate.
+            return 60 / self.limit_requests
         if exhausted == REQUESTS and self.reset_requests_s is not None:
-            # The reset is when the whole limit is back; the next call is admitted once one request is.
-            return self.reset_requests_s / max(self.limit_requests or 1, 1)
+            return self.reset_requests_s
         if exhausted == TOKENS and self.reset_tokens_s is not None:
             return self.reset_tokens_s
         return DEFAULT_BLOCK_S if throttled else None
