@@ -75,9 +75,9 @@ CLAIMED_COLUMNS = tuple(
     _JOB[name]
     for name in (
         "id", "run_count", "prompt", "max_tokens", "preference", "requested_model", "requested_tier", "messages",
-        "upstream_options", "stream", "difficulty_estimator", "budget_year", "budget_month", "reserved_cost",
-        "api_key_id", "max_tier", "deadline_s", "cache_key", "request_id", "batch_id", "in_flight_cost",
-        "unconfirmed_cost",
+        "upstream_options", "stream", "difficulty_estimator", "on_rate_limit", "budget_year", "budget_month",
+        "reserved_cost", "api_key_id", "max_tier", "deadline_s", "cache_key", "request_id", "batch_id",
+        "in_flight_cost", "unconfirmed_cost",
     )
 )  # fmt: skip
 _CLAIM = (
@@ -259,7 +259,7 @@ def _run_claimed(claim: Claim, *, deps: RunDeps, resume: Resume | None = None) -
                 difficulty_estimator=request.difficulty_estimator or deps.settings.difficulty_estimator,
                 messages=request.messages,
                 options=request.options,
-                on_rate_limit=deps.settings.rate_limit_policy,
+                on_rate_limit=request.on_rate_limit or deps.settings.rate_limit_policy,
                 # A streamed job's reader is waiting on this run: it waits in the worker.
                 can_defer=relay is None,
                 admitted=None if resume is None else resume.admitted,
@@ -475,6 +475,7 @@ def _claim(job_id: str, *, deps: RunDeps, started: float | None = None) -> Claim
             options=job.upstream_options,
             stream=job.stream,
             difficulty_estimator=job.difficulty_estimator,
+            on_rate_limit=job.on_rate_limit,
         ),
         period=budget.Period(job.budget_year, job.budget_month),
         reserved_cost=reserved_cost,
