@@ -75,10 +75,23 @@ if tt then redis.call('HSET', KEYS[1], 'tt', tostring(tt)) end
 return {1, tostring(wait), limit, tostring(rr), tostring(tr)}
 """
 
-# ARGV: now, requests per minute ('' unknown), tokens per minute ('' unknown), blocked until ('' none), why, ttl.
+# ARGV: now, requests per minute ('' unknown), tokens per minute ('' unknown), blocked until ('' none), why, ttl,
+# burst_s, requests remaining ('' unknown), tokens remaining ('' unknown). What remains moves the buckets to
+# match the upstream's (never forward: a turn already reserved stays reserved).
 _LEARN = """
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'rr', tostring(tonumber(ARGV[2]) / 60)) end
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'tr', tostring(tonumber(ARGV[3]) / 60)) end
+local now, burst = tonumber(ARGV[1]), tonumber(ARGV[7])
+local f = redis.call('HMGET', KEYS[1], 'rr', 'tr', 'rt', 'tt')
+for i, remaining in ipairs({ARGV[8], ARGV[9]}) do
+  local rate = tonumber(f[i] or '0')
+  if remaining ~= '' and rate > 0 then
+    local full = now + math.max(burst, 1 / rate) - tonumber(remaining) / rate
+    if full > tonumber(f[i + 2] or '0') then
+      redis.call('HSET', KEYS[1], i == 1 and 'rt' or 'tt', tostring(full))
+    end
+  end
+end
 if ARGV[4] ~= '' then
   local f = redis.call('HMGET', KEYS[1], 'blocked')
   if tonumber(ARGV[4]) > tonumber(f[1] or '0') then
@@ -195,6 +208,8 @@ class Admission:
         `known` is the ticket the call was admitted with: an answer saying nothing new (the same limits, some
         left) costs no round trip.
         """
+        if limits is None and not throttled:
+            return
         limits = limits or RateLimits()
         block = limits.block_s(throttled=throttled)
         rpm, tpm = limits.limit_requests, limits.limit_tokens
@@ -208,8 +223,9 @@ class Admission:
         now = self._clock()
         why = limits.exhausted or RETRY_AFTER
         args = [
-            repr(now), "" if rpm is None else rpm, "" if tpm is None else tpm,
-            "" if block is None else repr(now + block), why, LEARNED_TTL_S,
+            repr(now), _text(rpm), _text(tpm),
+            "" if block is None else repr(now + block), why, LEARNED_TTL_S, repr(self._burst_s),
+            _text(limits.remaining_requests), _text(limits.remaining_tokens),
         ]  # fmt: skip
         try:
             self._learn(keys=[_key(model)], args=args)
@@ -258,6 +274,10 @@ def _number(value: str | None) -> float | None:
 def _count(value: str | None) -> int | None:
     number = _number(value)
     return None if number is None else int(number)
+
+
+def _text(value: int | None) -> str | int:
+    return "" if value is None else value
 
 
 def _same(said: int | None, known: float) -> bool:

@@ -196,3 +196,10 @@ def test_the_simulators_limiter_admits_one_second_of_its_rate_and_says_so_like_o
     # Tokens: counted at the request's prompt and max_tokens.
     assert limiter.check("t", rpm=None, tpm=600, tokens=8).admitted
     assert limiter.check("t", rpm=None, tpm=600, tokens=8).limit == "tokens"
+
+
+def test_what_remains_upstream_moves_the_bucket_to_match(admission: Admission) -> None:
+    # The upstream says 2 of its 5 a second remain although this bucket is full: 2 go now, the next waits.
+    admission.learn("m", RateLimits(limit_requests=300, remaining_requests=2), throttled=False)
+    waits = [admission.take("m", tokens=1, max_wait_s=10).wait_s for _ in range(4)]
+    assert waits == pytest.approx([0, 0, 0.2, 0.4])

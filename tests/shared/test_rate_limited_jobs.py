@@ -134,7 +134,7 @@ def test_fallback_is_a_choice_that_sends_the_job_to_the_next_model(catalog, sett
 def test_a_429_goes_back_to_admission_which_paces_the_retry(catalog, settings, admission) -> None:
     fake = FakeLLMClient()
     throttled = answering.TransientLLMError("429", status_code=429, details={"error_class": "rate_limited"})
-    throttled.rate_limits = RateLimits(limit_requests=60, remaining_requests=0, retry_after_s=0.8)
+    throttled.rate_limits = RateLimits(retry_after_s=0.8)
     fake.script(CHEAP, throttled)
     sleeps: list[float] = []
     outcome = answering.answer(_job(catalog), using=_using(catalog, settings, fake, admission=admission, sleeps=sleeps))
