@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 # An escalation needs at least this much of the deadline left to be worth starting.
 MIN_ESCALATION_TIME_S = 0.5
+# The shortest wait a job deferred for open circuits is given.
+MIN_DEFERRAL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -288,7 +290,8 @@ def _answer_slot(
     if outcome.completion is not None or not refusals:
         return
     if waits and not failed and job.can_defer and outcome.calls == 0 and time.monotonic() + min(waits) < deadline:
-        outcome.deferral = Deferral(min(waits))
+        # Never at once: a circuit seen open a moment ago is not let through sooner by asking again.
+        outcome.deferral = Deferral(max(min(waits), MIN_DEFERRAL_S))
         return
     message = "; ".join(refusals)
     if limited and not failed:
