@@ -249,3 +249,11 @@ def test_the_simulator_paces_the_real_client_through_admission(catalog, tmp_path
     assert answered == 6
     # The first answer told the limit; none was refused after it.
     assert stats["throttled"] == 0 and stats["calls"] == 6
+
+
+def test_a_job_that_chose_fallback_is_answered_by_the_next_model_at_once(deps, admission) -> None:
+    _limit(admission, CHEAP, rpm=6, used=2)
+    job_id = _submit(deps, on_rate_limit="fallback")
+    assert runs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
+    with deps.sessions() as session:
+        assert session.get(RequestLog, job_id).model_used == MID
