@@ -3,7 +3,9 @@
 Every worker process shares one token bucket per model in Redis, kept as GCRA "theoretical arrival times":
 one for requests, one for tokens (each call is counted at its bound, as OpenAI counts `max_tokens` at
 admission). A bucket holds `burst_s` seconds' worth of its rate (at least one call) and refills continuously.
-Nothing is limited until the upstream says what its limits are: the `x-ratelimit-limit-requests` and
+Until an upstream has answered once, one call at a time goes to it (a scout, replaced after `scout_s` if it
+never reports), so that a burst does not discover the limit by failing; once it has answered, nothing is
+limited that it did not say: the `x-ratelimit-limit-requests` and
 `x-ratelimit-limit-tokens` headers (per minute) set the rates, a 429's `retry-after-ms` / `Retry-After` (or the
 exhausted limit's `x-ratelimit-reset-*`) keeps every caller out until it ends, and `x-ratelimit-remaining-* = 0`
 on a success does the same. Learned limits expire after `LEARNED_TTL_S` without news, so a raised limit is
@@ -39,17 +41,33 @@ DEFAULT_BLOCK_S = 1.0
 REQUESTS = "requests"
 TOKENS = "tokens"
 RETRY_AFTER = "retry_after"
+# The first call to a model nothing was heard from, and the callers waiting for its answer.
+SCOUT = "scout"
+SCOUTING = "scouting"
+# How soon a caller waiting for the scout's answer asks again.
+SCOUTING_POLL_S = 0.05
 
 # The hash holds: rr, tr (requests and tokens admitted per second; absent: not known), rt, tt (their theoretical
 # arrival times), blocked (no call before), why (the limit that blocked). ARGV: now, the call's tokens, the longest
-# wait the caller accepts, burst_s. Returns {reserved (0|1), wait, limit, rr, tr}; numbers as strings (Lua numbers
+# wait the caller accepts, burst_s, how long a scout's answer is waited for, LEARNED_TTL_S, how soon to ask again while
+# waiting for it. Returns {reserved (0|1), wait, limit, rr, tr}; numbers as strings (Lua numbers
 # come back truncated to integers).
 _TAKE = """
 local now, cost, max_wait, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local f = redis.call('HMGET', KEYS[1], 'rr', 'tr', 'rt', 'tt', 'blocked', 'why')
+local f = redis.call('HMGET', KEYS[1], 'rr', 'tr', 'rt', 'tt', 'blocked', 'why', 'seen', 'scout')
 local rr, tr, blocked = tonumber(f[1] or '0'), tonumber(f[2] or '0'), tonumber(f[5] or '0')
 if rr == 0 and tr == 0 and blocked <= now then
-  return {1, '0', '', '0', '0'}
+  if f[7] then
+    return {1, '0', '', '0', '0'}
+  end
+  -- Nothing heard from this upstream yet: one call goes first and its answer tells the limits.
+  local scout, scout_s = tonumber(f[8] or '0'), tonumber(ARGV[5])
+  if now - scout >= scout_s then
+    redis.call('HSET', KEYS[1], 'scout', ARGV[1])
+    redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
+    return {1, '0', 'scout', '0', '0'}
+  end
+  return {0, tostring(math.min(tonumber(ARGV[7]), scout + scout_s - now)), 'scouting', '0', '0'}
 end
 local start, limit = now, ''
 if blocked > now then
@@ -98,6 +116,7 @@ if ARGV[4] ~= '' then
     redis.call('HSET', KEYS[1], 'blocked', ARGV[4], 'why', ARGV[5])
   end
 end
+redis.call('HSET', KEYS[1], 'seen', 1)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
 return 1
 """
@@ -170,6 +189,8 @@ class Ticket:
             return f"{model}: rate limited by the upstream's requests limit ({self.requests_per_minute:g}/min)"
         if self.limit == TOKENS:
             return f"{model}: rate limited by the upstream's tokens limit ({self.tokens_per_minute:g}/min)"
+        if self.limit == SCOUTING:
+            return f"{model}: waiting for its first answer to tell its rate limits"
         return f"{model}: rate limited (the upstream asked to retry after {self.wait_s:.1f} s)"
 
 
@@ -179,16 +200,20 @@ ADMITTED = Ticket()
 class Admission:
     """The admission buckets of every model, kept in Redis."""
 
-    def __init__(self, client: redis.Redis, *, burst_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, client: redis.Redis, *, burst_s: float = 1.0, scout_s: float = 5.0, clock: Callable[[], float] = time.time
+    ) -> None:
         self._redis = client
         self._burst_s = burst_s
+        self._scout_s = scout_s
         self._clock = clock
         self._take = client.register_script(_TAKE)
         self._learn = client.register_script(_LEARN)
 
     def take(self, model: str, *, tokens: int, max_wait_s: float) -> Ticket:
         """Ask for a call of `tokens` (its bound) to `model`; reserve its turn if it comes within `max_wait_s`."""
-        args = [repr(self._clock()), tokens, repr(max(max_wait_s, 0.0)), repr(self._burst_s)]
+        args = [repr(self._clock()), tokens, repr(max(max_wait_s, 0.0)), repr(self._burst_s), repr(self._scout_s),
+                LEARNED_TTL_S, repr(SCOUTING_POLL_S)]  # fmt: skip
         try:
             reserved, wait, limit, rr, tr = self._take(keys=[_key(model)], args=args)
         except redis.RedisError:
@@ -208,13 +233,15 @@ class Admission:
         `known` is the ticket the call was admitted with: an answer saying nothing new (the same limits, some
         left) costs no round trip.
         """
-        if limits is None and not throttled:
+        scouted = known is not None and known.limit == SCOUT
+        if limits is None and not throttled and not scouted:
             return
         limits = limits or RateLimits()
         block = limits.block_s(throttled=throttled)
         rpm, tpm = limits.limit_requests, limits.limit_tokens
         if (
             block is None
+            and not scouted
             and known is not None
             and _same(rpm, known.requests_per_minute)
             and (_same(tpm, known.tokens_per_minute))

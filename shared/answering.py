@@ -24,6 +24,7 @@ from shared import bounds
 from shared import confidence
 from shared import difficulty
 from shared import routing
+from shared.admission import SCOUTING
 from shared.admission import Admission
 from shared.admission import Ticket
 from shared.catalog import Catalog
@@ -255,6 +256,10 @@ def _answer_slot(
             ticket = None
             if using.admission is not None and admitted != model.name:
                 ticket = _admit(job, model, patient=patient, deadline=deadline, using=using)
+                while ticket.limit == SCOUTING and time.monotonic() + ticket.wait_s < deadline:
+                    # The first call to this upstream is out: its answer tells the limits everyone keeps to.
+                    using.sleep(ticket.wait_s)
+                    ticket = _admit(job, model, patient=patient, deadline=deadline, using=using)
                 if ticket.wait_s > 0 and not ticket.reserved:
                     if permit is not None:
                         using.breaker.release(permit)  # type: ignore[union-attr]

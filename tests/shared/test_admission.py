@@ -11,6 +11,8 @@ import redis
 
 from shared.admission import REQUESTS
 from shared.admission import RETRY_AFTER
+from shared.admission import SCOUT
+from shared.admission import SCOUTING
 from shared.admission import TOKENS
 from shared.admission import Admission
 from shared.admission import RateLimits
@@ -53,10 +55,26 @@ def _headers(**values: str) -> dict[str, str]:
     return {name.replace("_", "-"): value for name, value in values.items()}
 
 
-def test_nothing_is_limited_until_the_upstream_says_so(admission: Admission) -> None:
+def test_one_call_goes_first_to_an_upstream_never_heard_from_and_its_answer_opens_the_way(
+    admission: Admission, clock: Clock
+) -> None:
+    scout = admission.take("m", tokens=1_000, max_wait_s=60)
+    assert (scout.wait_s, scout.limit) == (0, SCOUT)
+    # Meanwhile the others wait for its answer, asking again shortly, with nothing reserved.
+    waiting = admission.take("m", tokens=1_000, max_wait_s=60)
+    assert (waiting.reserved, waiting.limit) == (False, SCOUTING) and 0 < waiting.wait_s <= 0.1
+    # An answer that states no limits: nothing is limited from then on.
+    admission.learn("m", None, throttled=False, known=scout)
     for _ in range(50):
         ticket = admission.take("m", tokens=1_000, max_wait_s=0)
         assert (ticket.wait_s, ticket.reserved) == (0, True)
+
+
+def test_a_scout_that_never_reports_is_replaced(admission: Admission, clock: Clock) -> None:
+    assert admission.take("m", tokens=1, max_wait_s=0).limit == SCOUT
+    assert admission.take("m", tokens=1, max_wait_s=0).limit == SCOUTING
+    clock.now += 5
+    assert admission.take("m", tokens=1, max_wait_s=0).limit == SCOUT
 
 
 def test_a_learned_requests_limit_admits_one_second_of_it_then_spaces_the_rest(
