@@ -24,6 +24,9 @@ from shared import bounds
 from shared import confidence
 from shared import difficulty
 from shared import routing
+from shared.admission import SCOUTING
+from shared.admission import Admission
+from shared.admission import Ticket
 from shared.catalog import Catalog
 from shared.catalog import ModelSpec
 from shared.circuit import CircuitBreaker
@@ -31,6 +34,7 @@ from shared.circuit import Permit
 from shared.config import Settings
 from shared.db.types import utcnow
 from shared.errors import LLMError
+from shared.errors import RateLimited
 from shared.errors import TransientLLMError
 from shared.llm_client import UPSTREAM_BROKEN
 from shared.llm_client import AttemptRecord
@@ -45,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 # An escalation needs at least this much of the deadline left to be worth starting.
 MIN_ESCALATION_TIME_S = 0.5
+# The shortest wait a job deferred for open circuits is given.
+MIN_DEFERRAL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,20 @@ class Job:
     # A chat's turns and sampling options, sent upstream as they are (see shared.jobs.JobRequest).
     messages: list[dict[str, str]] | None = None
     options: dict[str, Any] | None = None
+    # What a rate-limited model's job does: "wait" for its turn, or "fallback" to the next model of its chain.
+    on_rate_limit: str = "wait"
+    # May the job give its worker back while it waits (shared.runs re-enqueues it): not once it made a call.
+    can_defer: bool = False
+    # A model whose turn an earlier run reserved (shared.admission) and waited for: its first call is admitted.
+    admitted: str | None = None
+
+
+@dataclass(frozen=True)
+class Deferral:
+    """The job waits `wait_s` before it can be admitted; `admitted` names the model whose turn is reserved."""
+
+    wait_s: float
+    admitted: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +98,7 @@ class Answerer:
     client: LLMClient
     breaker: CircuitBreaker | None = None
     sleep: Callable[[float], None] = time.sleep
+    admission: Admission | None = None
 
 
 @dataclass
@@ -96,6 +117,10 @@ class Outcome:
     retry_count: int = 0
     attempts: list[tuple[str, AttemptRecord]] = field(default_factory=list)
     latency_ms: float = 0.0
+    # Set when the job gives its worker back to wait for admission (nothing else is then set).
+    deferral: Deferral | None = None
+    # Upstream calls started by this run.
+    calls: int = 0
 
     @property
     def cost(self) -> Decimal:
@@ -158,6 +183,8 @@ def answer(
 
     slot = functools.partial(_answer_slot, job, outcome, deadline=deadline, using=using, on_call=on_call)
     slot(outcome.decision, "primary", on_delta=on_delta)
+    if outcome.deferral is not None:
+        return outcome
     if outcome.completion is not None and on_delta is None:
         assessed = _assess(job.prompt, outcome.completion, settings)
         outcome.confidence = assessed.score
@@ -204,6 +231,12 @@ def _answer_slot(
     policy = RetryPolicy.from_settings(using.settings)
     allowed = catalog.tiers if job.max_tier is None else catalog.tiers[: catalog.tiers.index(job.max_tier) + 1]
     outcome.completion, outcome.model = None, None
+    # Why each model of the chain did not answer, and how long until those refused for now would be let in.
+    refusals: list[str] = []
+    waits: list[float] = []
+    limited = failed = False
+    admitted = job.admitted
+    patient = job.on_rate_limit == "wait" and purpose != "escalation"
     for position, model in enumerate(catalog.chain(decision.model)):
         label = purpose if position == 0 or purpose == "escalation" else "fallback"
         if model.tier not in allowed:
@@ -211,61 +244,178 @@ def _answer_slot(
         bound = attempt_bound(job, model)
         if outcome.cost + bound > job.reserved_cost:
             outcome.attempts.append((label, _skipped(model, "over_reservation")))
+            refusals.append(f"{model.name}: over the job's reservation")
             continue
-        if time.monotonic() >= deadline:
-            outcome.error = TransientLLMError("the job's deadline passed", details={"error_class": "deadline"})
+        # The same model again after a 429, while the policy's attempts last: its admission now knows better.
+        for _ in range(policy.max_attempts):
+            if time.monotonic() >= deadline:
+                refusals.append("the job's deadline passed")
+                outcome.error = TransientLLMError("; ".join(refusals), details={"error_class": "deadline"})
+                return
+            permit = None
+            if using.breaker is not None:
+                permit = using.breaker.allow(model.name)
+                if permit is None:
+                    outcome.attempts.append((label, _skipped(model, "circuit_open")))
+                    wait = using.breaker.reopens_in(model.name)
+                    refusals.append(f"{model.name}: circuit open (a probe is let through in {wait:.1f} s)")
+                    waits.append(wait)
+                    break
+            ticket = None
+            if using.admission is not None and admitted != model.name:
+                ticket = _admit(job, model, patient=patient, deadline=deadline, using=using)
+                while ticket.limit == SCOUTING and time.monotonic() + ticket.wait_s < deadline:
+                    # The first call to this upstream is out: its answer tells the limits everyone keeps to.
+                    using.sleep(ticket.wait_s)
+                    ticket = _admit(job, model, patient=patient, deadline=deadline, using=using)
+                if ticket.wait_s > 0 and not ticket.reserved:
+                    if permit is not None:
+                        using.breaker.release(permit)  # type: ignore[union-attr]
+                    outcome.attempts.append((label, _skipped(model, "rate_limited")))
+                    refusals.append(f"{ticket.describe(model.name)}: next call in {ticket.wait_s:.1f} s")
+                    waits.append(ticket.wait_s)
+                    limited = True
+                    break
+                if ticket.wait_s > using.settings.admission_inline_wait_s and job.can_defer and outcome.calls == 0:
+                    # Its turn is reserved: the job waits for it without holding its worker.
+                    if permit is not None:
+                        using.breaker.release(permit)  # type: ignore[union-attr]
+                    outcome.deferral = Deferral(ticket.wait_s, admitted=model.name)
+                    return
+                if ticket.wait_s > 0:
+                    using.sleep(ticket.wait_s)
+            admitted = None
+            called = _call(job, outcome, model, label, permit, ticket, policy, deadline=deadline, using=using,
+                           on_call=on_call, on_delta=on_delta)  # fmt: skip
+            if called in (_ANSWERED, _STOP):
+                return
+            if called == _FAILED:
+                refusals.append(outcome.error.message if outcome.error else f"{model.name}: the call failed")
+                failed = True
+                break
+        else:
+            # Every attempt the policy allows was answered 429.
+            refusals.append(f"{model.name}: answered 429 (rate limited) on every attempt")
+            limited = True
+        if limited and patient:
+            # Waiting was chosen over the next (pricier) model: the job waits for this one or fails rate_limited.
             break
-        recorder, permit = None, None
-        if using.breaker is not None:
-            permit = using.breaker.allow(model.name)
-            if permit is None:
-                outcome.attempts.append((label, _skipped(model, "circuit_open")))
-                outcome.error = outcome.error or TransientLLMError(
-                    f"{model.name}: circuit open", details={"error_class": "circuit_open"}
-                )
-                continue
-            recorder = _breaker_recorder(using.breaker, permit)
-        if on_call is not None and not on_call(bound):
-            if permit is not None:
-                using.breaker.release(permit)  # type: ignore[union-attr]
-            outcome.error = TransientLLMError(
-                "the job was taken over by another run", details={"error_class": "lost_claim"}
+    if outcome.completion is not None or not refusals:
+        return
+    if waits and not failed and job.can_defer and outcome.calls == 0 and time.monotonic() + min(waits) < deadline:
+        # Never at once: a circuit seen open a moment ago is not let through sooner by asking again.
+        outcome.deferral = Deferral(max(min(waits), MIN_DEFERRAL_S))
+        return
+    message = "; ".join(refusals)
+    if limited and not failed:
+        outcome.error = RateLimited(message, details={"error_class": "rate_limited"})
+    elif outcome.error is None or outcome.error.details.get("error_class") == "rate_limited":
+        outcome.error = TransientLLMError(message, details={"error_class": "circuit_open" if waits else "refused"})
+    elif len(refusals) > 1:
+        outcome.error = type(outcome.error)(
+            message, status_code=outcome.error.status_code, details=outcome.error.details
+        )
+
+
+_ANSWERED, _FAILED, _STOP, _THROTTLED = "answered", "failed", "stop", "throttled"
+
+
+def _call(
+    job: Job,
+    outcome: Outcome,
+    model: ModelSpec,
+    label: str,
+    permit: Permit | None,
+    ticket: Ticket | None,
+    policy: RetryPolicy,
+    *,
+    deadline: float,
+    using: Answerer,
+    on_call: OnCall | None,
+    on_delta: Callable[[ModelSpec, str], None] | None,
+) -> str:
+    """Call `model` (with retries) and leave what it answered on `outcome`; return how it ended."""
+    bound = attempt_bound(job, model)
+    if on_call is not None and not on_call(bound):
+        if permit is not None:
+            using.breaker.release(permit)  # type: ignore[union-attr]
+        outcome.error = TransientLLMError(
+            "the job was taken over by another run", details={"error_class": "lost_claim"}
+        )
+        return _STOP
+    outcome.calls += 1
+    started_at = utcnow()
+    if permit is not None and permit.probe:
+        # A half-open circuit's probe is one call: retrying it would call an upstream its failure reopened.
+        policy = dataclasses.replace(policy, max_attempts=1)
+    try:
+        result = complete_with_retries(
+            using.client,
+            model=model,
+            prompt=job.prompt,
+            max_tokens=job.max_tokens,
+            policy=policy,
+            sleep=using.sleep,
+            deadline=deadline,
+            on_attempt=_recorder(using, model, permit, ticket),
+            messages=job.messages,
+            options=job.options,
+            on_delta=None if on_delta is None else functools.partial(on_delta, model),
+            # A 429 goes back to admission, which learned from it when the next call may go.
+            retry_throttled=using.admission is None,
+        )
+    except Exception as exc:
+        logger.exception("upstream call interrupted model=%s", model.name)
+        outcome.attempts.append((label, _interrupted(model, cost=bound, started_at=started_at)))
+        outcome.error = TransientLLMError(
+            f"{model.name}: the call was interrupted ({type(exc).__name__})",
+            details={"error_class": "interrupted"},
+        )
+        return _STOP
+    outcome.attempts.extend((label, record) for record in result.attempts)
+    outcome.retry_count += result.retry_count
+    if result.completion is not None:
+        outcome.model, outcome.completion, outcome.error = model, result.completion, None
+        return _ANSWERED
+    outcome.error = result.error
+    if isinstance(result.error, StreamInterrupted):
+        # Its tokens are out already: another model cannot take over mid-answer.
+        outcome.model = model
+        return _STOP
+    if (
+        using.admission is not None
+        and result.error is not None
+        and (result.error.details.get("error_class") == "rate_limited")
+    ):
+        return _THROTTLED
+    return _FAILED
+
+
+def _admit(job: Job, model: ModelSpec, *, patient: bool, deadline: float, using: Answerer) -> Ticket:
+    """Ask admission for a call of `model`: a job that waits for its model accepts any wait its deadline allows."""
+    left = deadline - time.monotonic()
+    max_wait = left if patient else min(using.settings.admission_inline_wait_s, left)
+    call = bounds.call_bound(prompt=job.prompt, max_tokens=job.max_tokens, messages=job.messages, options=job.options)
+    return using.admission.take(  # type: ignore[union-attr]
+        model.name, tokens=call.prompt_tokens + call.completion_tokens, max_wait_s=max_wait
+    )
+
+
+def _recorder(
+    using: Answerer, model: ModelSpec, permit: Permit | None, ticket: Ticket | None
+) -> Callable[[AttemptRecord], None]:
+    """Report each attempt to the model's circuit and to its admission (which learns the upstream's limits)."""
+    breaker = None if permit is None else _breaker_recorder(using.breaker, permit)  # type: ignore[arg-type]
+
+    def record(attempt: AttemptRecord) -> None:
+        if breaker is not None:
+            breaker(attempt)
+        if using.admission is not None:
+            using.admission.learn(
+                model.name, attempt.rate_limits, throttled=attempt.error_class == "rate_limited", known=ticket
             )
-            return
-        started_at = utcnow()
-        try:
-            result = complete_with_retries(
-                using.client,
-                model=model,
-                prompt=job.prompt,
-                max_tokens=job.max_tokens,
-                # A half-open circuit's probe is one call: retrying it would call an upstream its failure reopened.
-                policy=dataclasses.replace(policy, max_attempts=1) if permit is not None and permit.probe else policy,
-                sleep=using.sleep,
-                deadline=deadline,
-                on_attempt=recorder,
-                messages=job.messages,
-                options=job.options,
-                on_delta=None if on_delta is None else functools.partial(on_delta, model),
-            )
-        except Exception as exc:
-            logger.exception("upstream call interrupted model=%s", model.name)
-            outcome.attempts.append((label, _interrupted(model, cost=bound, started_at=started_at)))
-            outcome.error = TransientLLMError(
-                f"{model.name}: the call was interrupted ({type(exc).__name__})",
-                details={"error_class": "interrupted"},
-            )
-            return
-        outcome.attempts.extend((label, record) for record in result.attempts)
-        outcome.retry_count += result.retry_count
-        if result.completion is not None:
-            outcome.model, outcome.completion, outcome.error = model, result.completion, None
-            return
-        outcome.error = result.error
-        if isinstance(result.error, StreamInterrupted):
-            # Its tokens are out already: another model cannot take over mid-answer.
-            outcome.model = model
-            return
+
+    return record
 
 
 def _breaker_recorder(breaker: CircuitBreaker, permit: Permit) -> Callable[[AttemptRecord], None]:

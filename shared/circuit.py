@@ -189,6 +189,14 @@ class CircuitBreaker:
         generation, probe = granted
         return Permit(model, int(generation), probe=bool(probe))
 
+    def reopens_in(self, model: str) -> float:
+        """Return how long until a refused call to `model` may be let through as a probe (0 if unknown)."""
+        try:
+            since = self._redis.hget(_key(model), "since")
+        except redis.RedisError:
+            return 0.0
+        return max(float(since or 0) + self._policy.cooldown_s - self._clock(), 0.0)
+
     def record_success(self, permit: Permit) -> None:
         """Count a success; a probe's success closes the circuit."""
         self._report(permit, "ok")

@@ -118,6 +118,17 @@ class Settings(BaseSettings):
     circuit_cooldown_s: float = Field(default=15.0, gt=0)
     circuit_half_open_probes: int = Field(default=1, ge=1)
 
+    # Admission control per model, shared by every worker through Redis (shared.admission): calls are paced at
+    # the rate the upstream's answers (429s, x-ratelimit-* headers) say it admits. What a job does when its model
+    # is rate limited: "wait" for its turn (within its deadline) or "fallback" to the next, pricier, model of its
+    # chain; a request may choose for itself (`on_rate_limit`).
+    rate_limit_policy: Literal["wait", "fallback"] = "wait"
+    # A bucket holds this many seconds of the learned rate: the burst a model admits at once.
+    admission_burst_s: float = Field(default=1.0, gt=0, le=60)
+    # A wait for admission up to this long is slept in the worker; a longer one gives the worker back and the job
+    # is run again when its turn comes.
+    admission_inline_wait_s: float = Field(default=1.0, ge=0, le=30)
+
     # Escalation: an answer below the confidence threshold is retried one tier up.
     escalation_enabled: bool = True
     escalation_min_answer_chars: int = Field(default=20, ge=0)

@@ -66,12 +66,20 @@ class LLMError(DomainError):
         super().__init__(message, details=details)
         self.status_code = status_code
         self.retry_after_s = retry_after_s
+        # What the answer said of the upstream's rate limits (a shared.admission.RateLimits), if anything.
+        self.rate_limits: object | None = None
 
 
 class TransientLLMError(LLMError):
     """A failure worth retrying: connection error, timeout, 429 or 5xx."""
 
     code = "upstream_unavailable"
+
+
+class RateLimited(TransientLLMError):
+    """No model the job may use would admit a call before its deadline (their rate limits, open circuits)."""
+
+    code = "rate_limited"
 
 
 class PermanentLLMError(LLMError):

@@ -60,6 +60,8 @@ class JobRequest:
     on_budget_pressure: str = "fail"
     deadline_s: float | None = None
     difficulty_estimator: str | None = None
+    # When its model is rate limited: "wait" for its turn or "fallback" to a pricier model (RATE_LIMIT_POLICY).
+    on_rate_limit: str | None = None
     # Sealed (shared.sealing): stored encrypted, opened only by the worker that delivers to it.
     callback_url: str | None = None
     # A chat's turns ({"role", "content"}) sent upstream as they are; `prompt` is then the conversation's
@@ -281,6 +283,7 @@ def job_values(
         api_key_id=None if requester is None else requester.api_key_id,
         max_tier=max_tier,
         difficulty_estimator=request.difficulty_estimator or settings.difficulty_estimator,
+        on_rate_limit=request.on_rate_limit or settings.rate_limit_policy,
         # A run must end inside its lease, or the reaper would hand the job to a second run while the first
         # is still calling upstream (and paying for it): see shared.config.TimeLimits.
         deadline_s=settings.deadline_for(request.deadline_s),

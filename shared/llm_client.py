@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-import math
 import os
 import socket
 import threading
@@ -27,12 +26,13 @@ import httpx
 import openai
 from tenacity import RetryCallState
 from tenacity import Retrying
-from tenacity import retry_if_exception_type
+from tenacity import retry_if_exception
 from tenacity import stop_after_attempt
 from tenacity import wait_exponential_jitter
 
 from shared import bounds
 from shared import upstream_answers
+from shared.admission import RateLimits
 from shared.catalog import ModelSpec
 from shared.config import Settings
 from shared.db.types import utcnow
@@ -67,6 +67,8 @@ class Completion:
     # The server's usage could not be true, or it sent none: the tokens above are not its word, and the
     # attempt is charged at its bound (complete_with_retries).
     usage_invalid: bool = False
+    # What the answer's headers said of the upstream's rate limits (shared.admission learns from it).
+    rate_limits: RateLimits | None = None
 
 
 class LLMClient(Protocol):
@@ -142,6 +144,7 @@ class AttemptRecord:
     cost: Decimal = Decimal(0)
     # The server's usage could not be true: the tokens and cost above are the call's bound.
     usage_invalid: bool = False
+    rate_limits: RateLimits | None = None
 
 
 @dataclass
@@ -224,7 +227,9 @@ class OpenAIChatClient:
         finally:
             if watchdog is not None:
                 watchdog.cancel()
-        return _parsed(model, body, max_tokens=max_tokens)
+        completion = _parsed(model, body, max_tokens=max_tokens)
+        limits = RateLimits.from_headers(response.headers)
+        return completion if limits is None else dataclasses.replace(completion, rate_limits=limits)
 
     def stream(
         self,
@@ -484,28 +489,20 @@ def _status_error(model_name: str, exc: openai.APIStatusError) -> LLMError:
     status = exc.status_code
     if status == 429 or status >= 500:
         kind = "rate_limited" if status == 429 else "server_error"
-        return TransientLLMError(
+        limits = RateLimits.from_headers(exc.response.headers)
+        error = TransientLLMError(
             f"{model_name}: upstream answered {status}",
             status_code=status,
-            retry_after_s=_retry_after(exc.response.headers.get("retry-after")),
+            retry_after_s=None if limits is None else limits.retry_after_s,
             details={"error_class": kind},
         )
+        error.rate_limits = limits
+        return error
     return PermanentLLMError(
         f"{model_name}: upstream rejected the request ({status})",
         status_code=status,
         details={"error_class": "rejected"},
     )
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Parse a Retry-After header given in seconds (the HTTP-date form is rare for APIs and ignored)."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def complete_with_retries(
@@ -521,8 +518,12 @@ def complete_with_retries(
     messages: list[dict[str, str]] | None = None,
     options: dict[str, Any] | None = None,
     on_delta: Callable[[str], None] | None = None,
+    retry_throttled: bool = True,
 ) -> CallResult:
     """Call `model`, retrying transient failures with jittered exponential backoff or Retry-After.
+
+    With `retry_throttled` False a 429 ends the call at once (admission control, shared.admission, paces the
+    next one).
 
     `deadline` (a time.monotonic() value) bounds the whole call: no attempt starts or waits past it, and
     each attempt's timeouts shrink to the time left. `on_attempt` sees every attempt as it ends (the
@@ -618,6 +619,7 @@ def complete_with_retries(
                 completion_tokens=completion.completion_tokens,
                 cost=model.cost(completion.prompt_tokens, completion.completion_tokens),
                 usage_invalid=completion.usage_invalid,
+                rate_limits=completion.rate_limits if error is None else error.rate_limits,
             )
         )
         if error is not None:
@@ -632,7 +634,13 @@ def complete_with_retries(
     retrying = Retrying(
         stop=stop_after_attempt(policy.max_attempts) | out_of_time,
         wait=wait,
-        retry=retry_if_exception_type(TransientLLMError),  # never UpstreamBadResponse: see its docstring
+        # Never UpstreamBadResponse (see its docstring); a 429 goes back to admission unless told to retry it.
+        retry=retry_if_exception(
+            lambda error: (
+                isinstance(error, TransientLLMError)
+                and (retry_throttled or error.details.get("error_class") != "rate_limited")
+            )
+        ),
         sleep=sleep,
         reraise=True,
     )

@@ -44,6 +44,7 @@ from shared import logs
 from shared import lost_calls
 from shared import one_statement
 from shared import streams
+from shared.admission import Admission
 from shared.catalog import Catalog
 from shared.catalog import ModelSpec
 from shared.circuit import CircuitBreaker
@@ -74,9 +75,9 @@ CLAIMED_COLUMNS = tuple(
     _JOB[name]
     for name in (
         "id", "run_count", "prompt", "max_tokens", "preference", "requested_model", "requested_tier", "messages",
-        "upstream_options", "stream", "difficulty_estimator", "budget_year", "budget_month", "reserved_cost",
-        "api_key_id", "max_tier", "deadline_s", "cache_key", "request_id", "batch_id", "in_flight_cost",
-        "unconfirmed_cost",
+        "upstream_options", "stream", "difficulty_estimator", "on_rate_limit", "budget_year", "budget_month",
+        "reserved_cost", "api_key_id", "max_tier", "deadline_s", "cache_key", "request_id", "batch_id",
+        "in_flight_cost", "unconfirmed_cost",
     )
 )  # fmt: skip
 _CLAIM = (
@@ -108,6 +109,15 @@ _FINISH = (
     .returning(*_FINISHED_COLUMNS)
 )
 _RECORD_ATTEMPTS = insert(RequestAttempt.__table__)
+# A run that waits for admission gives the job back: queued again, its claim (and the run count it took)
+# released, only while that claim still holds.
+_RELEASE = (
+    update(RequestLog.__table__)
+    .where(_JOB.id == _JOB_ID, _JOB.status == JobStatus.RUNNING, _JOB.run_count == bindparam("b_run_count"))
+    .values(status=JobStatus.QUEUED, run_count=_JOB.run_count - 1, lease_expires_at=None, started_at=None,
+            updated_at=_NOW)
+    .returning(_JOB.id)
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -140,6 +150,25 @@ def announce(finished: jobs.Finished, *, deps: RunDeps) -> None:
 
 
 @dataclass(frozen=True)
+class Resume:
+    """What a job that waited for admission carries into its next run."""
+
+    # When its deadline ends (time.time()): counted from its first run, never reset by waiting.
+    deadline_at: float
+    # The model whose turn was reserved for it (shared.admission).
+    admitted: str | None = None
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """The job went back to its queue to wait `wait_s` for admission; run it again then, with `resume`."""
+
+    wait_s: float
+    resume: Resume
+    batch: bool = False
+
+
+@dataclass(frozen=True)
 class Busy:
     """Another worker holds the job's lease until `lease_expires_at`."""
 
@@ -168,6 +197,8 @@ class RunDeps:
     relay: Callable[[str, dict[str, str]], bool] | None = None
     # The Redis holding the response cache (shared.cache); None: answers are not kept.
     response_cache: redis.Redis | None = None
+    # Admission control per model (shared.admission); None: calls are not paced.
+    admission: Admission | None = None
 
     @property
     def engine(self) -> Engine:
@@ -176,15 +207,18 @@ class RunDeps:
     @property
     def answerer(self) -> answering.Answerer:
         return answering.Answerer(
-            catalog=self.catalog, settings=self.settings, client=self.client, breaker=self.breaker, sleep=self.sleep
-        )
+            catalog=self.catalog, settings=self.settings, client=self.client, breaker=self.breaker, sleep=self.sleep,
+            admission=self.admission,
+        )  # fmt: skip
 
 
-def run(job_id: str, *, deps: RunDeps, started: float | None = None) -> JobStatus | Busy | None:
-    """Run the job if it is ours to run; return its final status, Busy, or None when already finished.
+def run(
+    job_id: str, *, deps: RunDeps, started: float | None = None, resume: Resume | None = None
+) -> JobStatus | Busy | Deferred | None:
+    """Run the job if it is ours to run; return its final status, Busy, Deferred, or None when already finished.
 
     `started` is when the task running it started (time.monotonic(); default: now), which its time limits
-    (shared.config.TimeLimits) count from.
+    (shared.config.TimeLimits) count from. `resume` comes from the run that deferred the job (Deferred).
     """
     started = time.monotonic() if started is None else started
     with logs.bound(job_id=job_id):
@@ -194,15 +228,21 @@ def run(job_id: str, *, deps: RunDeps, started: float | None = None) -> JobStatu
         # Lines logged while running carry the id of the request that created the job.
         with logs.bound(request_id=claim.request_id):
             _quietly(job_events.started, job_id, run_count=claim.run_count)
-            return _run_claimed(claim, deps=deps)
+            return _run_claimed(claim, deps=deps, resume=resume)
 
 
-def _run_claimed(claim: Claim, *, deps: RunDeps) -> JobStatus | None:
+def _run_claimed(claim: Claim, *, deps: RunDeps, resume: Resume | None = None) -> JobStatus | Deferred | None:
     """Answer the claimed job and record it; whatever goes wrong, end it once, with its cost, if it can be."""
     job_id = claim.job_id
     request = claim.request
     relay = deps.relay if request.stream else None
     limits = deps.settings.time_limits
+    # Counted from the task's start, so that the run ends before Celery's soft limit, and never past the deadline
+    # an earlier run of the job that waited for admission started counting.
+    deadline_s = min(claim.deadline_s, limits.max_deadline_s - (time.monotonic() - claim.started))
+    if resume is not None:
+        deadline_s = min(deadline_s, resume.deadline_at - time.time())
+    deadline_at = time.time() + deadline_s
     try:
         outcome = answering.answer(
             answering.Job(
@@ -213,13 +253,16 @@ def _run_claimed(claim: Claim, *, deps: RunDeps) -> JobStatus | None:
                 tier=request.tier,
                 max_tier=claim.max_tier,
                 reserved_cost=claim.reserved_cost,
-                # Counted from the task's start, so that the run ends before Celery's soft limit.
-                deadline_s=min(claim.deadline_s, limits.max_deadline_s - (time.monotonic() - claim.started)),
+                deadline_s=deadline_s,
                 previous_runs=claim.run_count - 1,
                 lost_cost=claim.lost_cost,
                 difficulty_estimator=request.difficulty_estimator or deps.settings.difficulty_estimator,
                 messages=request.messages,
                 options=request.options,
+                on_rate_limit=request.on_rate_limit or deps.settings.rate_limit_policy,
+                # A streamed job's reader is waiting on this run: it waits in the worker.
+                can_defer=relay is None,
+                admitted=None if resume is None else resume.admitted,
             ),
             using=deps.answerer,
             on_delta=None if relay is None else _delta_relay(job_id, relay),
@@ -230,6 +273,8 @@ def _run_claimed(claim: Claim, *, deps: RunDeps) -> JobStatus | None:
     except Exception:
         logger.exception("the job's run failed job_id=%s", job_id)
         return _fail_unrecorded(claim, "internal_error", "the job's run failed", relay=relay, deps=deps)
+    if outcome.deferral is not None:
+        return _defer(claim, outcome.deferral, deadline_at=deadline_at, deps=deps)
     try:
         finished = _finish_with_retries(claim, outcome, deps=deps)
     except Exception as error:
@@ -259,6 +304,28 @@ def _run_claimed(claim: Claim, *, deps: RunDeps) -> JobStatus | None:
         _quietly(deps.on_finished, job_id)
     _quietly(announce, finished, deps=deps)
     return finished.status
+
+
+def _defer(claim: Claim, deferral: answering.Deferral, *, deadline_at: float, deps: RunDeps) -> Deferred | None:
+    """Give the job back to its queue, unclaimed, to wait for admission; None if the claim was already lost.
+
+    The run made no upstream call, so it leaves nothing to record or charge; its run does not count as one.
+    """
+    params = {"b_job_id": claim.job_id, "b_run_count": claim.run_count, "b_now": utcnow()}
+    if deps.engine.dialect.name == "postgresql":
+        released = execute_alone(deps.engine, _RELEASE, params)
+    else:
+        with deps.sessions.begin() as session:
+            released = session.execute(_RELEASE, params).all()
+    if not released:
+        logger.warning("lost the claim before deferring job_id=%s", claim.job_id)
+        return None
+    logger.info("job waits %.2f s for admission job_id=%s", deferral.wait_s, claim.job_id)
+    return Deferred(
+        wait_s=deferral.wait_s,
+        resume=Resume(deadline_at=deadline_at, admitted=deferral.admitted),
+        batch=claim.batch_id is not None,
+    )
 
 
 def _fail_unrecorded(
@@ -419,6 +486,7 @@ def _claim(job_id: str, *, deps: RunDeps, started: float | None = None) -> Claim
             options=job.upstream_options,
             stream=job.stream,
             difficulty_estimator=job.difficulty_estimator,
+            on_rate_limit=job.on_rate_limit,
         ),
         period=budget.Period(job.budget_year, job.budget_month),
         reserved_cost=reserved_cost,

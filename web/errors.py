@@ -19,6 +19,7 @@ from shared.errors import InvalidInput
 from shared.errors import LLMError
 from shared.errors import NotCancellable
 from shared.errors import NotFound
+from shared.errors import RateLimited
 from shared.errors import RoutingError
 from shared.errors import TransientLLMError
 from shared.errors import Unauthorized
@@ -35,7 +36,9 @@ STATUS_BY_ERROR: dict[type[DomainError], int] = {
     NotCancellable: 409,
     Unauthorized: 401,
     Unavailable: 503,
-    # A job whose upstream failed, answered synchronously (POST /v1/chat/completions).
+    # A job whose upstream failed, answered synchronously (POST /v1/chat/completions); one no model would admit
+    # before its deadline is the upstream's backpressure, passed on.
+    RateLimited: 429,
     TransientLLMError: 503,
     LLMError: 502,
 }

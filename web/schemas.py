@@ -71,6 +71,11 @@ class PromptFields(BaseModel):
     difficulty_estimator: Literal["heuristic", "learned"] | None = Field(
         default=None, description="How difficulty is scored for routing (DIFFICULTY_ESTIMATOR)."
     )
+    on_rate_limit: Literal["wait", "fallback"] | None = Field(
+        default=None,
+        description='When the routed model is rate limited: "wait" for its turn within the deadline, or "fallback" '
+        "to the next, pricier, model of its chain (RATE_LIMIT_POLICY).",
+    )
 
     @field_validator("prompt")
     @classmethod

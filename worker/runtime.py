@@ -14,6 +14,7 @@ from shared import circuit
 from shared import notify
 from shared import runs
 from shared import streams
+from shared.admission import Admission
 from shared.catalog import load_catalog
 from shared.circuit import CircuitBreaker
 from shared.config import get_settings
@@ -50,6 +51,7 @@ def get_deps() -> runs.RunDeps:
                 on_callback=_send_callback,
                 breaker=CircuitBreaker(fast_failing_redis, circuit.BreakerPolicy.from_settings(settings)),
                 response_cache=fast_failing_redis,
+                admission=Admission(fast_failing_redis, burst_s=settings.admission_burst_s),
             )
         return _deps
 

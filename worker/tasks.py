@@ -45,11 +45,21 @@ def _reset_after_fork(**_: object) -> None:
     retry_backoff_max=60,
     max_retries=10,
 )
-def run_job(job_id: str) -> str | None:
-    """Route, call and settle one job."""
+def run_job(job_id: str, deadline_at: float | None = None, admitted: str | None = None) -> str | None:
+    """Route, call and settle one job; `deadline_at` and `admitted` come from a run that waited for admission."""
     # The run's time limits count from here, as Celery's do.
     started = time.monotonic()
-    result = runs.run(job_id, deps=runtime.get_deps(), started=started)
+    resume = None if deadline_at is None else runs.Resume(deadline_at=deadline_at, admitted=admitted)
+    result = runs.run(job_id, deps=runtime.get_deps(), started=started, resume=resume)
+    if isinstance(result, runs.Deferred):
+        # The job waits in the broker, not in a worker: it is run again when admission lets it in.
+        run_job.apply_async(
+            args=[job_id],
+            kwargs={"deadline_at": result.resume.deadline_at, "admitted": result.resume.admitted},
+            countdown=result.wait_s,
+            queue=BATCH_QUEUE if result.batch else PROMPTS_QUEUE,
+        )
+        return "deferred"
     if isinstance(result, runs.Busy):
         # Another run holds the lease (a redelivered message, say); if that run dies, the reaper
         # re-enqueues the job once the lease lapses.

@@ -119,6 +119,8 @@ class RequestLog(Base):
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     deadline_s: Mapped[float | None] = mapped_column(Float)
     difficulty_estimator: Mapped[str | None] = mapped_column(String(32))
+    # What the job does when its model is rate limited: "wait" or "fallback" (RATE_LIMIT_POLICY when accepted).
+    on_rate_limit: Mapped[str | None] = mapped_column(String(16))
     batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"), index=True)
     batch_index: Mapped[int | None] = mapped_column(Integer)
     # Encrypted (shared.sealing): a callback URL's path or query is often the receiver's secret.

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from shared.catalog import Catalog
 from shared.simulator import answers
+from shared.simulator import limits
 from shared.simulator import sim_settings
 from shared.simulator import tokens
 from shared.simulator.sim_settings import FAULT_KINDS
@@ -49,6 +50,8 @@ class _BadRequest(Exception):
 class _ModelStats:
     calls: int = 0
     faults: int = 0
+    # Calls answered 429 because they were over the model's SIM_RPM / SIM_TPM.
+    throttled: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
@@ -64,6 +67,7 @@ class _SimState:
         self.logprob_models = frozenset(m.name for m in catalog.models if m.supports_logprobs)
         self.calls_by_prompt: dict[bytes, int] = {}
         self.stats = {name: _ModelStats() for name in catalog.model_names}
+        self.limiter = limits.Limiter()
 
     def next_call(self, key: bytes) -> int:
         """Return how many calls this (model, prompt) has had before, and count this one."""
@@ -78,6 +82,7 @@ class _SimState:
         """Zero the stats and the per-prompt call counters."""
         self.calls_by_prompt.clear()
         self.stats = {name: _ModelStats() for name in self.catalog.model_names}
+        self.limiter = limits.Limiter()
 
 
 STATE = web.AppKey("sim_state", _SimState)
@@ -277,13 +282,15 @@ def _stream_events(
 
 
 async def _send_stream(
-    request: web.Request, events: list[bytes], settings: SimSettings
+    request: web.Request, events: list[bytes], settings: SimSettings, *, headers: dict[str, str] | None = None
 ) -> tuple[web.StreamResponse, int]:
     """Send the stream's events on their schedule; return the response and how many events went out.
 
     A client that leaves stops the stream at the next write, as a real server stops generating.
     """
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **(headers or {})}
+    )
     await response.prepare(request)
     remaining_s = max(0.0, settings.latency_ms - settings.ttft_ms) / 1000
     steps = min(MAX_STREAM_STEPS, len(events) - 1) if remaining_s else 0
@@ -337,10 +344,22 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         except ValueError as exc:
             return _error(400, str(exc), param="X-Sim")
 
+    stats = state.stats[chat.model]
+    limited = {}
+    if settings.rpm or settings.tpm:
+        verdict = state.limiter.check(
+            chat.model, rpm=settings.rpm, tpm=settings.tpm,
+            tokens=tokens.count_prompt_tokens(chat.contents) + (chat.max_tokens or 0),
+        )  # fmt: skip
+        limited = verdict.headers
+        if not verdict.admitted:
+            stats.calls += 1
+            stats.throttled += 1
+            message = f"Rate limit reached for {chat.model} on {verdict.limit} per min (simulated)."
+            return _error(429, message, kind=verdict.limit or "requests", code="rate_limit_exceeded", headers=limited)
     prompt = "\n".join(chat.contents)
     key = hashlib.sha256(f"{chat.model}\x1f{prompt}".encode("utf-8", "surrogatepass")).digest()
     fault = choose_fault(settings, model=chat.model, key=key, call_index=state.next_call(key))
-    stats = state.stats[chat.model]
     stats.calls += 1
     if fault in ERROR_FAULTS:
         stats.faults += 1
@@ -373,13 +392,13 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
     completion_id = "chatcmpl-" + uuid.uuid4().hex
     if chat.stream:
         events = _stream_events(chat, answer, usage, completion_id=completion_id)
-        response, sent = await _send_stream(request, events, settings)
+        response, sent = await _send_stream(request, events, settings, headers=limited)
         # A stream its client left is billed for the tokens sent (one per piece), as generation stopped there.
         stats.completion_tokens -= max(0, len(answer.pieces) - sent)
         return response
     if settings.latency_ms > 0:
         await asyncio.sleep(settings.latency_ms / 1000)
-    return web.json_response(_completion_body(chat, answer, usage, completion_id=completion_id))
+    return web.json_response(_completion_body(chat, answer, usage, completion_id=completion_id), headers=limited)
 
 
 def _model_object(name: str) -> dict[str, Any]:

@@ -32,6 +32,9 @@ class SimSettings:
     fail_first: tuple[str, int] | None = None
     timeout_hang_s: float = 60.0
     api_key: str | None = None
+    # Requests and tokens admitted per minute per model (None: unlimited), enforced like OpenAI (limits.py).
+    rpm: int | None = None
+    tpm: int | None = None
 
 
 def _is_none(value: object) -> bool:
@@ -68,6 +71,15 @@ def _parse_int(value: object) -> int:
         except ValueError:
             pass
     raise ValueError(f"must be an integer, got {value!r}")
+
+
+def _parse_limit(value: object) -> int | None:
+    if _is_none(value):
+        return None
+    number = _parse_int(value)
+    if number <= 0:
+        raise ValueError(f"must be a positive integer, got {value!r}")
+    return number
 
 
 def _parse_kind(value: object) -> str:
@@ -155,6 +167,8 @@ _PARSERS: dict[str, Callable[[object], object]] = {
     "fail_first": _parse_fail_first,
     "timeout_hang_s": _parse_float,
     "api_key": _parse_api_key,
+    "rpm": _parse_limit,
+    "tpm": _parse_limit,
 }
 SETTING_KEYS: tuple[str, ...] = tuple(_PARSERS)
 # A request must not be able to switch authentication off for itself.
@@ -230,4 +244,6 @@ def describe(settings: SimSettings) -> dict[str, object]:
         "fail_first": f"{fail_first[0]}:{fail_first[1]}" if fail_first else None,
         "timeout_hang_s": settings.timeout_hang_s,
         "api_key_set": settings.api_key is not None,
+        "rpm": settings.rpm,
+        "tpm": settings.tpm,
     }

@@ -454,10 +454,10 @@ def test_stats_count_calls_faults_and_billed_tokens_until_reset(start_sim: Calla
     assert hedge["calls"] == 3 and hedge["faults"] == 1
     assert hedge["prompt_tokens"] == 2 * answer.usage.prompt_tokens
     assert hedge["completion_tokens"] > answer.usage.completion_tokens
-    assert sim.stats(STRONG) == {"calls": 0, "faults": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    assert sim.stats(STRONG) == {"calls": 0, "faults": 0, "throttled": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
     assert sim.server.request("POST", "/sim/reset")[0] == 200
-    assert sim.stats() == {"calls": 0, "faults": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    assert sim.stats() == {"calls": 0, "faults": 0, "throttled": 0, "prompt_tokens": 0, "completion_tokens": 0}
     # The reset also restarts the per-prompt count, so fail_first applies again.
     with pytest.raises(openai.RateLimitError):
         sim.ask("hello")

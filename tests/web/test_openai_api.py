@@ -297,3 +297,28 @@ def test_an_answer_cut_at_max_tokens_keeps_finish_reason_length_and_is_not_escal
     assert (llm.calls, raw.headers["x-router-escalated"]) == (["gpt-3.5-turbo"], "false")
     (job,) = _rows(app, RequestLog)
     assert (job.truncated, job.max_tokens) == (True, 16)
+
+
+def test_a_job_no_model_would_admit_before_its_deadline_is_a_429(
+    app: Flask, catalog, llm: FakeLLMClient, monkeypatch: pytest.MonkeyPatch, publisher: redis.Redis, sdk: openai.OpenAI
+) -> None:
+    import fakeredis
+
+    from shared.admission import Admission
+    from shared.admission import RateLimits
+
+    admission = Admission(fakeredis.FakeRedis())
+    for model in catalog.model_names:
+        # One a minute, and the next twenty minutes' turns taken: past any deadline.
+        admission.learn(model, RateLimits(limit_requests=1), throttled=False)
+        for _ in range(20):
+            admission.take(model, tokens=1, max_wait_s=3600)
+    deps = worker_deps(app, catalog, llm, admission=admission,
+                       on_finished=lambda job_id: notify.publish_job_done(publisher, job_id))  # fmt: skip
+    threads, _ = run_jobs_soon(monkeypatch, deps, delay_s=0.02)
+    with pytest.raises(openai.RateLimitError) as caught:
+        sdk.chat.completions.create(model="gpt-3.5-turbo", messages=[{"role": "user", "content": "Hi"}])
+    for thread in threads:
+        thread.join()
+    assert caught.value.status_code == 429 and llm.calls == []
+    assert "gpt-3.5-turbo: rate limited by the upstream's requests limit (1/min)" in caught.value.message

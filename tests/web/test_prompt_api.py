@@ -208,3 +208,18 @@ def test_wait_true_times_out_into_202(client: FlaskClient, enqueued: list[str]) 
 def test_an_unknown_estimator_is_400(client: FlaskClient, enqueued: list[str]) -> None:
     response = client.post("/api/prompt", json={"prompt": "x", "difficulty_estimator": "oracle"})
     assert _error(response, 400, "invalid_request")["details"]["field"] == "difficulty_estimator"
+
+
+@pytest.mark.parametrize(("asked", "stored"), [({}, "wait"), ({"on_rate_limit": "fallback"}, "fallback")])
+def test_the_rate_limit_choice_is_stored_with_the_job(
+    client: FlaskClient, app: Flask, enqueued: list[str], asked: dict[str, str], stored: str
+) -> None:
+    body = client.post("/api/prompt", json={"prompt": "Name a colour.", "wait": False, **asked}).get_json()
+    with make_sessionmaker(app.extensions["db_engine"])() as session:
+        assert session.get(RequestLog, body["job_id"]).on_rate_limit == stored
+
+
+def test_an_unknown_rate_limit_choice_answers_400(client: FlaskClient, enqueued: list[str]) -> None:
+    response = client.post("/api/prompt", json={"prompt": "Name a colour.", "on_rate_limit": "retry"})
+    assert response.status_code == 400 and enqueued == []
+    assert "on_rate_limit" in response.get_data(as_text=True)

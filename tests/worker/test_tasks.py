@@ -157,3 +157,29 @@ def test_task_has_a_stable_name() -> None:
 
 def test_task_takes_its_dependencies_from_the_worker_runtime(deps: runs.RunDeps) -> None:
     assert runtime.get_deps() is deps
+
+
+def test_a_job_waiting_for_admission_is_sent_back_with_a_countdown_then_runs(
+    deps: runs.RunDeps, fake: FakeLLMClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fakeredis
+
+    from shared.admission import Admission
+    from shared.admission import RateLimits
+
+    admission = Admission(fakeredis.FakeRedis(), clock=lambda: 1_000.0)
+    admission.learn("gpt-3.5-turbo", RateLimits(limit_requests=60), throttled=False)
+    for _ in range(5):
+        admission.take("gpt-3.5-turbo", tokens=1, max_wait_s=60)
+    monkeypatch.setattr(runtime, "_deps", runs.RunDeps(**{**deps.__dict__, "admission": admission}))
+    sent: list[dict[str, object]] = []
+    monkeypatch.setattr(tasks.run_job, "apply_async", lambda **message: sent.append(message))
+    job_id = _submit(deps)
+    assert tasks.run_job.run(job_id) == "deferred"
+    assert _status(deps, job_id) is JobStatus.QUEUED and fake.calls == []
+    [message] = sent
+    assert message["args"] == [job_id] and message["countdown"] == pytest.approx(5.0)
+    assert message["queue"] == tasks.PROMPTS_QUEUE and message["kwargs"]["admitted"] == "gpt-3.5-turbo"
+    # The message comes back at the job's turn: it runs, once, on the turn reserved for it.
+    assert tasks.run_job.run(job_id, **message["kwargs"]) == str(JobStatus.SUCCEEDED)
+    assert fake.calls == ["gpt-3.5-turbo"]

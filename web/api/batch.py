@@ -100,6 +100,7 @@ def _item(index: int, item: Any, *, settings: Any) -> jobs.JobRequest:
         metadata=checked.metadata,
         deadline_s=checked.deadline_s,
         difficulty_estimator=checked.difficulty_estimator,
+        on_rate_limit=checked.on_rate_limit,
     )
 
 

@@ -27,6 +27,7 @@ from shared.catalog import Catalog
 from shared.db.models import RequestLog
 from shared.errors import InvalidInput
 from shared.errors import LLMError
+from shared.errors import RateLimited
 from shared.errors import RoutingError
 from shared.errors import TransientLLMError
 from shared.errors import Unavailable
@@ -149,6 +150,8 @@ def _look(job_id: str) -> tuple[dict[str, Any], dict[str, str]] | None:
 
 def _job_error(job: RequestLog) -> LLMError:
     message = f"job {job.id}: {job.error_message or 'the upstream call failed'}"
+    if job.error_code == RateLimited.code:
+        return RateLimited(message, details={"job_id": job.id})
     if job.error_code == TransientLLMError.code:
         return TransientLLMError(message, details={"job_id": job.id})
     return LLMError(message, details={"job_id": job.id})

@@ -43,6 +43,7 @@ def create_prompt() -> Response | tuple[Response, int]:
             on_budget_pressure=body.on_budget_pressure,
             deadline_s=body.deadline_s,
             difficulty_estimator=body.difficulty_estimator,
+            on_rate_limit=body.on_rate_limit,
             callback_url=submission.seal_callback_url(body.callback_url),
         ),
         use_cache=body.cache,
