@@ -247,7 +247,7 @@ def _answer_slot(
             refusals.append(f"{model.name}: over the job's reservation")
             continue
         # The same model again after a 429, while the policy's attempts last: its admission now knows better.
-        for _ in range(policy.max_attempts):
+        for repeat in range(policy.max_attempts):
             if time.monotonic() >= deadline:
                 refusals.append("the job's deadline passed")
                 outcome.error = TransientLLMError("; ".join(refusals), details={"error_class": "deadline"})
@@ -285,6 +285,8 @@ def _answer_slot(
                 if ticket.wait_s > 0:
                     using.sleep(ticket.wait_s)
             admitted = None
+            # The same model again after a 429 is a retry, as the client's own retries of a 5xx are.
+            outcome.retry_count += repeat > 0
             called = _call(job, outcome, model, label, permit, ticket, policy, deadline=deadline, using=using,
                            on_call=on_call, on_delta=on_delta)  # fmt: skip
             if called in (_ANSWERED, _STOP):
