@@ -80,6 +80,13 @@ class Job:
     # A model whose turn an earlier run reserved (shared.admission) and waited for: its first call is admitted.
     admitted: str | None = None
 
+    @functools.cached_property
+    def call(self) -> bounds.CallBound:
+        """The bound of one upstream call of the job (shared.bounds): the same for every call, so computed once."""
+        return bounds.call_bound(
+            prompt=self.prompt, max_tokens=self.max_tokens, messages=self.messages, options=self.options
+        )
+
 
 @dataclass(frozen=True)
 class Deferral:
@@ -397,9 +404,8 @@ def _admit(job: Job, model: ModelSpec, *, patient: bool, deadline: float, using:
     """Ask admission for a call of `model`: a job that waits for its model accepts any wait its deadline allows."""
     left = deadline - time.monotonic()
     max_wait = left if patient else min(using.settings.admission_inline_wait_s, left)
-    call = bounds.call_bound(prompt=job.prompt, max_tokens=job.max_tokens, messages=job.messages, options=job.options)
     return using.admission.take(  # type: ignore[union-attr]
-        model.name, tokens=call.prompt_tokens + call.completion_tokens, max_wait_s=max_wait
+        model.name, tokens=job.call.prompt_tokens + job.call.completion_tokens, max_wait_s=max_wait
     )
 
 
@@ -442,8 +448,7 @@ def _skipped(model: ModelSpec, reason: str) -> AttemptRecord:
 
 def attempt_bound(job: Job, model: ModelSpec) -> Decimal:
     """Return the most one call of `model` for the job can cost: the pre-call guard's and the in-flight note's."""
-    call = bounds.call_bound(prompt=job.prompt, max_tokens=job.max_tokens, messages=job.messages, options=job.options)
-    return call.cost(model)
+    return job.call.cost(model)
 
 
 def _lost_run(model: ModelSpec, *, cost: Decimal) -> AttemptRecord:
