@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 
@@ -19,11 +18,9 @@ from shared import jobs
 from shared import runs
 from shared.catalog import Catalog
 from shared.config import Settings
-from shared.db.base import Base
 from shared.db.models import JobStatus
 from shared.db.models import MonthlyBudget
 from shared.db.models import RequestLog
-from shared.db.session import make_engine
 from shared.db.session import make_sessionmaker
 from shared.db.types import utcnow
 from shared.errors import BudgetExceeded
@@ -162,18 +159,10 @@ def test_hedging_answer_escalates_one_tier_and_sums_both_costs(deps, sessions, c
 CUT = "Hello there, it is a fine day to say"  # what a 16-token max_tokens leaves of a longer answer
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_database(request: pytest.FixtureRequest, tmp_path) -> Iterator[tuple[sessionmaker[Session], Settings]]:
+@pytest.fixture
+def any_database(sessions: sessionmaker[Session], settings: Settings) -> tuple[sessionmaker[Session], Settings]:
     """Sessions and settings on a fresh SQLite file, or on the PostgreSQL test database."""
-    if request.param == "postgresql":
-        engine = request.getfixturevalue("postgres_engine")
-        yield make_sessionmaker(engine), make_test_settings(engine.url.render_as_string(hide_password=False))
-        return
-    settings = make_test_settings(f"sqlite:///{tmp_path}/router.db")
-    engine = make_engine(settings)
-    Base.metadata.create_all(engine)
-    yield make_sessionmaker(engine), settings
-    engine.dispose()
+    return sessions, settings
 
 
 @pytest.mark.parametrize("wording", [CUT, HEDGE])

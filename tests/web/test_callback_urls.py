@@ -34,13 +34,6 @@ TOKEN = "q-token-2f9c"
 PATH_TOKEN = "p-token-7d1e"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/router.db"
-    return request.getfixturevalue("postgres_url")
-
-
 @pytest.fixture
 def make_app(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator:
     from web import create_app

@@ -14,18 +14,15 @@ import openai
 import pytest
 import redis
 from flask import Flask
-from sqlalchemy import Engine
 from sqlalchemy import select
 
 from shared import bounds
 from shared import notify
 from shared import streams
-from shared.config import Settings
 from shared.db.models import MonthlyBudget
 from shared.db.models import RequestAttempt
 from shared.db.models import RequestLog
 from shared.db.session import make_sessionmaker
-from tests.conftest import make_test_settings
 from tests.conftest import run_jobs_soon
 from tests.conftest import worker_deps
 from tests.support.fakes import FakeLLMClient
@@ -35,14 +32,6 @@ from web.api import chat
 
 QUESTION = "Tell me about Paris."
 LONG = " ".join(f"word{n}" for n in range(60))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def settings(request: pytest.FixtureRequest, tmp_path) -> Settings:
-    if request.param == "sqlite":
-        return make_test_settings(f"sqlite:///{tmp_path}/router.db")
-    engine: Engine = request.getfixturevalue("postgres_engine")  # fresh tables for this test
-    return make_test_settings(engine.url.render_as_string(hide_password=False))
 
 
 @pytest.fixture

@@ -14,11 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from shared import notify
-from shared.config import Settings
-from shared.db.base import Base
-from shared.db.session import make_engine
 from tests.conftest import UNIT_REDIS_URL
-from tests.conftest import make_test_settings
 from tests.conftest import run_jobs_soon
 from tests.conftest import worker_deps
 from tests.support.channels import Eavesdropper
@@ -27,17 +23,6 @@ from tests.support.fakes import ok
 
 # Longer than any request here waits: only its announcement can wake it in time.
 NO_RECHECK_S = 60.0
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def settings(request: pytest.FixtureRequest, tmp_path) -> Settings:
-    if request.param == "sqlite":
-        return make_test_settings(f"sqlite:///{tmp_path}/router.db")
-    settings = make_test_settings(request.getfixturevalue("postgres_url"))
-    engine = make_engine(settings)
-    Base.metadata.drop_all(engine)
-    engine.dispose()
-    return settings
 
 
 @pytest.fixture

@@ -51,25 +51,17 @@ def _app(database_url: str, **overrides: object) -> Iterator[Flask]:
     app.extensions["db_engine"].dispose()
 
 
-def _database_url(request: pytest.FixtureRequest, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/router.db"
-    request.getfixturevalue("postgres_engine")  # an empty schema, dropped afterwards
-    return request.getfixturevalue("postgres_url")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_app(request: pytest.FixtureRequest, tmp_path) -> Iterator[Flask]:
+@pytest.fixture
+def any_app(database_url: str) -> Iterator[Flask]:
     """The app on SQLite, or on a fresh PostgreSQL database."""
-    with _app(_database_url(request, tmp_path), monthly_budget_limit=Decimal(10)) as app:
+    with _app(database_url, monthly_budget_limit=Decimal(10)) as app:
         yield app
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_keyed_app(request: pytest.FixtureRequest, tmp_path) -> Iterator[Flask]:
+@pytest.fixture
+def any_keyed_app(database_url: str) -> Iterator[Flask]:
     """any_app with API keys required."""
-    url = _database_url(request, tmp_path)
-    with _app(url, monthly_budget_limit=Decimal(10), require_api_key=True) as app:
+    with _app(database_url, monthly_budget_limit=Decimal(10), require_api_key=True) as app:
         yield app
 
 
