@@ -25,7 +25,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
 
 from shared import logs
+from shared import notify
 from shared import runs
+from shared import streams
 from shared.catalog import Catalog
 from shared.catalog import load_catalog
 from shared.config import DEFAULT_CATALOG_PATH
@@ -37,6 +39,7 @@ from shared.db.session import make_sessionmaker
 from shared.llm_client import LLMClient
 from tests.support.databases import ReusableSchema
 from tests.support.databases import temporary_postgres_database
+from tests.support.fakes import FakeLLMClient
 
 DATABASES = ("sqlite", "postgresql")
 
@@ -132,6 +135,31 @@ def publisher(app: Flask) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(app.extensions["settings"].redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture
+def llm() -> FakeLLMClient:
+    """A scripted upstream for a stand-in worker (tests.support.fakes)."""
+    return FakeLLMClient()
+
+
+@pytest.fixture
+def worker(
+    app: Flask, catalog: Catalog, llm: FakeLLMClient, monkeypatch: pytest.MonkeyPatch, publisher: redis.Redis
+) -> Iterator[list[str]]:
+    """Run each enqueued job in another thread a moment later, as a worker would, announcing it and relaying
+    its stream on the app's Redis; yield the job ids."""
+    deps = worker_deps(
+        app,
+        catalog,
+        llm,
+        on_finished=lambda job_id: notify.publish_job_done(publisher, job_id),
+        relay=lambda job_id, entry: streams.append(publisher, job_id, entry),
+    )
+    threads, job_ids = run_jobs_soon(monkeypatch, deps, delay_s=0.02)
+    yield job_ids
+    for thread in threads:
+        thread.join()
 
 
 @pytest.fixture

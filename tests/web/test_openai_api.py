@@ -14,7 +14,6 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from shared import notify
-from shared import streams
 from shared.db.models import MonthlyBudget
 from shared.db.models import RequestLog
 from shared.db.session import make_sessionmaker
@@ -24,29 +23,6 @@ from tests.conftest import worker_deps
 from tests.support.fakes import FLUENT
 from tests.support.fakes import Cut
 from tests.support.fakes import FakeLLMClient
-
-
-@pytest.fixture
-def llm() -> FakeLLMClient:
-    return FakeLLMClient()
-
-
-@pytest.fixture
-def worker(
-    app: Flask, catalog, llm: FakeLLMClient, monkeypatch: pytest.MonkeyPatch, publisher: redis.Redis
-) -> Iterator[list[str]]:
-    """Run each enqueued job in another thread a moment later, as a worker would; yield the job ids."""
-    deps = worker_deps(
-        app,
-        catalog,
-        llm,
-        on_finished=lambda job_id: notify.publish_job_done(publisher, job_id),
-        relay=lambda job_id, entry: streams.append(publisher, job_id, entry),
-    )
-    threads, job_ids = run_jobs_soon(monkeypatch, deps, delay_s=0.02)
-    yield job_ids
-    for thread in threads:
-        thread.join()
 
 
 @pytest.fixture

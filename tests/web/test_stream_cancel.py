@@ -35,11 +35,6 @@ LONG = " ".join(f"word{n}" for n in range(60))
 
 
 @pytest.fixture
-def llm() -> FakeLLMClient:
-    return FakeLLMClient()
-
-
-@pytest.fixture
 def relayed(
     app: Flask, catalog, llm: FakeLLMClient, monkeypatch: pytest.MonkeyPatch, publisher: redis.Redis
 ) -> Iterator[list[str]]:

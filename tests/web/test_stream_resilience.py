@@ -12,13 +12,10 @@ import pytest
 import redis
 from flask import Flask
 
-from shared import notify
 from shared import streams
 from shared.config import Settings
 from shared.errors import TransientLLMError
 from tests.conftest import make_test_settings
-from tests.conftest import run_jobs_soon
-from tests.conftest import worker_deps
 from tests.support.fakes import FLUENT
 from tests.support.fakes import FakeLLMClient
 from tests.support.fakes import Slow
@@ -33,28 +30,6 @@ ALL_MODELS = ("gpt-3.5-turbo", "claude-3-haiku", "gpt-4", "claude-3-opus", "gpt-
 @pytest.fixture
 def settings(tmp_path) -> Settings:
     return make_test_settings(f"sqlite:///{tmp_path}/router.db", stream_keepalive_s=KEEPALIVE_S)
-
-
-@pytest.fixture
-def llm() -> FakeLLMClient:
-    return FakeLLMClient()
-
-
-@pytest.fixture
-def worker(
-    app: Flask, catalog, llm: FakeLLMClient, monkeypatch: pytest.MonkeyPatch, publisher: redis.Redis
-) -> Iterator[list[str]]:
-    deps = worker_deps(
-        app,
-        catalog,
-        llm,
-        on_finished=lambda job_id: notify.publish_job_done(publisher, job_id),
-        relay=lambda job_id, entry: streams.append(publisher, job_id, entry),
-    )
-    threads, job_ids = run_jobs_soon(monkeypatch, deps, delay_s=0.02)
-    yield job_ids
-    for thread in threads:
-        thread.join()
 
 
 @pytest.fixture
