@@ -39,6 +39,7 @@ from shared.db.session import make_sessionmaker
 from shared.llm_client import LLMClient
 from tests.support.databases import ReusableSchema
 from tests.support.databases import temporary_postgres_database
+from tests.support.fakes import Clock
 from tests.support.fakes import FakeLLMClient
 
 DATABASES = ("sqlite", "postgresql")
@@ -135,6 +136,22 @@ def publisher(app: Flask) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(app.extensions["settings"].redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture
+def real_redis() -> Iterator[redis.Redis]:
+    """A client of the unit suites' Redis database, emptied before and after the test."""
+    client = redis.Redis.from_url(UNIT_REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """A clock that moves only when the test moves it."""
+    return Clock()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ learns from an upstream's rate-limit headers, and the simulator's limits it lear
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -20,30 +19,9 @@ from shared.admission import duration_s
 from shared.simulator.limits import Limiter
 from shared.simulator.limits import format_duration
 from tests.conftest import UNIT_REDIS_URL
+from tests.support.fakes import Clock
 
 RACERS = 16
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def real_redis() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(UNIT_REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from shared.errors import PermanentLLMError
 from shared.errors import TransientLLMError
 from shared.llm_client import OpenAIChatClient
 from tests.conftest import make_test_settings
+from tests.support.fakes import Clock
 from tests.support.fakes import FakeLLMClient
 from tests.support.fakes import ok
 from tests.support.prompts import EASY
@@ -162,14 +163,6 @@ def test_the_check_before_each_call_bounds_the_chat_as_sent_not_its_joined_text(
     outcome = answering.answer(_job(catalog, prompt=prompt, messages=messages, model="gpt-4", max_tokens=10,
                                     reserved_cost=covered), using=_using(catalog, settings, fake))  # fmt: skip
     assert (fake.calls, outcome.completion is not None) == (["gpt-4"], True)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.mark.parametrize(("status", "state"), [("429", "closed"), ("500", "open")])

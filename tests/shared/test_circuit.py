@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
 
 import fakeredis
 import pytest
@@ -19,31 +18,10 @@ from shared.circuit import CircuitBreaker
 from shared.circuit import Permit
 from shared.circuit import fast_failing_client
 from tests.conftest import UNIT_REDIS_URL
+from tests.support.fakes import Clock
 
 POLICY = BreakerPolicy(window_s=30, min_failures=3, failure_rate=0.5, cooldown_s=10, half_open_probes=1)
 RACERS = 16
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def real_redis() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(UNIT_REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
 
 
 @pytest.fixture(params=["in_memory", "real"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -17,19 +16,9 @@ from shared.circuit import CircuitBreaker
 from shared.circuit import fast_failing_client
 from shared.db.models import MonthlyBudget
 from shared.db.types import utcnow
-from tests.conftest import UNIT_REDIS_URL
 
 MODELS = ("gpt-3.5-turbo", "gpt-4")
 QUEUES = ("gauges-test-prompts", "gauges-test-batch")
-
-
-@pytest.fixture
-def redis_client() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(UNIT_REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
 
 
 @pytest.fixture
@@ -63,24 +52,24 @@ def _collect(client: redis.Redis, sessions: sessionmaker[Session]) -> dict[str, 
     }
 
 
-def test_budgets_of_the_current_month_are_reported_per_scope(redis_client, sessions, ledger) -> None:
-    collected = _collect(redis_client, sessions)
+def test_budgets_of_the_current_month_are_reported_per_scope(real_redis, sessions, ledger) -> None:
+    collected = _collect(real_redis, sessions)
     assert collected["model_router_budget_spent_dollars"] == {("global",): 12.5, ("key:7",): 1.0}
     assert collected["model_router_budget_reserved_dollars"] == {("global",): 0.25, ("key:7",): 0.0}
     assert collected["model_router_budget_limit_dollars"] == {("global",): 100.0, ("key:7",): 10.0}
 
 
-def test_queue_depth_counts_every_waiting_message_including_prioritised_ones(redis_client, sessions) -> None:
-    redis_client.rpush(QUEUES[0], "a", "b", "c")
-    redis_client.rpush(QUEUES[0] + "\x06\x169", "d")
-    collected = _collect(redis_client, sessions)
+def test_queue_depth_counts_every_waiting_message_including_prioritised_ones(real_redis, sessions) -> None:
+    real_redis.rpush(QUEUES[0], "a", "b", "c")
+    real_redis.rpush(QUEUES[0] + "\x06\x169", "d")
+    collected = _collect(real_redis, sessions)
     assert collected["model_router_queue_depth"] == {(QUEUES[0],): 4.0, (QUEUES[1],): 0.0}
 
 
-def test_each_model_reports_its_current_circuit_state(redis_client, sessions) -> None:
-    breaker = CircuitBreaker(redis_client, BreakerPolicy(min_failures=1, failure_rate=0.1))
+def test_each_model_reports_its_current_circuit_state(real_redis, sessions) -> None:
+    breaker = CircuitBreaker(real_redis, BreakerPolicy(min_failures=1, failure_rate=0.1))
     breaker.record_failure(breaker.allow("gpt-4"))
-    states = _collect(redis_client, sessions)["model_router_circuit_state"]
+    states = _collect(real_redis, sessions)["model_router_circuit_state"]
     assert states[("gpt-4", "open")] == 1 and states[("gpt-4", "closed")] == 0
     assert states[("gpt-3.5-turbo", "closed")] == 1 and states[("gpt-3.5-turbo", "open")] == 0
     assert sum(states.values()) == len(MODELS)

@@ -4,7 +4,6 @@ when their deadline cannot hold the wait; open circuits waited out; every refuse
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import fakeredis
@@ -27,33 +26,12 @@ from shared.db.session import make_sessionmaker
 from shared.llm_client import OpenAIChatClient
 from tests.conftest import UNIT_REDIS_URL
 from tests.conftest import make_test_settings
+from tests.support.fakes import Clock
 from tests.support.fakes import FakeLLMClient
 from tests.support.prompts import EASY
 from tests.support.sim import running_sim
 
 CHEAP, MID = "gpt-3.5-turbo", "gpt-4"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def real_redis() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(UNIT_REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

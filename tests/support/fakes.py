@@ -135,3 +135,13 @@ class TimedOutWaiter:
 
     def take_body(self, job_id: str, event: waiter.Done) -> None:
         return None
+
+
+class Clock:
+    """A clock that stands still until a test moves it (`clock.now += seconds`), for code taking `clock=`."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
