@@ -27,12 +27,12 @@ import redis
 
 from bench.guarantee_stack import Answer
 from bench.guarantee_stack import Bench
-from shared.circuit import OPEN
-from shared.circuit import BreakerPolicy
-from shared.circuit import CircuitBreaker
-from shared.db.models import JobStatus
-from shared.db.models import RequestAttempt
-from shared.db.models import RequestLog
+from shared.store.models import JobStatus
+from shared.store.models import RequestAttempt
+from shared.store.models import RequestLog
+from shared.upstream.circuit_breaker import OPEN
+from shared.upstream.circuit_breaker import BreakerPolicy
+from shared.upstream.circuit_breaker import CircuitBreaker
 from tests.support.chaos import FAULTS
 from tests.support.chaos import chaos_prompt
 from tests.support.stack import BIN

@@ -31,14 +31,14 @@ from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared import budget
-from shared.catalog import Catalog
-from shared.catalog import load_catalog
 from shared.config import DEFAULT_CATALOG_PATH
-from shared.db import migrate
-from shared.db.models import JobStatus
-from shared.db.models import MonthlyBudget
-from shared.db.models import RequestLog
+from shared.ledger import budget
+from shared.routing.catalog import Catalog
+from shared.routing.catalog import load_catalog
+from shared.store import migrate
+from shared.store.models import JobStatus
+from shared.store.models import MonthlyBudget
+from shared.store.models import RequestLog
 from tests.support.chaos import OWN_SETTINGS as CHAOS_OWN_SETTINGS
 from tests.support.chaos import PrivateRedis
 from tests.support.databases import temporary_postgres_database

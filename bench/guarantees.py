@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = _overrides(args.settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The breaker scenario opens hundreds of circuits on purpose.
-    logging.getLogger("shared.circuit").setLevel(logging.ERROR)
+    logging.getLogger("shared.upstream.circuit_breaker").setLevel(logging.ERROR)
     started_at = datetime.now(UTC)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="guarantees-") as scratch:

@@ -14,8 +14,8 @@ import statistics
 import time
 from pathlib import Path
 
-from shared import difficulty
-from shared import evaluation
+from shared.routing import difficulty
+from shared.routing import evaluation
 
 SYNTHETIC = (
     "What is the capital of France?",

@@ -24,7 +24,7 @@ import httpx
 import openai
 import redis
 
-from shared.db import migrate
+from shared.store import migrate
 from tests.support.stack import Stack
 from tests.support.stack import http
 

@@ -42,11 +42,11 @@ from typing import Any
 
 import aiohttp
 
-from shared.catalog import load_catalog
 from shared.config import DEFAULT_CATALOG_PATH
-from shared.db import migrate
-from shared.difficulty import estimate_difficulty
-from shared.routing import route
+from shared.routing.catalog import load_catalog
+from shared.routing.difficulty import estimate_difficulty
+from shared.routing.policy import route
+from shared.store import migrate
 from tests.support.chaos import PrivateRedis
 from tests.support.stack import Stack
 from tests.support.stack import free_port

@@ -8,8 +8,8 @@ from alembic import context
 from sqlalchemy import create_engine
 
 from shared.config import get_settings
-from shared.db import models  # registers the tables on Base.metadata
-from shared.db.base import Base
+from shared.store import models  # registers the tables on Base.metadata
+from shared.store.base import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

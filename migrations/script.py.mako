@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import shared.db.types
+import shared.store.types
 ${imports if imports else ""}
 
 revision: str = ${repr(up_revision)}

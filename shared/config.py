@@ -20,13 +20,13 @@ from pydantic import model_validator
 from pydantic_settings import BaseSettings
 from pydantic_settings import SettingsConfigDict
 
-from shared import egress
-from shared import masking
-from shared import sealing
 from shared.errors import ConfigError
 from shared.errors import InvalidInput
+from shared.security import egress
+from shared.security import masking
+from shared.security import sealing
 
-DEFAULT_CATALOG_PATH = Path(__file__).with_name("models.toml")
+DEFAULT_CATALOG_PATH = Path(__file__).parent / "routing" / "models.toml"
 
 
 DEFAULT_REDIS_MAX_CONNECTIONS = 1024
@@ -60,7 +60,7 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "test", "production"] = "development"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    # Log lines as JSON or text; unset: text in development, JSON elsewhere (shared.logs).
+    # Log lines as JSON or text; unset: text in development, JSON elsewhere (shared.observability.logs).
     log_format: Literal["json", "text"] | None = None
     # Put prompt text in job log lines (off: prompts may hold personal data).
     log_prompts: bool = False
@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     circuit_cooldown_s: float = Field(default=15.0, gt=0)
     circuit_half_open_probes: int = Field(default=1, ge=1)
 
-    # Admission control per model, shared by every worker through Redis (shared.admission): calls are paced at
+    # Admission control per model, shared by every worker through Redis (shared.upstream.admission): calls are paced at
     # the rate the upstream's answers (429s, x-ratelimit-* headers) say it admits. What a job does when its model
     # is rate limited: "wait" for its turn (within its deadline) or "fallback" to the next, pricier, model of its
     # chain; a request may choose for itself (`on_rate_limit`).
@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     escalation_enabled: bool = True
     escalation_min_answer_chars: int = Field(default=20, ge=0)
     escalation_confidence_threshold: float = Field(default=0.5, ge=0, le=1)
-    # Difficulty estimator that scores prompts for routing: "heuristic" or "learned" (shared.difficulty).
+    # Difficulty estimator that scores prompts for routing: "heuristic" or "learned" (shared.routing.difficulty).
     difficulty_estimator: Literal["heuristic", "learned"] = "heuristic"
 
     # Jobs: a claimed job whose worker is silent this long may be claimed again.
@@ -169,7 +169,7 @@ class Settings(BaseSettings):
     # WEBHOOK_ALLOWED_HOSTS names the hosts, IP addresses and CIDR networks they may reach besides (a
     # receiver on the private network, or on loopback for local testing), and with WEBHOOK_ALLOWED_HOSTS_ONLY
     # they may reach nothing else. Stored callback URLs are encrypted with WEBHOOK_URL_KEYS (Fernet keys, the
-    # first encrypts), or with a key derived from WEBHOOK_SECRET when none is set (shared.sealing).
+    # first encrypts), or with a key derived from WEBHOOK_SECRET when none is set (shared.security.sealing).
     webhook_secret: SecretStr | None = None
     webhook_allowed_hosts: list[str] = Field(default_factory=list)
     webhook_allowed_hosts_only: bool = False
@@ -180,7 +180,7 @@ class Settings(BaseSettings):
     # Batches: the most items one POST /api/batch may carry.
     max_batch_items: int = Field(default=1000, ge=1, le=10000)
 
-    # Response cache: identical requests answered from Redis at no cost (shared.cache). Requests with
+    # Response cache: identical requests answered from Redis at no cost (shared.jobs.response_cache). Requests with
     # temperature > 0 are cached only with RESPONSE_CACHE_SAMPLED; answers are scoped per API key unless
     # RESPONSE_CACHE_SHARED lets every key see every other key's answers.
     response_cache_enabled: bool = True

@@ -66,7 +66,7 @@ class LLMError(DomainError):
         super().__init__(message, details=details)
         self.status_code = status_code
         self.retry_after_s = retry_after_s
-        # What the answer said of the upstream's rate limits (a shared.admission.RateLimits), if anything.
+        # What the answer said of the upstream's rate limits (a shared.upstream.admission.RateLimits), if anything.
         self.rate_limits: object | None = None
 
 

@@ -24,19 +24,19 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
 
-from shared import logs
-from shared import notify
-from shared import runs
-from shared import streams
-from shared.catalog import Catalog
-from shared.catalog import load_catalog
 from shared.config import DEFAULT_CATALOG_PATH
 from shared.config import Settings
 from shared.config import load_settings
-from shared.db.base import Base
-from shared.db.session import make_engine
-from shared.db.session import make_sessionmaker
-from shared.llm_client import LLMClient
+from shared.jobs import runs
+from shared.observability import logs
+from shared.routing.catalog import Catalog
+from shared.routing.catalog import load_catalog
+from shared.store import completion_channel
+from shared.store import stream_relay
+from shared.store.base import Base
+from shared.store.session import make_engine
+from shared.store.session import make_sessionmaker
+from shared.upstream.llm_client import LLMClient
 from tests.support.databases import ReusableSchema
 from tests.support.databases import temporary_postgres_database
 from tests.support.fakes import Clock
@@ -170,8 +170,8 @@ def worker(
         app,
         catalog,
         llm,
-        on_finished=lambda job_id: notify.publish_job_done(publisher, job_id),
-        relay=lambda job_id, entry: streams.append(publisher, job_id, entry),
+        on_finished=lambda job_id: completion_channel.publish_job_done(publisher, job_id),
+        relay=lambda job_id, entry: stream_relay.append(publisher, job_id, entry),
     )
     threads, job_ids = run_jobs_soon(monkeypatch, deps, delay_s=0.02)
     yield job_ids

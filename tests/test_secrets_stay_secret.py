@@ -17,12 +17,12 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from flask import Flask
 
-from shared import api_keys
-from shared import logs
-from shared import runs
 from shared.cli import ops
-from shared.db.base import Base
-from shared.db.session import make_sessionmaker
+from shared.jobs import runs
+from shared.ledger import api_keys
+from shared.observability import logs
+from shared.store.base import Base
+from shared.store.session import make_sessionmaker
 from tests.conftest import make_test_settings
 from tests.conftest import worker_deps
 from tests.support.fakes import FakeLLMClient
@@ -66,8 +66,8 @@ def assert_no_secret(text: str, *extra: str) -> None:
 
 
 def test_the_run_banner_masks_every_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared import localstack
-    from shared.db import migrate
+    from shared.devstack import localstack
+    from shared.store import migrate
 
     monkeypatch.setattr(migrate, "upgrade", lambda *args, **kwargs: None)
     monkeypatch.setattr(localstack, "_redis_answers", lambda url: True)

@@ -6,12 +6,12 @@ from celery import Celery
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from shared import logs
-from shared.catalog import load_catalog
 from shared.config import Settings
 from shared.config import exit_on_config_error
 from shared.config import get_settings
 from shared.errors import ConfigError
+from shared.observability import logs
+from shared.routing.catalog import load_catalog
 from web import auth
 from web import db
 from web import errors

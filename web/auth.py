@@ -21,10 +21,10 @@ from limits.storage import storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 from werkzeug.exceptions import TooManyRequests
 
-from shared import api_keys
 from shared.config import Settings
 from shared.errors import NotFound
 from shared.errors import Unauthorized
+from shared.ledger import api_keys
 from web.db import get_session
 
 logger = logging.getLogger(__name__)

@@ -5,33 +5,35 @@ from __future__ import annotations
 import redis
 from flask import current_app
 
-from shared import cache
-from shared import circuit
-from shared import jobs
+from shared.jobs import lifecycle
+from shared.jobs import response_cache
+from shared.upstream import circuit_breaker
 from web.auth import current_identity
 
 
-def key_for(request: jobs.JobRequest, *, wanted: bool) -> str | None:
+def key_for(request: lifecycle.JobRequest, *, wanted: bool) -> str | None:
     """Return the request's cache key, or None when the cache must neither answer it nor keep its answer.
 
     `wanted` is the request's own `cache` field: false bypasses the cache both ways.
     """
     settings = current_app.extensions["settings"]
-    if not wanted or not cache.is_cacheable(request, settings=settings):
+    if not wanted or not response_cache.is_cacheable(request, settings=settings):
         return None
     identity = current_identity()
-    scope = cache.scope_of(None if identity is None else identity.api_key_id, shared=settings.response_cache_shared)
+    scope = response_cache.scope_of(
+        None if identity is None else identity.api_key_id, shared=settings.response_cache_shared
+    )
     estimator = request.difficulty_estimator or settings.difficulty_estimator
     routing = current_app.extensions.get("cache_routing")
     if routing is None:
-        routing = cache.routing_fingerprint(current_app.extensions["catalog"], settings)
+        routing = response_cache.routing_fingerprint(current_app.extensions["catalog"], settings)
         current_app.extensions["cache_routing"] = routing
-    return cache.key_for(request, scope=scope, difficulty_estimator=estimator, routing=routing)
+    return response_cache.key_for(request, scope=scope, difficulty_estimator=estimator, routing=routing)
 
 
-def lookup(key: str) -> cache.Answer | None:
+def lookup(key: str) -> response_cache.Answer | None:
     """Return the answer cached under `key`, or None (a miss, or a cache that cannot be reached)."""
-    return cache.get(_client(), key)
+    return response_cache.get(_client(), key)
 
 
 def _client() -> redis.Redis:
@@ -39,6 +41,6 @@ def _client() -> redis.Redis:
     client = current_app.extensions.get("cache_redis")
     if client is None:
         settings = current_app.extensions["settings"]
-        client = circuit.fast_failing_client(settings.redis_url, max_connections=settings.redis_max_connections)
+        client = circuit_breaker.fast_failing_client(settings.redis_url, max_connections=settings.redis_max_connections)
         current_app.extensions["cache_redis"] = client
     return client

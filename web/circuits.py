@@ -5,9 +5,9 @@ from __future__ import annotations
 import redis
 from flask import current_app
 
-from shared.circuit import BreakerPolicy
-from shared.circuit import CircuitBreaker
-from shared.circuit import fast_failing_client
+from shared.upstream.circuit_breaker import BreakerPolicy
+from shared.upstream.circuit_breaker import CircuitBreaker
+from shared.upstream.circuit_breaker import fast_failing_client
 
 
 def circuit_states(client: redis.Redis | None = None) -> dict[str, str]:

@@ -8,8 +8,8 @@ from flask import g
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
-from shared.db.session import make_engine
-from shared.db.session import make_sessionmaker
+from shared.store.session import make_engine
+from shared.store.session import make_sessionmaker
 
 
 def init_app(app: Flask, settings: Settings) -> None:

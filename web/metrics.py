@@ -19,11 +19,11 @@ from prometheus_client import generate_latest
 from prometheus_client import multiprocess
 from werkzeug.exceptions import Forbidden
 
-from shared import gauges
-from shared import metrics
-from shared.circuit import BreakerPolicy
-from shared.circuit import CircuitBreaker
-from shared.circuit import fast_failing_client
+from shared.observability import gauges
+from shared.observability import metrics
+from shared.upstream.circuit_breaker import BreakerPolicy
+from shared.upstream.circuit_breaker import CircuitBreaker
+from shared.upstream.circuit_breaker import fast_failing_client
 from web import auth
 from worker.celery_app import BATCH_QUEUE
 from worker.celery_app import PROMPTS_QUEUE

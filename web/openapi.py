@@ -10,7 +10,7 @@ from pydantic.json_schema import JsonSchemaMode
 from pydantic.json_schema import models_json_schema
 
 from shared.config import Settings
-from shared.idempotency import MAX_KEY_LENGTH
+from shared.jobs.idempotency import MAX_KEY_LENGTH
 from web.schemas import BatchAccepted
 from web.schemas import BatchItem
 from web.schemas import BatchRequest

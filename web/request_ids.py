@@ -15,7 +15,7 @@ from flask import Response
 from flask import g
 from flask import request
 
-from shared import logs
+from shared.observability import logs
 
 HEADER = "X-Request-ID"
 # Fits request_logs.request_id; no spaces, quotes or control characters to forge log lines or headers with.

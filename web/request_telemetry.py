@@ -14,8 +14,8 @@ from flask import Response
 from flask import g
 from flask import request
 
-from shared import logs
-from shared import metrics
+from shared.observability import logs
+from shared.observability import metrics
 from web.auth import current_identity
 
 logger = logging.getLogger(__name__)

@@ -14,14 +14,14 @@ from flask import request
 from kombu.exceptions import KombuError
 from sqlalchemy.orm import Session
 
-from shared import cache
-from shared import idempotency
-from shared import job_events
-from shared import jobs
-from shared import notify
-from shared import webhooks
-from shared.db.types import utcnow
 from shared.errors import Unavailable
+from shared.jobs import idempotency
+from shared.jobs import lifecycle
+from shared.jobs import response_cache
+from shared.jobs import webhooks
+from shared.observability import job_events
+from shared.store import completion_channel
+from shared.store.types import utcnow
 from web import caching
 from web.auth import current_identity
 from web.db import get_session
@@ -32,13 +32,13 @@ logger = logging.getLogger(__name__)
 BROKER_ERRORS = (KombuError, redis.RedisError, OSError)
 
 
-def requester() -> jobs.Requester | None:
+def requester() -> lifecycle.Requester | None:
     """Return the API key the work is charged to, if keys are on."""
     identity = current_identity()
-    return None if identity is None else jobs.Requester(identity.api_key_id, identity.monthly_budget)
+    return None if identity is None else lifecycle.Requester(identity.api_key_id, identity.monthly_budget)
 
 
-def accept_job(body: dict[str, Any], request: jobs.JobRequest, *, use_cache: bool) -> tuple[str, bool]:
+def accept_job(body: dict[str, Any], request: lifecycle.JobRequest, *, use_cache: bool) -> tuple[str, bool]:
     """Create the request's job, or find the one its Idempotency-Key already made; return (job id, queued).
 
     A cacheable request (`use_cache` is its `cache` field) with a cached answer gets a job finished at
@@ -57,7 +57,7 @@ def accept_job(body: dict[str, Any], request: jobs.JobRequest, *, use_cache: boo
         return existing, False
     settings = current_app.extensions["settings"]
     if cache_key is not None and cached is not None:
-        finished = cache.create_job(
+        finished = response_cache.create_job(
             session,
             request=request,
             answer=cached,
@@ -71,7 +71,7 @@ def accept_job(body: dict[str, Any], request: jobs.JobRequest, *, use_cache: boo
         send_callbacks(finished.callbacks)
         return job_id, False
     # Without an Idempotency-Key nothing else goes in the job's transaction: it can be one statement.
-    jobs.create_and_commit(
+    lifecycle.create_and_commit(
         session,
         alone=idempotency_key() is None,
         request=request,
@@ -87,7 +87,7 @@ def accept_job(body: dict[str, Any], request: jobs.JobRequest, *, use_cache: boo
 
 def enqueue_job(job_id: str) -> None:
     """Send a single prompt's job to its queue, or withdraw it and answer 503."""
-    enqueue([job_id], batch=False, withdraw=lambda session: jobs.withdraw(session, job_id=job_id))
+    enqueue([job_id], batch=False, withdraw=lambda session: lifecycle.withdraw(session, job_id=job_id))
 
 
 def idempotency_key() -> str | None:
@@ -127,7 +127,7 @@ def _idempotency_owner() -> str:
 
 
 def seal_callback_url(url: str | None) -> str | None:
-    """Return the callback URL sealed for storage (shared.webhooks.accept_url), or raise 400."""
+    """Return the callback URL sealed for storage (shared.jobs.webhooks.accept_url), or raise 400."""
     if url is None:
         return None
     return webhooks.accept_url(url, settings=current_app.extensions["settings"])
@@ -159,12 +159,12 @@ def enqueue(job_ids: Sequence[str], *, batch: bool, withdraw: Callable[[Session]
         raise Unavailable("the job queue is unreachable; nothing was reserved or charged") from None
 
 
-def announce(finished: jobs.Finished) -> None:
+def announce(finished: lifecycle.Finished) -> None:
     """After commit: log and count a job the web tier ended (a cancel), wake its waiters, send its callbacks."""
     job_events.finished(finished)
     try:
         with redis.Redis.from_url(current_app.extensions["settings"].redis_url, socket_timeout=2) as client:
-            notify.publish_job_done(client, finished.job_id)
+            completion_channel.publish_job_done(client, finished.job_id)
     except redis.RedisError:
         logger.warning("could not announce job_id=%s", finished.job_id)
     send_callbacks(finished.callbacks)

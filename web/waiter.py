@@ -1,8 +1,8 @@
 """Wake waiting requests when their job finishes, from one Redis subscriber connection per web process.
 
 A synchronous request registers its job here before enqueueing it and then sleeps on an event. Registering
-subscribes the process's connection to that job's channel (shared.notify), unregistering unsubscribes it,
-so a process hears only of the jobs its requests wait for. A single listener thread (a greenlet under
+subscribes the process's connection to that job's channel (shared.store.completion_channel), unregistering
+unsubscribes it, so a process hears only of the jobs its requests wait for. A single listener thread (a greenlet under
 gevent) reads the connection and sets the matching events; waiting therefore costs an Event and a
 subscription, not a thread or a connection. The job is read on a wake-up and, should its announcement be
 lost, every RECHECK_S.
@@ -22,8 +22,8 @@ import redis
 from flask import Flask
 from flask import current_app
 
-from shared import notify
 from shared.config import Settings
+from shared.store import completion_channel
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class CompletionWaiter:
             first = job_id not in self._events
             self._events[job_id].add(event)
             if first:
-                self._send("SUBSCRIBE", notify.channel(job_id))
+                self._send("SUBSCRIBE", completion_channel.channel(job_id))
         return event
 
     def unregister(self, job_id: str, event: Done) -> None:
@@ -87,10 +87,10 @@ class CompletionWaiter:
                 waiting.discard(event)
                 if not waiting:
                     del self._events[job_id]
-                    self._send("UNSUBSCRIBE", notify.channel(job_id))
+                    self._send("UNSUBSCRIBE", completion_channel.channel(job_id))
         if event.announced and not event.body_taken:
             try:
-                notify.discard_body(self._bodies, job_id)
+                completion_channel.discard_body(self._bodies, job_id)
             except redis.RedisError:
                 logger.warning("could not remove the announced body job_id=%s; it expires", job_id)
 
@@ -100,7 +100,7 @@ class CompletionWaiter:
             return None
         event.body_taken = True
         try:
-            return notify.take_body(self._bodies, job_id)
+            return completion_channel.take_body(self._bodies, job_id)
         except redis.RedisError:
             logger.warning("could not read the announced body job_id=%s", job_id)
             return None
@@ -161,13 +161,13 @@ class CompletionWaiter:
             pinged = False
             # Subscription confirmations and pongs carry no news.
             if reply[0] == b"message":
-                self._wake(notify.job_id_of(reply[1]))
+                self._wake(completion_channel.job_id_of(reply[1]))
 
     def _subscribe_all(self, subscriber: redis.Connection) -> None:
         subscriber.connect()
         with self._lock:
             if self._events:
-                subscriber.send_command("SUBSCRIBE", *(notify.channel(job_id) for job_id in self._events))
+                subscriber.send_command("SUBSCRIBE", *(completion_channel.channel(job_id) for job_id in self._events))
             self._subscriber = subscriber
             self._ready.set()
 

@@ -20,7 +20,7 @@ from celery import Celery
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-from shared.reaper import Messages
+from shared.jobs.reaper import Messages
 
 RUN_TASK = "jobs.run"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from celery import Celery
 from celery import signals
 
-from shared import logs
 from shared.config import Settings
 from shared.config import exit_on_config_error
 from shared.config import get_settings
 from shared.errors import ConfigError
+from shared.observability import logs
 from worker.redis_transport import transport_for
 
 PROMPTS_QUEUE = "prompts"
@@ -30,7 +30,7 @@ def create_celery(settings: Settings) -> Celery:
         broker_transport_options={
             "visibility_timeout": settings.job_lease_s * 2,
             # Messages a dead worker had taken (kombu's `unacked` hash) go back to their queue once the
-            # visibility timeout passes; the reaper leaves them to this (shared.reaper). kombu looks for them
+            # visibility timeout passes; the reaper leaves them to this (shared.jobs.reaper). kombu looks for them
             # every interval x throttle seconds (100 s by default): here every tenth of a lease.
             "unacked_restore_interval": max(1, settings.job_lease_s // 10),
             "unacked_restore_throttle": 1,

@@ -11,7 +11,7 @@ from celery.signals import worker_ready
 from celery.signals import worker_shutdown
 
 from shared.config import get_settings
-from shared.heartbeat import WORKER_KEY_PREFIX
+from shared.store.heartbeats import WORKER_KEY_PREFIX
 
 logger = logging.getLogger(__name__)
 

@@ -9,18 +9,18 @@ import types
 
 import redis
 
-from shared import alerts
-from shared import circuit
-from shared import notify
-from shared import runs
-from shared import streams
-from shared.admission import Admission
-from shared.catalog import load_catalog
-from shared.circuit import CircuitBreaker
 from shared.config import get_settings
-from shared.db.session import make_engine
-from shared.db.session import make_sessionmaker
-from shared.llm_client import OpenAIChatClient
+from shared.jobs import runs
+from shared.ledger import alerts
+from shared.routing.catalog import load_catalog
+from shared.store import completion_channel
+from shared.store import stream_relay
+from shared.store.session import make_engine
+from shared.store.session import make_sessionmaker
+from shared.upstream import circuit_breaker
+from shared.upstream.admission import Admission
+from shared.upstream.circuit_breaker import CircuitBreaker
+from shared.upstream.llm_client import OpenAIChatClient
 
 _lock = threading.Lock()
 _deps: runs.RunDeps | None = None
@@ -36,7 +36,7 @@ def get_deps() -> runs.RunDeps:
             publisher = redis.Redis.from_url(
                 settings.redis_url, socket_timeout=5, max_connections=settings.redis_max_connections
             )
-            fast_failing_redis = circuit.fast_failing_client(
+            fast_failing_redis = circuit_breaker.fast_failing_client(
                 settings.redis_url, max_connections=settings.redis_max_connections
             )
             _deps = runs.RunDeps(
@@ -44,12 +44,12 @@ def get_deps() -> runs.RunDeps:
                 catalog=load_catalog(settings.model_catalog_path),
                 settings=settings,
                 client=OpenAIChatClient(settings),
-                on_finished=lambda job_id: notify.publish_job_done(publisher, job_id),
-                on_answered=lambda job_id, body: notify.publish_job_done(publisher, job_id, body),
-                relay=lambda job_id, entry: streams.append(publisher, job_id, entry),
+                on_finished=lambda job_id: completion_channel.publish_job_done(publisher, job_id),
+                on_answered=lambda job_id, body: completion_channel.publish_job_done(publisher, job_id, body),
+                relay=lambda job_id, entry: stream_relay.append(publisher, job_id, entry),
                 on_alert=_announce_alert,
                 on_callback=_send_callback,
-                breaker=CircuitBreaker(fast_failing_redis, circuit.BreakerPolicy.from_settings(settings)),
+                breaker=CircuitBreaker(fast_failing_redis, circuit_breaker.BreakerPolicy.from_settings(settings)),
                 response_cache=fast_failing_redis,
                 admission=Admission(fast_failing_redis, burst_s=settings.admission_burst_s),
             )

@@ -10,18 +10,18 @@ from celery.signals import worker_process_init
 from celery.utils.log import get_task_logger
 from sqlalchemy.exc import OperationalError
 
-from shared import batches
-from shared import idempotency
-from shared import jobs
-from shared import masking
-from shared import reaper
-from shared import runs
-from shared import sealing
-from shared import webhooks
-from shared.db.types import utcnow
 from shared.errors import ConfigError
-from shared.representations import batch_body
-from shared.representations import job_body
+from shared.jobs import batches
+from shared.jobs import idempotency
+from shared.jobs import lifecycle
+from shared.jobs import reaper
+from shared.jobs import runs
+from shared.jobs import webhooks
+from shared.jobs.views import batch_body
+from shared.jobs.views import job_body
+from shared.security import masking
+from shared.security import sealing
+from shared.store.types import utcnow
 from worker import broker_messages
 from worker import runtime
 from worker.celery_app import BATCH_QUEUE
@@ -123,7 +123,7 @@ def deliver_alert(self, payload: dict[str, object]) -> int | None:
 def deliver_callback(self, resource: str, resource_id: str, first_attempt_at: float | None = None) -> int | None:
     """POST a finished job or batch to its callback_url, signed; retried with backoff, recorded per attempt.
 
-    The URL is stored sealed (shared.sealing) and opened here only; logs and records show it masked.
+    The URL is stored sealed (shared.security.sealing) and opened here only; logs and records show it masked.
     """
     deps = runtime.get_deps()
     settings = deps.settings
@@ -133,7 +133,7 @@ def deliver_callback(self, resource: str, resource_id: str, first_attempt_at: fl
             view = batches.get_view(session, batch_id=resource_id)
             sealed, payload = view.batch.callback_url, {"event": "batch.completed", **batch_body(view)}
         else:
-            job = jobs.get_or_raise(session, job_id=resource_id)
+            job = lifecycle.get_or_raise(session, job_id=resource_id)
             sealed, payload = job.callback_url, {"event": "job.finished", **job_body(job)}
     if sealed is None:
         return None

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import shared.db.types
+import shared.store.types
 
 revision: str = "4f67a9f51b60"
 down_revision: str | None = None
@@ -27,12 +27,12 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("year", sa.Integer(), nullable=False),
         sa.Column("month", sa.Integer(), nullable=False),
-        sa.Column("monthly_limit", shared.db.types.Money(), nullable=False),
-        sa.Column("total_spent", shared.db.types.Money(), nullable=False),
-        sa.Column("reserved", shared.db.types.Money(), nullable=False),
+        sa.Column("monthly_limit", shared.store.types.Money(), nullable=False),
+        sa.Column("total_spent", shared.store.types.Money(), nullable=False),
+        sa.Column("reserved", shared.store.types.Money(), nullable=False),
         sa.Column("request_count", sa.Integer(), nullable=False),
-        sa.Column("created_at", shared.db.types.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", shared.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", shared.store.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", shared.store.types.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_monthly_budgets")),
         sa.UniqueConstraint("year", "month", name="uq_monthly_budgets_year_month"),
     )
@@ -44,11 +44,11 @@ def upgrade() -> None:
             sa.Enum("queued", "running", "succeeded", "failed", name="jobstatus", native_enum=False, length=16),
             nullable=False,
         ),
-        sa.Column("created_at", shared.db.types.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", shared.db.types.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("started_at", shared.db.types.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("finished_at", shared.db.types.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("lease_expires_at", shared.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", shared.store.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", shared.store.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("started_at", shared.store.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("finished_at", shared.store.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("lease_expires_at", shared.store.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("run_count", sa.Integer(), nullable=False),
         sa.Column("prompt", sa.Text(), nullable=False),
         sa.Column("max_tokens", sa.Integer(), nullable=False),
@@ -74,8 +74,8 @@ def upgrade() -> None:
         sa.Column("error_message", sa.Text(), nullable=True),
         sa.Column("budget_year", sa.Integer(), nullable=False),
         sa.Column("budget_month", sa.Integer(), nullable=False),
-        sa.Column("reserved_cost", shared.db.types.Money(), nullable=False),
-        sa.Column("cost", shared.db.types.Money(), nullable=False),
+        sa.Column("reserved_cost", shared.store.types.Money(), nullable=False),
+        sa.Column("cost", shared.store.types.Money(), nullable=False),
         sa.Column("settled", sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_request_logs")),
     )
@@ -96,8 +96,8 @@ def upgrade() -> None:
         sa.Column("latency_ms", sa.Float(), nullable=False),
         sa.Column("prompt_tokens", sa.Integer(), nullable=False),
         sa.Column("completion_tokens", sa.Integer(), nullable=False),
-        sa.Column("cost", shared.db.types.Money(), nullable=False),
-        sa.Column("started_at", shared.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("cost", shared.store.types.Money(), nullable=False),
+        sa.Column("started_at", shared.store.types.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["job_id"], ["request_logs.id"], name=op.f("fk_request_attempts_job_id_request_logs"), ondelete="CASCADE"
         ),

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import shared.db.types
+import shared.store.types
 
 revision: str = "826ec728cf0b"
 down_revision: str | None = "4f67a9f51b60"
@@ -28,10 +28,10 @@ def upgrade() -> None:
         sa.Column("prefix", sa.String(length=16), nullable=False),
         sa.Column("key_hash", sa.String(length=64), nullable=False),
         sa.Column("is_admin", sa.Boolean(), nullable=False),
-        sa.Column("monthly_budget", shared.db.types.Money(), nullable=True),
+        sa.Column("monthly_budget", shared.store.types.Money(), nullable=True),
         sa.Column("rpm", sa.Integer(), nullable=True),
-        sa.Column("created_at", shared.db.types.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("revoked_at", shared.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", shared.store.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", shared.store.types.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_keys")),
         sa.UniqueConstraint("key_hash", name=op.f("uq_api_keys_key_hash")),
     )
@@ -45,9 +45,9 @@ def upgrade() -> None:
         sa.Column("year", sa.Integer(), nullable=False),
         sa.Column("month", sa.Integer(), nullable=False),
         sa.Column("threshold", sa.Integer(), nullable=False),
-        sa.Column("spent", shared.db.types.Money(), nullable=False),
-        sa.Column("monthly_limit", shared.db.types.Money(), nullable=False),
-        sa.Column("fired_at", shared.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("spent", shared.store.types.Money(), nullable=False),
+        sa.Column("monthly_limit", shared.store.types.Money(), nullable=False),
+        sa.Column("fired_at", shared.store.types.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_budget_alerts")),
         sa.UniqueConstraint("scope", "year", "month", "threshold", name="uq_budget_alerts_scope_year_month_threshold"),
     )
@@ -60,7 +60,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("api_key_id", sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column("max_tier", sa.String(length=32), nullable=True))
         batch_op.add_column(sa.Column("downgraded_from", sa.String(length=32), nullable=True))
-        batch_op.add_column(sa.Column("enqueued_at", shared.db.types.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("enqueued_at", shared.store.types.UTCDateTime(timezone=True), nullable=True))
         batch_op.create_index(batch_op.f("ix_request_logs_api_key_id"), ["api_key_id"], unique=False)
         batch_op.create_foreign_key(
             batch_op.f("fk_request_logs_api_key_id_api_keys"), "api_keys", ["api_key_id"], ["id"]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import shared.db.types
+import shared.store.types
 
 revision: str = "5abb1455d7d3"
 down_revision: str | None = "4255c8659b1d"
@@ -29,7 +29,7 @@ def upgrade() -> None:
         sa.Column("request_hash", sa.String(length=64), nullable=False),
         sa.Column("resource", sa.String(length=16), nullable=False),
         sa.Column("resource_id", sa.String(length=32), nullable=False),
-        sa.Column("created_at", shared.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", shared.store.types.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_idempotency_keys")),
         sa.UniqueConstraint("owner", "key", name="uq_idempotency_keys_owner_key"),
     )
@@ -46,7 +46,7 @@ def upgrade() -> None:
         sa.Column("status_code", sa.Integer(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("delivered", sa.Boolean(), nullable=False),
-        sa.Column("created_at", shared.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", shared.store.types.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_deliveries")),
     )
     with op.batch_alter_table("webhook_deliveries", schema=None) as batch_op:
@@ -55,8 +55,8 @@ def upgrade() -> None:
     op.create_table(
         "batches",
         sa.Column("id", sa.String(length=32), nullable=False),
-        sa.Column("created_at", shared.db.types.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("completed_at", shared.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", shared.store.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("completed_at", shared.store.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("total", sa.Integer(), nullable=False),
         sa.Column("api_key_id", sa.Integer(), nullable=True),
         sa.Column("callback_url", sa.Text(), nullable=True),

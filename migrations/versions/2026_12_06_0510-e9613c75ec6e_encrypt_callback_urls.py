@@ -1,10 +1,10 @@
 """encrypt callback urls at rest, mask delivery urls
 
 Callback URLs (their query strings and paths often are the receiver's secret) were stored in clear. Jobs' and
-batches' `callback_url` become Fernet tokens (shared.sealing) with the key the settings configure
+batches' `callback_url` become Fernet tokens (shared.security.sealing) with the key the settings configure
 (WEBHOOK_URL_KEYS, else derived from WEBHOOK_SECRET); the worker opens them to deliver. The record of delivery
-attempts keeps only the masked form (shared.masking). Only rows that hold a URL are touched, and the key is read
-only when there is one: a database without callbacks migrates without any webhook setting.
+attempts keeps only the masked form (shared.security.masking). Only rows that hold a URL are touched, and the key
+is read only when there is one: a database without callbacks migrates without any webhook setting.
 
 Downgrade decrypts the callback URLs again; the delivery records stay masked (their URLs are not recoverable).
 
@@ -21,9 +21,9 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from shared import masking
-from shared import sealing
 from shared.config import get_settings
+from shared.security import masking
+from shared.security import sealing
 
 revision: str = "e9613c75ec6e"
 down_revision: str | None = "3c1d2e7a9b10"

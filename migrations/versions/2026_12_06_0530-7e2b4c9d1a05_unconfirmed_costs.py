@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import shared.db.types
+import shared.store.types
 
 revision: str = "7e2b4c9d1a05"
 down_revision: str | None = "8d2f4b6c1e37"
@@ -22,8 +22,10 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("request_logs", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("in_flight_cost", shared.db.types.Money(), server_default="0", nullable=False))
-        batch_op.add_column(sa.Column("unconfirmed_cost", shared.db.types.Money(), server_default="0", nullable=False))
+        batch_op.add_column(sa.Column("in_flight_cost", shared.store.types.Money(), server_default="0", nullable=False))
+        batch_op.add_column(
+            sa.Column("unconfirmed_cost", shared.store.types.Money(), server_default="0", nullable=False)
+        )
 
 
 def downgrade() -> None:

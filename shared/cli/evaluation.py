@@ -90,8 +90,8 @@ def eval_command(
     """
     import numpy as np
 
-    from shared import evaluation
-    from shared import learned_router
+    from shared.routing import evaluation
+    from shared.routing import learned_estimator
 
     started = time.perf_counter()
     try:
@@ -101,8 +101,8 @@ def eval_command(
         click.echo(str(exc), err=True)
         sys.exit(2)
     if split != "all":
-        train, validation = learned_router.split_for_training(
-            rows, holdout=learned_router.VALIDATION_HOLDOUT, seed=learned_router.TrainConfig().seed
+        train, validation = learned_estimator.split_for_training(
+            rows, holdout=learned_estimator.VALIDATION_HOLDOUT, seed=learned_estimator.TrainConfig().seed
         )
         rows = validation if split == "validation" else train
     if exclude_contaminated:
@@ -169,7 +169,7 @@ def eval_command(
     "out_path",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Where to write the artifact (.npz), e.g. shared/routers/learned-v1.npz.",
+    help="Where to write the artifact (.npz), e.g. shared/routing/artifacts/learned-v1.npz.",
 )
 @click.option("--seed", type=int, default=None, help="Seed of the validation split (default: the shipped one).")
 @click.option(
@@ -180,37 +180,37 @@ def eval_command(
 )
 def train_router(data_path: Path, out_path: Path, seed: int | None, holdout: float | None) -> None:
     """Train the learned router on routellm rows minus a held-out split; deterministic for a seed."""
-    from shared import evaluation
-    from shared import learned_router
+    from shared.routing import evaluation
+    from shared.routing import learned_estimator
 
-    config = learned_router.TrainConfig() if seed is None else learned_router.TrainConfig(seed=seed)
-    holdout = learned_router.VALIDATION_HOLDOUT if holdout is None else holdout
+    config = learned_estimator.TrainConfig() if seed is None else learned_estimator.TrainConfig(seed=seed)
+    holdout = learned_estimator.VALIDATION_HOLDOUT if holdout is None else holdout
     try:
         rows = evaluation.read_rows(data_path)
     except DomainError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
-    train, validation = learned_router.split_for_training(rows, holdout=holdout, seed=config.seed)
+    train, validation = learned_estimator.split_for_training(rows, holdout=holdout, seed=config.seed)
     if not train:
-        click.echo(f"no rows with source={learned_router.TRAIN_SOURCE!r} to train on", err=True)
+        click.echo(f"no rows with source={learned_estimator.TRAIN_SOURCE!r} to train on", err=True)
         sys.exit(2)
     started = time.perf_counter()
     metadata = {
         "data_sha256": hashlib.sha256(data_path.read_bytes()).hexdigest(),
-        "train_source": learned_router.TRAIN_SOURCE,
+        "train_source": learned_estimator.TRAIN_SOURCE,
         "train_rows": len(train),
         "validation_rows": len(validation),
         "holdout": holdout,
         "heads": "weak_fails, strong_fails (0/1 scores; judge scores: the other model's margin over 2 points)",
     }
     with Console(stderr=True).status(f"training on {len(train)} prompts"):
-        artifact = learned_router.train(
+        artifact = learned_estimator.train(
             [str(row["prompt"]) for row in train],
-            learned_router.iter_labels(train),
+            learned_estimator.iter_labels(train),
             config=config,
             metadata=metadata,
         )
-    learned_router.save_artifact(artifact, out_path)
+    learned_estimator.save_artifact(artifact, out_path)
     click.echo(
         f"trained on {len(train)} prompts in {time.perf_counter() - started:.1f} s; "
         f"wrote {out_path} ({out_path.stat().st_size / 1024:.0f} KiB)"
@@ -218,7 +218,7 @@ def train_router(data_path: Path, out_path: Path, seed: int | None, holdout: flo
 
 
 def _check_routers(routers: Sequence[str]) -> None:
-    from shared import difficulty
+    from shared.routing import difficulty
 
     for name in routers:
         if name != RANDOM:
@@ -229,7 +229,7 @@ def _score(name: str, prompts: Sequence[str]):
     """Return the router's score for each prompt, with a progress bar on stderr."""
     import numpy as np
 
-    from shared import difficulty
+    from shared.routing import difficulty
 
     estimator = difficulty.get_estimator(name)
     batch = getattr(estimator, "scores", None)

@@ -12,7 +12,7 @@ from typing import Any
 import click
 import httpx
 
-from shared import masking
+from shared.security import masking
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 CONNECT_TIMEOUT_S = 5.0

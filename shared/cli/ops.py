@@ -25,7 +25,7 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
 def db_upgrade(revision: str) -> None:
     """Migrate the database named by DATABASE_URL to REVISION."""
-    from shared.db import migrate
+    from shared.store import migrate
 
     try:
         migrate.upgrade(revision)
@@ -42,8 +42,8 @@ def keys() -> None:
 
 def _key_sessions():
     from shared.config import load_settings
-    from shared.db.session import make_engine
-    from shared.db.session import make_sessionmaker
+    from shared.store.session import make_engine
+    from shared.store.session import make_sessionmaker
 
     try:
         return make_sessionmaker(make_engine(load_settings()))
@@ -61,7 +61,7 @@ def keys_create(name: str, monthly_budget: float | None, rpm: int | None, admin:
     """Create a key and print it once: it is not stored and cannot be shown again."""
     from decimal import Decimal
 
-    from shared import api_keys
+    from shared.ledger import api_keys
 
     budget = None if monthly_budget is None else Decimal(str(monthly_budget))
     with _key_sessions().begin() as session:
@@ -74,7 +74,7 @@ def keys_create(name: str, monthly_budget: float | None, rpm: int | None, admin:
 @keys.command("list")
 def keys_list() -> None:
     """List keys: id, prefix, name, limits, and whether revoked (never the keys themselves)."""
-    from shared import api_keys
+    from shared.ledger import api_keys
 
     with _key_sessions()() as session:
         rows = api_keys.list_(session)
@@ -92,8 +92,8 @@ def keys_list() -> None:
 @click.argument("key_id_or_prefix")
 def keys_revoke(key_id_or_prefix: str) -> None:
     """Revoke a key by its id or prefix; requests with it get 401 from then on."""
-    from shared import api_keys
     from shared.errors import NotFound
+    from shared.ledger import api_keys
 
     try:
         with _key_sessions().begin() as session:
@@ -109,7 +109,7 @@ def keys_revoke(key_id_or_prefix: str) -> None:
 @click.option("--port", default=9000, show_default=True, type=int)
 def simulate(host: str, port: int) -> None:
     """Serve the OpenAI-compatible upstream simulator."""
-    from shared.simulator import server
+    from shared.devstack.simulator import server
 
     server.serve(host=host, port=port)
 
@@ -117,10 +117,10 @@ def simulate(host: str, port: int) -> None:
 @click.command()
 def run() -> None:
     """Start the local stack in the foreground: Redis if needed, the simulator, web and worker."""
-    from shared import localstack
-    from shared import masking
     from shared.config import load_settings
-    from shared.db import migrate
+    from shared.devstack import localstack
+    from shared.security import masking
+    from shared.store import migrate
 
     environ = os.environ
     simulator = localstack.use_simulator(environ)
@@ -141,7 +141,7 @@ def run() -> None:
 @click.command()
 def demo() -> None:
     """Start the stack, send a few prompts, print where they went and what they cost, then stop."""
-    from shared import demo as demo_script
+    from shared.devstack import demo as demo_script
 
     sys.exit(demo_script.run_demo())
 
@@ -169,7 +169,7 @@ def web(host: str, port: int, workers: int, gunicorn_args: tuple[str, ...]) -> N
     _exec(
         [
             _tool("gunicorn"), "--worker-class", "gevent", "--workers", str(workers), "--bind", f"{host}:{port}",
-            "--graceful-timeout", "10", "--config", "python:shared.gunicorn_conf", *gunicorn_args, "web:create_app()",
+            "--graceful-timeout", "10", "--config", "python:web.gunicorn_conf", *gunicorn_args, "web:create_app()",
         ]
     )  # fmt: skip
 

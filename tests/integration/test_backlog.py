@@ -20,8 +20,8 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy import select
 
-from shared.db import migrate
-from shared.db.models import RequestLog
+from shared.store import migrate
+from shared.store.models import RequestLog
 from tests.support.chaos import PrivateRedis
 from tests.support.databases import temporary_postgres_database
 from tests.support.stack import QUICK_RETRIES

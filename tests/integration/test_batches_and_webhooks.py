@@ -34,12 +34,12 @@ from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.db import migrate
-from shared.db.models import Batch
-from shared.db.models import IdempotencyKey
-from shared.db.models import RequestAttempt
-from shared.db.models import RequestLog
-from shared.db.models import WebhookDelivery
+from shared.store import migrate
+from shared.store.models import Batch
+from shared.store.models import IdempotencyKey
+from shared.store.models import RequestAttempt
+from shared.store.models import RequestLog
+from shared.store.models import WebhookDelivery
 from tests.support.stack import QUICK_RETRIES
 from tests.support.stack import Stack
 from tests.support.stack import free_port

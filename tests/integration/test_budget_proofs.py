@@ -31,17 +31,17 @@ from sqlalchemy import select
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from shared import budget
-from shared import routing
-from shared.catalog import Catalog
-from shared.catalog import load_catalog
 from shared.config import DEFAULT_CATALOG_PATH
-from shared.db import migrate
-from shared.db.models import ApiKey
-from shared.db.models import JobStatus
-from shared.db.models import MonthlyBudget
-from shared.db.models import RequestAttempt
-from shared.db.models import RequestLog
+from shared.ledger import budget
+from shared.routing import policy
+from shared.routing.catalog import Catalog
+from shared.routing.catalog import load_catalog
+from shared.store import migrate
+from shared.store.models import ApiKey
+from shared.store.models import JobStatus
+from shared.store.models import MonthlyBudget
+from shared.store.models import RequestAttempt
+from shared.store.models import RequestLog
 from tests.support.databases import temporary_postgres_database
 from tests.support.stack import BIN
 from tests.support.stack import Stack
@@ -172,7 +172,7 @@ def test_concurrent_prompts_never_overspend_and_every_call_is_accounted(
     catalog = load_catalog(DEFAULT_CATALOG_PATH)
     bound = budget.reservation_bound(
         catalog=catalog,
-        tiers=routing.candidate_tiers(catalog=catalog, model=None, tier=None),
+        tiers=policy.candidate_tiers(catalog=catalog, model=None, tier=None),
         prompt=_concurrent_prompt(0),
         max_tokens=CONCURRENT_MAX_TOKENS,
         escalation=True,

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from shared.cli import main
-from shared.db.models import RequestLog
+from shared.store.models import RequestLog
 from tests.support.stack import BIN
 from tests.support.stack import QUICK_RETRIES
 from tests.support.stack import Stack

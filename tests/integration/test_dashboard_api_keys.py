@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from shared import api_keys
+from shared.ledger import api_keys
 from tests.support.browser import Console
 from tests.support.stack import Stack
 from tests.support.stack import http

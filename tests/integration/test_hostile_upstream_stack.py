@@ -22,12 +22,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import selectinload
 
-from shared import bounds
-from shared.catalog import load_catalog
 from shared.config import DEFAULT_CATALOG_PATH
-from shared.db import migrate
-from shared.db.models import MonthlyBudget
-from shared.db.models import RequestLog
+from shared.ledger import call_bound
+from shared.routing.catalog import load_catalog
+from shared.store import migrate
+from shared.store.models import MonthlyBudget
+from shared.store.models import RequestLog
 from tests.support.chaos import PrivateRedis
 from tests.support.databases import temporary_postgres_database
 from tests.support.hostile import HostileUpstream
@@ -103,7 +103,7 @@ def _stream(stack: Stack, mode: str) -> str:
 
 
 def _bound(job: RequestLog, model: str) -> Decimal:
-    call = bounds.call_bound(
+    call = call_bound.call_bound(
         prompt=job.prompt, max_tokens=job.max_tokens, messages=job.messages, options=job.upstream_options
     )
     return call.cost(CATALOG.get_model(model))

@@ -19,10 +19,10 @@ from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.db import migrate
-from shared.db.models import MonthlyBudget
-from shared.db.models import RequestAttempt
-from shared.db.models import RequestLog
+from shared.store import migrate
+from shared.store.models import MonthlyBudget
+from shared.store.models import RequestAttempt
+from shared.store.models import RequestLog
 from tests.support.databases import temporary_postgres_database
 from tests.support.stack import QUICK_RETRIES
 from tests.support.stack import Stack

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.db import migrate
-from shared.db.models import MonthlyBudget
-from shared.db.models import RequestLog
+from shared.store import migrate
+from shared.store.models import MonthlyBudget
+from shared.store.models import RequestLog
 from tests.support.channels import Eavesdropper
 from tests.support.databases import temporary_postgres_database
 from tests.support.stack import QUICK_RETRIES

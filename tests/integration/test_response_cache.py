@@ -13,7 +13,7 @@ import openai
 import pytest
 from sqlalchemy.orm import Session
 
-from shared.db.models import RequestLog
+from shared.store.models import RequestLog
 from tests.support.stack import QUICK_RETRIES
 from tests.support.stack import Stack
 from tests.support.stack import http

@@ -11,10 +11,10 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from shared import sealing
 from shared.config import get_settings
-from shared.db import migrate
 from shared.errors import ConfigError
+from shared.security import sealing
+from shared.store import migrate
 from tests.support.databases import temporary_postgres_database
 
 BEFORE = "3c1d2e7a9b10"

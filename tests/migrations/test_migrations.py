@@ -8,7 +8,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 from sqlalchemy import inspect
 
-from shared.db import migrate
+from shared.store import migrate
 from tests.support.databases import temporary_postgres_database
 
 TABLES = {

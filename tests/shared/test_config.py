@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from shared.catalog import ModelSpec
-from shared.catalog import load_catalog
 from shared.config import DEFAULT_CATALOG_PATH
 from shared.config import Settings
 from shared.config import load_settings
 from shared.errors import ConfigError
+from shared.routing.catalog import ModelSpec
+from shared.routing.catalog import load_catalog
 from tests.conftest import make_test_settings
 
 SECRET = "sk-do-not-print-0123456789"
@@ -337,7 +337,7 @@ def test_missing_catalog_file_names_the_setting_and_file(tmp_path: Path) -> None
 
 
 def test_the_postgres_pool_follows_the_settings() -> None:
-    from shared.db.session import make_engine
+    from shared.store.session import make_engine
 
     engine = make_engine(
         load_settings(database_url="postgresql://u@127.0.0.1:5432/x", db_pool_size=3, db_max_overflow=1,

@@ -41,15 +41,15 @@ from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared import budget
-from shared.catalog import Catalog
-from shared.catalog import load_catalog
 from shared.config import DEFAULT_CATALOG_PATH
-from shared.db import migrate
-from shared.db.models import JobStatus
-from shared.db.models import MonthlyBudget
-from shared.db.models import RequestAttempt
-from shared.db.models import RequestLog
+from shared.ledger import budget
+from shared.routing.catalog import Catalog
+from shared.routing.catalog import load_catalog
+from shared.store import migrate
+from shared.store.models import JobStatus
+from shared.store.models import MonthlyBudget
+from shared.store.models import RequestAttempt
+from shared.store.models import RequestLog
 from tests.support import prompts
 from tests.support.databases import temporary_postgres_database
 from tests.support.stack import Stack

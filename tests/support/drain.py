@@ -19,9 +19,9 @@ from typing import Any
 from sqlalchemy import create_engine
 from sqlalchemy import select
 
-from shared.db import migrate
-from shared.db.models import RequestAttempt
-from shared.db.models import RequestLog
+from shared.store import migrate
+from shared.store.models import RequestAttempt
+from shared.store.models import RequestLog
 from tests.support.chaos import PrivateRedis
 from tests.support.databases import temporary_postgres_database
 from tests.support.stack import QUICK_RETRIES

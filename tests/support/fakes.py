@@ -10,9 +10,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from shared.catalog import ModelSpec
-from shared.llm_client import Completion
-from shared.llm_client import StreamInterrupted
+from shared.routing.catalog import ModelSpec
+from shared.upstream.llm_client import Completion
+from shared.upstream.llm_client import StreamInterrupted
 from web import waiter
 
 FLUENT = "Paris is the capital of France. It has been the seat of government for centuries and is its largest city."

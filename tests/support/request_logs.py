@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from shared.db.models import JobStatus
-from shared.db.models import RequestLog
+from shared.store.models import JobStatus
+from shared.store.models import RequestLog
 
 _ids = itertools.count(1)
 

@@ -12,12 +12,12 @@ from typing import Any
 
 from aiohttp import web
 
-from shared.catalog import Catalog
-from shared.catalog import load_catalog
 from shared.config import DEFAULT_CATALOG_PATH
-from shared.simulator.app import STATE
-from shared.simulator.app import create_sim_app
-from shared.simulator.sim_settings import SimSettings
+from shared.devstack.simulator.app import STATE
+from shared.devstack.simulator.app import create_sim_app
+from shared.devstack.simulator.sim_settings import SimSettings
+from shared.routing.catalog import Catalog
+from shared.routing.catalog import load_catalog
 
 START_TIMEOUT_S = 10.0
 

@@ -21,9 +21,9 @@ from typing import BinaryIO
 
 import redis
 
-from shared import localstack
-from shared import metrics
-from shared.db import migrate
+from shared.devstack import localstack
+from shared.observability import metrics
+from shared.store import migrate
 from tests.support.databases import temporary_postgres_database
 
 BIN = Path(sys.executable).parent
@@ -142,7 +142,7 @@ class Stack:
         self._spawn(
             "web",
             [str(BIN / "gunicorn"), "--worker-class", "gevent", "--workers", str(self.web_workers), "--bind",
-             f"127.0.0.1:{self.web_port}", "--config", "python:shared.gunicorn_conf", *self.web_args,
+             f"127.0.0.1:{self.web_port}", "--config", "python:web.gunicorn_conf", *self.web_args,
              "web:create_app()"],
         )  # fmt: skip
         if self.worker_queues is not None:

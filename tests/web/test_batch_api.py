@@ -10,12 +10,12 @@ from flask.testing import FlaskClient
 from sqlalchemy import func
 from sqlalchemy import select
 
-from shared import api_keys
-from shared import runs
-from shared.db.models import IdempotencyKey
-from shared.db.models import MonthlyBudget
-from shared.db.models import RequestLog
-from shared.db.session import make_sessionmaker
+from shared.jobs import runs
+from shared.ledger import api_keys
+from shared.store.models import IdempotencyKey
+from shared.store.models import MonthlyBudget
+from shared.store.models import RequestLog
+from shared.store.session import make_sessionmaker
 from tests.conftest import make_test_settings
 from tests.conftest import worker_deps
 from tests.support.fakes import FakeLLMClient

@@ -11,17 +11,17 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from shared import runs
-from shared import sealing
-from shared import webhooks
-from shared.db.base import Base
-from shared.db.models import Batch
-from shared.db.models import RequestLog
-from shared.db.models import WebhookDelivery
-from shared.db.session import make_sessionmaker
+from shared.jobs import runs
+from shared.jobs import webhooks
+from shared.security import sealing
+from shared.store.base import Base
+from shared.store.models import Batch
+from shared.store.models import RequestLog
+from shared.store.models import WebhookDelivery
+from shared.store.session import make_sessionmaker
 from tests.conftest import make_test_settings
 from tests.conftest import worker_deps
-from tests.shared.test_egress import HOSTILE_URLS
+from tests.shared.security.test_egress import HOSTILE_URLS
 from tests.support.fakes import FakeLLMClient
 from tests.support.webhook_receiver import FakeDNS
 from tests.support.webhook_receiver import Receiver

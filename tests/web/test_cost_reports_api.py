@@ -11,8 +11,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from shared import api_keys
-from shared.db.session import make_sessionmaker
+from shared.ledger import api_keys
+from shared.store.session import make_sessionmaker
 from tests.support import request_logs
 
 

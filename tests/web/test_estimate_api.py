@@ -10,10 +10,10 @@ from flask.testing import FlaskClient
 from sqlalchemy import func
 from sqlalchemy import select
 
-from shared import budget
-from shared.db.models import MonthlyBudget
-from shared.db.models import RequestLog
-from shared.db.session import make_sessionmaker
+from shared.ledger import budget
+from shared.store.models import MonthlyBudget
+from shared.store.models import RequestLog
+from shared.store.session import make_sessionmaker
 from tests.support.prompts import HARD
 
 

@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from shared.db.base import Base
+from shared.store.base import Base
 from tests.conftest import make_test_settings
 from tests.support.fakes import TimedOutWaiter
 from web import schemas

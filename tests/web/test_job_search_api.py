@@ -10,9 +10,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from shared import api_keys
-from shared.db.models import JobStatus
-from shared.db.session import make_sessionmaker
+from shared.ledger import api_keys
+from shared.store.models import JobStatus
+from shared.store.session import make_sessionmaker
 from tests.support import request_logs
 
 T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)

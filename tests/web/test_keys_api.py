@@ -9,9 +9,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from shared import api_keys
-from shared.db.models import ApiKey
-from shared.db.session import make_sessionmaker
+from shared.ledger import api_keys
+from shared.store.models import ApiKey
+from shared.store.session import make_sessionmaker
 
 
 def _key(app: Flask, name: str, **options) -> tuple[int, str]:

@@ -11,10 +11,10 @@ from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared import api_keys
-from shared.db.base import Base
-from shared.db.models import RequestLog
-from shared.db.session import make_sessionmaker
+from shared.ledger import api_keys
+from shared.store.base import Base
+from shared.store.models import RequestLog
+from shared.store.session import make_sessionmaker
 from tests.conftest import make_test_settings
 from web import request_ids
 

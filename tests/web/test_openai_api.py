@@ -13,11 +13,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from shared import notify
-from shared.db.models import MonthlyBudget
-from shared.db.models import RequestLog
-from shared.db.session import make_sessionmaker
 from shared.errors import TransientLLMError
+from shared.store import completion_channel
+from shared.store.models import MonthlyBudget
+from shared.store.models import RequestLog
+from shared.store.session import make_sessionmaker
 from tests.conftest import run_jobs_soon
 from tests.conftest import worker_deps
 from tests.support.fakes import FLUENT
@@ -150,7 +150,7 @@ def test_a_job_failing_upstream_is_a_503(sdk: openai.OpenAI, worker: list[str], 
 
 
 def _key(app: Flask, name: str, **options) -> str:
-    from shared import api_keys
+    from shared.ledger import api_keys
 
     with make_sessionmaker(app.extensions["db_engine"]).begin() as session:
         return api_keys.create(session, name=name, **options)[1]
@@ -280,8 +280,8 @@ def test_a_job_no_model_would_admit_before_its_deadline_is_a_429(
 ) -> None:
     import fakeredis
 
-    from shared.admission import Admission
-    from shared.admission import RateLimits
+    from shared.upstream.admission import Admission
+    from shared.upstream.admission import RateLimits
 
     admission = Admission(fakeredis.FakeRedis())
     for model in catalog.model_names:
@@ -290,7 +290,7 @@ def test_a_job_no_model_would_admit_before_its_deadline_is_a_429(
         for _ in range(20):
             admission.take(model, tokens=1, max_wait_s=3600)
     deps = worker_deps(app, catalog, llm, admission=admission,
-                       on_finished=lambda job_id: notify.publish_job_done(publisher, job_id))  # fmt: skip
+                       on_finished=lambda job_id: completion_channel.publish_job_done(publisher, job_id))  # fmt: skip
     threads, _ = run_jobs_soon(monkeypatch, deps, delay_s=0.02)
     with pytest.raises(openai.RateLimitError) as caught:
         sdk.chat.completions.create(model="gpt-3.5-turbo", messages=[{"role": "user", "content": "Hi"}])

@@ -11,10 +11,10 @@ from flask.testing import FlaskClient
 from kombu.exceptions import OperationalError
 from sqlalchemy import select
 
-from shared import notify
-from shared.db.models import MonthlyBudget
-from shared.db.models import RequestLog
-from shared.db.session import make_sessionmaker
+from shared.store import completion_channel
+from shared.store.models import MonthlyBudget
+from shared.store.models import RequestLog
+from shared.store.session import make_sessionmaker
 from tests.conftest import run_jobs_soon
 from tests.conftest import worker_deps
 from tests.support.fakes import FakeLLMClient
@@ -162,7 +162,7 @@ def test_wait_true_answers_200_with_the_result(
         app,
         catalog,
         FakeLLMClient(),
-        on_finished=lambda job_id: notify.publish_job_done(publisher, job_id),
+        on_finished=lambda job_id: completion_channel.publish_job_done(publisher, job_id),
     )
     workers, _ = run_jobs_soon(monkeypatch, deps)
     response = client.post("/api/prompt", json={"prompt": "What is the capital of France?", "timeout_s": 10})
@@ -187,7 +187,7 @@ def test_wait_true_answers_the_announced_body_as_a_read_of_the_job_shows_it(
         app,
         catalog,
         FakeLLMClient(),
-        on_answered=lambda job_id, body: notify.publish_job_done(publisher, job_id, body),
+        on_answered=lambda job_id, body: completion_channel.publish_job_done(publisher, job_id, body),
     )
     workers, _ = run_jobs_soon(monkeypatch, deps)
     response = client.post("/api/prompt", json={"prompt": "What is 2 + 2?", "metadata": {"run": 7}, "timeout_s": 10})

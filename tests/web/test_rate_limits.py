@@ -11,11 +11,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import event
 
-from shared import api_keys
 from shared.config import Settings
 from shared.config import load_settings
-from shared.db.base import Base
-from shared.db.session import make_sessionmaker
+from shared.ledger import api_keys
+from shared.store.base import Base
+from shared.store.session import make_sessionmaker
 from tests.conftest import UNIT_REDIS_URL
 from tests.conftest import make_test_settings
 

@@ -9,11 +9,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from shared import jobs
-from shared import runs
-from shared.db.models import RequestLog
-from shared.db.session import make_sessionmaker
 from shared.errors import PermanentLLMError
+from shared.jobs import lifecycle
+from shared.jobs import runs
+from shared.store.models import RequestLog
+from shared.store.session import make_sessionmaker
 from tests.conftest import make_test_settings
 from tests.conftest import worker_deps
 from tests.support.fakes import FakeLLMClient
@@ -33,7 +33,7 @@ def recorded(app: Flask, catalog) -> list[RequestLog]:
     ids = []
     for _ in range(4):
         with sessions.begin() as session:
-            ids.append(jobs.create(session, request=jobs.JobRequest(prompt="Hi there"), catalog=catalog,
+            ids.append(lifecycle.create(session, request=lifecycle.JobRequest(prompt="Hi there"), catalog=catalog,
                                    settings=settings).id)  # fmt: skip
     for job_id in ids[:3]:
         runs.run(job_id, deps=deps)

@@ -14,14 +14,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from shared import api_keys
-from shared import notify
-from shared import runs
-from shared import streams
-from shared.catalog import Catalog
-from shared.db.base import Base
-from shared.db.models import MonthlyBudget
-from shared.db.session import make_sessionmaker
+from shared.jobs import runs
+from shared.ledger import api_keys
+from shared.routing.catalog import Catalog
+from shared.store import completion_channel
+from shared.store import stream_relay
+from shared.store.base import Base
+from shared.store.models import MonthlyBudget
+from shared.store.session import make_sessionmaker
 from tests.conftest import UNIT_REDIS_URL
 from tests.conftest import make_test_settings
 from tests.conftest import worker_deps
@@ -67,8 +67,8 @@ def _run_jobs_inline(app: Flask, catalog: Catalog, monkeypatch: pytest.MonkeyPat
         app,
         catalog,
         upstream,
-        on_finished=lambda job_id: notify.publish_job_done(client, job_id),
-        relay=lambda job_id, entry: streams.append(client, job_id, entry),
+        on_finished=lambda job_id: completion_channel.publish_job_done(client, job_id),
+        relay=lambda job_id, entry: stream_relay.append(client, job_id, entry),
         response_cache=client,
     )
     monkeypatch.setattr(tasks.run_job, "apply_async", lambda args, **_: runs.run(args[0], deps=deps))

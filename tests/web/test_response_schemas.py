@@ -9,8 +9,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from shared import runs
 from shared.errors import PermanentLLMError
+from shared.jobs import runs
 from tests.conftest import worker_deps
 from tests.support.fakes import FakeLLMClient
 from tests.support.fakes import ok

@@ -11,10 +11,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from shared import savings
-from shared.catalog import Catalog
-from shared.db.models import JobStatus
-from shared.db.session import make_sessionmaker
+from shared.reports import savings
+from shared.routing.catalog import Catalog
+from shared.store.models import JobStatus
+from shared.store.session import make_sessionmaker
 from tests.support import request_logs
 
 T0 = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)

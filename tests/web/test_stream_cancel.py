@@ -16,13 +16,13 @@ import redis
 from flask import Flask
 from sqlalchemy import select
 
-from shared import bounds
-from shared import notify
-from shared import streams
-from shared.db.models import MonthlyBudget
-from shared.db.models import RequestAttempt
-from shared.db.models import RequestLog
-from shared.db.session import make_sessionmaker
+from shared.ledger import call_bound
+from shared.store import completion_channel
+from shared.store import stream_relay
+from shared.store.models import MonthlyBudget
+from shared.store.models import RequestAttempt
+from shared.store.models import RequestLog
+from shared.store.session import make_sessionmaker
 from tests.conftest import run_jobs_soon
 from tests.conftest import worker_deps
 from tests.support.fakes import FakeLLMClient
@@ -42,12 +42,16 @@ def relayed(
     texts: list[str] = []
 
     def relay(job_id: str, entry: dict[str, str]) -> bool:
-        if entry["type"] == streams.DELTA:
+        if entry["type"] == stream_relay.DELTA:
             texts.append(entry["text"])
-        return streams.append(publisher, job_id, entry)
+        return stream_relay.append(publisher, job_id, entry)
 
     deps = worker_deps(
-        app, catalog, llm, on_finished=lambda job_id: notify.publish_job_done(publisher, job_id), relay=relay
+        app,
+        catalog,
+        llm,
+        on_finished=lambda job_id: completion_channel.publish_job_done(publisher, job_id),
+        relay=relay,
     )
     threads, _ = run_jobs_soon(monkeypatch, deps, delay_s=0.02)
     yield texts
@@ -96,7 +100,7 @@ def test_a_client_leaving_mid_stream_stops_the_upstream_and_the_job_is_billed_fo
     assert job.response == "".join(relayed)
     # Usage comes only at a stream's end, and tokens were on their way when it closed: the call is charged at
     # its bound (the prompt's bound and the max_tokens sent), unconfirmed.
-    prompt_bound = bounds.prompt_tokens_bound(prompt=QUESTION)
+    prompt_bound = call_bound.prompt_tokens_bound(prompt=QUESTION)
     completion_bound = 500
     assert (job.prompt_tokens, job.completion_tokens) == (prompt_bound, completion_bound)
     assert job.cost == catalog.get_model("gpt-4").cost(prompt_bound, completion_bound) > 0
@@ -135,7 +139,7 @@ def test_a_stream_read_to_its_end_is_not_cancelled(
     job_id = stream.response.headers["x-router-job-id"]
     job = _ended(app, job_id)
     assert (job.status.value, job.response, text) == ("succeeded", LONG, LONG)
-    assert not publisher.exists(streams.cancel_key(job_id))
+    assert not publisher.exists(stream_relay.cancel_key(job_id))
 
 
 def test_a_stream_the_router_gives_up_on_at_its_deadline_cancels_its_job(

@@ -12,9 +12,9 @@ import pytest
 import redis
 from flask import Flask
 
-from shared import streams
 from shared.config import Settings
 from shared.errors import TransientLLMError
+from shared.store import stream_relay
 from tests.conftest import make_test_settings
 from tests.support.fakes import FLUENT
 from tests.support.fakes import FakeLLMClient
@@ -136,7 +136,7 @@ def test_a_stream_whose_upstream_hangs_answers_an_openai_shaped_504(
 def test_a_blocking_stream_read_longer_than_redis_pys_default_socket_timeout_returns_empty(
     settings: Settings,
 ) -> None:
-    reader = streams.Reader(settings.redis_url, max_block_s=6, max_connections=10)
+    reader = stream_relay.Reader(settings.redis_url, max_block_s=6, max_connections=10)
     try:
         assert reader.read("no-such-job", after="0-0", block_ms=6000) == []
     finally:

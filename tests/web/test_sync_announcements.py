@@ -13,7 +13,7 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from shared import notify
+from shared.store import completion_channel
 from tests.conftest import UNIT_REDIS_URL
 from tests.conftest import run_jobs_soon
 from tests.conftest import worker_deps
@@ -46,7 +46,7 @@ def upstream(app: Flask, catalog, monkeypatch: pytest.MonkeyPatch, server: redis
     """A stand-in worker announcing each job with its body, as worker.runtime does."""
     fake = FakeLLMClient()
     deps = worker_deps(
-        app, catalog, fake, on_answered=lambda job_id, body: notify.publish_job_done(server, job_id, body)
+        app, catalog, fake, on_answered=lambda job_id, body: completion_channel.publish_job_done(server, job_id, body)
     )
     workers, _ = run_jobs_soon(monkeypatch, deps)
     app.extensions["waiter"].recheck_s = NO_RECHECK_S
@@ -72,7 +72,7 @@ def test_the_answer_is_the_announced_body_and_no_text_crosses_a_channel(
     assert body == client.get(f"/api/jobs/{body['job_id']}").get_json()
     heard = eavesdropper.heard()
     assert [m for m in heard for text in (question, answer) if text.encode() in m[0] + m[1]] == []
-    assert (notify.channel(body["job_id"]).encode(), body["job_id"].encode()) in heard
+    assert (completion_channel.channel(body["job_id"]).encode(), body["job_id"].encode()) in heard
     assert server.keys("*") == []  # the body was taken
 
 

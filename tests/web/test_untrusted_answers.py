@@ -17,16 +17,16 @@ from flask import Flask
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
-from shared import alerts
-from shared import bounds
-from shared import job_events
-from shared import metrics
-from shared.catalog import Catalog
-from shared.db.base import Base
-from shared.db.models import MonthlyBudget
-from shared.db.models import RequestLog
-from shared.db.session import make_sessionmaker
-from shared.llm_client import OpenAIChatClient
+from shared.ledger import alerts
+from shared.ledger import call_bound
+from shared.observability import job_events
+from shared.observability import metrics
+from shared.routing.catalog import Catalog
+from shared.store.base import Base
+from shared.store.models import MonthlyBudget
+from shared.store.models import RequestLog
+from shared.store.session import make_sessionmaker
+from shared.upstream.llm_client import OpenAIChatClient
 from tests.conftest import UNIT_REDIS_URL
 from tests.conftest import make_test_settings
 from tests.conftest import run_jobs_soon
@@ -93,7 +93,7 @@ def test_usage_that_cannot_be_true_is_charged_at_the_bound_flagged_counted_and_a
     counted = _invalid_count()
     job = _run(app, catalog, monkeypatch, prompt, on_alert=fired.append)
 
-    bound = bounds.call_bound(prompt=prompt, max_tokens=MAX_TOKENS).cost(catalog.get_model(CHEAP))
+    bound = call_bound.call_bound(prompt=prompt, max_tokens=MAX_TOKENS).cost(catalog.get_model(CHEAP))
     assert (job.status.value, job.run_count, job.usage_invalid, job.usage_over_bound) == ("succeeded", 1, True, False)
     assert job.response.startswith("Paris")
     assert job.cost == job.unconfirmed_cost == bound > 0
@@ -119,7 +119,7 @@ def test_an_answer_that_is_not_a_chat_completion_fails_the_job_once_charged_at_e
     prompt = f"{mode} What is the capital of France?"
     before = hostile.calls_in(mode)
     job = _run(app, catalog, monkeypatch, prompt)
-    call = bounds.call_bound(prompt=prompt, max_tokens=MAX_TOKENS)
+    call = call_bound.call_bound(prompt=prompt, max_tokens=MAX_TOKENS)
     called = [attempt for attempt in job.attempts if attempt.error_class == "bad_response"]
     # Not retried on a model (another bound each), fallen back from while the reservation covers the next.
     assert [attempt.model for attempt in called] == list(dict.fromkeys(attempt.model for attempt in called))

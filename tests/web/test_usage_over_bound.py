@@ -16,15 +16,15 @@ from flask import Flask
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
-from shared import alerts
-from shared import bounds
-from shared import notify
-from shared.catalog import Catalog
-from shared.db.base import Base
-from shared.db.models import MonthlyBudget
-from shared.db.models import RequestLog
-from shared.db.session import make_sessionmaker
-from shared.llm_client import OpenAIChatClient
+from shared.ledger import alerts
+from shared.ledger import call_bound
+from shared.routing.catalog import Catalog
+from shared.store import completion_channel
+from shared.store.base import Base
+from shared.store.models import MonthlyBudget
+from shared.store.models import RequestLog
+from shared.store.session import make_sessionmaker
+from shared.upstream.llm_client import OpenAIChatClient
 from tests.conftest import UNIT_REDIS_URL
 from tests.conftest import make_test_settings
 from tests.conftest import run_jobs_soon
@@ -90,7 +90,7 @@ def test_a_bill_over_the_bound_is_recorded_flagged_counted_alerted_and_stops_spe
     publisher = redis.Redis.from_url(UNIT_REDIS_URL)
     deps = worker_deps(
         app, catalog, fake, on_alert=fired.append,
-        on_answered=lambda job_id, body: notify.publish_job_done(publisher, job_id, body),
+        on_answered=lambda job_id, body: completion_channel.publish_job_done(publisher, job_id, body),
     )  # fmt: skip
     workers, job_ids = run_jobs_soon(monkeypatch, deps)
     counted = _over_bound_count("gpt-3.5-turbo")
@@ -107,7 +107,7 @@ def test_a_bill_over_the_bound_is_recorded_flagged_counted_alerted_and_stops_spe
     billed = catalog.get_model("gpt-3.5-turbo").cost(OVER_REPORTED, 24)
     job = _job(app, job_id)
     bound = job.reserved_cost
-    assert bounds.call_bound(prompt=PROMPT, max_tokens=100).cost(catalog.get_model("gpt-4")) == bound < billed
+    assert call_bound.call_bound(prompt=PROMPT, max_tokens=100).cost(catalog.get_model("gpt-4")) == bound < billed
     # The ledger tells the truth: the job costs what the upstream billed, and the month's spend says so.
     assert (job.cost, job.usage_over_bound, job.prompt_tokens) == (billed, True, OVER_REPORTED)
     ledger = _ledger(app)
@@ -142,7 +142,7 @@ def test_a_bill_over_the_bound_is_recorded_flagged_counted_alerted_and_stops_spe
 def test_a_bill_within_the_bound_holds_nothing(any_app: Flask, catalog: Catalog, monkeypatch) -> None:
     """Billed exactly its bound: nothing flagged or held."""
     fake = FakeLLMClient()
-    limit = bounds.call_bound(prompt=PROMPT, max_tokens=100)
+    limit = call_bound.call_bound(prompt=PROMPT, max_tokens=100)
     fake.script("gpt-3.5-turbo", ok(prompt_tokens=limit.prompt_tokens, completion_tokens=limit.completion_tokens))
     workers, job_ids = run_jobs_soon(monkeypatch, worker_deps(any_app, catalog, fake))
     client = any_app.test_client()
@@ -160,7 +160,7 @@ def test_a_keyed_job_over_its_bound_holds_its_key_and_the_global_scope(
     any_keyed_app: Flask, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The bound, not the tenant, was wrong: every tenant's requests stop until an admin clears both holds."""
-    from shared import api_keys
+    from shared.ledger import api_keys
 
     app, client = any_keyed_app, any_keyed_app.test_client()
     with make_sessionmaker(app.extensions["db_engine"]).begin() as session:
@@ -195,7 +195,7 @@ def test_a_keyed_job_over_its_bound_holds_its_key_and_the_global_scope(
 
 
 def test_only_an_admin_may_clear_a_hold(keyed_app: Flask) -> None:
-    from shared import api_keys
+    from shared.ledger import api_keys
 
     with make_sessionmaker(keyed_app.extensions["db_engine"]).begin() as session:
         _, plain = api_keys.create(session, name="tenant")
@@ -233,7 +233,7 @@ def test_many_empty_messages_reserve_what_the_simulator_bills(
         publisher = redis.Redis.from_url(UNIT_REDIS_URL)
         deps = worker_deps(
             app, catalog, OpenAIChatClient(app.extensions["settings"]),
-            on_answered=lambda job_id, body: notify.publish_job_done(publisher, job_id, body),
+            on_answered=lambda job_id, body: completion_channel.publish_job_done(publisher, job_id, body),
         )  # fmt: skip
         workers, job_ids = run_jobs_soon(monkeypatch, deps)
         response = app.test_client().post("/v1/chat/completions", json=chat)

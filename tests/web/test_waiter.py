@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from shared import notify
+from shared.store import completion_channel
 from tests.conftest import UNIT_REDIS_URL
 from tests.support.channels import Eavesdropper
 from web import waiter
@@ -98,7 +98,7 @@ def ids() -> Callable[[str], str]:
 
 def _channels(server: redis.Redis, ids: Callable[[str], str]) -> set[str]:
     """The channels of this test's jobs that someone is subscribed to."""
-    return {name.decode() for name in server.pubsub_channels(notify.channel(ids("*")))}
+    return {name.decode() for name in server.pubsub_channels(completion_channel.channel(ids("*")))}
 
 
 def _eventually(check: Callable[[], bool], within_s: float = 2.0) -> bool:
@@ -116,9 +116,9 @@ def test_a_process_subscribes_only_to_the_jobs_it_waits_for_and_only_while_it_wa
     process = waiter.CompletionWaiter(UNIT_REDIS_URL)
     first = process.register(ids("a"))
     second = process.register(ids("a"))
-    assert _eventually(lambda: _channels(server, ids) == {notify.channel(ids("a"))})
+    assert _eventually(lambda: _channels(server, ids) == {completion_channel.channel(ids("a"))})
     process.unregister(ids("a"), first)
-    assert _channels(server, ids) == {notify.channel(ids("a"))}  # another request still waits for it
+    assert _channels(server, ids) == {completion_channel.channel(ids("a"))}  # another request still waits for it
     process.unregister(ids("a"), second)
     assert _eventually(lambda: _channels(server, ids) == set())
 
@@ -128,12 +128,14 @@ def test_a_waiter_hears_only_its_own_job(server: redis.Redis, ids: Callable[[str
     waiting_for_a, waiting_for_b = one.register(ids("a")), other.register(ids("b"))
     assert _eventually(lambda: len(_channels(server, ids)) == 2)
 
-    notify.publish_job_done(server, ids("b"), {"job_id": ids("b"), "response": "B's answer"})
+    completion_channel.publish_job_done(server, ids("b"), {"job_id": ids("b"), "response": "B's answer"})
 
     assert waiting_for_b.wait(2.0) and waiting_for_b.announced
     assert not waiting_for_a.wait(0.2)
     # Only the process waiting for B was subscribed to hear it.
-    assert server.pubsub_numsub(notify.channel(ids("b"))) == [(notify.channel(ids("b")).encode(), 1)]
+    assert server.pubsub_numsub(completion_channel.channel(ids("b"))) == [
+        (completion_channel.channel(ids("b")).encode(), 1)
+    ]
     assert one.take_body(ids("a"), waiting_for_a) is None
     assert other.take_body(ids("b"), waiting_for_b) == {"job_id": ids("b"), "response": "B's answer"}
 
@@ -141,15 +143,15 @@ def test_a_waiter_hears_only_its_own_job(server: redis.Redis, ids: Callable[[str
 def test_the_body_is_left_only_for_a_waiter_and_only_until_it_takes_it(
     server: redis.Redis, ids: Callable[[str], str]
 ) -> None:
-    notify.publish_job_done(server, ids("nobody"), {"response": "unheard"})
+    completion_channel.publish_job_done(server, ids("nobody"), {"response": "unheard"})
     assert server.keys("*") == []
 
     process = waiter.CompletionWaiter(UNIT_REDIS_URL)
     done = process.register(ids("a"))
-    assert _eventually(lambda: _channels(server, ids) == {notify.channel(ids("a"))})
-    notify.publish_job_done(server, ids("a"), {"response": "heard"})
+    assert _eventually(lambda: _channels(server, ids) == {completion_channel.channel(ids("a"))})
+    completion_channel.publish_job_done(server, ids("a"), {"response": "heard"})
     assert done.wait(2.0)
-    assert 0 < server.pttl(server.keys("*")[0]) <= notify.BODY_TTL_MS
+    assert 0 < server.pttl(server.keys("*")[0]) <= completion_channel.BODY_TTL_MS
     assert process.take_body(ids("a"), done) == {"response": "heard"}
     assert server.keys("*") == []
 
@@ -159,17 +161,21 @@ def test_announcements_carry_no_prompt_or_answer_text(
 ) -> None:
     process = waiter.CompletionWaiter(UNIT_REDIS_URL)
     done = process.register(ids("a"))
-    assert _eventually(lambda: _channels(server, ids) == {notify.channel(ids("a"))})
+    assert _eventually(lambda: _channels(server, ids) == {completion_channel.channel(ids("a"))})
     texts = [ids("a secret question"), ids("its answer"), ids("another question"), ids("another answer")]
 
-    notify.publish_job_done(server, ids("a"), {"job_id": ids("a"), "prompt": texts[0], "response": texts[1]})
-    notify.publish_job_done(server, ids("b"), {"job_id": ids("b"), "prompt": texts[2], "response": texts[3]})
+    completion_channel.publish_job_done(
+        server, ids("a"), {"job_id": ids("a"), "prompt": texts[0], "response": texts[1]}
+    )
+    completion_channel.publish_job_done(
+        server, ids("b"), {"job_id": ids("b"), "prompt": texts[2], "response": texts[3]}
+    )
 
     assert done.wait(2.0)
     heard = eavesdropper.heard()
     assert not [message for message in heard for text in texts if text.encode() in message[0] + message[1]]
-    ours = [message for message in heard if message[0].startswith(notify.channel(ids("")).encode())]
-    assert ours == [(notify.channel(ids(name)).encode(), ids(name).encode()) for name in ("a", "b")]
+    ours = [message for message in heard if message[0].startswith(completion_channel.channel(ids("")).encode())]
+    assert ours == [(completion_channel.channel(ids(name)).encode(), ids(name).encode()) for name in ("a", "b")]
 
 
 def _kill_subscribers(server: redis.Redis) -> None:
@@ -185,7 +191,7 @@ def test_a_lost_subscriber_connection_wakes_every_waiter_and_subscribes_again(
 ) -> None:
     process = waiter.CompletionWaiter(UNIT_REDIS_URL)
     done = process.register(ids("a"))
-    assert _eventually(lambda: _channels(server, ids) == {notify.channel(ids("a"))})
+    assert _eventually(lambda: _channels(server, ids) == {completion_channel.channel(ids("a"))})
 
     _kill_subscribers(server)
 
@@ -193,7 +199,7 @@ def test_a_lost_subscriber_connection_wakes_every_waiter_and_subscribes_again(
     assert not done.announced
     done.clear()
     assert _eventually(
-        lambda: _channels(server, ids) == {notify.channel(ids("a"))}, within_s=waiter.RECONNECT_DELAY_S + 2
+        lambda: _channels(server, ids) == {completion_channel.channel(ids("a"))}, within_s=waiter.RECONNECT_DELAY_S + 2
     )
-    notify.publish_job_done(server, ids("a"))
+    completion_channel.publish_job_done(server, ids("a"))
     assert _eventually(lambda: done.announced)

@@ -10,11 +10,11 @@ from decimal import Decimal
 
 import pytest
 
-from shared import alerts
-from shared import bounds
-from shared import budget
-from shared import runs
-from shared import webhooks
+from shared.jobs import runs
+from shared.jobs import webhooks
+from shared.ledger import alerts
+from shared.ledger import budget
+from shared.ledger import call_bound
 from tests.conftest import make_test_settings
 from tests.support.fakes import FakeLLMClient
 from worker import runtime
@@ -80,7 +80,7 @@ def test_a_failing_receiver_is_retried_until_it_accepts(webhook_settings, monkey
 
 
 def test_a_usage_over_bound_alert_is_posted_like_the_others(webhook_settings) -> None:
-    overrun = bounds.Overrun(attempts=(), cost=Decimal("1.8"), reserved=Decimal("0.5"))
+    overrun = call_bound.Overrun(attempts=(), cost=Decimal("1.8"), reserved=Decimal("0.5"))
     alert = alerts.UsageOverBound.of(overrun, job_id="j1", scopes=["global", "key:3"], period=budget.Period(2026, 12))
     _Receiver.failures_left = 0
     assert tasks.deliver_alert.apply(args=[alert.as_payload()]).result == 204

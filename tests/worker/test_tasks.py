@@ -10,14 +10,14 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
 
-from shared import jobs
-from shared import runs
-from shared.catalog import Catalog
 from shared.config import Settings
-from shared.db.models import JobStatus
-from shared.db.models import RequestLog
-from shared.db.types import utcnow
 from shared.errors import PermanentLLMError
+from shared.jobs import lifecycle
+from shared.jobs import runs
+from shared.routing.catalog import Catalog
+from shared.store.models import JobStatus
+from shared.store.models import RequestLog
+from shared.store.types import utcnow
 from tests.support.fakes import FakeLLMClient
 from worker import runtime
 from worker import tasks
@@ -60,8 +60,8 @@ def deps(
 
 def _submit(deps: runs.RunDeps, prompt: str = EASY) -> str:
     with deps.sessions.begin() as session:
-        return jobs.create(
-            session, request=jobs.JobRequest(prompt=prompt), catalog=deps.catalog, settings=deps.settings
+        return lifecycle.create(
+            session, request=lifecycle.JobRequest(prompt=prompt), catalog=deps.catalog, settings=deps.settings
         ).id
 
 
@@ -164,8 +164,8 @@ def test_a_job_waiting_for_admission_is_sent_back_with_a_countdown_then_runs(
 ) -> None:
     import fakeredis
 
-    from shared.admission import Admission
-    from shared.admission import RateLimits
+    from shared.upstream.admission import Admission
+    from shared.upstream.admission import RateLimits
 
     admission = Admission(fakeredis.FakeRedis(), clock=lambda: 1_000.0)
     admission.learn("gpt-3.5-turbo", RateLimits(limit_requests=60), throttled=False)

@@ -12,14 +12,14 @@ from flask import jsonify
 from flask import request
 from flask import url_for
 
-from shared import batches
-from shared import job_events
-from shared import jobs
-from shared.db.models import JobStatus
 from shared.errors import InvalidInput
 from shared.errors import RoutingError
-from shared.representations import batch_body
-from shared.representations import job_body
+from shared.jobs import batches
+from shared.jobs import lifecycle
+from shared.jobs.views import batch_body
+from shared.jobs.views import job_body
+from shared.observability import job_events
+from shared.store.models import JobStatus
 from web import submission
 from web.auth import check_owner
 from web.db import get_session
@@ -43,7 +43,7 @@ def create_batch() -> tuple[Response, int]:
     items = [_item(index, item, settings=settings) for index, item in enumerate(body.prompts)]
     for index, item in enumerate(items):
         try:
-            jobs.bound_for(item, catalog=catalog, settings=settings)
+            lifecycle.bound_for(item, catalog=catalog, settings=settings)
         except RoutingError as exc:  # an unknown model or tier: name the item
             raise _at(index, exc) from None
     callback_url = submission.seal_callback_url(body.callback_url)
@@ -75,7 +75,7 @@ def create_batch() -> tuple[Response, int]:
     return response, 202
 
 
-def _item(index: int, item: Any, *, settings: Any) -> jobs.JobRequest:
+def _item(index: int, item: Any, *, settings: Any) -> lifecycle.JobRequest:
     """Validate one item against the limits in force and turn it into a job request."""
     if not isinstance(item, str | dict):
         raise InvalidInput(
@@ -91,7 +91,7 @@ def _item(index: int, item: Any, *, settings: Any) -> jobs.JobRequest:
         )
     except InvalidInput as exc:
         raise _at(index, exc) from None
-    return jobs.JobRequest(
+    return lifecycle.JobRequest(
         prompt=checked.prompt,
         max_tokens=checked.max_tokens,
         preference=checked.preference,
@@ -135,7 +135,7 @@ def cancel_batch(batch_id: str) -> Response:
     completed = batches.complete_if_done(session, batch_id=batch_id) if cancelled else None
     session.commit()
     for job_id in cancelled:
-        job_events.finished(jobs.Finished(status=JobStatus.FAILED, job_id=job_id, error_code=jobs.CANCELLED))
+        job_events.finished(lifecycle.Finished(status=JobStatus.FAILED, job_id=job_id, error_code=lifecycle.CANCELLED))
     if completed is not None and completed.callback_url:
         submission.send_callbacks([("batch", completed.id)])
     body = batch_body(batches.get_view(session, batch_id=batch_id))

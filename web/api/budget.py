@@ -12,10 +12,10 @@ from flask import jsonify
 from flask import request
 from werkzeug.exceptions import Forbidden
 
-from shared import budget
-from shared.db.models import ApiKey
-from shared.db.types import utcnow
 from shared.errors import InvalidInput
+from shared.ledger import budget
+from shared.store.models import ApiKey
+from shared.store.types import utcnow
 from web.auth import current_identity
 from web.auth import sees_everything
 from web.db import get_session
@@ -50,7 +50,7 @@ def clear_hold() -> Response:
     session = get_session()
     if named and named != scope:
         scope, limit = named, _limit_of(named)
-        # End the read here: the write transaction must start with its write (shared.db.session).
+        # End the read here: the write transaction must start with its write (shared.store.session).
         session.rollback()
     held = budget.get_view(session, scope=scope, period=budget.Period.of(utcnow()), limit=limit).held_by_job
     session.rollback()

@@ -21,16 +21,16 @@ from flask import jsonify
 from flask import stream_with_context
 from werkzeug.exceptions import GatewayTimeout
 
-from shared import jobs
-from shared import streams
-from shared.catalog import Catalog
-from shared.db.models import RequestLog
 from shared.errors import InvalidInput
 from shared.errors import LLMError
 from shared.errors import RateLimited
 from shared.errors import RoutingError
 from shared.errors import TransientLLMError
 from shared.errors import Unavailable
+from shared.jobs import lifecycle
+from shared.routing.catalog import Catalog
+from shared.store import stream_relay
+from shared.store.models import RequestLog
 from web import submission
 from web import waiter
 from web.db import get_session
@@ -102,7 +102,7 @@ def create_chat_completion() -> Response:
     return response
 
 
-def job_request(body: ChatCompletionRequest, *, catalog: Catalog, max_prompt_chars: int) -> jobs.JobRequest:
+def job_request(body: ChatCompletionRequest, *, catalog: Catalog, max_prompt_chars: int) -> lifecycle.JobRequest:
     """Turn a validated chat request into the job it stands for (RoutingError for an unknown model)."""
     preference, model = "balanced", None
     if body.model in ROUTER_ALIASES:
@@ -122,7 +122,7 @@ def job_request(body: ChatCompletionRequest, *, catalog: Catalog, max_prompt_cha
             f"the messages must be at most {max_prompt_chars} characters together", details={"field": "messages"}
         )
     options = {name: getattr(body, name) for name in OPTION_FIELDS if getattr(body, name) is not None}
-    return jobs.JobRequest(
+    return lifecycle.JobRequest(
         prompt=prompt,
         max_tokens=body.max_completion_tokens or body.max_tokens or 1000,
         preference=preference,
@@ -138,7 +138,7 @@ def _look(job_id: str) -> tuple[dict[str, Any], dict[str, str]] | None:
     session = get_session()
     session.expire_all()
     try:
-        job = jobs.get_or_raise(session, job_id=job_id)
+        job = lifecycle.get_or_raise(session, job_id=job_id)
         if not job.status.is_terminal:
             return None
         if job.error_code is not None:
@@ -205,7 +205,7 @@ def _stream(job_id: str, *, timeout_s: float, include_usage: bool) -> Response:
     Waiting for the first entry before answering lets a stream that cannot start answer with the status a
     whole answer would have (504 when it timed out, 503 when its relay cannot be read). After that, failures
     end the stream with an error event in OpenAI's error shape, silences are bridged by keep-alive comments,
-    and a client that leaves cancels the job (see shared.streams), as does every way of giving up on it here:
+    and a client that leaves cancels the job (see shared.store.stream_relay), as does every way of giving up on it here:
     nobody would read the rest.
     """
     reader = _stream_reader()
@@ -224,7 +224,7 @@ def _stream(job_id: str, *, timeout_s: float, include_usage: bool) -> Response:
             reader.request_cancel(job_id)
             raise Unavailable(f"job {job_id}: its answer cannot be relayed; {_look_later(job_id)}") from None
     first = entries[0][1]
-    if first["type"] == streams.ERROR:
+    if first["type"] == stream_relay.ERROR:
         raise _stream_error(job_id, first)
     model = first.get("model", "")
     headers = {"x-router-job-id": job_id, "x-router-model": model, "x-router-tier": first.get("tier", "")}
@@ -244,13 +244,13 @@ def _stream(job_id: str, *, timeout_s: float, include_usage: bool) -> Response:
         while True:
             for entry_id, entry in pending:
                 last_id = entry_id
-                if entry["type"] == streams.DELTA:
+                if entry["type"] == stream_relay.DELTA:
                     delta = {"content": entry["text"]}
                     if not opened:
                         delta = {"role": "assistant", **delta}
                         opened = True
                     yield chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
-                elif entry["type"] == streams.DONE:
+                elif entry["type"] == stream_relay.DONE:
                     ended = True
                     finish = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": entry["finish_reason"]}
                     yield chunk([finish])
@@ -331,12 +331,12 @@ def _stream_error(job_id: str, entry: dict[str, str]) -> Exception:
     return LLMError(message, details={"job_id": job_id})
 
 
-def _stream_reader() -> streams.Reader:
+def _stream_reader() -> stream_relay.Reader:
     """Return this process's stream reader, made on first use (after gunicorn forks)."""
     reader = current_app.extensions.get("stream_reader")
     if reader is None:
         settings = current_app.extensions["settings"]
-        reader = streams.Reader(
+        reader = stream_relay.Reader(
             settings.redis_url, max_block_s=settings.stream_keepalive_s, max_connections=settings.redis_max_connections
         )
         current_app.extensions["stream_reader"] = reader

@@ -7,8 +7,8 @@ from flask import Response
 from flask import current_app
 from flask import jsonify
 
-from shared import estimates
-from shared import stats
+from shared.ledger import estimates
+from shared.reports import stats
 from web.db import get_session
 from web.requests import read_json_object
 from web.requests import validate

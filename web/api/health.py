@@ -12,8 +12,8 @@ from flask import jsonify
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared.circuit import fast_failing_client
-from shared.heartbeat import count_alive_workers
+from shared.store.heartbeats import count_alive_workers
+from shared.upstream.circuit_breaker import fast_failing_client
 from web.circuits import circuit_states
 
 logger = logging.getLogger(__name__)

@@ -7,11 +7,11 @@ from flask import Response
 from flask import jsonify
 from flask import request
 
-from shared import job_search
-from shared import jobs
-from shared.db.models import JobStatus
-from shared.representations import job_body
-from shared.representations import job_summary
+from shared.jobs import lifecycle
+from shared.jobs import search
+from shared.jobs.views import job_body
+from shared.jobs.views import job_summary
+from shared.store.models import JobStatus
 from web import submission
 from web.auth import check_owner
 from web.auth import current_identity
@@ -28,9 +28,9 @@ def list_jobs() -> Response:
     """Answer a page of the caller's jobs (every job for an admin), newest first, and the next page's cursor."""
     query = validate(JobSearchQuery, request.args.to_dict())
     identity = current_identity()
-    page = job_search.list_(
+    page = search.list_(
         get_session(),
-        where=job_search.JobFilter(
+        where=search.JobFilter(
             status=None if query.status is None else JobStatus(query.status),
             model=query.model,
             tier=query.tier,
@@ -40,16 +40,16 @@ def list_jobs() -> Response:
             api_key_id=None if sees_everything() or identity is None else identity.api_key_id,
         ),
         limit=query.limit,
-        after=None if query.cursor is None else job_search.decode_cursor(query.cursor),
+        after=None if query.cursor is None else search.decode_cursor(query.cursor),
     )
-    cursor = None if page.next_position is None else job_search.encode_cursor(page.next_position)
+    cursor = None if page.next_position is None else search.encode_cursor(page.next_position)
     return jsonify({"jobs": [job_summary(job) for job in page.jobs], "next_cursor": cursor})
 
 
 @bp.get("/<job_id>")
 def get_job(job_id: str) -> Response:
     """Answer the job, finished or not; another key's job is as unknown as a missing one."""
-    job = jobs.get_or_raise(get_session(), job_id=job_id)
+    job = lifecycle.get_or_raise(get_session(), job_id=job_id)
     check_owner(job.api_key_id, what=f"job {job_id!r}")
     return jsonify(job_body(job))
 
@@ -58,9 +58,9 @@ def get_job(job_id: str) -> Response:
 def cancel_job(job_id: str) -> Response:
     """Cancel a job that has not started and release its reservation; 409 once it has started."""
     session = get_session()
-    check_owner(jobs.get_or_raise(session, job_id=job_id).api_key_id, what=f"job {job_id!r}")
+    check_owner(lifecycle.get_or_raise(session, job_id=job_id).api_key_id, what=f"job {job_id!r}")
     session.rollback()  # the cancel below writes first
-    finished = jobs.cancel(session, job_id=job_id)
+    finished = lifecycle.cancel(session, job_id=job_id)
     session.commit()
     submission.announce(finished)
-    return jsonify(job_body(jobs.get_or_raise(session, job_id=job_id)))
+    return jsonify(job_body(lifecycle.get_or_raise(session, job_id=job_id)))

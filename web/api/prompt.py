@@ -8,8 +8,8 @@ from flask import current_app
 from flask import jsonify
 from flask import url_for
 
-from shared import jobs
-from shared.representations import job_body
+from shared.jobs import lifecycle
+from shared.jobs.views import job_body
 from web import submission
 from web import waiter
 from web.db import get_session
@@ -33,7 +33,7 @@ def create_prompt() -> Response | tuple[Response, int]:
     )
     job_id, queued = submission.accept_job(
         raw,
-        jobs.JobRequest(
+        lifecycle.JobRequest(
             prompt=body.prompt,
             max_tokens=body.max_tokens,
             preference=body.preference,
@@ -83,7 +83,7 @@ def _look(job_id: str) -> tuple[str, dict[str, object] | None]:
     session = get_session()
     session.expire_all()
     try:
-        job = jobs.get_or_raise(session, job_id=job_id)
+        job = lifecycle.get_or_raise(session, job_id=job_id)
         return job.status.value, job_body(job) if job.status.is_terminal else None
     finally:
         session.rollback()

@@ -10,8 +10,8 @@ from flask import current_app
 from flask import jsonify
 from flask import request
 
-from shared import cost_reports
-from shared.db.types import utcnow
+from shared.reports import costs
+from shared.store.types import utcnow
 from web import auth
 from web import requests
 from web import schemas
@@ -25,7 +25,7 @@ def get_cost_report() -> Response:
     """Answer the period's costs (the caller's own, or everyone's for an admin) with every day listed."""
     query = requests.validate(schemas.CostReportQuery, request.args.to_dict())
     identity = auth.current_identity()
-    report = cost_reports.get(
+    report = costs.get(
         get_session(),
         catalog=current_app.extensions["catalog"],
         period=query.period,
@@ -35,7 +35,7 @@ def get_cost_report() -> Response:
     return jsonify(_body(report))
 
 
-def _body(report: cost_reports.CostReport) -> dict[str, Any]:
+def _body(report: costs.CostReport) -> dict[str, Any]:
     return {
         "period": report.period,
         "since": report.window.since.isoformat(),

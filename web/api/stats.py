@@ -11,10 +11,10 @@ from flask import current_app
 from flask import jsonify
 from flask import request
 
-from shared import latency
-from shared import savings
-from shared import stats
 from shared.errors import InvalidInput
+from shared.reports import latency
+from shared.reports import savings
+from shared.reports import stats
 from web.auth import current_identity
 from web.auth import sees_everything
 from web.circuits import circuit_states

@@ -1,1 +1,0 @@
-"""Persistence: declarative models, sessions and migrations."""

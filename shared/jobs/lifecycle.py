@@ -1,0 +1,432 @@
+"""Accepting and ending jobs: reserve and record, withdraw, cancel, and what a terminal job sets off.
+
+A job row moves queued → running → succeeded | failed; shared.jobs.runs takes it from queued to terminal.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy import Row
+from sqlalchemy import delete
+from sqlalchemy import insert
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm import joinedload
+
+from shared.config import Settings
+from shared.errors import BudgetExceeded
+from shared.errors import NotCancellable
+from shared.errors import NotFound
+from shared.jobs import single_statement
+from shared.ledger import alerts
+from shared.ledger import budget
+from shared.ledger import call_bound
+from shared.observability import logs
+from shared.routing import difficulty
+from shared.routing import policy
+from shared.routing.catalog import Catalog
+from shared.store.models import REQUEST_LOG_COLUMNS
+from shared.store.models import JobStatus
+from shared.store.models import RequestLog
+from shared.store.types import utcnow
+
+logger = logging.getLogger(__name__)
+
+
+CANCELLED = "cancelled"
+# Jobs and batches have ids of one form (uuid4().hex) in columns of one length.
+ID_LENGTH: int = RequestLog.__table__.c.id.type.length  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A validated prompt request, as the domain sees it."""
+
+    prompt: str
+    max_tokens: int = 1000
+    preference: str = "balanced"
+    model: str | None = None
+    tier: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    on_budget_pressure: str = "fail"
+    deadline_s: float | None = None
+    difficulty_estimator: str | None = None
+    # When its model is rate limited: "wait" for its turn or "fallback" to a pricier model (RATE_LIMIT_POLICY).
+    on_rate_limit: str | None = None
+    # Sealed (shared.security.sealing): stored encrypted, opened only by the worker that delivers to it.
+    callback_url: str | None = None
+    # A chat's turns ({"role", "content"}) sent upstream as they are; `prompt` is then the conversation's
+    # text, which difficulty and the cost bound are estimated from.
+    messages: list[dict[str, str]] | None = None
+    # Sampling parameters passed through to the upstream as they are (temperature, top_p, stop, user, ...).
+    options: dict[str, Any] | None = None
+    # Stream the answer's deltas to the waiting request (shared.store.stream_relay); never escalated.
+    stream: bool = False
+
+
+@dataclass(frozen=True)
+class Requester:
+    """The API key a job is charged to, and that key's own monthly budget (None: only the global one)."""
+
+    api_key_id: int
+    monthly_budget: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A job recorded as queued, with the bound reserved for it."""
+
+    id: str
+    reserved_cost: Decimal
+    max_tier: str | None
+    deadline_s: float
+
+
+# Every request writes its job: a Core INSERT built once (the ORM's unit of work costs more than the SQL).
+_RECORD_JOB = insert(RequestLog.__table__)
+
+
+def create(
+    session: Session,
+    *,
+    request: JobRequest,
+    catalog: Catalog,
+    settings: Settings,
+    requester: Requester | None = None,
+    job_id: str | None = None,
+    cache_key: str | None = None,
+) -> Accepted:
+    """Record the job as queued and reserve its cost bound; the caller commits, then enqueues.
+
+    With `on_budget_pressure="downgrade"` a routed job that does not fit is capped at the strongest tier
+    whose bound fits. Raises RoutingError for an unknown model or tier and BudgetExceeded when nothing fits;
+    the caller then rolls back (the job's row is already written).
+    """
+    pinned = request.model is not None or request.tier is not None
+    now = utcnow()
+    period = budget.Period.of(now)
+    ceilings: list[str | None] = [None]
+    if request.on_budget_pressure == "downgrade" and not pinned:
+        ceilings += list(reversed(catalog.tiers[:-1]))
+    refusal: BudgetExceeded | None = None
+    job: dict[str, Any] | None = None
+    for ceiling in ceilings:
+        bound = bound_for(request, catalog=catalog, settings=settings, max_tier=ceiling)
+        if job is None:
+            job = job_values(
+                request, job_id=job_id or uuid.uuid4().hex, bound=bound, period=period, settings=settings,
+                requester=requester, max_tier=ceiling, now=now, cache_key=cache_key,
+            )  # fmt: skip
+            session.execute(_RECORD_JOB, {REQUEST_LOG_COLUMNS[name].key: value for name, value in job.items()})
+        else:
+            job.update(reserved_cost=bound, max_tier=ceiling)
+            session.execute(
+                update(RequestLog.__table__)
+                .where(RequestLog.__table__.c.id == job["id"])
+                .values(reserved_cost=bound, max_tier=ceiling)
+            )
+        # The job's row is written before the reservation: every request locks the month's ledger row, so
+        # the reservation goes last, right before the commit that releases it.
+        try:
+            reserve(session, amount=bound, period=period, settings=settings, requester=requester)
+        except BudgetExceeded as exc:
+            refusal = refusal or exc
+            continue
+        return Accepted(id=job["id"], reserved_cost=bound, max_tier=ceiling, deadline_s=job["deadline_s"])
+    assert refusal is not None
+    raise refusal
+
+
+def create_and_commit(
+    session: Session,
+    *,
+    alone: bool,
+    request: JobRequest,
+    catalog: Catalog,
+    settings: Settings,
+    requester: Requester | None = None,
+    job_id: str | None = None,
+    cache_key: str | None = None,
+) -> Accepted:
+    """create() and commit the session's transaction; `alone`: the transaction holds nothing else yet, so the
+    job may be written as one self-committing statement (create_alone) where the database allows it.
+    """
+    creation: dict[str, Any] = dict(
+        request=request, catalog=catalog, settings=settings, requester=requester, job_id=job_id, cache_key=cache_key
+    )
+    bind = session.get_bind()
+    accepted = create_alone(bind, **creation) if alone and isinstance(bind, Engine) else None
+    if accepted is None:
+        accepted = create(session, **creation)
+        session.commit()
+    return accepted
+
+
+def create_alone(
+    engine: Engine,
+    *,
+    request: JobRequest,
+    catalog: Catalog,
+    settings: Settings,
+    requester: Requester | None = None,
+    job_id: str | None = None,
+    cache_key: str | None = None,
+) -> Accepted | None:
+    """create() and its commit as one statement, on PostgreSQL, for a caller with no transaction open.
+
+    Returns None, having written nothing, when the transactional create() must decide: another database, a
+    month with no ledger row yet, or a bound that does not fit (a refusal or a downgrade).
+    """
+    if engine.dialect.name != "postgresql":
+        return None
+    now = utcnow()
+    period = budget.Period.of(now)
+    bound = bound_for(request, catalog=catalog, settings=settings)
+    job = job_values(
+        request, job_id=job_id or uuid.uuid4().hex, bound=bound, period=period, settings=settings,
+        requester=requester, now=now, cache_key=cache_key,
+    )  # fmt: skip
+    if not single_statement.accept(engine, job=job, period=period, limits=limits_of(settings, requester)):
+        return None
+    return Accepted(id=job["id"], reserved_cost=bound, max_tier=None, deadline_s=job["deadline_s"])
+
+
+def limits_of(settings: Settings, requester: Requester | None) -> list[tuple[str, Decimal]]:
+    """Return each scope a request is charged to with its monthly limit, the global scope first."""
+    limits = [(budget.GLOBAL_SCOPE, settings.monthly_budget_limit)]
+    if requester is not None:
+        own = requester.monthly_budget
+        limits.append((budget.key_scope(requester.api_key_id), settings.monthly_budget_limit if own is None else own))
+    return limits
+
+
+def bound_for(request: JobRequest, *, catalog: Catalog, settings: Settings, max_tier: str | None = None) -> Decimal:
+    """Return the most the job can cost (RoutingError for an unknown model, tier or estimator): what both
+    accept paths reserve, computed from the request as its calls send it (see shared.ledger.call_bound)."""
+    difficulty.get_estimator(request.difficulty_estimator or settings.difficulty_estimator)
+    pinned = request.model is not None or request.tier is not None
+    return budget.reservation_bound(
+        catalog=catalog,
+        tiers=policy.candidate_tiers(catalog=catalog, model=request.model, tier=request.tier),
+        prompt=request.prompt,
+        max_tokens=request.max_tokens,
+        escalation=settings.escalation_enabled and not pinned,
+        max_tier=max_tier,
+        messages=request.messages,
+        options=request.options,
+    )
+
+
+def reserve(
+    session: Session,
+    *,
+    amount: Decimal,
+    period: budget.Period,
+    settings: Settings,
+    requester: Requester | None,
+    count: int = 1,
+) -> None:
+    """Reserve `amount` for `count` requests in every scope they are charged to, or in none of them."""
+    limits = limits_of(settings, requester)
+    if len(limits) == 1:
+        # One conditional UPDATE either holds the amount or changes nothing: no savepoint needed.
+        ((scope, limit),) = limits
+        budget.reserve(session, scope=scope, period=period, amount=amount, limit=limit, count=count)
+        return
+    # A savepoint: when the key's scope refuses, the global reservation made just before is undone.
+    with session.begin_nested():
+        for scope, limit in limits:
+            budget.reserve(session, scope=scope, period=period, amount=amount, limit=limit, count=count)
+
+
+def job_values(
+    request: JobRequest,
+    *,
+    job_id: str,
+    bound: Decimal,
+    period: budget.Period,
+    settings: Settings,
+    requester: Requester | None,
+    now: datetime,
+    max_tier: str | None = None,
+    batch_id: str | None = None,
+    batch_index: int | None = None,
+    cache_key: str | None = None,
+) -> dict[str, Any]:
+    """Return the row of a queued job whose bound is already reserved (`cache_key`: shared.jobs.response_cache)."""
+    return dict(
+        id=job_id,
+        status=JobStatus.QUEUED,
+        created_at=now,
+        updated_at=now,
+        enqueued_at=now,
+        prompt=request.prompt,
+        messages=request.messages,
+        upstream_options=request.options,
+        stream=request.stream,
+        max_tokens=request.max_tokens,
+        preference=request.preference,
+        requested_model=request.model,
+        requested_tier=request.tier,
+        metadata_json=request.metadata,
+        callback_url=request.callback_url,
+        cache_key=cache_key,
+        api_key_id=None if requester is None else requester.api_key_id,
+        max_tier=max_tier,
+        difficulty_estimator=request.difficulty_estimator or settings.difficulty_estimator,
+        on_rate_limit=request.on_rate_limit or settings.rate_limit_policy,
+        # A run must end inside its lease, or the reaper would hand the job to a second run while the first
+        # is still calling upstream (and paying for it): see shared.config.TimeLimits.
+        deadline_s=settings.deadline_for(request.deadline_s),
+        batch_id=batch_id,
+        batch_index=batch_index,
+        budget_year=period.year,
+        budget_month=period.month,
+        reserved_cost=bound,
+        cost=Decimal(0),
+        # The id of the HTTP request that created the job, bound by the web tier for its logs.
+        request_id=logs.current("request_id"),
+    )
+
+
+def new_job(request: JobRequest, **row: Any) -> RequestLog:
+    """Return job_values(request, **row) as a mapped row, for callers that add several jobs to the session."""
+    return RequestLog(**job_values(request, **row))
+
+
+def withdraw(session: Session, *, job_id: str | None = None, batch_id: str | None = None) -> None:
+    """Undo accepted work that could not be enqueued: forget its queued jobs and give back their reservations."""
+    # One statement that writes first (see shared.store.session on SQLite transactions).
+    removed = session.execute(
+        delete(RequestLog)
+        .where(_selected(job_id, batch_id), RequestLog.status == JobStatus.QUEUED)
+        .returning(RequestLog.api_key_id, RequestLog.budget_year, RequestLog.budget_month, RequestLog.reserved_cost)
+        .execution_options(synchronize_session=False)
+    ).all()
+    for (scope, period), (reserved, count) in _held(removed).items():
+        budget.release(session, scope=scope, period=period, reserved=reserved, count=count)
+
+
+def cancel_queued(session: Session, *, job_id: str | None = None, batch_id: str | None = None) -> list[str]:
+    """End the selected jobs that have not started as cancelled and settle their reservations at nothing."""
+    now = utcnow()
+    cancelled = session.execute(
+        update(RequestLog)
+        .where(_selected(job_id, batch_id), RequestLog.status == JobStatus.QUEUED)
+        .values(
+            status=JobStatus.FAILED,
+            error_code=CANCELLED,
+            error_message="cancelled before it started",
+            finished_at=now,
+            updated_at=now,
+            settled=True,
+        )
+        .returning(
+            RequestLog.api_key_id,
+            RequestLog.budget_year,
+            RequestLog.budget_month,
+            RequestLog.reserved_cost,
+            RequestLog.id,
+        )
+        .execution_options(synchronize_session=False)
+    ).all()
+    for (scope, period), (reserved, _) in _held(cancelled).items():
+        budget.settle(session, scope=scope, period=period, reserved=reserved, cost=Decimal(0))
+    return [row.id for row in cancelled]
+
+
+def _selected(job_id: str | None, batch_id: str | None) -> object:
+    assert (job_id is None) != (batch_id is None), "select one job or one batch"
+    return RequestLog.id == job_id if job_id is not None else RequestLog.batch_id == batch_id
+
+
+def _held(rows: Sequence[Row[Any]]) -> dict[tuple[str, budget.Period], tuple[Decimal, int]]:
+    """Sum (api_key_id, year, month, reserved, ...) rows into what each scope's month holds for them."""
+    held: dict[tuple[str, budget.Period], tuple[Decimal, int]] = {}
+    for api_key_id, year, month, reserved, *_ in rows:
+        for scope in budget.scopes_of(api_key_id):
+            amount, count = held.get((scope, budget.Period(year, month)), (Decimal(0), 0))
+            held[(scope, budget.Period(year, month))] = (amount + reserved, count + 1)
+    return held
+
+
+def could_be_stored_id(value: str) -> bool:
+    """Whether `value` could be the id of a stored job or batch: no longer than the column (32 characters) and
+    free of NUL, which PostgreSQL refuses in text. Anything else is unknown without a query, which would fail.
+    """
+    return len(value) <= ID_LENGTH and "\x00" not in value
+
+
+def get_or_raise(session: Session, *, job_id: str) -> RequestLog:
+    """Return the job, its attempts loaded in the same query, or raise NotFound."""
+    job = (
+        session.get(RequestLog, job_id, options=[joinedload(RequestLog.attempts)])
+        if could_be_stored_id(job_id)
+        else None
+    )
+    if job is None:
+        raise NotFound(f"no job {job_id!r}")
+    return job
+
+
+@dataclass
+class Finished:
+    """A job that reached a terminal state, and what that set off once committed."""
+
+    status: JobStatus
+    job_id: str
+    alerts: list[alerts.Announcement] = field(default_factory=list)
+    callbacks: list[tuple[str, str]] = field(default_factory=list)
+    # Who answered and why it failed, for the job's metrics and log line (none for a cancelled job).
+    model: str | None = None
+    tier: str | None = None
+    error_code: str | None = None
+    # The job as the API shows it, when the code that ended it had the row at hand.
+    body: dict[str, Any] | None = None
+    # How the upstream's bill passed the job's bound, when it did (shared.ledger.call_bound.usage_over_bound).
+    overrun: call_bound.Overrun | None = None
+    # The part of its cost charged at their bound for calls lost with their workers (shared.ledger.lost_calls).
+    unconfirmed_cost: Decimal = Decimal(0)
+    # The models of the attempts whose reported usage could not be true (charged at their bounds instead).
+    usage_invalid: tuple[str, ...] = ()
+
+
+def after_terminal(session: Session, *, job_id: str, finished: Finished) -> None:
+    """In the transaction that ended a job: note its callback and complete its batch if it was the last."""
+    job = session.get(RequestLog, job_id, populate_existing=True)
+    assert job is not None
+    finished.model, finished.tier, finished.error_code = job.model_used, job.tier, job.error_code
+    follow_up(session, job_id=job_id, callback_url=job.callback_url, batch_id=job.batch_id, finished=finished)
+
+
+def follow_up(
+    session: Session, *, job_id: str, callback_url: str | None, batch_id: str | None, finished: Finished
+) -> None:
+    """after_terminal for a caller that already knows the job's callback URL and batch."""
+    if callback_url:
+        finished.callbacks.append(("job", job_id))
+    if batch_id is not None:
+        from shared.jobs import batches  # batches builds on this module
+
+        completed = batches.complete_if_done(session, batch_id=batch_id)
+        if completed is not None and completed.callback_url:
+            finished.callbacks.append(("batch", completed.id))
+
+
+def cancel(session: Session, *, job_id: str) -> Finished:
+    """Cancel a job that has not started, releasing its reservation; NotCancellable once it has."""
+    if not cancel_queued(session, job_id=job_id):
+        get_or_raise(session, job_id=job_id)
+        raise NotCancellable(f"job {job_id!r} has already started or finished")
+    finished = Finished(status=JobStatus.FAILED, job_id=job_id)
+    after_terminal(session, job_id=job_id, finished=finished)
+    return finished

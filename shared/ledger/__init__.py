@@ -1,0 +1,1 @@
+"""Money: budget reservations and settlement, the call bound, scopes, API keys, alerts and estimates."""

@@ -1,0 +1,150 @@
+"""API keys: create (shown once), list, revoke, and authenticate by hash.
+
+A key looks like `mr_<prefix>_<secret>`. The database holds the SHA-256 of the whole key and the short
+prefix that lets people tell keys apart; the key itself exists only in the creator's hands. Keys carry
+256 bits of randomness, so a fast hash is enough: there is nothing to brute-force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import or_
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.errors import InvalidInput
+from shared.errors import NotFound
+from shared.store.models import ApiKey
+from shared.store.types import utcnow
+
+KEY_PREFIX = "mr_"
+PREFIX_BYTES = 4
+SECRET_BYTES = 32
+# What create() hands out: anything else is refused without a database lookup.
+KEY_FORMAT = re.compile(rf"{KEY_PREFIX}[0-9a-f]{{{2 * PREFIX_BYTES}}}_[A-Za-z0-9_-]{{{(SECRET_BYTES * 4 + 2) // 3}}}")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is calling: what a request needs to know about its key."""
+
+    api_key_id: int
+    name: str
+    is_admin: bool
+    monthly_budget: Decimal | None
+    rpm: int | None
+
+
+def hash_key(key: str) -> str:
+    """Return the stored form of `key`."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def create(
+    session: Session,
+    *,
+    name: str,
+    monthly_budget: Decimal | None = None,
+    rpm: int | None = None,
+    is_admin: bool = False,
+) -> tuple[ApiKey, str]:
+    """Create a key; return its row and the key itself, which is never stored."""
+    if not name.strip():
+        raise InvalidInput("a key needs a name", details={"field": "name"})
+    if monthly_budget is not None and monthly_budget < 0:
+        raise InvalidInput("monthly budget must be at least 0", details={"field": "monthly_budget"})
+    if rpm is not None and rpm < 1:
+        raise InvalidInput("rpm must be at least 1", details={"field": "rpm"})
+    prefix = secrets.token_hex(PREFIX_BYTES)
+    key = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(SECRET_BYTES)}"
+    row = ApiKey(
+        name=name.strip(),
+        prefix=prefix,
+        key_hash=hash_key(key),
+        is_admin=is_admin,
+        monthly_budget=monthly_budget,
+        rpm=rpm,
+        created_at=utcnow(),
+    )
+    session.add(row)
+    session.flush()
+    return row, key
+
+
+def list_(session: Session) -> list[ApiKey]:
+    """Return every key, oldest first."""
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
+
+
+def revoke(session: Session, *, key_id_or_prefix: str) -> ApiKey:
+    """Revoke the key with this id or prefix; revoking twice keeps the first time."""
+    condition = ApiKey.prefix == key_id_or_prefix
+    if key_id_or_prefix.isdigit():
+        condition = or_(condition, ApiKey.id == int(key_id_or_prefix))
+    row = session.scalars(select(ApiKey).where(condition)).one_or_none()
+    if row is None:
+        raise NotFound(f"no API key {key_id_or_prefix!r}")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return row
+
+
+class RefusedKeys:
+    """The hashes of keys refused lately, so that one bad key sent again and again costs one database lookup.
+
+    Only refusals are remembered: a refused key (unknown or revoked) never becomes valid, since new keys are
+    random, while an accepted key is looked up every time, so that revoking it takes effect at once.
+    """
+
+    def __init__(self, *, max_size: int = 10_000, ttl_s: float = 300.0, clock: Callable[[], float] = time.monotonic):
+        self._max_size, self._ttl_s, self._clock = max_size, ttl_s, clock
+        self._expiry: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, digest: str) -> bool:
+        with self._lock:
+            expiry = self._expiry.get(digest)
+            if expiry is None:
+                return False
+            if expiry <= self._clock():
+                del self._expiry[digest]
+                return False
+            return True
+
+    def add(self, digest: str) -> None:
+        with self._lock:
+            self._expiry[digest] = self._clock() + self._ttl_s
+            self._expiry.move_to_end(digest)
+            while len(self._expiry) > self._max_size:
+                self._expiry.popitem(last=False)
+
+
+def authenticate(session: Session, *, key: str, refused: RefusedKeys | None = None) -> Identity | None:
+    """Return the identity of a live key, or None for a malformed, unknown or revoked one.
+
+    A malformed key, or one in `refused`, is turned away without a database lookup; `refused` learns the rest.
+    """
+    if KEY_FORMAT.fullmatch(key) is None:
+        return None
+    digest = hash_key(key)
+    if refused is not None and digest in refused:
+        return None
+    row = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).one_or_none()
+    # compare_digest keeps the final comparison constant-time; the index lookup is by hash, not by key.
+    if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, digest):
+        if refused is not None:
+            refused.add(digest)
+        return None
+    return Identity(
+        api_key_id=row.id, name=row.name, is_admin=row.is_admin, monthly_budget=row.monthly_budget, rpm=row.rpm
+    )

@@ -1,0 +1,1 @@
+"""What operators see: structured logs, Prometheus metrics, scrape-time gauges and job events."""

@@ -1,0 +1,1 @@
+"""Reports over the request log: statistics, savings, cost reports and latency summaries."""

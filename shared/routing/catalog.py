@@ -1,0 +1,200 @@
+"""The model catalog: which models serve which tier, at what price, behind which server."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from pydantic import BaseModel
+from pydantic import ConfigDict
+from pydantic import Field
+from pydantic import ValidationError
+from pydantic import field_validator
+from pydantic import model_validator
+
+from shared.errors import ConfigError
+from shared.errors import RoutingError
+
+# Costs are kept in whole nano-dollars; a price per 1K tokens with at most 6 decimals makes every
+# per-token cost an exact number of nano-dollars.
+PRICE_DECIMALS = 6
+# The context window of a model whose entry names none: above every model's today, so that only usage no
+# model can have (shared.upstream.answer_schema) is refused for it.
+DEFAULT_CONTEXT_WINDOW = 2_000_000
+
+
+class _ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    tier: str = Field(min_length=1)
+    input_per_1k: Decimal = Field(ge=0)
+    output_per_1k: Decimal = Field(ge=0)
+    base_url: str | None = None
+    api_key_env: str | None = None
+    supports_logprobs: bool = True
+    # The most tokens a prompt to it can have: usage reporting more cannot be true.
+    context_window: int = Field(default=DEFAULT_CONTEXT_WINDOW, gt=0, lt=2**31)
+    # None: the default chain (the tier's other models, then the next tier up); []: no fallbacks.
+    fallbacks: list[str] | None = None
+
+    @field_validator("input_per_1k", "output_per_1k")
+    @classmethod
+    def _exact_price(cls, value: Decimal) -> Decimal:
+        if value.as_tuple().exponent < -PRICE_DECIMALS:  # type: ignore[operator]
+            raise ValueError(f"at most {PRICE_DECIMALS} decimal places")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/") if value else value
+
+
+class _Timeouts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    connect_s: float | None = Field(default=None, gt=0)
+    read_s: float | None = Field(default=None, gt=0)
+
+
+class _CatalogFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tiers: list[str] = Field(min_length=1)
+    models: list[_ModelEntry] = Field(min_length=1)
+    timeouts: dict[str, _Timeouts] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _CatalogFile:
+        if len(set(self.tiers)) != len(self.tiers):
+            raise ValueError("tiers must be unique")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError("model names must be unique")
+        for model in self.models:
+            if model.tier not in self.tiers:
+                raise ValueError(f"model {model.name!r} names unknown tier {model.tier!r}")
+        for tier in self.tiers:
+            if not any(m.tier == tier for m in self.models):
+                raise ValueError(f"tier {tier!r} has no model")
+        for model in self.models:
+            for fallback in model.fallbacks or ():
+                if fallback not in names or fallback == model.name:
+                    raise ValueError(f"model {model.name!r} lists unknown or circular fallback {fallback!r}")
+        for tier in self.timeouts:
+            if tier not in self.tiers:
+                raise ValueError(f"timeouts name unknown tier {tier!r}")
+        return self
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model: its tier, prices per 1K tokens, and optionally its own server."""
+
+    name: str
+    tier: str
+    input_per_1k: Decimal
+    output_per_1k: Decimal
+    base_url: str | None = None
+    api_key_env: str | None = None
+    supports_logprobs: bool = True
+    context_window: int = DEFAULT_CONTEXT_WINDOW
+    fallbacks: tuple[str, ...] = ()
+    connect_timeout_s: float | None = None
+    read_timeout_s: float | None = None
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
+        """Return the exact cost in dollars of a call with these token counts."""
+        return (prompt_tokens * self.input_per_1k + completion_tokens * self.output_per_1k) / 1000
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The validated catalog; tiers are ordered from weakest to strongest."""
+
+    tiers: tuple[str, ...]
+    models: tuple[ModelSpec, ...]
+
+    def get_model(self, name: str) -> ModelSpec:
+        """Return the model named `name`, or raise RoutingError."""
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise RoutingError(f"unknown model {name!r}", details={"field": "model", "known": self.model_names})
+
+    def model_for_tier(self, tier: str) -> ModelSpec:
+        """Return the model that serves `tier` (the first listed for it)."""
+        self.check_tier(tier)
+        return next(m for m in self.models if m.tier == tier)
+
+    def check_tier(self, tier: str) -> None:
+        """Raise RoutingError unless `tier` is in the catalog."""
+        if tier not in self.tiers:
+            raise RoutingError(f"unknown tier {tier!r}", details={"field": "tier", "known": list(self.tiers)})
+
+    def tier_above(self, tier: str) -> str | None:
+        """Return the next stronger tier, or None for the strongest."""
+        self.check_tier(tier)
+        index = self.tiers.index(tier)
+        return self.tiers[index + 1] if index + 1 < len(self.tiers) else None
+
+    def tiers_from(self, tier: str) -> tuple[str, ...]:
+        """Return `tier` and every stronger tier."""
+        self.check_tier(tier)
+        return self.tiers[self.tiers.index(tier) :]
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    def chain(self, name: str) -> tuple[ModelSpec, ...]:
+        """Return the model and, in order, the fallbacks that take over when it fails."""
+        model = self.get_model(name)
+        return (model, *(self.get_model(fallback) for fallback in model.fallbacks))
+
+
+def load_catalog(path: Path) -> Catalog:
+    """Read and validate a catalog file; raise ConfigError naming what is wrong."""
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"invalid setting MODEL_CATALOG_PATH: cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid setting MODEL_CATALOG_PATH: {path} is not valid TOML: {exc}") from None
+    try:
+        parsed = _CatalogFile.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"invalid model catalog {path}: {where + ': ' if where else ''}{message}") from None
+    models = tuple(_spec(entry, parsed) for entry in parsed.models)
+    return Catalog(tiers=tuple(parsed.tiers), models=models)
+
+
+def _spec(entry: _ModelEntry, catalog: _CatalogFile) -> ModelSpec:
+    fields = entry.model_dump(exclude={"fallbacks"})
+    timeouts = catalog.timeouts.get(entry.tier, _Timeouts())
+    return ModelSpec(
+        **fields,
+        fallbacks=tuple(_default_fallbacks(entry, catalog) if entry.fallbacks is None else entry.fallbacks),
+        connect_timeout_s=timeouts.connect_s,
+        read_timeout_s=timeouts.read_s,
+    )
+
+
+def _default_fallbacks(entry: _ModelEntry, catalog: _CatalogFile) -> list[str]:
+    """The tier's other models first, then the model that serves the next tier up."""
+    same_tier = [m.name for m in catalog.models if m.tier == entry.tier and m.name != entry.name]
+    index = catalog.tiers.index(entry.tier)
+    above = (
+        [next(m.name for m in catalog.models if m.tier == catalog.tiers[index + 1])]
+        if index + 1 < len(catalog.tiers)
+        else []
+    )
+    return same_tier + above

@@ -1,0 +1,1 @@
+"""Where state lives: database models and sessions, and the Redis adapters the tiers share."""

@@ -1,0 +1,1 @@
+"""Calls to the model servers: the OpenAI-SDK client, its retries, circuit breakers and admission control."""
