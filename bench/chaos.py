@@ -6,6 +6,10 @@ the local server, the simulator, gunicorn, 2 Celery workers and beat), sends --r
 is down, SIGKILLs a worker and restarts Redis in the middle, then prints the figures and writes them as JSON
 (default bench/results/chaos.json). It shares `run_chaos` with tests/integration/test_chaos.py.
 
+The jobs get the product's default deadline, as users' do (--job-limits user); the killed worker's jobs are
+then run again only once their lease, long enough to hold that deadline, lapses. `--job-limits bounded` is
+the suite's form: a short lease and a deadline of seconds.
+
 Run it from the repository root as a module, so that `tests.support` is importable:
 
     .venv/bin/python -m bench.chaos --requests 2000 --concurrency 32
@@ -20,8 +24,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tests.support.chaos import BOUNDED_JOB_LIMITS
 from tests.support.chaos import FAULTS
+from tests.support.chaos import USER_JOB_LIMITS
 from tests.support.chaos import run_chaos
+
+JOB_LIMITS = {"user": USER_JOB_LIMITS, "bounded": BOUNDED_JOB_LIMITS}
 
 ROWS = (
     ("requests sent", lambda f: f["requests"]),
@@ -29,6 +37,8 @@ ROWS = (
     ("succeeded", lambda f: f["succeeded"]),
     ("failed", lambda f: f"{f['failed']} {f['failed_by_error']}"),
     ("not terminal", lambda f: f["not_terminal"]),
+    ("lost: ids answered without a row / rows never answered",
+     lambda f: f"{f['answered_ids_without_row']} / {f['rows_without_answer']}"),
     ("rejected 503 (Redis down)", lambda f: f["rejected"]["503"]),
     ("rejected 402 / other / client errors",
      lambda f: f"{f['rejected']['402']} / {f['rejected']['other_status']} / {f['rejected']['client_errors']}"),
@@ -49,6 +59,8 @@ ROWS = (
     ("billed but unrecorded (killed worker)",
      lambda f: f"{f['upstream']['billed_but_unrecorded_cost']} "
                f"({f['upstream']['billed_but_unrecorded_calls']} calls)"),
+    ("job lease / deadline", lambda f: f"{f['settings']['JOB_LEASE_S']} s / "
+                                       f"{f['settings'].get('DEFAULT_DEADLINE_S', 'the product default')}"),
     ("total time", lambda f: f"{f['timings']['total_s']} s"),
 )  # fmt: skip
 
@@ -66,6 +78,7 @@ def main() -> None:
     parser.add_argument("--down-model", default="gpt-3.5-turbo")
     parser.add_argument("--faults", default=FAULTS)
     parser.add_argument("--redis-outage-s", type=float, default=3.0)
+    parser.add_argument("--job-limits", choices=sorted(JOB_LIMITS), default="user")
     parser.add_argument("--drain-timeout-s", type=float, default=300.0)
     parser.add_argument("--out", type=Path, default=Path("bench/results/chaos.json"))
     parser.add_argument("--logs", type=Path, default=None, help="keep the processes' logs here (default: a temp dir)")
@@ -82,6 +95,7 @@ def main() -> None:
             faults=args.faults,
             redis_outage_s=args.redis_outage_s,
             drain_timeout_s=args.drain_timeout_s,
+            job_limits=JOB_LIMITS[args.job_limits],
         )
     print(format_table(figures))
     args.out.parent.mkdir(parents=True, exist_ok=True)

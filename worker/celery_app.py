@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import time
+
 from celery import Celery
 from celery import signals
 
@@ -63,6 +66,27 @@ def create_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
     )
     return app
+
+
+@signals.worker_init.connect
+def _cooperative_broker_waits(**_: object) -> None:
+    """Under gevent, let kombu's broker retries wait for their turn without stopping every job of the worker.
+
+    `celery worker --pool gevent` imports part of kombu before it patches the standard library, so
+    kombu.utils.functional keeps the blocking time.sleep: while Redis is down, the consumer's reconnection waits
+    (2 s, 4 s, ... up to 30 s) and a publish's retries froze every job of the process, past its deadline and up
+    to its hard time limit, after which the job is run (and its calls charged) again.
+    """
+    try:
+        from gevent import monkey
+    except ImportError:
+        return
+    if not monkey.is_module_patched("time"):
+        return
+    blocking = monkey.get_original("time", "sleep")
+    for name, module in list(sys.modules.items()):
+        if name.partition(".")[0] in ("kombu", "celery") and getattr(module, "sleep", None) is blocking:
+            module.sleep = time.sleep
 
 
 @signals.setup_logging.connect

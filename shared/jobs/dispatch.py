@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -51,6 +52,8 @@ logger = logging.getLogger(__name__)
 MIN_ESCALATION_TIME_S = 0.5
 # The shortest wait a job deferred for open circuits is given.
 MIN_DEFERRAL_S = 0.1
+# The shortest wait before calling a model again after its 429, when admission did not pace the call.
+MIN_REPEAT_WAIT_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -253,8 +256,18 @@ def _answer_slot(
             outcome.attempts.append((label, _skipped(model, "over_reservation")))
             refusals.append(f"{model.name}: over the job's reservation")
             continue
-        # The same model again after a 429, while the policy's attempts last: its admission now knows better.
-        for repeat in range(policy.max_attempts):
+        # The same model again after a 429: its admission now knows better. A job that waits for its model does
+        # so for as long as its deadline allows (a 429 is backpressure, not a failure); one that chose to fall
+        # back moves on once the policy's attempts are all answered 429.
+        for repeat in itertools.count():
+            if repeat >= policy.max_attempts and not patient:
+                refusals.append(f"{model.name}: answered 429 (rate limited) on every attempt")
+                limited = True
+                break
+            if repeat > 0 and time.monotonic() >= deadline:
+                refusals.append(f"{model.name}: answered 429 (rate limited) until the job's deadline")
+                limited = True
+                break
             if time.monotonic() >= deadline:
                 refusals.append("the job's deadline passed")
                 outcome.error = TransientLLMError("; ".join(refusals), details={"error_class": "deadline"})
@@ -289,8 +302,20 @@ def _answer_slot(
                         using.breaker.release(permit)  # type: ignore[union-attr]
                     outcome.deferral = Deferral(ticket.wait_s, admitted=model.name)
                     return
-                if ticket.wait_s > 0:
-                    using.sleep(ticket.wait_s)
+                pause = ticket.wait_s
+                if repeat > 0 and pause == 0:
+                    # Admission did not pace this repeat (Redis unreachable, or a 429 that asked for no wait): the
+                    # retry policy's backoff does, so that a patient job never calls a throttling upstream in a loop.
+                    backoff = min(policy.backoff_initial_s * 2 ** (repeat - 1), policy.backoff_max_s)
+                    pause = max(backoff, MIN_REPEAT_WAIT_S)
+                    if time.monotonic() + pause >= deadline:
+                        if permit is not None:
+                            using.breaker.release(permit)  # type: ignore[union-attr]
+                        refusals.append(f"{model.name}: answered 429 (rate limited) until the job's deadline")
+                        limited = True
+                        break
+                if pause > 0:
+                    using.sleep(pause)
             admitted = None
             # The same model again after a 429 is a retry, as the client's own retries of a 5xx are.
             outcome.retry_count += repeat > 0
@@ -302,10 +327,6 @@ def _answer_slot(
                 refusals.append(outcome.error.message if outcome.error else f"{model.name}: the call failed")
                 failed = True
                 break
-        else:
-            # Every attempt the policy allows was answered 429.
-            refusals.append(f"{model.name}: answered 429 (rate limited) on every attempt")
-            limited = True
         if limited and patient:
             # Waiting was chosen over the next (pricier) model: the job waits for this one or fails rate_limited.
             break

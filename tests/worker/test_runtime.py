@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import select
 import socket
+import sys
+import time
+import types
 
 import httpcore2._utils as http_utils
 import pytest
 from gevent import monkey
 
+from worker import celery_app
 from worker import runtime
 
 
@@ -41,3 +45,25 @@ def test_without_gevent_the_http_client_is_left_alone(monkeypatch: pytest.Monkey
     runtime._native_readability_check()
 
     assert http_utils.select is select
+
+
+def test_kombus_broker_retries_wait_cooperatively_under_gevent(monkeypatch: pytest.MonkeyPatch) -> None:
+    # kombu bound the blocking sleep before gevent patched time: while Redis is down, its reconnection waits
+    # would stop every job of the worker.
+    def blocking_sleep(seconds: float) -> None:
+        raise AssertionError("the blocking sleep was called")
+
+    bound_early = types.ModuleType("kombu.bound_early")
+    bound_early.sleep = blocking_sleep  # type: ignore[attr-defined]
+    elsewhere = types.ModuleType("not_kombu")
+    elsewhere.sleep = blocking_sleep  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "kombu.bound_early", bound_early)
+    monkeypatch.setitem(sys.modules, "not_kombu", elsewhere)
+    monkeypatch.setattr(monkey, "is_module_patched", lambda name: name == "time")
+    monkeypatch.setattr(monkey, "get_original", lambda module, name: blocking_sleep)
+
+    celery_app._cooperative_broker_waits()
+
+    assert bound_early.sleep is time.sleep  # type: ignore[attr-defined]
+    # Only Celery's and kombu's modules are touched.
+    assert elsewhere.sleep is blocking_sleep  # type: ignore[attr-defined]

@@ -121,6 +121,64 @@ def test_a_429_goes_back_to_admission_which_paces_the_retry(catalog, settings, a
     assert sleeps == [pytest.approx(0.8)]
 
 
+def _throttled(retry_after_s: float | None) -> answering.TransientLLMError:
+    error = answering.TransientLLMError("429", status_code=429, details={"error_class": "rate_limited"})
+    error.rate_limits = None if retry_after_s is None else RateLimits(retry_after_s=retry_after_s)
+    return error
+
+
+def test_a_waiting_job_outlasts_more_429s_than_the_retry_policys_attempts(catalog, settings, admission) -> None:
+    # A 429 is backpressure: the job keeps its place behind its model for as long as its deadline allows, paced
+    # each time by what the 429 told admission, instead of failing once the policy's attempts are spent.
+    throttles = settings.upstream_max_attempts + 2
+    fake = FakeLLMClient()
+    fake.script(CHEAP, *[_throttled(0.3) for _ in range(throttles)])
+    sleeps: list[float] = []
+    outcome = answering.answer(_job(catalog), using=_using(catalog, settings, fake, admission=admission, sleeps=sleeps))
+    assert outcome.error is None and outcome.model.name == CHEAP
+    # Never the pricier model: waiting was the choice.
+    assert fake.calls == [CHEAP] * (throttles + 1)
+    assert sleeps == [pytest.approx(0.3)] * throttles
+    assert outcome.retry_count == throttles
+
+
+def test_a_job_that_chose_fallback_moves_on_once_the_policys_attempts_are_answered_429(
+    catalog, settings, admission
+) -> None:
+    fake = FakeLLMClient()
+    fake.script(CHEAP, *[_throttled(0.3) for _ in range(settings.upstream_max_attempts)])
+    outcome = answering.answer(
+        _job(catalog, on_rate_limit="fallback"), using=_using(catalog, settings, fake, admission=admission)
+    )
+    assert outcome.model.name == MID
+    assert fake.calls == [CHEAP] * settings.upstream_max_attempts + [MID]
+
+
+class _UnreachableRedis:
+    """A Redis client whose every script call fails as a refused connection does, at once."""
+
+    def register_script(self, _script: str) -> object:
+        def run(**_: object) -> object:
+            raise redis.ConnectionError("connection refused")
+
+        return run
+
+
+def test_a_waiting_job_backs_off_between_429s_that_admission_cannot_pace(catalog, settings) -> None:
+    # Admission's Redis is unreachable (it then admits every call): the retry policy's backoff spaces the calls,
+    # so a throttling upstream is never called in a tight loop.
+    unreachable = Admission(_UnreachableRedis())  # type: ignore[arg-type]
+    backoff = settings.model_copy(update={"upstream_backoff_initial_s": 0.5, "upstream_backoff_max_s": 1.5})
+    fake = FakeLLMClient()
+    fake.script(CHEAP, *[_throttled(None) for _ in range(4)])
+    sleeps: list[float] = []
+    outcome = answering.answer(
+        _job(catalog), using=_using(catalog, backoff, fake, admission=unreachable, sleeps=sleeps)
+    )
+    assert outcome.model.name == CHEAP and fake.calls == [CHEAP] * 5
+    assert sleeps == [0.5, 1.0, 1.5, 1.5]
+
+
 def test_a_job_whose_models_circuits_are_all_open_waits_for_the_probe(catalog, settings) -> None:
     clock = Clock()
     breaker = CircuitBreaker(fakeredis.FakeRedis(), BreakerPolicy(min_failures=1, cooldown_s=15), clock=clock)
@@ -205,6 +263,15 @@ def test_a_waiting_jobs_deadline_counts_from_its_first_run_not_from_the_retry(de
         job = session.get(RequestLog, job_id)
         assert job.error_code == "rate_limited" and "requests limit (6/min)" in job.error_message
         assert (job.cost, job.settled) == (0, True)
+
+
+def test_a_waiting_job_throttled_past_the_retry_policy_succeeds_in_one_run(deps) -> None:
+    deps.client.script(CHEAP, *[_throttled(0.3) for _ in range(deps.settings.upstream_max_attempts + 1)])
+    job_id = _submit(deps)
+    assert runs.run(job_id, deps=deps) is JobStatus.SUCCEEDED
+    with deps.sessions() as session:
+        job = session.get(RequestLog, job_id)
+        assert (job.model_used, job.run_count, job.cost > 0, job.settled) == (CHEAP, 1, True, True)
 
 
 def test_the_simulator_paces_the_real_client_through_admission(catalog, tmp_path: Path, real_redis) -> None:
