@@ -26,12 +26,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from shared import api_keys
-from shared import notify
-from shared import runs
-from shared import streams
-from shared.catalog import Catalog
-from shared.db.session import make_sessionmaker
+from shared.jobs import runs
+from shared.ledger import api_keys
+from shared.routing.catalog import Catalog
+from shared.store import completion_channel
+from shared.store import stream_relay
+from shared.store.session import make_sessionmaker
 from tests.conftest import worker_deps
 from tests.support.fakes import FakeLLMClient
 
@@ -281,8 +281,8 @@ def stand_in_worker(
         app,
         catalog,
         FakeLLMClient(),
-        on_finished=lambda job_id: notify.publish_job_done(real_redis, job_id),
-        relay=lambda job_id, entry: streams.append(real_redis, job_id, entry),
+        on_finished=lambda job_id: completion_channel.publish_job_done(real_redis, job_id),
+        relay=lambda job_id, entry: stream_relay.append(real_redis, job_id, entry),
     )
 
     def enqueue(args, **_):

@@ -121,8 +121,8 @@ def test_a_429_goes_back_to_admission_which_paces_the_retry(catalog, settings, a
     assert sleeps == [pytest.approx(0.8)]
 
 
-def _throttled(retry_after_s: float | None) -> answering.TransientLLMError:
-    error = answering.TransientLLMError("429", status_code=429, details={"error_class": "rate_limited"})
+def _throttled(retry_after_s: float | None) -> dispatch.TransientLLMError:
+    error = dispatch.TransientLLMError("429", status_code=429, details={"error_class": "rate_limited"})
     error.rate_limits = None if retry_after_s is None else RateLimits(retry_after_s=retry_after_s)
     return error
 
@@ -134,7 +134,7 @@ def test_a_waiting_job_outlasts_more_429s_than_the_retry_policys_attempts(catalo
     fake = FakeLLMClient()
     fake.script(CHEAP, *[_throttled(0.3) for _ in range(throttles)])
     sleeps: list[float] = []
-    outcome = answering.answer(_job(catalog), using=_using(catalog, settings, fake, admission=admission, sleeps=sleeps))
+    outcome = dispatch.answer(_job(catalog), using=_using(catalog, settings, fake, admission=admission, sleeps=sleeps))
     assert outcome.error is None and outcome.model.name == CHEAP
     # Never the pricier model: waiting was the choice.
     assert fake.calls == [CHEAP] * (throttles + 1)
@@ -147,7 +147,7 @@ def test_a_job_that_chose_fallback_moves_on_once_the_policys_attempts_are_answer
 ) -> None:
     fake = FakeLLMClient()
     fake.script(CHEAP, *[_throttled(0.3) for _ in range(settings.upstream_max_attempts)])
-    outcome = answering.answer(
+    outcome = dispatch.answer(
         _job(catalog, on_rate_limit="fallback"), using=_using(catalog, settings, fake, admission=admission)
     )
     assert outcome.model.name == MID
@@ -172,9 +172,7 @@ def test_a_waiting_job_backs_off_between_429s_that_admission_cannot_pace(catalog
     fake = FakeLLMClient()
     fake.script(CHEAP, *[_throttled(None) for _ in range(4)])
     sleeps: list[float] = []
-    outcome = answering.answer(
-        _job(catalog), using=_using(catalog, backoff, fake, admission=unreachable, sleeps=sleeps)
-    )
+    outcome = dispatch.answer(_job(catalog), using=_using(catalog, backoff, fake, admission=unreachable, sleeps=sleeps))
     assert outcome.model.name == CHEAP and fake.calls == [CHEAP] * 5
     assert sleeps == [0.5, 1.0, 1.5, 1.5]
 
