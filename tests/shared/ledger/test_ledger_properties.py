@@ -539,12 +539,19 @@ class LedgerMachine(RuleBasedStateMachine):
             # It fails only if what is left of its reservation, after the lost call, cannot pay for an answer.
             assert (result, after.status, after.cost) == (status, status, cost)
         elif meanwhile == "taken, dies":
-            # The lease lapses; another worker claims the job and dies mid-call, so it is still running.
+            # The lease lapses; another worker claims the job and dies mid-call, so it is still running. Unless
+            # what is left of the reservation after the lost call cannot pay for another call: the new run then
+            # fails the job without calling anyone.
             self.lapse(job_id)
-            with pytest.raises(_WorkerDied):
-                runs.run(job_id, deps=self.deps(_InterleavingClient(meanwhile=_die)))
-            after = _job(self.sessions, job_id)
-            assert after is not None and after.status is JobStatus.RUNNING
+            dying = _InterleavingClient(meanwhile=_die)
+            try:
+                runs.run(job_id, deps=self.deps(dying))
+            except _WorkerDied:
+                after = _job(self.sessions, job_id)
+                assert after is not None and after.status is JobStatus.RUNNING
+            else:
+                after = _job(self.sessions, job_id)
+                assert not dying.interrupted and after is not None and after.status is JobStatus.FAILED
         self.ledger_matches_the_jobs()
         self.interrupted_at = _snapshot(self.sessions)
 
