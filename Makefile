@@ -4,13 +4,17 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo run test browser lint migrate simulate clean
+.PHONY: install demo run test browser lint migrate simulate clean lock
 
-$(STAMP): pyproject.toml
+# The pinned versions in requirements-dev.lock (the runtime's, the local stack's and the tests'), then the project
+# itself without resolving anything; `pip check` fails the install when the lock no longer fits pyproject.toml.
+$(STAMP): pyproject.toml requirements-dev.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip check
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -47,6 +51,20 @@ simulate: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache model_router.db*
+
+# The lock files: requirements.lock is what production installs (the image), requirements-dev.lock adds the local
+# stack and the tests (the Makefile, CI). A re-lock keeps every pin that still fits pyproject.toml;
+# LOCK_ARGS=--upgrade moves all of them to the newest versions, LOCK_ARGS="--upgrade-package NAME" one of them.
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --quiet \
+	--custom-compile-command 'make lock'
+
+$(BIN)/uv:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$$(grep -E '^uv==' requirements-dev.lock)"
+
+lock: $(BIN)/uv  ## Re-resolve requirements-dev.lock, then requirements.lock within it.
+	$(UV_COMPILE) --extra dev $(LOCK_ARGS) --output-file requirements-dev.lock
+	$(UV_COMPILE) --constraint requirements-dev.lock --output-file requirements.lock
 
 .PHONY: bench bench-compare
 

@@ -6,57 +6,19 @@ so a lazy import cannot slip past the rule.
 
 from __future__ import annotations
 
-import ast
-from dataclasses import dataclass
-from pathlib import Path
+from tests.support.imports import ROOT
+from tests.support.imports import Import
+from tests.support.imports import file_imports
+from tests.support.imports import imports_in
 
-ROOT = Path(__file__).resolve().parent.parent
 SHARED_FORBIDDEN = ("flask", "celery", "kombu", "gunicorn", "web", "worker")
 WEB_MAY_IMPORT_FROM_WORKER = ("worker.tasks", "worker.celery_app")
-
-
-@dataclass(frozen=True)
-class Import:
-    """One imported module, resolved to its absolute dotted name, and where it was imported."""
-
-    path: Path
-    line: int
-    module: str
-
-    def __str__(self) -> str:
-        return f"{self.path.relative_to(ROOT)}:{self.line} imports {self.module}"
-
-
-def _package_of(path: Path) -> tuple[str, ...]:
-    """Return the dotted package `path` belongs to, as the parts relative imports count up from."""
-    parts = path.relative_to(ROOT).with_suffix("").parts
-    # A package's __init__ is the package itself; any other module lives in its directory's package.
-    return parts[:-1]
-
-
-def _imports_in(source: str, *, path: Path) -> list[Import]:
-    """Return every module `source` (the text of `path`) imports, resolved to absolute names.
-
-    `from a import b` yields `a.b`, since `b` may be a submodule (`from worker import tasks`).
-    """
-    package = _package_of(path)
-    found: list[Import] = []
-    for node in ast.walk(ast.parse(source, filename=str(path))):
-        if isinstance(node, ast.Import):
-            found.extend(Import(path, node.lineno, alias.name) for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package[: len(package) - node.level + 1]
-                base = ".".join([*anchor, *([node.module] if node.module else [])])
-            found.extend(Import(path, node.lineno, f"{base}.{alias.name}") for alias in node.names)
-    return found
 
 
 def _package_imports(package: str) -> list[Import]:
     files = sorted((ROOT / package).rglob("*.py"))
     assert files, f"no Python files under {package}/"
-    return [found for path in files for found in _imports_in(path.read_text(encoding="utf-8"), path=path)]
+    return [found for path in files for found in file_imports(path)]
 
 
 def _is_within(module: str, top: str) -> bool:
@@ -105,7 +67,7 @@ def test_import_reader_resolves_every_import_form() -> None:
         "def lazy():\n"
         "    from celery import Celery\n"
     )
-    found = _imports_in(source, path=ROOT / "web" / "api" / "probe.py")
+    found = imports_in(source, path=ROOT / "web" / "api" / "probe.py")
     assert [item.module for item in found] == [
         "flask",
         "worker.runtime",
@@ -121,5 +83,5 @@ def test_import_reader_resolves_every_import_form() -> None:
 
 
 def test_relative_imports_in_a_package_init_count_from_that_package() -> None:
-    found = _imports_in("from . import db\nfrom .api import jobs\n", path=ROOT / "web" / "__init__.py")
+    found = imports_in("from . import db\nfrom .api import jobs\n", path=ROOT / "web" / "__init__.py")
     assert [item.module for item in found] == ["web.db", "web.api.jobs"]

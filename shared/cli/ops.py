@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import tempfile
@@ -14,6 +15,21 @@ from shared.errors import ConfigError
 BIN_DIR = Path(sys.executable).parent
 CELERY_APP = "worker.celery_app:celery_app"
 PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": False}
+# What the local-stack commands (simulate, run, demo) import beyond the runtime dependencies: the `demo` extra,
+# which production installs leave out.
+DEMO_EXTRA_MODULES = ("aiohttp", "fakeredis", "honcho")
+
+
+def _require_demo_extra() -> None:
+    """Stop with one line, instead of a traceback midway, when the `demo` extra is not installed."""
+    missing = [name for name in DEMO_EXTRA_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        click.echo(
+            f"model-router: the local stack needs the demo extra ({', '.join(missing)} missing): "
+            "pip install 'model-router[demo]' (make install has it)",
+            err=True,
+        )
+        sys.exit(2)
 
 
 @click.group()
@@ -109,6 +125,7 @@ def keys_revoke(key_id_or_prefix: str) -> None:
 @click.option("--port", default=9000, show_default=True, type=int)
 def simulate(host: str, port: int) -> None:
     """Serve the OpenAI-compatible upstream simulator."""
+    _require_demo_extra()
     from shared.devstack.simulator import server
 
     server.serve(host=host, port=port)
@@ -117,6 +134,7 @@ def simulate(host: str, port: int) -> None:
 @click.command()
 def run() -> None:
     """Start the local stack in the foreground: Redis if needed, the simulator, web and worker."""
+    _require_demo_extra()
     from shared.config import load_settings
     from shared.devstack import localstack
     from shared.security import masking
@@ -141,6 +159,7 @@ def run() -> None:
 @click.command()
 def demo() -> None:
     """Start the stack, send a few prompts, print where they went and what they cost, then stop."""
+    _require_demo_extra()
     from shared.devstack import demo as demo_script
 
     sys.exit(demo_script.run_demo())
