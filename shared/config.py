@@ -143,6 +143,8 @@ class Settings(BaseSettings):
     job_max_deadline_s: float | None = Field(default=None, gt=0)
     job_finish_s: float | None = Field(default=None, gt=0)
     worker_heartbeat_s: int = Field(default=10, ge=1)
+    # A file workers and beat touch on every heartbeat, for an orchestrator's liveness probe (worker.liveness).
+    worker_liveness_file: Path | None = None
     # The reaper (a Celery beat task) re-enqueues jobs whose worker died or whose message was lost, and
     # fails those that ran out of runs or age, releasing their reservations.
     reaper_interval_s: int = Field(default=30, ge=1)

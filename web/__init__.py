@@ -62,7 +62,7 @@ def _build_app(settings: Settings) -> Flask:
     request_ids.init_app(app)
     metered = (prompt.bp, batch.bp, estimate.bp, jobs.bp, budget.bp, stats.bp, reports.bp, chat.bp)
     ratelimit.init_app(app, settings, metered)
-    for blueprint in (*metered, health.bp, docs.bp, dashboard.bp):
+    for blueprint in (*metered, health.bp, health.probes, docs.bp, dashboard.bp):
         app.register_blueprint(blueprint)
     metrics.init_app(app)
     errors.register_error_handlers(app)

@@ -407,10 +407,29 @@ def build_openapi_spec(*, version: str, settings: Settings | None = None) -> dic
                 },
             }
         },
+        "/livez": {
+            "get": {
+                "operationId": "get_liveness",
+                "tags": ["health"],
+                "summary": "Liveness probe: the process serves (touches neither the database nor Redis)",
+                "responses": {"200": inline_json(PROBE_SCHEMA, "The process serves requests.")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "get_readiness",
+                "tags": ["health"],
+                "summary": "Readiness probe: the database and the broker answer",
+                "responses": {
+                    "200": inline_json(READINESS_SCHEMA, "The database and the broker answer."),
+                    "503": inline_json(READINESS_SCHEMA, "The database or the broker is down; the check names it."),
+                },
+            }
+        },
     }
-    # Every route but health counts against the rate limits and authenticates.
+    # Every route but health and the probes counts against the rate limits and authenticates.
     for path, item in paths.items():
-        if path != "/api/health":
+        if path not in UNMETERED_PATHS:
             for operation in item.values():
                 operation["responses"].setdefault("429", prompt_errors["429"])
     return {
@@ -441,6 +460,26 @@ def build_openapi_spec(*, version: str, settings: Settings | None = None) -> dic
 
 
 IDEMPOTENCY_KEY_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH}
+UNMETERED_PATHS = ("/api/health", "/livez", "/readyz")
+_CHECK = {"type": "string", "enum": ["ok", "unreachable"]}
+PROBE_SCHEMA = {"type": "object", "properties": {"status": {"type": "string", "enum": ["ok"]}}, "required": ["status"]}
+READINESS_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "unavailable"]},
+        "checks": {
+            "type": "object",
+            "properties": {"database": _CHECK, "broker": _CHECK},
+            "required": ["database", "broker"],
+        },
+    },
+    "required": ["status", "checks"],
+}
+
+
+def inline_json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """Describe a JSON answer whose schema has no pydantic model (the probes')."""
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 def _show_limits(schemas: dict[str, Any], settings: Settings | None) -> None:

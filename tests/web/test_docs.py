@@ -33,6 +33,8 @@ CONTRACT_OPERATIONS = {
     ("/api/stats", "get"),
     ("/api/reports/costs", "get"),
     ("/api/health", "get"),
+    ("/livez", "get"),
+    ("/readyz", "get"),
     ("/v1/chat/completions", "post"),
 }
 REQUEST_SCHEMAS = ("PromptRequest", "BatchRequest", "BatchItem", "ChatCompletionRequest")

@@ -1,4 +1,9 @@
-"""GET /api/health: can we reach the database and the broker, and how many workers are alive."""
+"""Health: GET /api/health for people and dashboards, GET /livez and /readyz for orchestrators' probes.
+
+/livez says only that the process serves requests: it touches neither the database nor Redis, so an outage of
+either never makes Kubernetes restart healthy web pods. /readyz says whether this pod can do its work (the
+database and the broker answer), so that a load balancer stops sending it requests while they don't.
+"""
 
 from __future__ import annotations
 
@@ -19,26 +24,64 @@ from web.circuits import circuit_states
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("health", __name__, url_prefix="/api")
+probes = Blueprint("probes", __name__)
+
+OK = "ok"
+UNREACHABLE = "unreachable"
 
 
 @bp.get("/health")
 def get_health() -> tuple[Response, int]:
     """Answer 200 when the database and broker answer, 503 naming the failing check otherwise."""
-    checks: dict[str, object] = {"database": "ok", "broker": "ok", "workers": 0}
+    checks: dict[str, object] = {"database": _database_status(), "broker": OK, "workers": 0}
     try:
-        with current_app.extensions["db_engine"].connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except SQLAlchemyError:
-        logger.warning("health: database unreachable", exc_info=True)
-        checks["database"] = "unreachable"
-    try:
-        client = fast_failing_client(current_app.extensions["settings"].redis_url)
-        with client:
+        with _broker_client() as client:
             client.ping()
             checks["workers"] = count_alive_workers(client)
             checks["circuits"] = circuit_states(client)
     except redis.RedisError:
         logger.warning("health: broker unreachable", exc_info=True)
-        checks["broker"] = "unreachable"
-    healthy = checks["database"] == "ok" and checks["broker"] == "ok"
-    return jsonify({"status": "ok" if healthy else "unavailable", "checks": checks}), 200 if healthy else 503
+        checks["broker"] = UNREACHABLE
+    return _answer(checks)
+
+
+@probes.get("/livez")
+def get_liveness() -> Response:
+    """Answer 200 while the process serves requests, whatever the database and the broker do."""
+    return jsonify({"status": OK})
+
+
+@probes.get("/readyz")
+def get_readiness() -> tuple[Response, int]:
+    """Answer 200 when the database and the broker answer, 503 naming the one that does not."""
+    checks: dict[str, object] = {"database": _database_status(), "broker": _broker_status()}
+    return _answer(checks)
+
+
+def _answer(checks: dict[str, object]) -> tuple[Response, int]:
+    healthy = checks["database"] == OK and checks["broker"] == OK
+    return jsonify({"status": OK if healthy else "unavailable", "checks": checks}), 200 if healthy else 503
+
+
+def _database_status() -> str:
+    try:
+        with current_app.extensions["db_engine"].connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError:
+        logger.warning("health: database unreachable", exc_info=True)
+        return UNREACHABLE
+    return OK
+
+
+def _broker_status() -> str:
+    try:
+        with _broker_client() as client:
+            client.ping()
+    except redis.RedisError:
+        logger.warning("health: broker unreachable", exc_info=True)
+        return UNREACHABLE
+    return OK
+
+
+def _broker_client() -> redis.Redis:
+    return fast_failing_client(current_app.extensions["settings"].redis_url)
