@@ -7,7 +7,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import create_engine
 
-from shared.config import get_settings
+from shared.config import load_database_settings
 from shared.store import models  # registers the tables on Base.metadata
 from shared.store.base import Base
 
@@ -19,8 +19,9 @@ target_metadata = Base.metadata
 
 
 def _database_url() -> str:
-    # A caller (tests, `model-router db upgrade`) may hand the URL in; otherwise DATABASE_URL decides.
-    return config.attributes.get("database_url") or get_settings().database_url
+    # A caller (tests, `model-router db upgrade`) may hand the URL in; otherwise DATABASE_URL decides (and only
+    # it: migrating needs no upstream or queue settings).
+    return config.attributes.get("database_url") or load_database_settings().database_url
 
 
 def _on_this_dialect(dialect: str) -> object:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from typing import Literal
 from typing import NoReturn
+from typing import TypeVar
 
 from pydantic import Field
 from pydantic import SecretStr
@@ -53,10 +54,47 @@ class TimeLimits:
     lease_s: float
 
 
-class Settings(BaseSettings):
-    """Every setting of the service; names match the environment variables in upper case."""
+class DatabaseSettings(BaseSettings):
+    """The settings that name and size the database: all that local commands (`db`, `keys`) need.
+
+    Settings extends it; these commands build it alone, so that they run with only DATABASE_URL set, whatever
+    the service's other settings (an upstream, webhooks, time limits) say.
+    """
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    database_url: str = "sqlite:///./model_router.db"
+    # PostgreSQL connections per process (web worker or Celery worker): keep processes x (pool + overflow)
+    # under the server's max_connections. No overflow by default: a connection beyond the pool is opened for
+    # one checkout and closed at check-in, and under load that churn costs far more than waiting for a pooled
+    # one (transactions here last milliseconds; `python -m bench.cost` at 2 s / 256: 95 against 68 req/s).
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=0, ge=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalize_database_url(cls, value: str) -> str:
+        # The plain `postgresql://` form names no driver; SQLAlchemy would pick psycopg2, which we don't ship.
+        for prefix in ("postgresql://", "postgres://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value[len(prefix) :]
+        if not value.startswith(("sqlite:", "postgresql+")):
+            raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Tell whether the database is the embedded SQLite file."""
+        return self.database_url.startswith("sqlite")
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # URLs may carry passwords and tokens (DATABASE_URL, REDIS_URL, webhook URLs): shown masked.
+        for name, value in super().__repr_args__():
+            yield name, masking.mask_url(value) if isinstance(value, str) and "://" in value else value
+
+
+class Settings(DatabaseSettings):
+    """Every setting of the service; names match the environment variables in upper case."""
 
     environment: Literal["development", "test", "production"] = "development"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -72,8 +110,7 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     model_catalog_path: Path = DEFAULT_CATALOG_PATH
 
-    # Storage and queue.
-    database_url: str = "sqlite:///./model_router.db"
+    # The queue (the database settings are DatabaseSettings').
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Redis connections each of a process's pools (broker channel, response cache, circuit breakers, job
     # announcements, stream reads) may open at once. Under gevent every greenlet in a Redis round trip holds
@@ -82,12 +119,6 @@ class Settings(BaseSettings):
     # and a consumer that fails an ack drops its broker connection, leaving the jobs in flight to wait for
     # redelivery.
     redis_max_connections: int = Field(default=DEFAULT_REDIS_MAX_CONNECTIONS, ge=10)
-    # PostgreSQL connections per process (web worker or Celery worker): keep processes x (pool + overflow)
-    # under the server's max_connections. No overflow by default: a connection beyond the pool is opened for
-    # one checkout and closed at check-in, and under load that churn costs far more than waiting for a pooled
-    # one (transactions here last milliseconds; `python -m bench.cost` at 2 s / 256: 95 against 68 req/s).
-    db_pool_size: int = Field(default=10, ge=1)
-    db_max_overflow: int = Field(default=0, ge=0)
 
     # Budget, in US dollars.
     monthly_budget_limit: Decimal = Field(default=Decimal("100.0"), ge=0, max_digits=19, decimal_places=9)
@@ -215,17 +246,6 @@ class Settings(BaseSettings):
             sealing.check_key(key.get_secret_value())
         return value
 
-    @field_validator("database_url")
-    @classmethod
-    def _normalize_database_url(cls, value: str) -> str:
-        # The plain `postgresql://` form names no driver; SQLAlchemy would pick psycopg2, which we don't ship.
-        for prefix in ("postgresql://", "postgres://"):
-            if value.startswith(prefix):
-                return "postgresql+psycopg://" + value[len(prefix) :]
-        if not value.startswith(("sqlite:", "postgresql+")):
-            raise ValueError("must be a sqlite:/// or postgresql:// URL")
-        return value
-
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
@@ -316,21 +336,23 @@ class Settings(BaseSettings):
         """Return where callbacks and alert webhooks may go besides public addresses."""
         return egress.HostPolicy.parse(self.webhook_allowed_hosts, only=self.webhook_allowed_hosts_only)
 
-    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
-        # URLs may carry passwords and tokens (DATABASE_URL, REDIS_URL, webhook URLs): shown masked.
-        for name, value in super().__repr_args__():
-            yield name, masking.mask_url(value) if isinstance(value, str) and "://" in value else value
 
-    @property
-    def is_sqlite(self) -> bool:
-        """Tell whether the database is the embedded SQLite file."""
-        return self.database_url.startswith("sqlite")
+_S = TypeVar("_S", bound="DatabaseSettings")
 
 
 def load_settings(**overrides: object) -> Settings:
     """Build settings, turning a validation failure into one line that names the setting."""
+    return _build(Settings, overrides)
+
+
+def load_database_settings(**overrides: object) -> DatabaseSettings:
+    """Build the database settings alone (local commands), a validation failure as one line like load_settings."""
+    return _build(DatabaseSettings, overrides)
+
+
+def _build(kind: type[_S], overrides: dict[str, object]) -> _S:
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return kind(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
         message = str(first["msg"]).removeprefix("Value error, ")

@@ -14,8 +14,8 @@ from shared.cli import commands
 from shared.cli import evaluation
 from shared.cli import ops
 from shared.cli import request_log
-from shared.cli.http import DEFAULT_URL
 from shared.cli.http import Endpoint
+from shared.cli.http import default_url
 
 EPILOG = (
     "Exit codes: 0 ok, 1 job failed or other error, 2 usage/input/config, 3 server unreachable or "
@@ -34,8 +34,8 @@ class _Group(click.Group):
 @click.option(
     "--url",
     envvar="MODEL_ROUTER_URL",
-    default=DEFAULT_URL,
-    show_default=True,
+    default=default_url,
+    show_default="http://127.0.0.1:${PORT:-8000}",
     show_envvar=True,
     metavar="URL",
     help="Base URL of the model-router HTTP API.",

@@ -6,15 +6,18 @@ Every failure leaves as one `ApiError` line on stderr with an exit code a script
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 import click
 import httpx
 
+from shared.devstack import stack_paths
+from shared.errors import ConfigError
 from shared.security import masking
 
-DEFAULT_URL = "http://127.0.0.1:8000"
 CONNECT_TIMEOUT_S = 5.0
 
 # Exit codes: stable, documented in `model-router --help`.
@@ -51,11 +54,22 @@ class ApiError(click.ClickException):
         return " ".join(self.message.split())
 
 
+def default_url() -> str:
+    """Return the API's URL when none is given: MODEL_ROUTER_URL, else the local stack's on PORT (else 8000).
+
+    `make run` serves on PORT, so a CLI run in the same environment finds it without --url.
+    """
+    try:
+        return os.environ.get("MODEL_ROUTER_URL") or stack_paths.local_url(os.environ)
+    except ConfigError as exc:
+        raise ApiError(exc.message, exit_code=EXIT_USAGE) from None
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Where the API is, who we are to it, and how long a request may take."""
 
-    url: str = DEFAULT_URL
+    url: str = field(default_factory=default_url)
     key: str | None = None
     timeout_s: float = 30.0
     # Tests hand in an httpx.MockTransport; None means real sockets.

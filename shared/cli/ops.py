@@ -1,16 +1,26 @@
-"""Operational commands that act locally: the database, API keys, the simulator and the service processes."""
+"""Operational commands that act locally: the database, API keys, the simulator and the service processes.
+
+`db` and `keys` read only the database settings (DATABASE_URL and its pool): they run wherever the database is
+reachable, without the upstream, queue or webhook settings the service itself needs.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 import sys
-import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from shared.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+    from sqlalchemy.orm import sessionmaker
 
 BIN_DIR = Path(sys.executable).parent
 CELERY_APP = "worker.celery_app:celery_app"
@@ -56,16 +66,22 @@ def keys() -> None:
     """Create, list and revoke API keys (in the database named by DATABASE_URL)."""
 
 
-def _key_sessions():
-    from shared.config import load_settings
+@contextmanager
+def _key_sessions() -> Iterator[sessionmaker[Session]]:
+    """Yield sessions on DATABASE_URL's database (its connections closed after); exit 2 if the URL is bad."""
+    from shared.config import load_database_settings
     from shared.store.session import make_engine
     from shared.store.session import make_sessionmaker
 
     try:
-        return make_sessionmaker(make_engine(load_settings()))
+        engine = make_engine(load_database_settings())
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
+    try:
+        yield make_sessionmaker(engine)
+    finally:
+        engine.dispose()
 
 
 @keys.command("create")
@@ -80,7 +96,7 @@ def keys_create(name: str, monthly_budget: float | None, rpm: int | None, admin:
     from shared.ledger import api_keys
 
     budget = None if monthly_budget is None else Decimal(str(monthly_budget))
-    with _key_sessions().begin() as session:
+    with _key_sessions() as sessions, sessions.begin() as session:
         row, key = api_keys.create(session, name=name, monthly_budget=budget, rpm=rpm, is_admin=admin)
         key_id = row.id
     click.echo(key)
@@ -92,7 +108,7 @@ def keys_list() -> None:
     """List keys: id, prefix, name, limits, and whether revoked (never the keys themselves)."""
     from shared.ledger import api_keys
 
-    with _key_sessions()() as session:
+    with _key_sessions() as sessions, sessions() as session:
         rows = api_keys.list_(session)
     click.echo(f"{'id':>4}  {'prefix':<12} {'name':<24} {'admin':<5} {'budget':>10} {'rpm':>6}  status")
     for row in rows:
@@ -112,7 +128,7 @@ def keys_revoke(key_id_or_prefix: str) -> None:
     from shared.ledger import api_keys
 
     try:
-        with _key_sessions().begin() as session:
+        with _key_sessions() as sessions, sessions.begin() as session:
             row = api_keys.revoke(session, key_id_or_prefix=key_id_or_prefix.removeprefix("mr_"))
             click.echo(f"revoked key {row.id} ({row.name})")
     except NotFound as exc:
@@ -145,10 +161,10 @@ def run() -> None:
     try:
         settings = load_settings()
         migrate.upgrade("head", database_url=settings.database_url)
+        plan = localstack.plan_stack(settings, environ, simulator=simulator)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
-    plan = localstack.plan_stack(settings, environ, simulator=simulator)
     for note in plan.notes:
         click.echo(note)
     click.echo(f"Database: {masking.mask_url(settings.database_url)}")
@@ -185,10 +201,15 @@ def web(host: str, port: int, workers: int, gunicorn_args: tuple[str, ...]) -> N
     Arguments after `--` go to gunicorn unchanged, e.g. `model-router web -- --timeout 60`.
     Migrate first with `model-router db upgrade`.
     """
+    from shared.devstack import stack_paths
+
+    # The control socket goes to the run directory of the stack on this port, not gunicorn's one per user.
+    paths = stack_paths.StackPaths.of({**os.environ, "PORT": str(port)}).create()
     _exec(
         [
             _tool("gunicorn"), "--worker-class", "gevent", "--workers", str(workers), "--bind", f"{host}:{port}",
-            "--graceful-timeout", "10", "--config", "python:web.gunicorn_conf", *gunicorn_args, "web:create_app()",
+            "--graceful-timeout", "10", "--control-socket", str(paths.control_socket),
+            "--config", "python:web.gunicorn_conf", *gunicorn_args, "web:create_app()",
         ]
     )  # fmt: skip
 
@@ -242,7 +263,10 @@ def worker(
         "--loglevel", loglevel, "--without-gossip", "--without-mingle",
     ]  # fmt: skip
     if beat:
-        argv += ["--beat", "--schedule", str(Path(tempfile.gettempdir()) / "model-router-beat-schedule")]
+        from shared.devstack import stack_paths
+
+        paths = stack_paths.StackPaths.of(os.environ).create()
+        argv += ["--beat", "--schedule", str(paths.beat_schedule)]
     _exec([*argv, *celery_args])
 
 

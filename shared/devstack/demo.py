@@ -7,12 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
+
+from shared.devstack import stack_paths
+from shared.devstack import supervisor
 
 STARTUP_TIMEOUT_S = 90
 PROMPTS = (
@@ -118,7 +119,6 @@ def _exercise(base: str) -> None:
         f"saved {report['savings_pct']}%"
     )
     print(f"  by tier: {[(row['tier'], row['requests'], row['cost']) for row in report['by_tier']]}")
-    print("\n`make run` keeps the stack up: the dashboard is at http://127.0.0.1:8000/dashboard, metrics at /metrics.")
 
 
 def _use_a_key_if_required() -> None:
@@ -142,10 +142,10 @@ def _use_a_key_if_required() -> None:
 
 def run_demo() -> int:
     """Run the demo; return the process exit code."""
-    port = os.environ.setdefault("PORT", "8000")
-    base = f"http://127.0.0.1:{port}"
-    log_path = Path(tempfile.gettempdir()) / "model-router-demo.log"
-    print(f"Starting the stack (Redis if needed, simulator, web, worker); its log: {log_path}")
+    # The stack started below reads the same environment, so it serves this URL and writes under these paths.
+    base = stack_paths.local_url(os.environ)
+    log_path = stack_paths.StackPaths.of(os.environ).create().demo_log
+    print(f"Starting the stack (Redis if needed, simulator, web, worker) on {base}; its log: {log_path}")
     with log_path.open("wb") as log:
         stack = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", "run"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -154,6 +154,7 @@ def run_demo() -> int:
         _wait_until_ready(base, stack)
         _use_a_key_if_required()
         _exercise(base)
+        print(f"\n`make run` keeps the stack up: the dashboard is at {base}/dashboard, metrics at {base}/metrics.")
         return 0
     except RuntimeError as exc:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
@@ -164,7 +165,8 @@ def run_demo() -> int:
         if stack.poll() is None:
             os.killpg(stack.pid, signal.SIGTERM)
             try:
-                stack.wait(timeout=30)
+                # Each of the stack's two stop stages has its grace; the processes of a killed `run` would stay.
+                stack.wait(timeout=2 * supervisor.STOP_GRACE_S + 10)
             except subprocess.TimeoutExpired:
                 os.killpg(stack.pid, signal.SIGKILL)
                 stack.wait()

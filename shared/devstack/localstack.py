@@ -1,14 +1,15 @@
 """The local stack behind `make run` and `make demo`: Redis, the simulator, web and worker, one command.
 
 Processes are supervised by honcho (the same tool that runs the Procfile): when one exits, or on SIGINT
-or SIGTERM, all of them are stopped.
+or SIGTERM, all of them are stopped, web and workers first, Redis and the simulator once they have exited
+(shared.devstack.supervisor). The stack's files live in its run directory (shared.devstack.stack_paths).
 """
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import sys
-import tempfile
 import threading
 from collections.abc import Mapping
 from collections.abc import MutableMapping
@@ -19,11 +20,14 @@ from urllib.parse import urlsplit
 import redis
 
 from shared.config import Settings
+from shared.devstack import stack_paths
+from shared.devstack import supervisor
 from shared.observability import metrics
 from shared.security import masking
 
 BIN_DIR = Path(sys.executable).parent
-DEFAULT_METRICS_DIR = Path(tempfile.gettempdir()) / "model-router-metrics"
+# The services the app's processes use: stopped only once those have exited.
+BACKING_SERVICES = ("redis", "simulator")
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class StackPlan:
     env: dict[str, str]
     web_url: str
     notes: tuple[str, ...]
+    paths: stack_paths.StackPaths
 
 
 def _tool(name: str) -> str:
@@ -60,7 +65,8 @@ def use_simulator(environ: MutableMapping[str, str]) -> bool:
 
 def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: bool) -> StackPlan:
     """Decide which processes to start from the settings and the environment."""
-    port = int(environ.get("PORT", "8000"))
+    port = stack_paths.web_port(environ)
+    paths = stack_paths.StackPaths.of(environ)
     sim_port = int(environ.get("SIM_PORT", "9000"))
     web_concurrency = int(environ.get("WEB_CONCURRENCY", "2"))
     processes_per_queue = {"prompts": prompt_worker_processes(settings, environ), "batch": 1}
@@ -69,7 +75,7 @@ def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: boo
         "batch": int(environ.get("BATCH_WORKER_CONCURRENCY", "16")),
     }
     env = dict(environ)
-    env.setdefault(metrics.MULTIPROC_ENV, str(DEFAULT_METRICS_DIR))
+    env.setdefault(metrics.MULTIPROC_ENV, str(paths.metrics_dir))
     processes: dict[str, str] = {}
     notes: list[str] = []
 
@@ -101,7 +107,8 @@ def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: boo
         notes.append("API keys: off, every request is served (set REQUIRE_API_KEY=true to require keys)")
     processes["web"] = (
         f"{_tool('gunicorn')} --worker-class gevent --workers {web_concurrency} --bind 127.0.0.1:{port} "
-        "--graceful-timeout 10 --config python:web.gunicorn_conf 'web:create_app()'"
+        f"--graceful-timeout 10 --control-socket {shlex.quote(str(paths.control_socket))} "
+        "--config python:web.gunicorn_conf 'web:create_app()'"
     )
     # Single prompts and batch items have workers of their own, so a big batch never delays a prompt.
     pool = worker_pool(settings)
@@ -115,9 +122,11 @@ def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: boo
             )
     processes["beat"] = (
         f"{_tool('celery')} -A worker.celery_app:celery_app beat --loglevel INFO "
-        f"--schedule {Path(tempfile.gettempdir()) / 'model-router-beat-schedule'}"
+        f"--schedule {shlex.quote(str(paths.beat_schedule))}"
     )
-    return StackPlan(processes=processes, env=env, web_url=f"http://127.0.0.1:{port}", notes=tuple(notes))
+    return StackPlan(
+        processes=processes, env=env, web_url=stack_paths.local_url(environ), notes=tuple(notes), paths=paths
+    )
 
 
 def prompt_worker_processes(settings: Settings, environ: Mapping[str, str]) -> int:
@@ -159,10 +168,9 @@ def empty_metrics_dir(path: Path) -> None:
 
 def run_stack(plan: StackPlan) -> int:
     """Start every planned process in the foreground; return the exit code once all have stopped."""
-    from honcho.manager import Manager
-
+    plan.paths.create()
     empty_metrics_dir(Path(plan.env[metrics.MULTIPROC_ENV]))
-    manager = Manager()
+    manager = supervisor.StagedManager(stop_last=BACKING_SERVICES)
     for name, command in plan.processes.items():
         manager.add_process(name, command, env=plan.env, quiet=False)
     manager.loop()

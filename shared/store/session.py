@@ -13,7 +13,7 @@ from sqlalchemy import exc
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
 
-from shared.config import Settings
+from shared.config import DatabaseSettings
 
 # A pooled connection that was in use moments ago is almost surely alive; pinging it before every
 # transaction (pool_pre_ping) would cost a round trip each. Only connections idle longer than this are pinged.
@@ -30,7 +30,7 @@ def execute_alone(engine: Engine, statement: Any, params: dict[str, Any]) -> lis
         return list(connection.execute(statement, params))
 
 
-def make_engine(settings: Settings) -> Engine:
+def make_engine(settings: DatabaseSettings) -> Engine:
     """Build the engine for DATABASE_URL with settings that suit many short transactions."""
     if settings.is_sqlite:
         engine = create_engine(settings.database_url, connect_args={"timeout": 30, "check_same_thread": False})

@@ -718,7 +718,8 @@ def test_every_command_has_help() -> None:
         assert "Usage: " in result.stdout
 
 
-def test_web_execs_gunicorn_with_gevent_and_the_app_factory(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_web_execs_gunicorn_with_gevent_and_the_app_factory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # where the run directory goes
     calls: list[list[str]] = []
     monkeypatch.setattr(ops.os, "execvp", lambda file, argv: calls.append(argv))
     result = CliRunner(env={"PORT": "8123", "WEB_CONCURRENCY": "3"}).invoke(main, ["web", "--", "--timeout", "60"])
@@ -729,7 +730,8 @@ def test_web_execs_gunicorn_with_gevent_and_the_app_factory(monkeypatch: pytest.
     assert "--worker-class gevent --workers 3 --bind 127.0.0.1:8123" in joined and "--timeout 60" in joined
 
 
-def test_worker_execs_celery_on_both_queues_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_execs_celery_on_both_queues_by_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # where the run directory goes
     calls: list[list[str]] = []
     monkeypatch.setattr(ops.os, "execvp", lambda file, argv: calls.append(argv))
     assert CliRunner().invoke(main, ["worker"]).exit_code == 0
