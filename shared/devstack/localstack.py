@@ -21,6 +21,7 @@ import redis
 from shared.config import Settings
 from shared.observability import metrics
 from shared.security import masking
+from shared.store import redis_clients
 
 BIN_DIR = Path(sys.executable).parent
 DEFAULT_METRICS_DIR = Path(tempfile.gettempdir()) / "model-router-metrics"
@@ -44,7 +45,7 @@ def _tool(name: str) -> str:
 
 def _redis_answers(url: str) -> bool:
     try:
-        with redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1) as client:
+        with redis_clients.connect(url, socket_timeout=1, socket_connect_timeout=1) as client:
             return bool(client.ping())
     except redis.RedisError:
         return False

@@ -12,8 +12,8 @@ from flask import jsonify
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from shared.store import redis_clients
 from shared.store.heartbeats import count_alive_workers
-from shared.upstream.circuit_breaker import fast_failing_client
 from web.circuits import circuit_states
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def get_health() -> tuple[Response, int]:
         logger.warning("health: database unreachable", exc_info=True)
         checks["database"] = "unreachable"
     try:
-        client = fast_failing_client(current_app.extensions["settings"].redis_url)
+        client = redis_clients.fast_failing(current_app.extensions["settings"].redis_url)
         with client:
             client.ping()
             checks["workers"] = count_alive_workers(client)
