@@ -7,7 +7,7 @@ from flask import current_app
 
 from shared.jobs import lifecycle
 from shared.jobs import response_cache
-from shared.upstream import circuit_breaker
+from shared.store import redis_clients
 from web.auth import current_identity
 
 
@@ -41,6 +41,6 @@ def _client() -> redis.Redis:
     client = current_app.extensions.get("cache_redis")
     if client is None:
         settings = current_app.extensions["settings"]
-        client = circuit_breaker.fast_failing_client(settings.redis_url, max_connections=settings.redis_max_connections)
+        client = redis_clients.fast_failing(settings.redis_url, max_connections=settings.redis_max_connections)
         current_app.extensions["cache_redis"] = client
     return client

@@ -5,9 +5,9 @@ from __future__ import annotations
 import redis
 from flask import current_app
 
+from shared.store import redis_clients
 from shared.upstream.circuit_breaker import BreakerPolicy
 from shared.upstream.circuit_breaker import CircuitBreaker
-from shared.upstream.circuit_breaker import fast_failing_client
 
 
 def circuit_states(client: redis.Redis | None = None) -> dict[str, str]:
@@ -15,7 +15,7 @@ def circuit_states(client: redis.Redis | None = None) -> dict[str, str]:
     settings = current_app.extensions["settings"]
     models = current_app.extensions["catalog"].model_names
     owned = client is None
-    client = client or fast_failing_client(settings.redis_url)
+    client = client or redis_clients.fast_failing(settings.redis_url)
     try:
         return CircuitBreaker(client, BreakerPolicy.from_settings(settings)).states(models)
     finally:

@@ -24,6 +24,7 @@ from shared.errors import RoutingError
 from shared.errors import TransientLLMError
 from shared.errors import Unauthorized
 from shared.errors import Unavailable
+from shared.store import disconnects
 
 logger = logging.getLogger(__name__)
 
@@ -115,14 +116,10 @@ def _http_error(error: HTTPException) -> Response:
 
 
 def _database_error(error: DBAPIError) -> Response:
-    if error.connection_invalidated or isinstance(error.orig, ConnectionError) or _is_disconnect(error):
+    if disconnects.is_disconnect(error):
         logger.warning("database unreachable: %s", type(error.orig).__name__)
         return error_response(503, "unavailable", "the database is unreachable; nothing was reserved or charged")
     return _unexpected_error(error)
-
-
-def _is_disconnect(error: DBAPIError) -> bool:
-    return type(error.orig).__name__ in ("OperationalError", "InterfaceError")
 
 
 def _unexpected_error(error: Exception) -> Response:

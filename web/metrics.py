@@ -21,9 +21,9 @@ from werkzeug.exceptions import Forbidden
 
 from shared.observability import gauges
 from shared.observability import metrics
+from shared.store import redis_clients
 from shared.upstream.circuit_breaker import BreakerPolicy
 from shared.upstream.circuit_breaker import CircuitBreaker
-from shared.upstream.circuit_breaker import fast_failing_client
 from web import auth
 from worker.celery_app import BATCH_QUEUE
 from worker.celery_app import PROMPTS_QUEUE
@@ -46,7 +46,7 @@ def init_app(app: Flask) -> None:
 
 def _sources(app: Flask) -> gauges.Sources:
     settings = app.extensions["settings"]
-    client = fast_failing_client(settings.redis_url)
+    client = redis_clients.fast_failing(settings.redis_url)
     return gauges.Sources(
         redis_client=client,
         breaker=CircuitBreaker(client, BreakerPolicy.from_settings(settings)),

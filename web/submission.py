@@ -21,6 +21,7 @@ from shared.jobs import response_cache
 from shared.jobs import webhooks
 from shared.observability import job_events
 from shared.store import completion_channel
+from shared.store import redis_clients
 from shared.store.types import utcnow
 from web import caching
 from web.auth import current_identity
@@ -163,7 +164,7 @@ def announce(finished: lifecycle.Finished) -> None:
     """After commit: log and count a job the web tier ended (a cancel), wake its waiters, send its callbacks."""
     job_events.finished(finished)
     try:
-        with redis.Redis.from_url(current_app.extensions["settings"].redis_url, socket_timeout=2) as client:
+        with redis_clients.connect(current_app.extensions["settings"].redis_url, socket_timeout=2) as client:
             completion_channel.publish_job_done(client, finished.job_id)
     except redis.RedisError:
         logger.warning("could not announce job_id=%s", finished.job_id)

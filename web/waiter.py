@@ -24,6 +24,7 @@ from flask import current_app
 
 from shared.config import Settings
 from shared.store import completion_channel
+from shared.store import redis_clients
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class CompletionWaiter:
         self._subscriber: redis.Connection | None = None
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
-        self._bodies = redis.Redis.from_url(
+        self._bodies = redis_clients.connect(
             redis_url, socket_timeout=BODY_READ_TIMEOUT_S, max_connections=max_connections
         )
 
@@ -125,9 +126,8 @@ class CompletionWaiter:
         self._ready.wait(READY_TIMEOUT_S)
 
     def _listen(self) -> None:
-        # RESP2: subscription replies and announcements arrive as plain replies, not as RESP3 pushes.
-        pool = redis.ConnectionPool.from_url(
-            self._redis_url, protocol=2, socket_timeout=IDLE_PING_S, socket_connect_timeout=READY_TIMEOUT_S
+        pool = redis_clients.subscriber_pool(
+            self._redis_url, socket_timeout=IDLE_PING_S, socket_connect_timeout=READY_TIMEOUT_S
         )
         while True:
             subscriber = pool.make_connection()

@@ -13,15 +13,20 @@ from shared.config import exit_on_config_error
 from shared.config import get_settings
 from shared.errors import ConfigError
 from shared.observability import logs
+from shared.store.heartbeats import Heartbeat
+from worker.liveness import LivenessFile
 from worker.redis_transport import transport_for
 
 PROMPTS_QUEUE = "prompts"
 BATCH_QUEUE = "batch"
+# Task names are stable, whatever the modules are called: queued messages name their task.
+ALERT_DELIVERY_TASK = "alerts.deliver"
+CALLBACK_DELIVERY_TASK = "webhooks.deliver"
 
 
 def create_celery(settings: Settings) -> Celery:
     """Build a Celery app for `settings`; tasks are found in worker.tasks."""
-    app = Celery("model_router", include=["worker.tasks", "worker.heartbeat"])
+    app = Celery("model_router", include=["worker.tasks"])
     # A run must end before its lease lapses (or another run may take the job over), so the time limits sit
     # under the lease (shared.config.TimeLimits) and Redis's visibility timeout above it (Celery's optimizing
     # guide).
@@ -87,6 +92,45 @@ def _cooperative_broker_waits(**_: object) -> None:
     for name, module in list(sys.modules.items()):
         if name.partition(".")[0] in ("kombu", "celery") and getattr(module, "sleep", None) is blocking:
             module.sleep = time.sleep
+
+
+# This process's liveness key, refreshed from the moment it consumes (shared.store.heartbeats), and, with
+# WORKER_LIVENESS_FILE set, the file orchestrators' probes read (worker.liveness), touched from a loop of its own
+# that never waits on Redis, so that a Redis outage gets no worker restarted.
+_heartbeat: Heartbeat | None = None
+_liveness: LivenessFile | None = None
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(sender: object = None, **_: object) -> None:
+    global _heartbeat
+    settings = get_settings()
+    _heartbeat = Heartbeat.from_url(
+        settings.redis_url, worker=getattr(sender, "hostname", "worker"), interval_s=settings.worker_heartbeat_s
+    )
+    _heartbeat.start()
+    _start_liveness(settings)
+
+
+@signals.beat_init.connect
+def _start_beat_liveness(**_: object) -> None:
+    _start_liveness(get_settings())
+
+
+def _start_liveness(settings: Settings) -> None:
+    global _liveness
+    if settings.worker_liveness_file is None:
+        return
+    _liveness = LivenessFile(settings.worker_liveness_file, interval_s=settings.worker_heartbeat_s)
+    _liveness.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_heartbeat(**_: object) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
+    if _liveness is not None:
+        _liveness.stop()
 
 
 @signals.setup_logging.connect

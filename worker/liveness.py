@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +28,27 @@ def touch(path: Path | None) -> None:
         path.touch()
     except OSError:
         logger.warning("liveness file %s cannot be written", path)
+
+
+class LivenessFile:
+    """Touches `path` every `interval_s` from a daemon thread (a greenlet under gevent) until stopped."""
+
+    def __init__(self, path: Path, *, interval_s: float) -> None:
+        self._path = path
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        self._stop.clear()
+        threading.Thread(target=self._run, name="liveness", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            touch(self._path)
+            self._stop.wait(self._interval_s)
 
 
 def is_fresh(path: Path, *, heartbeat_s: float, now: float | None = None) -> bool:

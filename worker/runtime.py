@@ -7,13 +7,14 @@ import select
 import threading
 import types
 
-import redis
+from celery import current_app
 
 from shared.config import get_settings
 from shared.jobs import runs
 from shared.ledger import alerts
 from shared.routing.catalog import load_catalog
 from shared.store import completion_channel
+from shared.store import redis_clients
 from shared.store import stream_relay
 from shared.store.session import make_engine
 from shared.store.session import make_sessionmaker
@@ -21,6 +22,8 @@ from shared.upstream import circuit_breaker
 from shared.upstream.admission import Admission
 from shared.upstream.circuit_breaker import CircuitBreaker
 from shared.upstream.llm_client import OpenAIChatClient
+from worker.celery_app import ALERT_DELIVERY_TASK
+from worker.celery_app import CALLBACK_DELIVERY_TASK
 
 _lock = threading.Lock()
 _deps: runs.RunDeps | None = None
@@ -33,10 +36,10 @@ def get_deps() -> runs.RunDeps:
         if _deps is None:
             _native_readability_check()
             settings = get_settings()
-            publisher = redis.Redis.from_url(
+            publisher = redis_clients.connect(
                 settings.redis_url, socket_timeout=5, max_connections=settings.redis_max_connections
             )
-            fast_failing_redis = circuit_breaker.fast_failing_client(
+            fast_failing_redis = redis_clients.fast_failing(
                 settings.redis_url, max_connections=settings.redis_max_connections
             )
             _deps = runs.RunDeps(
@@ -85,19 +88,15 @@ def _native_readability_check() -> None:
         return
 
 
+# The tasks are sent by their stable names: worker.tasks imports this module, so this one cannot import it.
 def _announce_alert(alert: alerts.Announcement) -> None:
     alerts.log(alert)
     if get_settings().alert_webhook_url is not None:
-        # Imported here: the tasks module imports this one.
-        from worker.tasks import deliver_alert
-
-        deliver_alert.apply_async(args=[alert.as_payload()])
+        current_app.send_task(ALERT_DELIVERY_TASK, args=[alert.as_payload()])
 
 
 def _send_callback(resource: str, resource_id: str) -> None:
-    from worker.tasks import deliver_callback
-
-    deliver_callback.apply_async(args=[resource, resource_id])
+    current_app.send_task(CALLBACK_DELIVERY_TASK, args=[resource, resource_id])
 
 
 def reset() -> None:

@@ -24,7 +24,9 @@ from shared.security import sealing
 from shared.store.types import utcnow
 from worker import broker_messages
 from worker import runtime
+from worker.celery_app import ALERT_DELIVERY_TASK
 from worker.celery_app import BATCH_QUEUE
+from worker.celery_app import CALLBACK_DELIVERY_TASK
 from worker.celery_app import PROMPTS_QUEUE
 
 logger = get_task_logger(__name__)
@@ -93,7 +95,7 @@ def enqueue_job(job_id: str, *, batch: bool = False, producer: object = None) ->
     run_job.apply_async(args=[job_id], queue=BATCH_QUEUE if batch else PROMPTS_QUEUE, producer=producer)
 
 
-@shared_task(name="alerts.deliver", bind=True, acks_late=True)
+@shared_task(name=ALERT_DELIVERY_TASK, bind=True, acks_late=True)
 def deliver_alert(self, payload: dict[str, object]) -> int | None:
     """POST one budget alert to ALERT_WEBHOOK_URL, signed; retried with backoff, never blocking a request."""
     settings = runtime.get_deps().settings
@@ -119,7 +121,9 @@ def deliver_alert(self, payload: dict[str, object]) -> int | None:
     raise self.retry(countdown=countdown, max_retries=settings.alert_webhook_max_retries)
 
 
-@shared_task(name="webhooks.deliver", bind=True, acks_late=True, autoretry_for=INFRASTRUCTURE_ERRORS, max_retries=10)
+@shared_task(
+    name=CALLBACK_DELIVERY_TASK, bind=True, acks_late=True, autoretry_for=INFRASTRUCTURE_ERRORS, max_retries=10
+)
 def deliver_callback(self, resource: str, resource_id: str, first_attempt_at: float | None = None) -> int | None:
     """POST a finished job or batch to its callback_url, signed; retried with backoff, recorded per attempt.
 

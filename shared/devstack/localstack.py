@@ -24,6 +24,7 @@ from shared.devstack import stack_paths
 from shared.devstack import supervisor
 from shared.observability import metrics
 from shared.security import masking
+from shared.store import redis_clients
 
 BIN_DIR = Path(sys.executable).parent
 # The services the app's processes use: stopped only once those have exited.
@@ -49,7 +50,7 @@ def _tool(name: str) -> str:
 
 def _redis_answers(url: str) -> bool:
     try:
-        with redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1) as client:
+        with redis_clients.connect(url, socket_timeout=1, socket_connect_timeout=1) as client:
             return bool(client.ping())
     except redis.RedisError:
         return False

@@ -26,20 +26,22 @@ from shared.errors import LLMError
 from shared.errors import RateLimited
 from shared.errors import TransientLLMError
 from shared.ledger import call_bound
-from shared.observability.metrics import UNCONFIRMED
 from shared.routing import confidence
 from shared.routing import difficulty
 from shared.routing import policy
 from shared.routing.catalog import Catalog
 from shared.routing.catalog import ModelSpec
+from shared.routing.difficulty_estimate import DifficultyEstimate
 from shared.store.types import utcnow
+from shared.upstream import token_count
 from shared.upstream.admission import SCOUTING
 from shared.upstream.admission import Admission
 from shared.upstream.admission import Ticket
+from shared.upstream.attempts import UNCONFIRMED
+from shared.upstream.attempts import AttemptRecord
 from shared.upstream.circuit_breaker import CircuitBreaker
 from shared.upstream.circuit_breaker import Permit
 from shared.upstream.llm_client import UPSTREAM_BROKEN
-from shared.upstream.llm_client import AttemptRecord
 from shared.upstream.llm_client import Completion
 from shared.upstream.llm_client import LLMClient
 from shared.upstream.llm_client import RetryPolicy
@@ -115,7 +117,7 @@ class Answerer:
 class Outcome:
     """Everything learned while answering a job; recorded in one transaction afterwards."""
 
-    difficulty: difficulty.DifficultyEstimate
+    difficulty: DifficultyEstimate
     decision: policy.RoutingDecision
     model: ModelSpec | None = None
     completion: Completion | None = None
@@ -239,7 +241,7 @@ def _answer_slot(
     """
     catalog = using.catalog
     policy = RetryPolicy.from_settings(using.settings)
-    allowed = catalog.tiers if job.max_tier is None else catalog.tiers[: catalog.tiers.index(job.max_tier) + 1]
+    allowed = catalog.tiers_up_to(job.max_tier)
     outcome.completion, outcome.model = None, None
     # Why each model of the chain did not answer, and how long until those refused for now would be let in.
     refusals: list[str] = []
@@ -425,9 +427,8 @@ def _admit(job: Job, model: ModelSpec, *, patient: bool, deadline: float, using:
     """Ask admission for a call of `model`: a job that waits for its model accepts any wait its deadline allows."""
     left = deadline - time.monotonic()
     max_wait = left if patient else min(using.settings.admission_inline_wait_s, left)
-    return using.admission.take(  # type: ignore[union-attr]
-        model.name, tokens=job.call.prompt_tokens + job.call.completion_tokens, max_wait_s=max_wait
-    )
+    tokens = token_count.total_tokens(job.call.prompt_tokens, job.call.completion_tokens)
+    return using.admission.take(model.name, tokens=tokens, max_wait_s=max_wait)  # type: ignore[union-attr]
 
 
 def _recorder(

@@ -25,6 +25,7 @@ from shared.routing import confidence
 from shared.routing.catalog import Catalog
 from shared.store.models import JobStatus
 from shared.store.types import utcnow
+from shared.upstream import token_count
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ def create_job(
     job.confidence = answer.confidence
     job.prompt_tokens = answer.prompt_tokens
     job.completion_tokens = answer.completion_tokens
-    job.tokens_used = answer.prompt_tokens + answer.completion_tokens
+    job.tokens_used = token_count.total_tokens(answer.prompt_tokens, answer.completion_tokens)
     job.latency_ms = 0.0
     session.add(job)
     session.flush()

@@ -9,19 +9,16 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.ledger import budget
+from shared.ledger.call_bound import Overrun
 from shared.store.insert_or_ignore import insert_or_ignore
 from shared.store.models import BudgetAlert
 from shared.store.models import MonthlyBudget
 from shared.store.types import utcnow
-
-if TYPE_CHECKING:  # importing the LLM client would load the openai SDK into gunicorn's master
-    from shared.ledger.call_bound import Overrun
 
 logger = logging.getLogger(__name__)
 

@@ -97,7 +97,7 @@ def reservation_bound(
     `max_tier`, neither the first call nor the escalation may go above that tier.
     """
     call = call_bound.call_bound(prompt=prompt, max_tokens=max_tokens, messages=messages, options=options)
-    allowed = catalog.tiers if max_tier is None else catalog.tiers[: catalog.tiers.index(max_tier) + 1]
+    allowed = catalog.tiers_up_to(max_tier)
 
     def tier_bound(tier: str) -> Decimal:
         chain = catalog.chain(catalog.model_for_tier(tier).name)

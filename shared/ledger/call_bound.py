@@ -8,7 +8,7 @@ Prompt tokens. Servers bill the text of every message plus a few formatting toke
 reply. OpenAI's published rule (the cookbook's `num_tokens_from_messages`): 3 tokens per message (4 for
 gpt-3.5-turbo-0301), the tokens of each field's value (role, content, name), 1 more for a name, and 3 that
 prime the reply. The simulator bills the tokens of each content, 4 per message and 3 per reply
-(shared.devstack.simulator.tokens). Chat templates of open models (Llama 3: a header of two special tokens around the
+(shared.upstream.token_count). Chat templates of open models (Llama 3: a header of two special tokens around the
 role, a blank line, an end-of-turn token; one begin-of-text token) stay within the same constants.
 The bound counts every field of every message at one token per UTF-8 byte (a byte-level BPE token covers at
 least one byte, so no tokenizer of that family can count more; values that are not text, such as tool calls,
@@ -28,13 +28,10 @@ from collections.abc import Iterable
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING
 from typing import Any
 
 from shared.routing.catalog import ModelSpec
-
-if TYPE_CHECKING:  # importing the LLM client would load the openai SDK into gunicorn's master
-    from shared.upstream.llm_client import AttemptRecord
+from shared.upstream.attempts import AttemptRecord
 
 # Formatting tokens a server may bill per message beyond its fields' text: OpenAI's 3 or 4, plus 1 for a
 # name; the simulator's 4; a Llama 3 header and end-of-turn, 4. Twice the largest, for servers not listed.

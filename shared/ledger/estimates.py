@@ -11,6 +11,7 @@ from shared.ledger import budget
 from shared.routing import difficulty
 from shared.routing import policy
 from shared.routing.catalog import Catalog
+from shared.routing.difficulty_estimate import DifficultyEstimate
 
 # Typical English text runs about four characters per token.
 CHARS_PER_TOKEN = 4
@@ -26,7 +27,7 @@ class CostEstimate:
     """The routing a prompt would get and the range of what it may cost."""
 
     decision: policy.RoutingDecision
-    difficulty: difficulty.DifficultyEstimate
+    difficulty: DifficultyEstimate
     prompt_tokens: int
     completion_tokens: int
     expected_cost: Decimal

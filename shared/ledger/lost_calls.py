@@ -34,13 +34,13 @@ from shared.config import Settings
 from shared.errors import BudgetExceeded
 from shared.jobs import lifecycle
 from shared.ledger import budget
-from shared.observability.metrics import UNCONFIRMED
 from shared.store.models import ApiKey
 from shared.store.models import JobStatus
 from shared.store.models import RequestAttempt
 from shared.store.models import RequestLog
 from shared.store.session import execute_alone
 from shared.store.types import Money
+from shared.upstream.attempts import UNCONFIRMED
 
 logger = logging.getLogger(__name__)
 

@@ -14,14 +14,13 @@ import os
 import socket
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 from prometheus_client import Histogram
 from prometheus_client import values
 
-if TYPE_CHECKING:  # importing the LLM client would load the openai SDK into gunicorn's master
-    from shared.upstream.llm_client import AttemptRecord
+from shared.upstream.attempts import UNCONFIRMED
+from shared.upstream.attempts import AttemptRecord
 
 # prometheus_client reads this variable itself when it is imported, so it is taken from the environment
 # (a value only in .env would never reach the library).
@@ -122,8 +121,6 @@ USAGE_INVALID = Counter(
     ["model"],
 )
 
-# The outcome of an attempt that may have been billed though no answer says what: charged at its bound.
-UNCONFIRMED = "unconfirmed"
 # Attempts that never reached the upstream: no latency to observe, nothing billed.
 NOT_CALLED = frozenset({"circuit_open", "over_reservation", "worker_lost"})
 

@@ -148,6 +148,13 @@ class Catalog:
         self.check_tier(tier)
         return self.tiers[self.tiers.index(tier) :]
 
+    def tiers_up_to(self, max_tier: str | None) -> tuple[str, ...]:
+        """Return the tiers a job capped at `max_tier` may be answered in: every tier up to it, or all of them."""
+        if max_tier is None:
+            return self.tiers
+        self.check_tier(max_tier)
+        return self.tiers[: self.tiers.index(max_tier) + 1]
+
     @property
     def model_names(self) -> list[str]:
         return [m.name for m in self.models]

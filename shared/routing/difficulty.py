@@ -9,7 +9,7 @@ The documented heuristic is score = 0.4 * length + 0.4 * keywords + 0.2 * struct
 - structure = 1 - exp(-points), where points add 0.25 per question mark beyond the first, 0.15 per list
   item, 0.6 per code block and 0.2 per paragraph beyond the first.
 
-The level is "easy" below 1/3, "medium" below 2/3 and "hard" otherwise.
+The level is "easy" below 1/3, "medium" below 2/3 and "hard" otherwise (shared.routing.difficulty_estimate).
 """
 
 from __future__ import annotations
@@ -17,19 +17,17 @@ from __future__ import annotations
 import functools
 import math
 import re
-from dataclasses import dataclass
-from typing import Protocol
 
 from shared.errors import InvalidInput
 from shared.errors import RoutingError
 from shared.routing import learned_estimator
+from shared.routing.difficulty_estimate import DifficultyEstimate
+from shared.routing.difficulty_estimate import DifficultyEstimator
+from shared.routing.difficulty_estimate import choose_level
 
 LENGTH_WEIGHT = 0.4
 KEYWORDS_WEIGHT = 0.4
 STRUCTURE_WEIGHT = 0.2
-
-EASY_MAX = 1 / 3
-MEDIUM_MAX = 2 / 3
 
 # Words at which the length component reaches 1 - 1/e (~0.63).
 LENGTH_SCALE_WORDS = 80.0
@@ -118,25 +116,6 @@ _INDENTED = re.compile(r"^(?: {4}|\t)\s*\S")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 
 
-@dataclass(frozen=True)
-class DifficultyEstimate:
-    """A difficulty score in [0, 1], its level, and the components it was built from."""
-
-    score: float
-    level: str
-    components: dict[str, float]
-
-
-class DifficultyEstimator(Protocol):
-    """Anything that scores a prompt's difficulty; register implementations in ESTIMATORS."""
-
-    name: str
-
-    def estimate(self, prompt: str) -> DifficultyEstimate:
-        """Estimate the difficulty of a prompt."""
-        ...
-
-
 class HeuristicEstimator:
     """The documented length + keywords + structure heuristic; stateless."""
 
@@ -160,7 +139,7 @@ class HeuristicEstimator:
         return DifficultyEstimate(score=score, level=choose_level(score), components=components)
 
 
-# "learned" reads its artifact on first use, not here (shared/learned_estimator.py).
+# "learned" reads its artifact on first use, not here (shared/routing/learned_estimator.py).
 ESTIMATORS: dict[str, type[DifficultyEstimator]] = {
     "heuristic": HeuristicEstimator,
     "learned": learned_estimator.LearnedEstimator,
@@ -183,15 +162,6 @@ def get_estimator(name: str) -> DifficultyEstimator:
 def estimate_difficulty(prompt: str, *, estimator: str = "heuristic") -> DifficultyEstimate:
     """Estimate the difficulty of a prompt with the named estimator."""
     return get_estimator(estimator).estimate(prompt)
-
-
-def choose_level(score: float) -> str:
-    """Return "easy", "medium" or "hard" for a score in [0, 1]."""
-    if score < EASY_MAX:
-        return "easy"
-    if score < MEDIUM_MAX:
-        return "medium"
-    return "hard"
 
 
 def estimate_length(prompt: str) -> float:

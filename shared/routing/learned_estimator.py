@@ -29,16 +29,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from shared.errors import ConfigError
 from shared.errors import InvalidInput
-
-if TYPE_CHECKING:
-    # shared.routing.difficulty registers this module's estimator, so it is imported lazily at run time.
-    from shared.routing.difficulty import DifficultyEstimate
+from shared.routing import evaluation
+from shared.routing.difficulty_estimate import DifficultyEstimate
+from shared.routing.difficulty_estimate import choose_level
 
 ARTIFACT_FORMAT = "learned-router/1"
 DEFAULT_ARTIFACT_PATH = Path(__file__).with_name("artifacts") / "learned-v1.npz"
@@ -188,8 +186,6 @@ class LearnedEstimator:
 
     def estimate(self, prompt: str) -> DifficultyEstimate:
         """Estimate the difficulty of a prompt."""
-        from shared.routing import difficulty
-
         if not isinstance(prompt, str):
             raise InvalidInput("prompt must be a string", details={"field": "prompt"})
         artifact = load_artifact(self._path)
@@ -197,7 +193,7 @@ class LearnedEstimator:
         gain = float(expected_gain(np.array([[weak_fails], [strong_fails]]))[0])
         score = float(calibrate(np.array([gain]), artifact.calibration)[0])
         components = {"weak_fails": weak_fails, "strong_fails": strong_fails, "gain": gain, "quantile": score}
-        return difficulty.DifficultyEstimate(score=score, level=difficulty.choose_level(score), components=components)
+        return DifficultyEstimate(score=score, level=choose_level(score), components=components)
 
     def scores(self, prompts: Sequence[str]) -> np.ndarray:
         """Score many prompts at once (the evaluation's fast path)."""
@@ -466,8 +462,6 @@ def split_for_training(
 
     Validation is that held-out share plus every row of any other source, which is never trained on.
     """
-    from shared.routing import evaluation
-
     trainable = [row for row in rows if row.get("source") == TRAIN_SOURCE]
     others = [row for row in rows if row.get("source") != TRAIN_SOURCE]
     if holdout <= 0:

@@ -145,8 +145,8 @@ def _check_score(score: float) -> None:
 
 def cap(*, catalog: Catalog, decision: RoutingDecision, max_tier: str) -> RoutingDecision:
     """Keep `decision` at or below `max_tier` (a budget ceiling), escalation included."""
-    ceiling = catalog.tiers.index(max_tier)
-    if catalog.tiers.index(decision.tier) > ceiling:
+    allowed = catalog.tiers_up_to(max_tier)
+    if decision.tier not in allowed:
         return RoutingDecision(
             tier=max_tier,
             model=catalog.model_for_tier(max_tier).name,
@@ -154,6 +154,6 @@ def cap(*, catalog: Catalog, decision: RoutingDecision, max_tier: str) -> Routin
             score=decision.score,
             escalation_tier=None,
         )
-    if decision.escalation_tier is not None and catalog.tiers.index(decision.escalation_tier) > ceiling:
+    if decision.escalation_tier is not None and decision.escalation_tier not in allowed:
         return dataclasses.replace(decision, escalation_tier=None)
     return decision

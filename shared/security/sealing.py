@@ -10,20 +10,29 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from cryptography.fernet import Fernet
 from cryptography.fernet import InvalidToken
 from cryptography.fernet import MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from pydantic import SecretStr
 
 from shared.errors import ConfigError
 
-if TYPE_CHECKING:
-    from shared.config import Settings  # the settings validate keys with check_key
-
 DERIVATION_INFO = b"model-router callback_url encryption"
+
+
+class SealingSettings(Protocol):
+    """The settings a sealer is made from; shared.config.Settings has them (and validates its keys here, with
+    check_key, which is why this module does not import the settings)."""
+
+    @property
+    def webhook_url_keys(self) -> Sequence[SecretStr]: ...
+
+    @property
+    def webhook_secret(self) -> SecretStr | None: ...
 
 
 class Unreadable(Exception):
@@ -65,7 +74,7 @@ def check_key(key: str) -> str:
     return key
 
 
-def from_settings(settings: Settings) -> Sealer | None:
+def from_settings(settings: SealingSettings) -> Sealer | None:
     """Return the sealer the settings configure, or None when neither keys nor WEBHOOK_SECRET are set."""
     if settings.webhook_url_keys:
         return Sealer([key.get_secret_value().encode() for key in settings.webhook_url_keys])
@@ -74,7 +83,7 @@ def from_settings(settings: Settings) -> Sealer | None:
     return None
 
 
-def require(settings: Settings) -> Sealer:
+def require(settings: SealingSettings) -> Sealer:
     """Return the configured sealer, or raise ConfigError naming the settings that make one."""
     sealer = from_settings(settings)
     if sealer is None:

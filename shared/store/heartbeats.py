@@ -1,10 +1,66 @@
-"""Worker liveness keys in Redis: workers refresh them, the health check counts them."""
+"""Worker liveness keys in Redis: each worker refreshes its own, the health check counts them.
+
+The worker starts its heartbeat when it is ready to consume and stops it at shutdown (worker.celery_app
+connects the signals); a key outlives three missed refreshes, so a worker that died is no longer counted soon
+after.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
+
 import redis
 
+from shared.store import redis_clients
+
 WORKER_KEY_PREFIX = "model_router:workers:"
+# How many refresh intervals a key outlives: a worker is counted until it misses this many in a row.
+MISSED_BEATS = 3
+# How long one refresh may wait for Redis.
+SOCKET_TIMEOUT_S = 5
+
+logger = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    """One worker's liveness key, refreshed every `interval_s` by a daemon thread until stopped."""
+
+    def __init__(self, client: redis.Redis, *, worker: str, interval_s: int) -> None:
+        self._client = client
+        self._key = WORKER_KEY_PREFIX + worker
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+
+    @classmethod
+    def from_url(cls, redis_url: str, *, worker: str, interval_s: int) -> Heartbeat:
+        """Return the heartbeat of `worker` on a client of its own."""
+        client = redis_clients.connect(redis_url, socket_timeout=SOCKET_TIMEOUT_S)
+        return cls(client, worker=worker, interval_s=interval_s)
+
+    def start(self) -> None:
+        """Refresh the key now and every interval after, on a daemon thread."""
+        self._stop.clear()
+        threading.Thread(target=self._run, name="heartbeat", daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop refreshing; the thread deletes the key as it ends, so the worker stops being counted at once."""
+        self._stop.set()
+
+    def beat(self) -> None:
+        """Refresh the key once; a Redis that cannot be reached is logged, not raised."""
+        try:
+            self._client.set(self._key, "1", ex=self._interval_s * MISSED_BEATS)
+        except redis.RedisError:
+            logger.warning("heartbeat could not reach Redis")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.beat()
+            self._stop.wait(self._interval_s)
+        with contextlib.suppress(redis.RedisError):
+            self._client.delete(self._key)
 
 
 def count_alive_workers(client: redis.Redis) -> int:

@@ -14,6 +14,8 @@ import logging
 
 import redis
 
+from shared.store import redis_clients
+
 logger = logging.getLogger(__name__)
 
 STREAM_KEY_PREFIX = "model_router:stream:"
@@ -62,7 +64,7 @@ class Reader:
     def __init__(self, redis_url: str, *, max_block_s: float, max_connections: int) -> None:
         self.max_block_ms = max(int(max_block_s * 1000), 1)
         # Each blocked read holds a connection, so the pool needs room for every streaming request.
-        self.client = redis.Redis.from_url(
+        self.client = redis_clients.connect(
             redis_url,
             socket_timeout=max_block_s + SOCKET_TIMEOUT_MARGIN_S,
             health_check_interval=30,

@@ -24,10 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from shared.config import DEFAULT_REDIS_MAX_CONNECTIONS
 from shared.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -136,17 +133,6 @@ class Permit:
     generation: int
     # A half-open circuit's probe: one call that decides whether the circuit closes.
     probe: bool = False
-
-
-def fast_failing_client(redis_url: str, *, max_connections: int = DEFAULT_REDIS_MAX_CONNECTIONS) -> redis.Redis:
-    """Return a Redis client that gives up at once: a down Redis must not slow every upstream call."""
-    return redis.Redis.from_url(
-        redis_url,
-        socket_timeout=0.5,
-        socket_connect_timeout=0.5,
-        retry=Retry(NoBackoff(), 0),
-        max_connections=max_connections,
-    )
 
 
 class CircuitBreaker:

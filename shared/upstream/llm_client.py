@@ -17,8 +17,6 @@ from collections.abc import Callable
 from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
-from datetime import datetime
-from decimal import Decimal
 from typing import Any
 from typing import Protocol
 
@@ -31,16 +29,17 @@ from tenacity import stop_after_attempt
 from tenacity import wait_exponential_jitter
 
 from shared.config import Settings
-from shared.devstack.simulator import tokens
 from shared.errors import LLMError
 from shared.errors import PermanentLLMError
 from shared.errors import TransientLLMError
 from shared.ledger import call_bound
-from shared.observability.metrics import UNCONFIRMED
 from shared.routing.catalog import ModelSpec
 from shared.store.types import utcnow
 from shared.upstream import answer_schema
+from shared.upstream import token_count
 from shared.upstream.admission import RateLimits
+from shared.upstream.attempts import UNCONFIRMED
+from shared.upstream.attempts import AttemptRecord
 from shared.upstream.watchdog import WATCHDOG
 
 # What a call or the read of its body raises when the upstream fails: the SDK's errors, and those of the HTTP
@@ -126,25 +125,6 @@ UPSTREAM_BROKEN = frozenset({"server_error", "connection", "timeout", BAD_RESPON
 
 # The sampling options a chat request may pass through to the upstream untouched.
 PASSTHROUGH_OPTIONS = ("temperature", "top_p", "stop", "user", "seed", "presence_penalty", "frequency_penalty")
-
-
-@dataclass(frozen=True)
-class AttemptRecord:
-    """One upstream call as the job records it."""
-
-    model: str
-    tier: str
-    outcome: str
-    latency_ms: float
-    started_at: datetime
-    error_class: str | None = None
-    status_code: int | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: Decimal = Decimal(0)
-    # The server's usage could not be true: the tokens and cost above are the call's bound.
-    usage_invalid: bool = False
-    rate_limits: RateLimits | None = None
 
 
 @dataclass
@@ -431,8 +411,8 @@ def _counted(
                               usage_invalid=True)  # fmt: skip
         prompt_tokens, completion_tokens = checked.prompt_tokens, checked.completion_tokens
     else:
-        prompt_tokens = tokens.count_prompt_tokens(str(m.get("content") or "") for m in messages)
-        completion_tokens = tokens.count_tokens(text)
+        prompt_tokens = token_count.count_prompt_tokens(str(m.get("content") or "") for m in messages)
+        completion_tokens = token_count.count_tokens(text)
     return Completion(
         text=text, finish_reason=finish_reason, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
     )

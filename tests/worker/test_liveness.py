@@ -13,7 +13,7 @@ from celery.signals import beat_init
 
 from shared import config
 from tests.conftest import make_test_settings
-from worker import heartbeat
+from worker import celery_app
 from worker import liveness
 
 
@@ -42,13 +42,13 @@ def liveness_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
         f"sqlite:///{tmp_path}/l.db", redis_url="redis://127.0.0.1:1/0", worker_liveness_file=path
     )
     monkeypatch.setattr(config, "get_settings", lambda: settings)
-    monkeypatch.setattr(heartbeat, "get_settings", lambda: settings)
+    monkeypatch.setattr(celery_app, "get_settings", lambda: settings)
     yield path
-    heartbeat._stop.set()
+    if celery_app._liveness is not None:
+        celery_app._liveness.stop()
     for thread in threading.enumerate():
         if thread.name == "liveness":
             thread.join()
-    heartbeat._stop.clear()
 
 
 def test_the_probe_passes_on_a_fresh_file_and_fails_on_a_stale_one(liveness_file: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared.upstream import circuit_breaker
+from shared.store import redis_clients
 from tests.conftest import make_test_settings
 from tests.support.chaos import PrivateRedis
 from web import create_app
@@ -101,7 +101,7 @@ def read_together(client: redis.Redis, url: str, readers: int) -> list[BaseExcep
 def test_the_cache_and_breaker_client_serves_more_readers_at_once_than_redis_pys_default(
     private_redis: PrivateRedis,
 ) -> None:
-    assert read_together(circuit_breaker.fast_failing_client(private_redis.url), private_redis.url, CACHE_READS) == []
+    assert read_together(redis_clients.fast_failing(private_redis.url), private_redis.url, CACHE_READS) == []
 
 
 def test_at_redis_pys_default_pool_the_same_readers_fail(private_redis: PrivateRedis) -> None:

@@ -10,10 +10,12 @@ import types
 
 import httpcore2._utils as http_utils
 import pytest
+from celery import current_app
 from gevent import monkey
 
 from worker import celery_app
 from worker import runtime
+from worker import tasks
 
 
 def test_pooled_connections_are_checked_with_the_native_poll_under_gevent(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,3 +69,15 @@ def test_kombus_broker_retries_wait_cooperatively_under_gevent(monkeypatch: pyte
     assert bound_early.sleep is time.sleep  # type: ignore[attr-defined]
     # Only Celery's and kombu's modules are touched.
     assert elsewhere.sleep is blocking_sleep  # type: ignore[attr-defined]
+
+
+def test_finished_jobs_send_their_callbacks_to_the_delivery_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The runtime sends the task by its name (worker.tasks imports the runtime, not the other way round):
+    # that name must be the one the delivery task is registered under.
+    sent: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(current_app, "send_task", lambda name, args: sent.append((name, args)))
+
+    runtime._send_callback("job", "job-1")
+
+    assert sent == [(tasks.deliver_callback.name, ["job", "job-1"])]
+    assert tasks.deliver_alert.name == celery_app.ALERT_DELIVERY_TASK

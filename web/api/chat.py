@@ -31,9 +31,11 @@ from shared.jobs import lifecycle
 from shared.routing.catalog import Catalog
 from shared.store import stream_relay
 from shared.store.models import RequestLog
+from shared.upstream import token_count
+from shared.upstream.llm_client import PASSTHROUGH_OPTIONS
 from web import submission
 from web import waiter
-from web.db import get_session
+from web.db import look_at_job
 from web.requests import read_json_object
 from web.requests import validate
 from web.schemas import ChatCompletionRequest
@@ -52,8 +54,6 @@ ROUTER_ALIASES = {
 }
 # How long past the job's own deadline a request waits before answering 504 (queueing, recording).
 WAIT_SLACK_S = 15.0
-# The request's fields passed to the upstream as they are.
-OPTION_FIELDS = ("temperature", "top_p", "stop", "user", "seed", "presence_penalty", "frequency_penalty")
 
 
 @bp.get("/models")
@@ -87,7 +87,7 @@ def create_chat_completion() -> Response:
         else:
             done.set()
         answer = waiter.wait_for(
-            done, timeout_s=timeout_s, look=lambda: _look(job_id), recheck_s=completion_waiter.recheck_s
+            done, timeout_s=timeout_s, look=lambda: look_at_job(job_id, _answer), recheck_s=completion_waiter.recheck_s
         )
     finally:
         completion_waiter.unregister(job_id, done)
@@ -121,7 +121,8 @@ def job_request(body: ChatCompletionRequest, *, catalog: Catalog, max_prompt_cha
         raise InvalidInput(
             f"the messages must be at most {max_prompt_chars} characters together", details={"field": "messages"}
         )
-    options = {name: getattr(body, name) for name in OPTION_FIELDS if getattr(body, name) is not None}
+    # The request's fields the upstream is sent as they are.
+    options = {name: getattr(body, name) for name in PASSTHROUGH_OPTIONS if getattr(body, name) is not None}
     return lifecycle.JobRequest(
         prompt=prompt,
         max_tokens=body.max_completion_tokens or body.max_tokens or 1000,
@@ -133,19 +134,13 @@ def job_request(body: ChatCompletionRequest, *, catalog: Catalog, max_prompt_cha
     )
 
 
-def _look(job_id: str) -> tuple[dict[str, Any], dict[str, str]] | None:
-    """Return the finished job's completion and headers, or None; no transaction stays open afterwards."""
-    session = get_session()
-    session.expire_all()
-    try:
-        job = lifecycle.get_or_raise(session, job_id=job_id)
-        if not job.status.is_terminal:
-            return None
-        if job.error_code is not None:
-            raise _job_error(job)
-        return completion_body(job), router_headers(job)
-    finally:
-        session.rollback()
+def _answer(job: RequestLog) -> tuple[dict[str, Any], dict[str, str]] | None:
+    """Return the finished job's completion and headers, or None while it runs."""
+    if not job.status.is_terminal:
+        return None
+    if job.error_code is not None:
+        raise _job_error(job)
+    return completion_body(job), router_headers(job)
 
 
 def _job_error(job: RequestLog) -> LLMError:
@@ -317,7 +312,7 @@ def _usage(entry: dict[str, str]) -> dict[str, int]:
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
+        "total_tokens": token_count.total_tokens(prompt_tokens, completion_tokens),
     }
 
 

@@ -17,8 +17,8 @@ from flask import jsonify
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from shared.store import redis_clients
 from shared.store.heartbeats import count_alive_workers
-from shared.upstream.circuit_breaker import fast_failing_client
 from web.circuits import circuit_states
 
 logger = logging.getLogger(__name__)
@@ -84,4 +84,4 @@ def _broker_status() -> str:
 
 
 def _broker_client() -> redis.Redis:
-    return fast_failing_client(current_app.extensions["settings"].redis_url)
+    return redis_clients.fast_failing(current_app.extensions["settings"].redis_url)

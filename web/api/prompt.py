@@ -12,7 +12,7 @@ from shared.jobs import lifecycle
 from shared.jobs.views import job_body
 from web import submission
 from web import waiter
-from web.db import get_session
+from web.db import look_at_job
 from web.requests import read_json_object
 from web.requests import validate
 from web.schemas import PromptRequest
@@ -79,14 +79,8 @@ def create_prompt() -> Response | tuple[Response, int]:
 
 
 def _look(job_id: str) -> tuple[str, dict[str, object] | None]:
-    """Return the job's status and, once it has finished, its body; no transaction stays open afterwards."""
-    session = get_session()
-    session.expire_all()
-    try:
-        job = lifecycle.get_or_raise(session, job_id=job_id)
-        return job.status.value, job_body(job) if job.status.is_terminal else None
-    finally:
-        session.rollback()
+    """Return the job's status and, once it has finished, its body."""
+    return look_at_job(job_id, lambda job: (job.status.value, job_body(job) if job.status.is_terminal else None))
 
 
 def _accepted(job_id: str, status: str) -> tuple[Response, int]:

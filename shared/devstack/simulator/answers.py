@@ -9,8 +9,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from shared.devstack.simulator.tokens import TOKEN_RE
-from shared.devstack.simulator.tokens import count_tokens
+from shared.upstream.token_count import TOKEN_RE
+from shared.upstream.token_count import count_tokens
 
 # Natural answer length in tokens: the weakest tier answers in LEN_WEAK, the strongest in LEN_STRONG.
 LEN_WEAK = (30, 80)

@@ -21,10 +21,10 @@ from aiohttp import web
 from shared.devstack.simulator import answers
 from shared.devstack.simulator import limits
 from shared.devstack.simulator import sim_settings
-from shared.devstack.simulator import tokens
 from shared.devstack.simulator.sim_settings import FAULT_KINDS
 from shared.devstack.simulator.sim_settings import SimSettings
 from shared.routing.catalog import Catalog
+from shared.upstream import token_count
 
 logger = logging.getLogger(__name__)
 
@@ -349,7 +349,7 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
     if settings.rpm or settings.tpm:
         verdict = state.limiter.check(
             chat.model, rpm=settings.rpm, tpm=settings.tpm,
-            tokens=tokens.count_prompt_tokens(chat.contents) + (chat.max_tokens or 0),
+            tokens=token_count.count_prompt_tokens(chat.contents) + (chat.max_tokens or 0),
         )  # fmt: skip
         limited = verdict.headers
         if not verdict.admitted:
@@ -380,11 +380,11 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         want_logprobs=chat.logprobs and chat.model in state.logprob_models,
         top_logprobs=chat.top_logprobs,
     )
-    prompt_tokens = tokens.count_prompt_tokens(chat.contents)
+    prompt_tokens = token_count.count_prompt_tokens(chat.contents)
     usage = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": answer.completion_tokens,
-        "total_tokens": prompt_tokens + answer.completion_tokens,
+        "total_tokens": token_count.total_tokens(prompt_tokens, answer.completion_tokens),
     }
     # Billed when the answer is decided, so stats are current by the time the caller sees the response.
     stats.prompt_tokens += prompt_tokens

@@ -20,9 +20,9 @@ from aiohttp import web
 
 from shared.devstack.simulator.app import create_sim_app
 from shared.devstack.simulator.sim_settings import SimSettings
-from shared.devstack.simulator.tokens import count_tokens
 from shared.routing.catalog import Catalog
 from shared.routing.catalog import ModelSpec
+from shared.upstream.token_count import count_tokens
 
 CHEAP = "cheap-model"
 MID = "mid-model"

@@ -12,8 +12,8 @@ import pytest
 from shared.devstack.simulator import answers
 from shared.devstack.simulator import sim_settings
 from shared.devstack.simulator.sim_settings import SimSettings
-from shared.devstack.simulator.tokens import count_prompt_tokens
-from shared.devstack.simulator.tokens import count_tokens
+from shared.upstream.token_count import count_prompt_tokens
+from shared.upstream.token_count import count_tokens
 
 HARD_PROMPT = "Prove the bound, derive the recurrence and analyze how to optimize it:\n```python\nx = 1\n```"
 

@@ -20,10 +20,10 @@ from shared.jobs import response_cache
 from shared.jobs import runs
 from shared.ledger import api_keys
 from shared.routing.catalog import Catalog
+from shared.store import redis_clients
 from shared.store.models import JobStatus
 from shared.store.models import MonthlyBudget
 from shared.store.models import RequestLog
-from shared.upstream import circuit_breaker
 from tests.conftest import make_test_settings
 from tests.support.fakes import FakeLLMClient
 from tests.support.fakes import ok
@@ -159,7 +159,7 @@ def test_a_kept_answer_is_found_under_its_key_until_its_ttl() -> None:
 
 def test_an_unreachable_cache_is_a_miss_and_loses_only_the_entry() -> None:
     # Nothing listens on port 1: every command fails at once.
-    down = circuit_breaker.fast_failing_client("redis://127.0.0.1:1/0")
+    down = redis_clients.fast_failing("redis://127.0.0.1:1/0")
     response_cache.put(down, "k", ANSWER, ttl_s=60)
     assert response_cache.get(down, "k") is None
 

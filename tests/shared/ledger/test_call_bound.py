@@ -10,12 +10,12 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from shared.devstack.simulator import tokens
 from shared.devstack.simulator.app import _parse_chat_request
 from shared.ledger import call_bound
 from shared.routing.catalog import Catalog
 from shared.store.types import utcnow
-from shared.upstream.llm_client import AttemptRecord
+from shared.upstream import token_count
+from shared.upstream.attempts import AttemptRecord
 from web.api.chat import job_request
 from web.schemas import ChatCompletionRequest
 
@@ -58,7 +58,7 @@ def _sent(prompt: str, messages: list[dict[str, Any]] | None, options: dict[str,
 
 def _simulator_bill(body: dict[str, Any]) -> int:
     """The prompt tokens the simulator bills for `body` (its handler's own parsing and counting)."""
-    return tokens.count_prompt_tokens(_parse_chat_request(body).contents)
+    return token_count.count_prompt_tokens(_parse_chat_request(body).contents)
 
 
 def _openai_published_rule(body: dict[str, Any]) -> int:
@@ -119,14 +119,14 @@ def test_empty_messages_are_each_billed_their_overhead() -> None:
     """The case that overspent: 15,000 empty turns and "hi" are billed 60,008 tokens by the simulator."""
     messages = [{"role": "user", "content": ""}] * 15_000 + [{"role": "user", "content": "hi"}]
     sent = _sent("", messages, None, 1)
-    assert _simulator_bill(sent) == 15_001 * tokens.TOKENS_PER_MESSAGE + 1 + tokens.TOKENS_PER_REPLY
+    assert _simulator_bill(sent) == 15_001 * token_count.TOKENS_PER_MESSAGE + 1 + token_count.TOKENS_PER_REPLY
     call = call_bound.call_bound(prompt="\n" * 15_000 + "hi", max_tokens=1, messages=messages)
     assert call.prompt_tokens >= _simulator_bill(sent)
 
 
 def test_the_overhead_constants_cover_the_published_rules() -> None:
-    assert max(tokens.TOKENS_PER_MESSAGE, 4 + 1) <= call_bound.TOKENS_PER_MESSAGE  # simulator; OpenAI + a name
-    assert call_bound.TOKENS_PER_REQUEST >= tokens.TOKENS_PER_REPLY
+    assert max(token_count.TOKENS_PER_MESSAGE, 4 + 1) <= call_bound.TOKENS_PER_MESSAGE  # simulator; OpenAI + a name
+    assert call_bound.TOKENS_PER_REQUEST >= token_count.TOKENS_PER_REPLY
 
 
 def test_stop_sequences_count() -> None:

@@ -20,7 +20,6 @@ from decimal import Decimal
 from typing import Any
 from typing import ClassVar
 
-import pytest
 from hypothesis import HealthCheck
 from hypothesis import Phase
 from hypothesis import event

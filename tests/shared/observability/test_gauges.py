@@ -11,11 +11,11 @@ from sqlalchemy.orm import sessionmaker
 
 from shared.ledger import budget
 from shared.observability import gauges
+from shared.store import redis_clients
 from shared.store.models import MonthlyBudget
 from shared.store.types import utcnow
 from shared.upstream.circuit_breaker import BreakerPolicy
 from shared.upstream.circuit_breaker import CircuitBreaker
-from shared.upstream.circuit_breaker import fast_failing_client
 
 MODELS = ("gpt-3.5-turbo", "gpt-4")
 QUEUES = ("gauges-test-prompts", "gauges-test-batch")
@@ -76,7 +76,7 @@ def test_each_model_reports_its_current_circuit_state(real_redis, sessions) -> N
 
 
 def test_an_unreachable_redis_drops_only_the_queue_gauges(sessions, ledger) -> None:
-    down = fast_failing_client("redis://127.0.0.1:1/0")
+    down = redis_clients.fast_failing("redis://127.0.0.1:1/0")
     collected = _collect(down, sessions)
     assert "model_router_queue_depth" not in collected
     assert collected["model_router_budget_spent_dollars"][("global",)] == 12.5

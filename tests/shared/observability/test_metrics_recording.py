@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from shared.observability import metrics
 from shared.store.types import utcnow
-from shared.upstream.llm_client import AttemptRecord
+from shared.upstream.attempts import AttemptRecord
 from web import gunicorn_conf
 
 

@@ -8,6 +8,7 @@ import pytest
 from shared.errors import InvalidInput
 from shared.errors import RoutingError
 from shared.routing import difficulty
+from shared.routing import difficulty_estimate
 
 MEDIUM_PROMPT = (
     "Can you explain how public-key cryptography works? I understand symmetric encryption, where both "
@@ -97,7 +98,7 @@ def test_estimate_is_frozen():
     [(0.0, "easy"), (0.3333, "easy"), (1 / 3, "medium"), (0.6666, "medium"), (2 / 3, "hard"), (1.0, "hard")],
 )
 def test_level_boundaries(score, level):
-    assert difficulty.choose_level(score) == level
+    assert difficulty_estimate.choose_level(score) == level
 
 
 def test_length_is_near_zero_for_a_few_words():

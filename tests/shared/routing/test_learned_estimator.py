@@ -8,6 +8,7 @@ import pytest
 from shared.errors import ConfigError
 from shared.errors import InvalidInput
 from shared.routing import difficulty
+from shared.routing import difficulty_estimate
 from shared.routing import learned_estimator
 
 SMALL = learned_estimator.TrainConfig(hash_bits=12, epochs=60, learning_rate=0.1)
@@ -97,7 +98,7 @@ def test_estimate_has_level_and_components(artifact, tmp_path):
     learned_estimator.save_artifact(artifact, path)
     estimate = learned_estimator.LearnedEstimator(path).estimate("what about the integral of the series 12 345 678")
     assert 0.0 <= estimate.score <= 1.0
-    assert estimate.level == difficulty.choose_level(estimate.score)
+    assert estimate.level == difficulty_estimate.choose_level(estimate.score)
     assert set(estimate.components) == {"weak_fails", "strong_fails", "gain", "quantile"}
 
 

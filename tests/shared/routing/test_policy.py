@@ -213,3 +213,19 @@ def test_escalate_at_top_tier_is_none(catalog):
 def test_escalate_forced_choice_is_none(catalog):
     decision = policy.route(catalog=catalog, score=0.1, tier="cheap")
     assert policy.escalate(catalog=catalog, decision=decision) is None
+
+
+def test_a_tier_ceiling_allows_every_tier_up_to_it(catalog):
+    assert catalog.tiers_up_to("mid") == ("cheap", "mid")
+    assert catalog.tiers_up_to(None) == ("cheap", "mid", "high")
+    with pytest.raises(RoutingError):
+        catalog.tiers_up_to("premium")
+
+
+def test_a_decision_above_the_ceiling_comes_down_to_it(catalog):
+    decision = policy.route(catalog=catalog, score=0.9)
+    capped = policy.cap(catalog=catalog, decision=decision, max_tier="mid")
+    assert (capped.tier, capped.reason, capped.escalation_tier) == ("mid", "budget_ceiling", None)
+    within = policy.route(catalog=catalog, score=0.1)
+    assert policy.cap(catalog=catalog, decision=within, max_tier="mid") == within
+    assert policy.cap(catalog=catalog, decision=within, max_tier="cheap").escalation_tier is None

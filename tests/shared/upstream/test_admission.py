@@ -10,6 +10,7 @@ import redis
 
 from shared.devstack.simulator.limits import Limiter
 from shared.devstack.simulator.limits import format_duration
+from shared.store import redis_clients
 from shared.upstream.admission import REQUESTS
 from shared.upstream.admission import RETRY_AFTER
 from shared.upstream.admission import SCOUT
@@ -155,9 +156,7 @@ def test_racing_callers_in_many_processes_never_get_more_than_the_bucket_holds(
 
 
 def test_redis_unreachable_admits(clock: Clock) -> None:
-    from shared.upstream.circuit_breaker import fast_failing_client
-
-    admission = Admission(fast_failing_client("redis://127.0.0.1:1/0"), clock=clock)
+    admission = Admission(redis_clients.fast_failing("redis://127.0.0.1:1/0"), clock=clock)
     assert admission.take("m", tokens=1, max_wait_s=0).wait_s == 0
     admission.learn("m", None, throttled=True)
 

@@ -10,13 +10,13 @@ import fakeredis
 import pytest
 import redis
 
+from shared.store import redis_clients
 from shared.upstream.circuit_breaker import CLOSED
 from shared.upstream.circuit_breaker import HALF_OPEN
 from shared.upstream.circuit_breaker import OPEN
 from shared.upstream.circuit_breaker import BreakerPolicy
 from shared.upstream.circuit_breaker import CircuitBreaker
 from shared.upstream.circuit_breaker import Permit
-from shared.upstream.circuit_breaker import fast_failing_client
 from tests.conftest import UNIT_REDIS_URL
 from tests.support.fakes import Clock
 
@@ -182,7 +182,7 @@ def test_the_state_is_shared_by_breakers_on_the_same_redis(clock: Clock) -> None
 
 
 def test_an_unreachable_redis_fails_open() -> None:
-    unreachable = CircuitBreaker(fast_failing_client("redis://127.0.0.1:1/0"), POLICY)
+    unreachable = CircuitBreaker(redis_clients.fast_failing("redis://127.0.0.1:1/0"), POLICY)
     permit = unreachable.allow("m")
     assert permit is not None
     unreachable.record_failure(permit)

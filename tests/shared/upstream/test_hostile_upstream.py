@@ -17,8 +17,8 @@ import pytest
 from shared.jobs import dispatch
 from shared.ledger import budget
 from shared.ledger import call_bound
-from shared.observability.metrics import UNCONFIRMED
 from shared.routing.catalog import Catalog
+from shared.upstream.attempts import UNCONFIRMED
 from shared.upstream.circuit_breaker import BreakerPolicy
 from shared.upstream.circuit_breaker import CircuitBreaker
 from shared.upstream.llm_client import BAD_RESPONSE

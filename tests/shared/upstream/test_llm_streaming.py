@@ -11,10 +11,10 @@ import httpx
 import openai
 import pytest
 
-from shared.devstack.simulator import tokens
 from shared.errors import TransientLLMError
 from shared.ledger import call_bound
 from shared.routing.catalog import Catalog
+from shared.upstream import token_count
 from shared.upstream.llm_client import CallerGone
 from shared.upstream.llm_client import OpenAIChatClient
 from shared.upstream.llm_client import RetryPolicy
@@ -63,7 +63,7 @@ def test_a_stream_relays_every_delta_and_returns_the_servers_usage(
         billed["completion_tokens"],
     )
     # Every turn went upstream: the simulator billed the whole conversation.
-    assert completion.prompt_tokens == tokens.count_prompt_tokens(m["content"] for m in MESSAGES)
+    assert completion.prompt_tokens == token_count.count_prompt_tokens(m["content"] for m in MESSAGES)
 
 
 def test_streamed_retries_happen_before_the_first_token(client: OpenAIChatClient, sim: SimServer, catalog) -> None:
@@ -113,7 +113,7 @@ def test_a_cut_stream_is_billed_for_what_it_produced_and_not_retried(
     [attempt] = result.attempts  # never retried: its tokens were out
     assert (attempt.outcome, attempt.error_class) == ("error", "stream_cut")
     # No usage came: counted with the simulator's rule.
-    assert attempt.completion_tokens == 3 and attempt.prompt_tokens == tokens.count_prompt_tokens(["Where?"])
+    assert attempt.completion_tokens == 3 and attempt.prompt_tokens == token_count.count_prompt_tokens(["Where?"])
     assert attempt.cost == model.cost(attempt.prompt_tokens, 3) > 0
 
 

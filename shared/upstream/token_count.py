@@ -1,4 +1,5 @@
-"""The simulator's tokenizer: words and single punctuation marks."""
+"""How tokens are counted where no server says: a call's tokens when its stream sent no usage (the simulator
+bills by the same rule), and the total a call used."""
 
 from __future__ import annotations
 
@@ -22,3 +23,8 @@ def count_tokens(text: str) -> int:
 def count_prompt_tokens(contents: Iterable[str]) -> int:
     """Count the prompt tokens of a chat request whose messages have these contents."""
     return sum(count_tokens(content) + TOKENS_PER_MESSAGE for content in contents) + TOKENS_PER_REPLY
+
+
+def total_tokens(prompt_tokens: int, completion_tokens: int) -> int:
+    """Return the tokens a call used in all: what a job records as `tokens_used` and the API as `total_tokens`."""
+    return prompt_tokens + completion_tokens
