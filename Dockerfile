@@ -42,4 +42,4 @@ WORKDIR /app
 USER 10001:10001
 EXPOSE 8000
 CMD ["gunicorn", "--worker-class=gevent", "--bind=0.0.0.0:8000", "--config=python:web.gunicorn_conf", \
-     "--no-control-socket", "web:create_app()"]
+     "--no-control-socket", "web.app:create_app()"]

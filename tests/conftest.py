@@ -227,7 +227,7 @@ def postgres_engine(postgres_schema: ReusableSchema) -> Iterator[Engine]:
 
 @pytest.fixture
 def app(settings: Settings) -> Iterator[Flask]:
-    from web import create_app
+    from web.app import create_app
 
     app = create_app(settings)
     app.config["TESTING"] = True
@@ -239,7 +239,7 @@ def app(settings: Settings) -> Iterator[Flask]:
 @pytest.fixture
 def keyed_app(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
     """An app that requires API keys, on the test database, with the unit Redis emptied and nothing enqueued."""
-    from web import create_app
+    from web.app import create_app
     from worker import tasks
 
     redis.Redis.from_url(UNIT_REDIS_URL).flushdb()

@@ -237,3 +237,16 @@ def test_import_reader_resolves_every_import_form() -> None:
 def test_relative_imports_in_a_package_init_count_from_that_package() -> None:
     found = imports_in("from . import db\nfrom .api import jobs\n", path=ROOT / "web" / "__init__.py")
     assert [item.module for item in found] == ["web.db", "web.api.jobs"]
+
+
+def test_gunicorn_hooks_load_without_the_app() -> None:
+    """Gunicorn's master loads web.gunicorn_conf before gevent patches its workers: it must not pull the app in."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, web.gunicorn_conf; "
+        "print(sorted(m for m in ('flask', 'web.app', 'openai', 'redis') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"

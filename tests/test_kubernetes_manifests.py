@@ -42,7 +42,16 @@ PROCESSES = {
 LOCAL_ONLY_PROCESSES = {"simulator"}
 # Options whose values differ on purpose between a laptop and a cluster: the bind address, the number of
 # processes or greenlets (sized per pod), the Celery hostname, beat's schedule file.
-DEPLOYMENT_SPECIFIC = {"--bind", "--workers", "--concurrency", "--hostname", "--schedule"}
+# gunicorn's control socket (a per-stack file on a host, none in a read-only pod).
+DEPLOYMENT_SPECIFIC = {
+    "--bind",
+    "--workers",
+    "--concurrency",
+    "--hostname",
+    "--schedule",
+    "--control-socket",
+    "--no-control-socket",
+}
 
 
 def _build(directory: Path) -> list[dict[str, Any]]:
@@ -214,7 +223,11 @@ def _procfile() -> dict[str, list[str]]:
     for line in (ROOT / "Procfile").read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
             name, _, command = line.partition(":")
-            processes[name.strip()] = shlex.split(command)
+            tokens = shlex.split(command)
+            # `mkdir -p DIR && exec CMD` makes a host's run directory first; a pod has its volume instead.
+            if tokens[:2] == ["mkdir", "-p"] and "exec" in tokens:
+                tokens = tokens[tokens.index("exec") + 1 :]
+            processes[name.strip()] = tokens
     return processes
 
 
@@ -250,7 +263,7 @@ def _command_shape(command: list[str]) -> tuple[str, tuple[str, ...], set[tuple[
 
 
 def _is_subcommand(token: str) -> bool:
-    return token in {"worker", "beat"} or token.startswith("web:")
+    return token in {"worker", "beat"} or token.startswith("web.app:")
 
 
 def _option(command: list[str], name: str) -> str:

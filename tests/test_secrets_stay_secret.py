@@ -92,7 +92,7 @@ def test_the_settings_repr_masks_every_secret(monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.fixture
 def app(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
-    from web import create_app
+    from web.app import create_app
 
     settings = make_test_settings(
         f"sqlite:///{tmp_path}/router.db",

@@ -1,7 +1,8 @@
 """Gunicorn hooks the web tier needs whatever the command line says (`gunicorn -c python:web.gunicorn_conf`).
 
-Gunicorn's master loads this module before it forks the gevent workers; it lives outside the `web` package so
-that loading it does not import the app, whose modules gevent must patch first. It imports no gunicorn code.
+Gunicorn's master loads this module before it forks the gevent workers. The `web` package itself is empty (the
+app is `web.app`), so loading this module does not import the app, whose modules gevent must patch first; a test
+checks it. It imports no gunicorn code.
 """
 
 from __future__ import annotations

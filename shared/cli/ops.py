@@ -209,7 +209,7 @@ def web(host: str, port: int, workers: int, gunicorn_args: tuple[str, ...]) -> N
         [
             _tool("gunicorn"), "--worker-class", "gevent", "--workers", str(workers), "--bind", f"{host}:{port}",
             "--graceful-timeout", "10", "--control-socket", str(paths.control_socket),
-            "--config", "python:web.gunicorn_conf", *gunicorn_args, "web:create_app()",
+            "--config", "python:web.gunicorn_conf", *gunicorn_args, "web.app:create_app()",
         ]
     )  # fmt: skip
 

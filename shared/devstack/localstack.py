@@ -109,7 +109,7 @@ def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: boo
     processes["web"] = (
         f"{_tool('gunicorn')} --worker-class gevent --workers {web_concurrency} --bind 127.0.0.1:{port} "
         f"--graceful-timeout 10 --control-socket {shlex.quote(str(paths.control_socket))} "
-        "--config python:web.gunicorn_conf 'web:create_app()'"
+        "--config python:web.gunicorn_conf 'web.app:create_app()'"
     )
     # Single prompts and batch items have workers of their own, so a big batch never delays a prompt.
     pool = worker_pool(settings)

@@ -143,7 +143,7 @@ class Stack:
             "web",
             [str(BIN / "gunicorn"), "--worker-class", "gevent", "--workers", str(self.web_workers), "--bind",
              f"127.0.0.1:{self.web_port}", "--config", "python:web.gunicorn_conf", *self.web_args,
-             "web:create_app()"],
+             "web.app:create_app()"],
         )  # fmt: skip
         if self.worker_queues is not None:
             self.workers = len(self.worker_queues)

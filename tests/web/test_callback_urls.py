@@ -36,7 +36,7 @@ PATH_TOKEN = "p-token-7d1e"
 
 @pytest.fixture
 def make_app(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator:
-    from web import create_app
+    from web.app import create_app
 
     made: list[Flask] = []
 

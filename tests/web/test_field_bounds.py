@@ -20,7 +20,7 @@ CHAT = {"model": "router", "messages": [{"role": "user", "content": "Hi"}]}
 
 @pytest.fixture
 def app(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
-    from web import create_app
+    from web.app import create_app
 
     app = create_app(
         make_test_settings(

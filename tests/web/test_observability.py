@@ -26,7 +26,7 @@ def _parsed(stream: io.StringIO) -> list[dict]:
 
 
 def _make_app(database_url: str, monkeypatch: pytest.MonkeyPatch, **overrides: object) -> Flask:
-    from web import create_app
+    from web.app import create_app
 
     app = create_app(make_test_settings(database_url, **overrides))
     Base.metadata.create_all(app.extensions["db_engine"])

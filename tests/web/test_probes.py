@@ -17,7 +17,7 @@ DOWN_DATABASE_URL = "postgresql://nobody@127.0.0.1:1/none"
 
 
 def _app(database_url: str, **overrides: object) -> Iterator[Flask]:
-    from web import create_app
+    from web.app import create_app
 
     app = create_app(make_test_settings(database_url, **overrides))
     yield app

@@ -148,7 +148,7 @@ def test_broker_down_is_503_and_releases_the_reservation(
 
 def test_database_down_is_503() -> None:
     from tests.conftest import make_test_settings
-    from web import create_app
+    from web.app import create_app
 
     unreachable = make_test_settings("postgresql://nobody@127.0.0.1:1/none")
     client = create_app(unreachable).test_client()

@@ -25,7 +25,7 @@ ESTIMATE = {"prompt": "hi"}
 @pytest.fixture
 def make_app(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Flask]]:
     """Build a keyed app on the unit Redis (emptied) with these settings; nothing is enqueued."""
-    from web import create_app
+    from web.app import create_app
     from worker import tasks
 
     built: list[Flask] = []

@@ -89,7 +89,7 @@ def test_health_is_ok_with_database_and_broker(client: FlaskClient) -> None:
 
 
 def test_health_names_an_unreachable_broker(tmp_path) -> None:
-    from web import create_app
+    from web.app import create_app
 
     app = create_app(make_test_settings(f"sqlite:///{tmp_path}/h.db", redis_url="redis://127.0.0.1:1/0"))
     response = app.test_client().get("/api/health")
@@ -98,7 +98,7 @@ def test_health_names_an_unreachable_broker(tmp_path) -> None:
 
 
 def test_health_names_an_unreachable_database() -> None:
-    from web import create_app
+    from web.app import create_app
 
     app = create_app(make_test_settings("postgresql://nobody@127.0.0.1:1/none"))
     response = app.test_client().get("/api/health")

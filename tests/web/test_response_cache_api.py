@@ -34,7 +34,7 @@ QUESTION = "What is the capital of France?"
 @pytest.fixture
 def make_app(database_url: str) -> Iterator[Callable[..., Flask]]:
     """Yield a maker of apps with these settings overrides, all on one database."""
-    from web import create_app
+    from web.app import create_app
 
     # Cached answers outlive a test in Redis: start and end with an empty database.
     redis.Redis.from_url(UNIT_REDIS_URL).flushdb()

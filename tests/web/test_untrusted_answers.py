@@ -46,7 +46,7 @@ def hostile() -> Iterator[HostileUpstream]:
 
 @pytest.fixture
 def app(database_url: str, hostile: HostileUpstream) -> Iterator[Flask]:
-    from web import create_app
+    from web.app import create_app
 
     redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
     app = create_app(make_test_settings(database_url, openai_base_url=hostile.base_url))

@@ -41,7 +41,7 @@ OVER_REPORTED = 2_000_000
 
 @contextmanager
 def _app(database_url: str, **overrides: object) -> Iterator[Flask]:
-    from web import create_app
+    from web.app import create_app
 
     redis.Redis.from_url(UNIT_REDIS_URL).flushdb()
     app = create_app(make_test_settings(database_url, **overrides))

@@ -14,8 +14,8 @@ import redis
 from shared.store import redis_clients
 from tests.conftest import make_test_settings
 from tests.support.chaos import PrivateRedis
-from web import create_app
 from web.api import chat
+from web.app import create_app
 from worker.celery_app import create_celery
 
 IN_FLIGHT = 40  # jobs finishing together; well under the default worker concurrency (256)

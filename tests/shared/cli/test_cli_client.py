@@ -148,7 +148,7 @@ def server(app: Flask, catalog: Any, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
 @pytest.fixture
 def keyed_server(database_url: str, catalog: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
-    from web import create_app
+    from web.app import create_app
 
     app = create_app(make_test_settings(database_url, require_api_key=True))
     Base.metadata.create_all(app.extensions["db_engine"])
@@ -725,7 +725,7 @@ def test_web_execs_gunicorn_with_gevent_and_the_app_factory(monkeypatch: pytest.
     result = CliRunner(env={"PORT": "8123", "WEB_CONCURRENCY": "3"}).invoke(main, ["web", "--", "--timeout", "60"])
     assert result.exit_code == 0, result.output
     argv = calls[0]
-    assert Path(argv[0]).name == "gunicorn" and argv[-1] == "web:create_app()"
+    assert Path(argv[0]).name == "gunicorn" and argv[-1] == "web.app:create_app()"
     joined = " ".join(argv)
     assert "--worker-class gevent --workers 3 --bind 127.0.0.1:8123" in joined and "--timeout 60" in joined
 

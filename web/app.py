@@ -1,0 +1,76 @@
+"""The Flask app factory: settings, blueprints, error handlers and the per-process clients, wired once."""
+
+from __future__ import annotations
+
+from celery import Celery
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from shared.config import Settings
+from shared.config import exit_on_config_error
+from shared.config import get_settings
+from shared.errors import ConfigError
+from shared.observability import logs
+from shared.routing.catalog import load_catalog
+from web import auth
+from web import db
+from web import errors
+from web import metrics
+from web import ratelimit
+from web import request_ids
+from web import request_telemetry
+from web import waiter
+from web.api import batch
+from web.api import budget
+from web.api import chat
+from web.api import dashboard
+from web.api import docs
+from web.api import estimate
+from web.api import health
+from web.api import jobs
+from web.api import prompt
+from web.api import reports
+from web.api import stats
+from web.json_provider import ApiJSONProvider
+from worker.celery_app import create_celery
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app: settings, database, Celery, blueprints, error handlers."""
+    try:
+        return _build_app(settings or get_settings())
+    except ConfigError as error:
+        exit_on_config_error(error)
+
+
+def _build_app(settings: Settings) -> Flask:
+    logs.configure(settings)
+    app = Flask(__name__)
+    app.json = ApiJSONProvider(app)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    if settings.trusted_proxies:
+        # The client address (per-address limits, logs) is the one the trusted proxies saw.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
+    app.extensions["settings"] = settings
+    app.extensions["catalog"] = load_catalog(settings.model_catalog_path)
+    db.init_app(app, settings)
+    _init_celery(app, settings)
+    waiter.init_app(app, settings)
+    auth.init_app(app, settings)
+    # Registered after auth but placed first: every request, even one auth refuses, gets an id and a line.
+    request_telemetry.init_app(app)
+    request_ids.init_app(app)
+    metered = (prompt.bp, batch.bp, estimate.bp, jobs.bp, budget.bp, stats.bp, reports.bp, chat.bp)
+    ratelimit.init_app(app, settings, metered)
+    for blueprint in (*metered, health.bp, health.probes, docs.bp, dashboard.bp):
+        app.register_blueprint(blueprint)
+    metrics.init_app(app)
+    errors.register_error_handlers(app)
+    return app
+
+
+def _init_celery(app: Flask, settings: Settings) -> Celery:
+    celery_app = create_celery(settings)
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+    return celery_app
