@@ -34,6 +34,7 @@ CONTRACT_OPERATIONS = {
     ("/api/reports/costs", "get"),
     ("/api/health", "get"),
     ("/v1/chat/completions", "post"),
+    ("/v1/models", "get"),
 }
 REQUEST_SCHEMAS = ("PromptRequest", "BatchRequest", "BatchItem", "ChatCompletionRequest")
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
