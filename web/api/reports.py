@@ -32,4 +32,3 @@ def get_cost_report() -> Response:
         api_key_id=None if auth.sees_everything() or identity is None else identity.api_key_id,
     )
     return send(CostReportView.model_validate(report, from_attributes=True))
-
