@@ -27,6 +27,7 @@ from shared.jobs.views import DifficultyLevel
 from shared.jobs.views import ErrorDetail as ErrorDetail
 from shared.jobs.views import JobPage as JobPage
 from shared.jobs.views import JobResult as JobResult
+from shared.jobs.views import JobStatusName
 from shared.jobs.views import JobSummary as JobSummary
 from shared.jobs.views import Money
 from shared.jobs.views import ResponseModel
@@ -63,10 +64,13 @@ class OpenAIErrorBody(ResponseModel):
 
 
 class JobAccepted(ResponseModel):
-    """A job that was accepted but is not finished yet (202)."""
+    """A job accepted without its result (202): not waited for, or not finished in time."""
 
     job_id: str
-    status: Literal["queued", "running"]
+    status: JobStatusName = Field(
+        description="Its status now: finished already when it repeats an earlier request or the response cache "
+        "answered it."
+    )
     poll_url: str
 
 

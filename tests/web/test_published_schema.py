@@ -116,8 +116,11 @@ def test_queued_jobs_batches_and_reads_answer_as_published(
     call("post", "/api/prompt", data="x", content_type="text/plain")
     call("post", "/api/prompt", json={"prompt": ""})
     call("post", "/api/prompt", json=too_large)
-    call("post", "/api/prompt", json={"prompt": "A", "wait": False}, headers={"Idempotency-Key": "k1"})
+    first = call("post", "/api/prompt", json={"prompt": "A", "wait": False}, headers={"Idempotency-Key": "k1"})
     call("post", "/api/prompt", json={"prompt": "B", "wait": False}, headers={"Idempotency-Key": "k1"})
+    call("delete", f"/api/jobs/{first.get_json()['job_id']}")
+    again = call("post", "/api/prompt", json={"prompt": "A", "wait": False}, headers={"Idempotency-Key": "k1"})
+    assert again.get_json()["status"] == "failed"  # a repeated request answers its job as it stands
     for url in ("/api/estimate", "/api/batch", "/v1/chat/completions"):
         call("post", url, json=too_large)
         call("post", url, data="x", content_type="text/plain")
