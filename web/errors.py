@@ -7,7 +7,6 @@ import logging
 from flask import Flask
 from flask import Response
 from flask import has_request_context
-from flask import jsonify
 from flask import request
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
@@ -25,6 +24,11 @@ from shared.errors import TransientLLMError
 from shared.errors import Unauthorized
 from shared.errors import Unavailable
 from shared.store import disconnects
+from web.responses import ErrorBody
+from web.responses import ErrorDetail
+from web.responses import OpenAIErrorBody
+from web.responses import OpenAIErrorDetail
+from web.responses import send
 
 logger = logging.getLogger(__name__)
 
@@ -78,19 +82,14 @@ def error_response(status: int, code: str, message: str, details: dict[str, obje
     """Build the contract's error answer (on /v1 routes, OpenAI's error shape, which its SDKs parse)."""
     if has_request_context() and request.path.startswith(OPENAI_PREFIX):
         return _openai_error_response(status, code, message, details or {})
-    response = jsonify({"error": {"code": code, "message": message, "details": details or {}}})
-    response.status_code = status
-    return response
+    return send(ErrorBody(error=ErrorDetail(code=code, message=message, details=details or {})), status)
 
 
 def _openai_error_response(status: int, code: str, message: str, details: dict[str, object]) -> Response:
     kind = OPENAI_TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error")
     field = details.get("field")
-    response = jsonify(
-        {"error": {"message": message, "type": kind, "param": field if isinstance(field, str) else None, "code": code}}
-    )
-    response.status_code = status
-    return response
+    param = field if isinstance(field, str) else None
+    return send(OpenAIErrorBody(error=OpenAIErrorDetail(message=message, type=kind, param=param, code=code)), status)
 
 
 def _domain_error(error: DomainError) -> Response:

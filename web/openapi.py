@@ -1,8 +1,19 @@
-"""Build the OpenAPI document for the HTTP contract from the pydantic models that validate requests."""
+"""Build /openapi.json from the models that validate requests and serialize answers.
+
+A small builder rather than a Flask + pydantic library: the route table below names, for each operation, its
+request model and the response model of each status, and pydantic's `models_json_schema` writes the
+components. The libraries made for this (flask-openapi3, spectree, flask-smorest) would take over request
+parsing and error answers, which web.requests and web.errors already own with the contract's own error shape,
+and add a dependency for what is here about a hundred lines. The views answer through the same models
+(web.responses, shared.jobs.views), so the document cannot drift from what the server sends;
+tests/web/test_published_schema.py drives every route and status and validates the real bodies against it.
+"""
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 from pydantic import BaseModel
@@ -11,57 +22,422 @@ from pydantic.json_schema import models_json_schema
 
 from shared.config import Settings
 from shared.jobs.idempotency import MAX_KEY_LENGTH
-from web.schemas import BatchAccepted
-from web.schemas import BatchItem
-from web.schemas import BatchRequest
-from web.schemas import BatchResult
-from web.schemas import BudgetView
-from web.schemas import ChatCompletion
-from web.schemas import ChatCompletionRequest
-from web.schemas import CostReportQuery
-from web.schemas import CostReportView
-from web.schemas import ErrorBody
-from web.schemas import EstimateView
-from web.schemas import HealthView
-from web.schemas import JobAccepted
-from web.schemas import JobPage
-from web.schemas import JobResult
-from web.schemas import JobSearchQuery
-from web.schemas import OpenAIErrorBody
-from web.schemas import PromptRequest
-from web.schemas import StatsView
+from web import responses
+from web import schemas
 
 OPENAPI_VERSION = "3.1.0"
 OPENAPI_30_VERSION = "3.0.3"
 REF_TEMPLATE = "#/components/schemas/{model}"
 BEARER_SCHEME = "bearerAuth"
 
-# Requests are described as pydantic validates them, answers as they are serialized.
-MODELS: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
-    (PromptRequest, "validation"),
-    (JobResult, "serialization"),
-    (JobAccepted, "serialization"),
-    (ErrorBody, "serialization"),
-    (BudgetView, "serialization"),
-    (StatsView, "serialization"),
-    (HealthView, "serialization"),
-    (EstimateView, "serialization"),
-    (BatchRequest, "validation"),
-    (BatchItem, "validation"),
-    (BatchAccepted, "serialization"),
-    (BatchResult, "serialization"),
-    (JobPage, "serialization"),
-    (CostReportView, "serialization"),
-    (ChatCompletionRequest, "validation"),
-    (ChatCompletion, "serialization"),
-    (OpenAIErrorBody, "serialization"),
-)
-
 DESCRIPTION = (
     "Routes each prompt to the cheapest LLM tier likely to answer it well, inside a monthly budget.\n\n"
     'Every error is JSON: `{"error": {"code": "<snake_case>", "message": "...", "details": {...}}}`. '
     "When API keys are enabled, send `Authorization: Bearer <api key>`; otherwise no credentials are needed."
 )
+TAGS = (
+    ("prompts", "Route prompts."),
+    ("jobs", "Follow jobs."),
+    ("batches", "Submit prompts in bulk."),
+    ("budget", "The monthly budget."),
+    ("stats", "Usage statistics."),
+    ("health", "Liveness of the stack."),
+    ("openai", "OpenAI's chat completions API, routed."),
+)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One status of an operation: its model (None: no JSON body), prose, headers and other media types."""
+
+    model: type[BaseModel] | None
+    description: str
+    headers: dict[str, Any] = field(default_factory=dict)
+    other_media: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    operation_id: str
+    tag: str
+    summary: str
+    answers: dict[int, Answer]
+    description: str = ""
+    request: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    parameters: tuple[dict[str, Any], ...] = ()
+
+
+IDEMPOTENCY_KEY_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH}
+RETRY_AFTER = {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 0}}
+LOCATION = {"description": "The job's URL, the same as `poll_url`.", "schema": {"type": "string"}}
+
+
+def _idempotency_key(description: str) -> dict[str, Any]:
+    return {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": description,
+        "schema": IDEMPOTENCY_KEY_SCHEMA,
+    }
+
+
+def _path_id(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _error(description: str, **extra: Any) -> Answer:
+    return Answer(responses.ErrorBody, description, **extra)
+
+
+UNAUTHORIZED = _error("`unauthorized`: API keys are enabled and the bearer key is missing or unknown.")
+RATE_LIMITED = _error(
+    "`rate_limited`: too many requests from this key or address, or too many failed authentications "
+    "from this address; retry after `Retry-After` seconds.",
+    headers={"Retry-After": RETRY_AFTER},
+)
+PROMPT_ERRORS = {
+    400: _error(
+        "`invalid_request`: bad JSON, wrong types, out-of-range values, unknown model or tier; "
+        "`details` names the field."
+    ),
+    401: UNAUTHORIZED,
+    402: _error(
+        "`budget_exceeded`: the monthly budget cannot cover it, or (`details.reason`: `usage_over_bound`) "
+        "its spending is stopped because an upstream billed a job more than its bound, until an operator "
+        "clears the hold. Nothing is enqueued or spent."
+    ),
+    409: _error("`idempotency_conflict`: the Idempotency-Key was already used with a different body."),
+    413: _error("`payload_too_large`: the request body is too large."),
+    415: _error("`unsupported_media_type`: the body is not `application/json`."),
+    429: RATE_LIMITED,
+    503: _error("`unavailable`: the broker or the database is down; nothing is reserved or lost."),
+}
+JOB_NOT_FOUND = _error("`not_found`: no such job (or another key's job when keys are enabled).")
+BATCH_NOT_FOUND = _error("`not_found`: no such batch (or another key's batch when keys are enabled).")
+
+
+def _openai(answers: dict[int, Answer]) -> dict[int, Answer]:
+    """The same errors in OpenAI's shape, as every answer under /v1 has them."""
+    return {status: Answer(responses.OpenAIErrorBody, a.description, a.headers) for status, a in answers.items()}
+
+
+OPERATIONS = (
+    Operation(
+        "post",
+        "/api/prompt",
+        "create_prompt",
+        "prompts",
+        "Route one prompt",
+        description=(
+            "With `wait=true` the answer is the finished job (200) if it is ready within "
+            "`timeout_s`, else 202. With `wait=false` the answer is 202 at once; poll `poll_url`. "
+            "A job whose upstream calls all failed still answers 200, with `status: failed`."
+        ),
+        parameters=(
+            _idempotency_key(
+                "The same key with the same body returns the same job and never makes a second "
+                "upstream call; with a different body the answer is 409."
+            ),
+        ),
+        request=schemas.PromptRequest,
+        answers={
+            200: Answer(responses.JobResult, "The job finished: succeeded, or failed after retries and fallbacks."),
+            202: Answer(
+                responses.JobAccepted,
+                "Accepted but not finished (wait=false, or not ready within timeout_s).",
+                headers={"Location": LOCATION},
+            ),
+            **PROMPT_ERRORS,
+        },
+    ),
+    Operation(
+        "post",
+        "/api/estimate",
+        "create_estimate",
+        "prompts",
+        "Estimate where a prompt would go and what it may cost",
+        description=(
+            "Takes the /api/prompt body. Answers the tier, model and difficulty the router would choose "
+            "and the cost range: expected (one call with a typical answer length) and worst case (the "
+            "bound that would be reserved, escalation included). Calls no upstream, reserves nothing."
+        ),
+        request=schemas.PromptRequest,
+        answers={
+            200: Answer(responses.EstimateView, "The routing and cost range."),
+            **{status: PROMPT_ERRORS[status] for status in (400, 401, 413, 415, 429)},
+        },
+    ),
+    Operation(
+        "get",
+        "/api/jobs",
+        "list_jobs",
+        "jobs",
+        "Search the request log",
+        description=(
+            "Newest first (created_at, then id, descending). Every filter narrows the result; a key "
+            "sees only its own jobs, an admin key every job. Follow `next_cursor` for the next page."
+        ),
+        query=schemas.JobSearchQuery,
+        answers={
+            200: Answer(responses.JobPage, "A page of jobs."),
+            400: _error("`invalid_request`: a parameter is malformed or out of range; `details` names it."),
+            401: UNAUTHORIZED,
+        },
+    ),
+    Operation(
+        "get",
+        "/api/jobs/{job_id}",
+        "get_job",
+        "jobs",
+        "Get a job as stored",
+        description="While queued or running only the state fields are set; once finished, the full result.",
+        parameters=(_path_id("job_id"),),
+        answers={200: Answer(responses.JobResult, "The job."), 401: UNAUTHORIZED, 404: JOB_NOT_FOUND},
+    ),
+    Operation(
+        "delete",
+        "/api/jobs/{job_id}",
+        "cancel_job",
+        "jobs",
+        "Cancel a job that has not started",
+        description="Releases its reservation; it ends `failed` with error code `cancelled`.",
+        parameters=(_path_id("job_id"),),
+        answers={
+            200: Answer(responses.JobResult, "The cancelled job."),
+            401: UNAUTHORIZED,
+            404: JOB_NOT_FOUND,
+            409: _error("`not_cancellable`: the job has already started or finished."),
+        },
+    ),
+    Operation(
+        "post",
+        "/api/batch",
+        "create_batch",
+        "batches",
+        "Submit up to 1000 prompts at once",
+        description=(
+            "Every item is validated first (a bad one rejects the batch, `details.index` names it), then "
+            "the whole batch is reserved at once or refused with 402. Items run on their own workers, "
+            "so a batch never delays single prompts. `callback_url` is POSTed the finished batch."
+        ),
+        parameters=(_idempotency_key("The same key with the same body returns the same batch; another body: 409."),),
+        request=schemas.BatchRequest,
+        answers={
+            202: Answer(
+                responses.BatchAccepted,
+                "Accepted: the batch and its job ids, in submission order.",
+                headers={"Location": {"description": "The batch's URL.", "schema": {"type": "string"}}},
+            ),
+            **PROMPT_ERRORS,
+        },
+    ),
+    Operation(
+        "get",
+        "/api/batch/{batch_id}",
+        "get_batch",
+        "batches",
+        "Get a batch: counts and jobs in submission order",
+        parameters=(
+            _path_id("batch_id"),
+            {
+                "name": "format",
+                "in": "query",
+                "required": False,
+                "description": "`jsonl` streams the jobs as JSON Lines instead.",
+                "schema": {"type": "string", "enum": ["json", "jsonl"]},
+            },
+        ),
+        answers={
+            200: Answer(
+                responses.BatchResult,
+                "The batch (JSON), or one job per line (JSON Lines, each line a JobResult).",
+                other_media={"application/x-ndjson": {"schema": {"type": "string"}}},
+            ),
+            401: UNAUTHORIZED,
+            404: BATCH_NOT_FOUND,
+        },
+    ),
+    Operation(
+        "delete",
+        "/api/batch/{batch_id}",
+        "cancel_batch",
+        "batches",
+        "Cancel the batch's jobs that have not started",
+        description="Their reservations are released; jobs already running finish.",
+        parameters=(_path_id("batch_id"),),
+        answers={
+            200: Answer(responses.BatchCancelled, "The batch after cancelling."),
+            401: UNAUTHORIZED,
+            404: BATCH_NOT_FOUND,
+        },
+    ),
+    Operation(
+        "get",
+        "/api/budget",
+        "get_budget",
+        "budget",
+        "Get this month's budget",
+        description=(
+            "`remaining = monthly_limit - total_spent - reserved`. With keys enabled, a key sees its "
+            "own budget and an admin key the global one."
+        ),
+        answers={200: Answer(responses.BudgetView, "The current UTC month's budget."), 401: UNAUTHORIZED},
+    ),
+    Operation(
+        "delete",
+        "/api/budget/hold",
+        "clear_budget_hold",
+        "budget",
+        "Clear a budget hold",
+        description=(
+            "A job the upstream billed more than its bound holds its scopes for the month: they reserve "
+            "nothing (402 `budget_exceeded`, `details.reason`: `usage_over_bound`) until an operator "
+            "clears the hold here (keys off, or an admin key). Answers the scope's budget."
+        ),
+        parameters=(
+            {
+                "name": "scope",
+                "in": "query",
+                "required": False,
+                "description": "`global` or `key:<id>`; without it, the caller's own scope.",
+                "schema": {"type": "string"},
+            },
+        ),
+        answers={
+            200: Answer(responses.BudgetView, "The scope's budget, no longer held."),
+            400: _error("`invalid_request`: an unknown scope."),
+            401: UNAUTHORIZED,
+            403: _error("`forbidden`: only an admin key may clear a hold."),
+        },
+    ),
+    Operation(
+        "get",
+        "/api/stats",
+        "get_stats",
+        "stats",
+        "Get request statistics",
+        description="Totals and per-model figures; percentages are 0..100.",
+        parameters=(
+            {
+                "name": "since",
+                "in": "query",
+                "required": False,
+                "description": "Count only requests from this ISO 8601 date (or date and time) on.",
+                "schema": {"type": "string"},
+                "example": "2026-01-01",
+            },
+        ),
+        answers={
+            200: Answer(responses.StatsView, "The statistics."),
+            400: _error("`invalid_request`: `since` is not an ISO 8601 date."),
+            401: UNAUTHORIZED,
+        },
+    ),
+    Operation(
+        "get",
+        "/api/reports/costs",
+        "get_cost_report",
+        "stats",
+        "Get a cost report for this week or month",
+        description=(
+            "Totals, savings against the strongest tier, and the cost per day, model, tier and API key of "
+            "the jobs created in the period (UTC). A key sees its own jobs, an admin key every job."
+        ),
+        query=schemas.CostReportQuery,
+        answers={
+            200: Answer(responses.CostReportView, "The report."),
+            400: _error("`invalid_request`: `period` is neither `week` nor `month`."),
+            401: UNAUTHORIZED,
+        },
+    ),
+    Operation(
+        "post",
+        "/v1/chat/completions",
+        "create_chat_completion",
+        "openai",
+        "Route a chat as OpenAI's chat completions API",
+        description=(
+            "The same job as /api/prompt, in OpenAI's request and answer shapes (`stream: true` answers "
+            "server-sent events, each `data:` a ChatCompletionChunk, then `data: [DONE]`). Fields the router "
+            "cannot honour are ignored; the router's own details come back in `x-router-*` headers. Errors take "
+            "OpenAI's shape, with `param` naming the field."
+        ),
+        request=schemas.ChatCompletionRequest,
+        answers={
+            200: Answer(
+                responses.ChatCompletion,
+                "The answer (or, with `stream: true`, its chunks as SSE).",
+                other_media={"text/event-stream": {"schema": {"type": "string"}}},
+            ),
+            **_openai(PROMPT_ERRORS),
+            502: Answer(responses.OpenAIErrorBody, "The upstream failed the job for good."),
+            504: Answer(responses.OpenAIErrorBody, "The job did not finish in time; it may still finish."),
+        },
+    ),
+    Operation(
+        "get",
+        "/v1/models",
+        "list_models",
+        "openai",
+        "List the models a chat may name",
+        description="The router's aliases (`router`, `auto`, `router:<preference>`), then every catalog model.",
+        answers={200: Answer(responses.ModelList, "The models."), **_openai({401: UNAUTHORIZED})},
+    ),
+    Operation(
+        "get",
+        "/api/health",
+        "get_health",
+        "health",
+        "Check the database, the broker and the workers",
+        answers={
+            200: Answer(responses.HealthView, "The database and the broker answer."),
+            503: Answer(responses.HealthView, "The database or the broker is unreachable; the check names it."),
+        },
+    ),
+    Operation(
+        "get",
+        "/livez",
+        "get_liveness",
+        "health",
+        "Liveness probe: the process serves (touches neither the database nor Redis)",
+        answers={200: Answer(responses.LivenessView, "The process serves requests.")},
+    ),
+    Operation(
+        "get",
+        "/readyz",
+        "get_readiness",
+        "health",
+        "Readiness probe: the database and the broker answer",
+        answers={
+            200: Answer(responses.ReadinessView, "The database and the broker answer."),
+            503: Answer(responses.ReadinessView, "The database or the broker is down; the check names it."),
+        },
+    ),
+)
+# Described but not the body of any operation: referenced by BatchRequest's items, and the SSE chunk.
+EXTRA_MODELS: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
+    (schemas.BatchItem, "validation"),
+    (responses.ChatCompletionChunk, "serialization"),
+)
+# Every route but health and the probes counts against the rate limits.
+UNLIMITED_PATHS = frozenset({"/api/health", "/livez", "/readyz"})
+
+
+def _models() -> list[tuple[type[BaseModel], JsonSchemaMode]]:
+    """Requests as pydantic validates them, answers as they are serialized; each once."""
+    found: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {}
+    for operation in OPERATIONS:
+        if operation.request is not None:
+            found[(operation.request, "validation")] = None
+        for answer in operation.answers.values():
+            if answer.model is not None:
+                found[(answer.model, "serialization")] = None
+    found.update(dict.fromkeys(EXTRA_MODELS))
+    return list(found)
 
 
 def build_openapi_spec(*, version: str, settings: Settings | None = None) -> dict[str, Any]:
@@ -70,382 +446,45 @@ def build_openapi_spec(*, version: str, settings: Settings | None = None) -> dic
     The bounds that settings size (MAX_PROMPT_CHARS, MAX_METADATA_BYTES, MAX_BATCH_ITEMS) show the values of
     `settings`, or their defaults without it.
     """
-    refs, top = models_json_schema(MODELS, ref_template=REF_TEMPLATE)
-    schemas = top.get("$defs", {})
-    _show_limits(schemas, settings)
+    refs, top = models_json_schema(_models(), ref_template=REF_TEMPLATE)
+    components = top.get("$defs", {})
+    _show_limits(components, settings)
 
-    def ref(model: type[BaseModel]) -> dict[str, Any]:
-        mode = next(mode for candidate, mode in MODELS if candidate is model)
-        return dict(refs[(model, mode)])
+    def content(model: type[BaseModel], mode: JsonSchemaMode) -> dict[str, Any]:
+        return {"application/json": {"schema": dict(refs[(model, mode)])}}
 
-    def json_body(model: type[BaseModel], description: str, **extra: Any) -> dict[str, Any]:
-        return {"description": description, "content": {"application/json": {"schema": ref(model)}}, **extra}
-
-    def error(description: str, **extra: Any) -> dict[str, Any]:
-        return json_body(ErrorBody, description, **extra)
-
-    unauthorized = error("`unauthorized`: API keys are enabled and the bearer key is missing or unknown.")
-    prompt_errors = {
-        "400": error(
-            "`invalid_request`: bad JSON, wrong types, out-of-range values, unknown model or tier; "
-            "`details` names the field."
-        ),
-        "401": unauthorized,
-        "402": error(
-            "`budget_exceeded`: the monthly budget cannot cover it, or (`details.reason`: `usage_over_bound`) "
-            "its spending is stopped because an upstream billed a job more than its bound, until an operator "
-            "clears the hold. Nothing is enqueued or spent."
-        ),
-        "409": error("`idempotency_conflict`: the Idempotency-Key was already used with a different body."),
-        "413": error("`payload_too_large`: the request body is too large."),
-        "415": error("`unsupported_media_type`: the body is not `application/json`."),
-        "429": error(
-            "`rate_limited`: too many requests from this key or address, or too many failed authentications "
-            "from this address; retry after `Retry-After` seconds.",
-            headers={
-                "Retry-After": {
-                    "description": "Seconds to wait before retrying.",
-                    "schema": {"type": "integer", "minimum": 0},
-                }
-            },
-        ),
-        "503": error("`unavailable`: the broker or the database is down; nothing is reserved or lost."),
-    }
-    paths: dict[str, Any] = {
-        "/api/prompt": {
-            "post": {
-                "operationId": "create_prompt",
-                "tags": ["prompts"],
-                "summary": "Route one prompt",
-                "description": (
-                    "With `wait=true` the answer is the finished job (200) if it is ready within "
-                    "`timeout_s`, else 202. With `wait=false` the answer is 202 at once; poll `poll_url`. "
-                    "A job whose upstream calls all failed still answers 200, with `status: failed`."
-                ),
-                "parameters": [
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "required": False,
-                        "description": (
-                            "The same key with the same body returns the same job and never makes a second "
-                            "upstream call; with a different body the answer is 409."
-                        ),
-                        "schema": IDEMPOTENCY_KEY_SCHEMA,
-                    }
-                ],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": ref(PromptRequest)}}},
-                "responses": {
-                    "200": json_body(JobResult, "The job finished: succeeded, or failed after retries and fallbacks."),
-                    "202": json_body(
-                        JobAccepted,
-                        "Accepted but not finished (wait=false, or not ready within timeout_s).",
-                        headers={
-                            "Location": {
-                                "description": "The job's URL, the same as `poll_url`.",
-                                "schema": {"type": "string"},
-                            }
-                        },
-                    ),
-                    **prompt_errors,
+    paths: dict[str, Any] = {}
+    for op in OPERATIONS:
+        answers = dict(op.answers)
+        if op.path not in UNLIMITED_PATHS:
+            answers.setdefault(429, _openai({429: RATE_LIMITED})[429] if op.path.startswith("/v1/") else RATE_LIMITED)
+        parameters = [*op.parameters, *(query_parameters(op.query) if op.query is not None else [])]
+        operation: dict[str, Any] = {"operationId": op.operation_id, "tags": [op.tag], "summary": op.summary}
+        if op.description:
+            operation["description"] = op.description
+        if parameters:
+            operation["parameters"] = parameters
+        if op.request is not None:
+            operation["requestBody"] = {"required": True, "content": content(op.request, "validation")}
+        operation["responses"] = {
+            str(status): {
+                "description": answer.description,
+                **({"headers": answer.headers} if answer.headers else {}),
+                "content": {
+                    **(content(answer.model, "serialization") if answer.model is not None else {}),
+                    **answer.other_media,
                 },
             }
-        },
-        "/api/estimate": {
-            "post": {
-                "operationId": "create_estimate",
-                "tags": ["prompts"],
-                "summary": "Estimate where a prompt would go and what it may cost",
-                "description": (
-                    "Takes the /api/prompt body. Answers the tier, model and difficulty the router would choose "
-                    "and the cost range: expected (one call with a typical answer length) and worst case (the "
-                    "bound that would be reserved, escalation included). Calls no upstream, reserves nothing."
-                ),
-                "requestBody": {"required": True, "content": {"application/json": {"schema": ref(PromptRequest)}}},
-                "responses": {
-                    "200": json_body(EstimateView, "The routing and cost range."),
-                    **{
-                        status: answer
-                        for status, answer in prompt_errors.items()
-                        if status in ("400", "401", "413", "415", "429")
-                    },
-                },
-            }
-        },
-        "/api/jobs": {
-            "get": {
-                "operationId": "list_jobs",
-                "tags": ["jobs"],
-                "summary": "Search the request log",
-                "description": (
-                    "Newest first (created_at, then id, descending). Every filter narrows the result; a key "
-                    "sees only its own jobs, an admin key every job. Follow `next_cursor` for the next page."
-                ),
-                "parameters": query_parameters(JobSearchQuery),
-                "responses": {
-                    "200": json_body(JobPage, "A page of jobs."),
-                    "400": error("`invalid_request`: a parameter is malformed or out of range; `details` names it."),
-                    "401": unauthorized,
-                },
-            }
-        },
-        "/api/jobs/{job_id}": {
-            "get": {
-                "operationId": "get_job",
-                "tags": ["jobs"],
-                "summary": "Get a job as stored",
-                "description": "While queued or running only the state fields are set; once finished, the full result.",
-                "parameters": [
-                    {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}},
-                ],
-                "responses": {
-                    "200": json_body(JobResult, "The job."),
-                    "401": unauthorized,
-                    "404": error("`not_found`: no such job (or another key's job when keys are enabled)."),
-                },
-            },
-            "delete": {
-                "operationId": "cancel_job",
-                "tags": ["jobs"],
-                "summary": "Cancel a job that has not started",
-                "description": "Releases its reservation; it ends `failed` with error code `cancelled`.",
-                "parameters": [
-                    {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}},
-                ],
-                "responses": {
-                    "200": json_body(JobResult, "The cancelled job."),
-                    "401": unauthorized,
-                    "404": error("`not_found`: no such job (or another key's job when keys are enabled)."),
-                    "409": error("`not_cancellable`: the job has already started or finished."),
-                },
-            },
-        },
-        "/api/batch": {
-            "post": {
-                "operationId": "create_batch",
-                "tags": ["batches"],
-                "summary": "Submit up to 1000 prompts at once",
-                "description": (
-                    "Every item is validated first (a bad one rejects the batch, `details.index` names it), then "
-                    "the whole batch is reserved at once or refused with 402. Items run on their own workers, "
-                    "so a batch never delays single prompts. `callback_url` is POSTed the finished batch."
-                ),
-                "parameters": [
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "required": False,
-                        "description": "The same key with the same body returns the same batch; another body: 409.",
-                        "schema": IDEMPOTENCY_KEY_SCHEMA,
-                    }
-                ],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": ref(BatchRequest)}}},
-                "responses": {
-                    "202": json_body(
-                        BatchAccepted,
-                        "Accepted: the batch and its job ids, in submission order.",
-                        headers={"Location": {"description": "The batch's URL.", "schema": {"type": "string"}}},
-                    ),
-                    **prompt_errors,
-                },
-            }
-        },
-        "/api/batch/{batch_id}": {
-            "get": {
-                "operationId": "get_batch",
-                "tags": ["batches"],
-                "summary": "Get a batch: counts and jobs in submission order",
-                "parameters": [
-                    {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}},
-                    {
-                        "name": "format",
-                        "in": "query",
-                        "required": False,
-                        "description": "`jsonl` streams the jobs as JSON Lines instead.",
-                        "schema": {"type": "string", "enum": ["json", "jsonl"]},
-                    },
-                ],
-                "responses": {
-                    "200": {
-                        "description": "The batch (JSON), or one job per line (JSON Lines).",
-                        "content": {
-                            "application/json": {"schema": ref(BatchResult)},
-                            "application/x-ndjson": {"schema": {"type": "string"}},
-                        },
-                    },
-                    "401": unauthorized,
-                    "404": error("`not_found`: no such batch (or another key's batch when keys are enabled)."),
-                },
-            },
-            "delete": {
-                "operationId": "cancel_batch",
-                "tags": ["batches"],
-                "summary": "Cancel the batch's jobs that have not started",
-                "description": "Their reservations are released; jobs already running finish.",
-                "parameters": [
-                    {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}},
-                ],
-                "responses": {
-                    "200": json_body(BatchResult, "The batch after cancelling."),
-                    "401": unauthorized,
-                    "404": error("`not_found`: no such batch (or another key's batch when keys are enabled)."),
-                },
-            },
-        },
-        "/api/budget": {
-            "get": {
-                "operationId": "get_budget",
-                "tags": ["budget"],
-                "summary": "Get this month's budget",
-                "description": (
-                    "`remaining = monthly_limit - total_spent - reserved`. With keys enabled, a key sees its "
-                    "own budget and an admin key the global one."
-                ),
-                "responses": {"200": json_body(BudgetView, "The current UTC month's budget."), "401": unauthorized},
-            }
-        },
-        "/api/budget/hold": {
-            "delete": {
-                "operationId": "clear_budget_hold",
-                "tags": ["budget"],
-                "summary": "Clear a budget hold",
-                "description": (
-                    "A job the upstream billed more than its bound holds its scopes for the month: they reserve "
-                    "nothing (402 `budget_exceeded`, `details.reason`: `usage_over_bound`) until an operator "
-                    "clears the hold here (keys off, or an admin key). Answers the scope's budget."
-                ),
-                "parameters": [
-                    {
-                        "name": "scope",
-                        "in": "query",
-                        "required": False,
-                        "description": "`global` or `key:<id>`; without it, the caller's own scope.",
-                        "schema": {"type": "string"},
-                    }
-                ],
-                "responses": {
-                    "200": json_body(BudgetView, "The scope's budget, no longer held."),
-                    "400": error("`invalid_request`: an unknown scope."),
-                    "401": unauthorized,
-                    "403": error("`forbidden`: only an admin key may clear a hold."),
-                },
-            }
-        },
-        "/api/stats": {
-            "get": {
-                "operationId": "get_stats",
-                "tags": ["stats"],
-                "summary": "Get request statistics",
-                "description": "Totals and per-model figures; percentages are 0..100.",
-                "parameters": [
-                    {
-                        "name": "since",
-                        "in": "query",
-                        "required": False,
-                        "description": "Count only requests from this ISO 8601 date (or date and time) on.",
-                        "schema": {"type": "string"},
-                        "example": "2026-01-01",
-                    }
-                ],
-                "responses": {
-                    "200": json_body(StatsView, "The statistics."),
-                    "400": error("`invalid_request`: `since` is not an ISO 8601 date."),
-                    "401": unauthorized,
-                },
-            }
-        },
-        "/api/reports/costs": {
-            "get": {
-                "operationId": "get_cost_report",
-                "tags": ["stats"],
-                "summary": "Get a cost report for this week or month",
-                "description": (
-                    "Totals, savings against the strongest tier, and the cost per day, model, tier and API key of "
-                    "the jobs created in the period (UTC). A key sees its own jobs, an admin key every job."
-                ),
-                "parameters": query_parameters(CostReportQuery),
-                "responses": {
-                    "200": json_body(CostReportView, "The report."),
-                    "400": error("`invalid_request`: `period` is neither `week` nor `month`."),
-                    "401": unauthorized,
-                },
-            }
-        },
-        "/v1/chat/completions": {
-            "post": {
-                "operationId": "create_chat_completion",
-                "tags": ["openai"],
-                "summary": "Route a chat as OpenAI's chat completions API",
-                "description": (
-                    "The same job as /api/prompt, in OpenAI's request and answer shapes (`stream: true` answers "
-                    "server-sent events). Fields the router cannot honour are ignored; the router's own details "
-                    "come back in `x-router-*` headers. Errors take OpenAI's shape, with `param` naming the field."
-                ),
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": ref(ChatCompletionRequest)}},
-                },
-                "responses": {
-                    "200": json_body(ChatCompletion, "The answer (or, with `stream: true`, its chunks as SSE)."),
-                    **{
-                        status: {**answer, "content": {"application/json": {"schema": ref(OpenAIErrorBody)}}}
-                        for status, answer in prompt_errors.items()
-                    },
-                    "502": json_body(OpenAIErrorBody, "The upstream failed the job for good."),
-                    "504": json_body(OpenAIErrorBody, "The job did not finish in time; it may still finish."),
-                },
-            }
-        },
-        "/api/health": {
-            "get": {
-                "operationId": "get_health",
-                "tags": ["health"],
-                "summary": "Check the database, the broker and the workers",
-                "responses": {
-                    "200": json_body(HealthView, "The database and the broker answer."),
-                    "503": json_body(HealthView, "The database or the broker is unreachable; the check names it."),
-                },
-            }
-        },
-        "/livez": {
-            "get": {
-                "operationId": "get_liveness",
-                "tags": ["health"],
-                "summary": "Liveness probe: the process serves (touches neither the database nor Redis)",
-                "responses": {"200": inline_json(PROBE_SCHEMA, "The process serves requests.")},
-            }
-        },
-        "/readyz": {
-            "get": {
-                "operationId": "get_readiness",
-                "tags": ["health"],
-                "summary": "Readiness probe: the database and the broker answer",
-                "responses": {
-                    "200": inline_json(READINESS_SCHEMA, "The database and the broker answer."),
-                    "503": inline_json(READINESS_SCHEMA, "The database or the broker is down; the check names it."),
-                },
-            }
-        },
-    }
-    # Every route but health and the probes counts against the rate limits and authenticates.
-    for path, item in paths.items():
-        if path not in UNMETERED_PATHS:
-            for operation in item.values():
-                operation["responses"].setdefault("429", prompt_errors["429"])
+            for status, answer in answers.items()
+        }
+        paths.setdefault(op.path, {})[op.method] = operation
     return {
         "openapi": OPENAPI_VERSION,
         "info": {"title": "model-router", "version": version, "description": DESCRIPTION},
-        "tags": [
-            {"name": "prompts", "description": "Route prompts."},
-            {"name": "jobs", "description": "Follow jobs."},
-            {"name": "budget", "description": "The monthly budget."},
-            {"name": "stats", "description": "Usage statistics."},
-            {"name": "health", "description": "Liveness of the stack."},
-            {"name": "openai", "description": "OpenAI's chat completions API, routed."},
-        ],
+        "tags": [{"name": name, "description": text} for name, text in TAGS],
         "paths": paths,
         "components": {
-            "schemas": schemas,
+            "schemas": components,
             "securitySchemes": {
                 BEARER_SCHEME: {
                     "type": "http",
@@ -457,29 +496,6 @@ def build_openapi_spec(*, version: str, settings: Settings | None = None) -> dic
         # The empty requirement makes the key optional: deployments without keys need none.
         "security": [{}, {BEARER_SCHEME: []}],
     }
-
-
-IDEMPOTENCY_KEY_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH}
-UNMETERED_PATHS = ("/api/health", "/livez", "/readyz")
-_CHECK = {"type": "string", "enum": ["ok", "unreachable"]}
-PROBE_SCHEMA = {"type": "object", "properties": {"status": {"type": "string", "enum": ["ok"]}}, "required": ["status"]}
-READINESS_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "status": {"type": "string", "enum": ["ok", "unavailable"]},
-        "checks": {
-            "type": "object",
-            "properties": {"database": _CHECK, "broker": _CHECK},
-            "required": ["database", "broker"],
-        },
-    },
-    "required": ["status", "checks"],
-}
-
-
-def inline_json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    """Describe a JSON answer whose schema has no pydantic model (the probes')."""
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 def _show_limits(schemas: dict[str, Any], settings: Settings | None) -> None:
@@ -507,8 +523,8 @@ def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     """Describe a query-string model's fields as optional OpenAPI query parameters."""
     schema = model.model_json_schema(mode="validation")
     parameters = []
-    for name, field in schema["properties"].items():
-        field = dict(field)
+    for name, described in schema["properties"].items():
+        field = dict(described)
         description = field.pop("description", None)
         field.pop("title", None)
         # An optional parameter is simply left out; the query string has no null.

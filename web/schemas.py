@@ -1,4 +1,4 @@
-"""Request and response models: they validate requests and generate /openapi.json."""
+"""Request models: they validate requests and, through web.openapi, document them (answers: web.responses)."""
 
 from __future__ import annotations
 
@@ -122,184 +122,6 @@ class PromptRequest(PromptFields):
     )
 
 
-class Attempt(BaseModel):
-    """One upstream call made for a job."""
-
-    model: str
-    tier: str
-    purpose: Literal["primary", "fallback", "escalation"]
-    outcome: Literal["ok", "error", "skipped"]
-    error_class: str | None = None
-    status_code: int | None = None
-    latency_ms: float
-    prompt_tokens: int
-    completion_tokens: int
-    cost: float
-
-
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-    details: dict[str, Any] = Field(default_factory=dict)
-
-
-class ErrorBody(BaseModel):
-    """Every error answer."""
-
-    error: ErrorDetail
-
-
-class JobResult(BaseModel):
-    """A job as stored; the result fields are present once it has finished (`error` only if it failed)."""
-
-    job_id: str
-    status: Literal["queued", "running", "succeeded", "failed"]
-    created_at: str
-    prompt: str = Field(description="The prompt as stored (a chat request's turns joined).")
-    cached: bool = Field(description="Answered from the response cache, at no cost.")
-    request_id: str | None = Field(description="The X-Request-ID of the request that made the job.")
-    metadata: dict[str, Any] = Field(description="As the request gave it.")
-    batch_id: str | None = Field(default=None, description="Only on a batch's jobs.")
-    batch_index: int | None = Field(default=None, description="The item's position in its batch; only with batch_id.")
-    finished_at: str | None = None
-    success: bool | None = None
-    response: str | None = None
-    model_used: str | None = None
-    tier: str | None = None
-    difficulty_score: float | None = None
-    difficulty_level: Literal["easy", "medium", "hard"] | None = None
-    tokens_used: int | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    cost: float | None = None
-    unconfirmed_cost: float | None = Field(
-        default=None,
-        description="The part of `cost` charged at its worst-case bound for upstream calls whose answer was lost"
-        " (with their worker, or to an interruption): the upstream may have billed them, and never said how much.",
-    )
-    latency_ms: float | None = None
-    escalated: bool | None = None
-    escalation_reason: str | None = None
-    truncated: bool | None = Field(
-        default=None,
-        description=(
-            "The answer stopped at the request's max_tokens (finish_reason `length`); such an answer is never "
-            "escalated, since every tier gets the same max_tokens: ask again with a larger one."
-        ),
-    )
-    downgraded: bool | None = None
-    downgraded_from: str | None = None
-    confidence: float | None = None
-    retry_count: int | None = None
-    usage_over_bound: bool | None = Field(
-        default=None,
-        description="The upstream billed more than the job's bound: `cost` is what it billed, and the job's "
-        "budget scopes reserve nothing more this month until an operator clears the hold.",
-    )
-    usage_invalid: bool | None = Field(
-        default=None,
-        description="The upstream reported usage that cannot be true for one of the job's calls (negative, not "
-        "an integer, a prompt above the model's context window, a completion above the max_tokens sent, or "
-        "none at all): that call is charged at its worst-case bound, part of `unconfirmed_cost`.",
-    )
-    attempts: list[Attempt] | None = None
-    error: ErrorDetail | None = None
-
-
-class JobAccepted(BaseModel):
-    """A job that was accepted but is not finished yet (202)."""
-
-    job_id: str
-    status: Literal["queued", "running"]
-    poll_url: str
-
-
-class BudgetView(BaseModel):
-    scope: str
-    year: int
-    month: int
-    monthly_limit: float
-    total_spent: float
-    reserved: float
-    remaining: float
-    percentage_used: float
-    request_count: int
-    held_by_job: str | None = Field(
-        description="The job the upstream billed more than its bound: while set, this scope reserves nothing "
-        "(402 `budget_exceeded`, `details.reason`: `usage_over_bound`) until an operator clears the hold "
-        "(DELETE /api/budget/hold)."
-    )
-
-
-class ModelStats(BaseModel):
-    requests: int
-    cost: float
-    unconfirmed_cost: float = Field(description="Part of cost charged at bounds for calls whose answer was lost.")
-    avg_latency_ms: float | None
-    tokens: int
-
-
-class LatencyPercentiles(BaseModel):
-    """Over the most recent finished jobs (at most 2000); null without any."""
-
-    p50: float | None
-    p95: float | None
-    p99: float | None
-
-
-class StatsView(BaseModel):
-    total_requests: int
-    successful_requests: int
-    failed_requests: int
-    success_rate: float
-    total_cost: float
-    unconfirmed_cost: float = Field(
-        description="Part of total_cost charged at worst-case bounds for upstream calls whose answer was lost."
-    )
-    avg_latency_ms: float | None
-    total_tokens: int
-    escalation_rate: float
-    total_retries: int
-    fallback_attempts: int
-    baseline_cost: float = Field(description="The finished jobs' tokens priced at the strongest tier's model.")
-    savings: float = Field(description="baseline_cost - total_cost.")
-    savings_pct: float = Field(description="savings as a percentage of baseline_cost; 0 without a baseline.")
-    cache_hits: int = Field(description="Jobs answered from the response cache.")
-    latency_ms: LatencyPercentiles
-    by_model: dict[str, ModelStats]
-    circuits: dict[str, Literal["closed", "open", "half_open"]] = Field(default_factory=dict)
-
-
-class HealthChecks(BaseModel):
-    database: str
-    broker: str
-    workers: int
-    circuits: dict[str, Literal["closed", "open", "half_open"]] = Field(default_factory=dict)
-
-
-class HealthView(BaseModel):
-    status: Literal["ok", "unavailable"]
-    checks: HealthChecks
-
-
-class CostRange(BaseModel):
-    expected: float
-    worst_case: float
-
-
-class EstimateView(BaseModel):
-    """Where a prompt would be routed and what it may cost (POST /api/estimate)."""
-
-    tier: str
-    model: str
-    difficulty_score: float
-    difficulty_level: Literal["easy", "medium", "hard"]
-    escalation_tier: str | None
-    prompt_tokens_estimate: int
-    completion_tokens_estimate: int
-    cost: CostRange
-
-
 class BatchItem(PromptFields):
     """One batch item given as an object: the /api/prompt body without wait, timeout_s, callbacks or downgrade."""
 
@@ -324,26 +146,6 @@ class BatchRequest(BaseModel):
     callback_url: CallbackUrl | None = Field(
         default=None, description="POSTed the finished batch, signed; the same rules as /api/prompt's."
     )
-
-
-class BatchAccepted(BaseModel):
-    batch_id: str
-    job_ids: list[str]
-    poll_url: str
-
-
-class BatchResult(BaseModel):
-    """A batch's counts and its jobs in submission order."""
-
-    batch_id: str
-    status: Literal["running", "completed"]
-    created_at: str
-    total: int
-    succeeded: int
-    failed: int
-    pending: int
-    cost: float
-    jobs: list[JobResult]
 
 
 class ChatTextPart(BaseModel):
@@ -472,55 +274,6 @@ class ChatCompletionRequest(BaseModel):
         return value
 
 
-class ChatCompletionMessage(BaseModel):
-    role: Literal["assistant"]
-    content: str
-    refusal: str | None = None
-
-
-class ChatCompletionChoice(BaseModel):
-    index: int
-    message: ChatCompletionMessage
-    logprobs: dict[str, Any] | None = None
-    finish_reason: str = Field(
-        description=(
-            "As the upstream said: `stop`, or `length` when the answer was cut at max_tokens (never escalated: "
-            "every tier gets the same max_tokens)."
-        )
-    )
-
-
-class ChatCompletionUsage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class ChatCompletion(BaseModel):
-    """OpenAI's `chat.completion`; the router's details are in the `x-router-*` headers."""
-
-    id: str
-    object: Literal["chat.completion"]
-    created: int
-    model: str
-    system_fingerprint: str | None = None
-    choices: list[ChatCompletionChoice]
-    usage: ChatCompletionUsage
-
-
-class OpenAIErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = Field(description="The request field at fault, when one is.")
-    code: str
-
-
-class OpenAIErrorBody(BaseModel):
-    """Every error answer under /v1, in OpenAI's shape (its SDKs parse it)."""
-
-    error: OpenAIErrorDetail
-
-
 # Query strings carry text only, so these models convert ("50" is 50) instead of being strict.
 QueryDateTime = Annotated[
     datetime,
@@ -543,16 +296,13 @@ def _as_utc(value: datetime | None) -> datetime | None:
         raise ValueError("is out of range") from None
 
 
-JobStatusName = Literal["queued", "running", "succeeded", "failed"]
-
-
 class JobSearchQuery(BaseModel):
     """The query string of GET /api/jobs; an empty parameter (`?status=`) is the same as a missing one."""
 
     model_config = ConfigDict(extra="ignore")
 
     status: Annotated[
-        JobStatusName | None,
+        Literal["queued", "running", "succeeded", "failed"] | None,
         WithJsonSchema({"type": "string", "enum": ["queued", "running", "succeeded", "failed", ""]}),
     ] = None
     model: str | None = Field(
@@ -601,32 +351,6 @@ class JobSearchQuery(BaseModel):
         return value
 
 
-class JobSummary(BaseModel):
-    """One job in a search: where it went and how it ended; the outcome fields are null while unfinished."""
-
-    job_id: str
-    status: JobStatusName
-    created_at: str
-    finished_at: str | None
-    model_used: str | None
-    tier: str | None
-    difficulty_level: Literal["easy", "medium", "hard"] | None
-    cost: float | None
-    latency_ms: float | None
-    escalated: bool | None
-    cached: bool
-    success: bool | None
-    error_code: str | None
-    prompt_preview: str = Field(description="The first 120 characters of the prompt.")
-
-
-class JobPage(BaseModel):
-    """A page of GET /api/jobs, newest first."""
-
-    jobs: list[JobSummary]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
-
-
 class CostReportQuery(BaseModel):
     """The query string of GET /api/reports/costs."""
 
@@ -635,52 +359,3 @@ class CostReportQuery(BaseModel):
     period: Literal["week", "month"] = Field(
         default="month", description="week: the last 7 days including today; month: the current calendar month (UTC)."
     )
-
-
-class DayCost(BaseModel):
-    date: str = Field(description="A UTC day, YYYY-MM-DD.")
-    cost: float
-    baseline_cost: float
-    requests: int
-
-
-class ModelCost(BaseModel):
-    model: str | None = Field(description="null for jobs that never reached a model.")
-    cost: float
-    unconfirmed_cost: float = Field(description="Part of cost charged at bounds for calls whose answer was lost.")
-    requests: int
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class TierCost(BaseModel):
-    tier: str | None
-    cost: float
-    requests: int
-
-
-class KeyCost(BaseModel):
-    api_key_id: int | None = Field(description="null for jobs made without a key.")
-    name: str | None
-    cost: float
-    requests: int
-
-
-class CostReportView(BaseModel):
-    """The jobs created in [since, until); every breakdown sums to the totals."""
-
-    period: Literal["week", "month"]
-    since: str
-    until: str
-    total_cost: float
-    unconfirmed_cost: float = Field(
-        description="Part of total_cost charged at worst-case bounds for upstream calls whose answer was lost."
-    )
-    baseline_cost: float
-    savings: float
-    savings_pct: float
-    requests: int
-    by_day: list[DayCost] = Field(description="Every day of the period, oldest first, days without jobs included.")
-    by_model: list[ModelCost]
-    by_tier: list[TierCost]
-    by_key: list[KeyCost]

@@ -1,12 +1,34 @@
-"""Jobs and batches as the API shows them, for HTTP answers and webhook bodies alike."""
+"""Jobs and batches as the API shows them, for HTTP answers and webhook bodies alike.
+
+Each body is a pydantic model read from the stored row (`model_validate(row, from_attributes=True)`): the same
+model serializes the answer and, through web.openapi, documents it, so the two cannot drift apart. Money stays
+a Decimal inside and leaves as a JSON number; times leave as `isoformat()` text.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from enum import Enum
 from typing import TYPE_CHECKING
+from typing import Annotated
 from typing import Any
+from typing import Literal
 
+from pydantic import AliasPath
+from pydantic import BaseModel
+from pydantic import BeforeValidator
+from pydantic import ConfigDict
+from pydantic import Field
+from pydantic import PlainSerializer
+from pydantic import SerializerFunctionWrapHandler
+from pydantic import ValidationInfo
+from pydantic import field_validator
+from pydantic import model_serializer
+from pydantic import model_validator
 from sqlalchemy import Row
 
 from shared.store.models import RequestLog
@@ -15,113 +37,263 @@ if TYPE_CHECKING:
     # shared.jobs.batches reaches this module through jobs and the single-statement finish.
     from shared.jobs.batches import BatchView
 
-ATTEMPT_FIELDS = (
-    "model", "tier", "purpose", "outcome", "error_class", "status_code", "latency_ms", "prompt_tokens",
-    "completion_tokens", "cost",
-)  # fmt: skip
+
+def _value(value: object) -> object:
+    return value.value if isinstance(value, Enum) else value
 
 
-# The job attributes job_body reads (its attempts aside): a row that carries these is enough to answer with.
-BODY_ATTRIBUTES = (
-    "id", "status", "created_at", "prompt", "cached", "request_id", "batch_id", "batch_index", "metadata_json",
-    "error_code", "error_message", "finished_at", "response", "model_used", "tier", "difficulty_score",
-    "difficulty_level", "tokens_used", "prompt_tokens", "completion_tokens", "cost", "latency_ms", "escalated",
-    "escalation_reason", "downgraded_from", "confidence", "retry_count", "usage_over_bound", "truncated",
-    "unconfirmed_cost", "usage_invalid",
-)  # fmt: skip
+# Money is exact inside and a JSON number on the wire, as the contract shows it (and Flask's default would not).
+Money = Annotated[Decimal, PlainSerializer(float, return_type=float)]
+# `isoformat()`, not pydantic's own form: a UTC time keeps its "+00:00", as the answers always showed it.
+Timestamp = Annotated[datetime, PlainSerializer(datetime.isoformat, return_type=str)]
+JobStatusName = Annotated[Literal["queued", "running", "succeeded", "failed"], BeforeValidator(_value)]
+DifficultyLevel = Literal["easy", "medium", "hard"]
+FINISHED = frozenset({"succeeded", "failed"})
 
 
-def job_body(job: RequestLog | Row[Any], *, attempts: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """Return the job: its state while unfinished, the full result once finished.
+class ResponseModel(BaseModel):
+    """A body the service sends: read from attributes (or a mapping with more than it needs), and the schema
+    says that it carries no field beyond those declared."""
+
+    model_config = ConfigDict(from_attributes=True, extra="ignore", json_schema_extra={"additionalProperties": False})
+
+
+class ErrorDetail(ResponseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class Attempt(ResponseModel):
+    """One upstream call made for a job."""
+
+    model: str
+    tier: str
+    purpose: Literal["primary", "fallback", "escalation"]
+    outcome: Literal["ok", "error", "skipped"]
+    error_class: str | None = None
+    status_code: int | None = None
+    latency_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    cost: Money
+
+
+# What a job carries while queued or running; the rest appears once it has finished.
+STATE_FIELDS = frozenset(
+    {"job_id", "status", "created_at", "prompt", "cached", "request_id", "batch_id", "batch_index", "metadata"}
+)
+
+
+class JobResult(ResponseModel):
+    """A job as stored; the result fields are present once it has finished (`error` only if it failed)."""
+
+    # Read to build `error`, never sent as such.
+    error_message: str | None = Field(default=None, exclude=True)
+
+    job_id: str = Field(validation_alias="id")
+    status: JobStatusName
+    created_at: Timestamp
+    prompt: str = Field(description="The prompt as stored (a chat request's turns joined).")
+    cached: bool = Field(description="Answered from the response cache, at no cost.")
+    request_id: str | None = Field(description="The X-Request-ID of the request that made the job.")
+    batch_id: str | None = Field(default=None, description="Only on a batch's jobs.")
+    batch_index: int | None = Field(default=None, description="The item's position in its batch; only with batch_id.")
+    finished_at: Timestamp | None = None
+    success: bool | None = Field(default=None, validation_alias="error_code")
+    response: str | None = None
+    model_used: str | None = None
+    tier: str | None = None
+    difficulty_score: float | None = None
+    difficulty_level: DifficultyLevel | None = None
+    tokens_used: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost: Money | None = None
+    unconfirmed_cost: Money | None = Field(
+        default=None,
+        description="The part of `cost` charged at its worst-case bound for upstream calls whose answer was lost"
+        " (with their worker, or to an interruption): the upstream may have billed them, and never said how much.",
+    )
+    latency_ms: float | None = None
+    escalated: bool | None = None
+    escalation_reason: str | None = None
+    truncated: bool | None = Field(
+        default=None,
+        description=(
+            "The answer stopped at the request's max_tokens (finish_reason `length`); such an answer is never "
+            "escalated, since every tier gets the same max_tokens: ask again with a larger one."
+        ),
+    )
+    downgraded: bool | None = Field(default=None, validation_alias="downgraded_from")
+    downgraded_from: str | None = None
+    confidence: float | None = None
+    retry_count: int | None = None
+    usage_over_bound: bool | None = Field(
+        default=None,
+        description="The upstream billed more than the job's bound: `cost` is what it billed, and the job's "
+        "budget scopes reserve nothing more this month until an operator clears the hold.",
+    )
+    usage_invalid: bool | None = Field(
+        default=None,
+        description="The upstream reported usage that cannot be true for one of the job's calls (negative, not "
+        "an integer, a prompt above the model's context window, a completion above the max_tokens sent, or "
+        "none at all): that call is charged at its worst-case bound, part of `unconfirmed_cost`.",
+    )
+    attempts: list[Attempt] | None = None
+    metadata: dict[str, Any] = Field(validation_alias="metadata_json", description="As the request gave it.")
+    error: ErrorDetail | None = Field(default=None, validation_alias="error_code")
+
+    @field_validator("success", mode="before")
+    @classmethod
+    def _succeeded(cls, error_code: str | None) -> bool:
+        return error_code is None
+
+    @field_validator("downgraded", mode="before")
+    @classmethod
+    def _was_downgraded(cls, downgraded_from: str | None) -> bool:
+        return downgraded_from is not None
+
+    @field_validator("error", mode="before")
+    @classmethod
+    def _error(cls, error_code: str | None, info: ValidationInfo) -> dict[str, Any] | None:
+        if error_code is None:
+            return None
+        return {"code": error_code, "message": info.data.get("error_message") or ""}
+
+    # Not annotated: a return type would stand for the fields in the published schema.
+    @model_serializer(mode="wrap")
+    def _as_stored(self, handler: SerializerFunctionWrapHandler):
+        body: dict[str, Any] = handler(self)
+        if self.batch_id is None:
+            del body["batch_id"], body["batch_index"]
+        if self.status not in FINISHED:
+            return {name: value for name, value in body.items() if name in STATE_FIELDS}
+        if self.error is None:
+            del body["error"]
+        return body
+
+
+# The job attributes JobResult reads (its attempts aside): a row that carries these is enough to answer with.
+BODY_ATTRIBUTES = tuple(
+    dict.fromkeys(
+        field.validation_alias if isinstance(field.validation_alias, str) else name
+        for name, field in JobResult.model_fields.items()
+        if name != "attempts"
+    )
+)
+
+
+def job_result(job: RequestLog | Row[Any], *, attempts: Sequence[Mapping[str, Any]] | None = None) -> JobResult:
+    """Return the job as the API shows it: its state while unfinished, the full result once finished.
 
     `job` may also be a row whose columns carry the mapped attributes' names; `attempts` (its attempts' column
     values, in order) then stand in for the relationship it does not have.
     """
-    body: dict[str, Any] = {
-        "job_id": job.id,
-        "status": job.status.value,
-        "created_at": job.created_at.isoformat(),
-        "prompt": job.prompt,
-        "cached": job.cached,
-        "request_id": job.request_id,
-    }
-    if job.batch_id is not None:
-        body.update(batch_id=job.batch_id, batch_index=job.batch_index)
-    if not job.status.is_terminal:
-        body["metadata"] = job.metadata_json
-        return body
-    succeeded = job.error_code is None
-    body.update(
-        finished_at=job.finished_at.isoformat() if job.finished_at else None,
-        success=succeeded,
-        response=job.response,
-        model_used=job.model_used,
-        tier=job.tier,
-        difficulty_score=job.difficulty_score,
-        difficulty_level=job.difficulty_level,
-        tokens_used=job.tokens_used,
-        prompt_tokens=job.prompt_tokens,
-        completion_tokens=job.completion_tokens,
-        cost=job.cost,
-        unconfirmed_cost=job.unconfirmed_cost,
-        latency_ms=job.latency_ms,
-        escalated=job.escalated,
-        escalation_reason=job.escalation_reason,
-        truncated=job.truncated,
-        downgraded=job.downgraded_from is not None,
-        downgraded_from=job.downgraded_from,
-        confidence=job.confidence,
-        retry_count=job.retry_count,
-        usage_over_bound=job.usage_over_bound,
-        usage_invalid=job.usage_invalid,
-        attempts=(
-            [{name: getattr(attempt, name) for name in ATTEMPT_FIELDS} for attempt in job.attempts]
-            if attempts is None
-            else [{name: attempt[name] for name in ATTEMPT_FIELDS} for attempt in attempts]
-        ),
-        metadata=job.metadata_json,
-    )
-    if not succeeded:
-        body["error"] = {"code": job.error_code, "message": job.error_message or "", "details": {}}
-    return body
+    view = JobResult.model_validate(job, from_attributes=True)
+    if attempts is not None:
+        view.attempts = [Attempt.model_validate(attempt) for attempt in attempts]
+    return view
 
 
-def batch_body(view: BatchView, *, with_jobs: bool = True) -> dict[str, Any]:
-    """Return the batch's counts and, unless asked not to, its jobs in submission order."""
-    body: dict[str, Any] = {
-        "batch_id": view.batch.id,
-        "status": "running" if view.pending else "completed",
-        "created_at": view.batch.created_at.isoformat(),
-        "total": view.batch.total,
-        "succeeded": view.succeeded,
-        "failed": view.failed,
-        "pending": view.pending,
-        "cost": view.cost,
-    }
-    if with_jobs:
-        body["jobs"] = [job_body(job) for job in view.jobs]
-    return body
+def job_body(job: RequestLog | Row[Any], *, attempts: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Return the body of job_result, for a webhook or an announcement (Decimal-free, times as text)."""
+    return job_result(job, attempts=attempts).model_dump()
+
+
+class BatchResult(ResponseModel):
+    """A batch's counts and its jobs in submission order."""
+
+    batch_id: str = Field(validation_alias=AliasPath("batch", "id"))
+    status: Literal["running", "completed"] = Field(validation_alias="pending")
+    created_at: Timestamp = Field(validation_alias=AliasPath("batch", "created_at"))
+    total: int = Field(validation_alias=AliasPath("batch", "total"))
+    succeeded: int
+    failed: int
+    pending: int
+    cost: Money
+    jobs: list[JobResult]
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _running_while_pending(cls, pending: int) -> str:
+        return "running" if pending else "completed"
+
+
+class BatchCancelled(BatchResult):
+    """A batch after DELETE: its body, and how many of its jobs this request cancelled."""
+
+    cancelled: int = Field(description="The jobs this request cancelled (those that had not started).")
+
+
+def batch_result(view: BatchView) -> BatchResult:
+    """Return the batch's counts and its jobs in submission order."""
+    return BatchResult.model_validate(view, from_attributes=True)
+
+
+@dataclass(frozen=True)
+class _Cancel:
+    """A batch view with the count of jobs a cancel ended, for BatchCancelled to read both from."""
+
+    view: BatchView
+    cancelled: int
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.view, name)
+
+
+def batch_cancelled(view: BatchView, *, cancelled: int) -> BatchCancelled:
+    """Return the batch after a cancel, with how many of its jobs that cancel ended."""
+    return BatchCancelled.model_validate(_Cancel(view, cancelled), from_attributes=True)
+
+
+def batch_body(view: BatchView) -> dict[str, Any]:
+    """Return the body of batch_result, for a webhook."""
+    return batch_result(view).model_dump()
 
 
 PROMPT_PREVIEW_CHARS = 120
 
 
-def job_summary(job: RequestLog) -> dict[str, Any]:
-    """Return one row of a job search: where it went and how it ended (null while unfinished)."""
-    finished = job.status.is_terminal
-    return {
-        "job_id": job.id,
-        "status": job.status.value,
-        "created_at": job.created_at.isoformat(),
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-        "model_used": job.model_used,
-        "tier": job.tier,
-        "difficulty_level": job.difficulty_level,
-        "cost": job.cost if finished else None,
-        "latency_ms": job.latency_ms,
-        "escalated": job.escalated if finished else None,
-        "cached": job.cached,
-        "success": job.error_code is None if finished else None,
-        "error_code": job.error_code,
-        "prompt_preview": job.prompt[:PROMPT_PREVIEW_CHARS],
-    }
+class JobSummary(ResponseModel):
+    """One job in a search: where it went and how it ended; the outcome fields are null while unfinished."""
+
+    job_id: str = Field(validation_alias="id")
+    status: JobStatusName
+    created_at: Timestamp
+    finished_at: Timestamp | None
+    model_used: str | None
+    tier: str | None
+    difficulty_level: DifficultyLevel | None
+    cost: Money | None
+    latency_ms: float | None
+    escalated: bool | None
+    cached: bool
+    success: bool | None = Field(validation_alias="error_code")
+    error_code: str | None
+    prompt_preview: str = Field(
+        validation_alias="prompt", description=f"The first {PROMPT_PREVIEW_CHARS} characters of the prompt."
+    )
+
+    @field_validator("success", mode="before")
+    @classmethod
+    def _succeeded(cls, error_code: str | None) -> bool:
+        return error_code is None
+
+    @field_validator("prompt_preview", mode="before")
+    @classmethod
+    def _preview(cls, prompt: str) -> str:
+        return prompt[:PROMPT_PREVIEW_CHARS]
+
+    @model_validator(mode="after")
+    def _outcome_once_finished(self) -> JobSummary:
+        if self.status not in FINISHED:
+            self.cost = self.escalated = self.success = None
+        return self
+
+
+class JobPage(ResponseModel):
+    """A page of GET /api/jobs, newest first."""
+
+    jobs: list[JobSummary]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")

@@ -36,6 +36,7 @@ CONTRACT_OPERATIONS = {
     ("/livez", "get"),
     ("/readyz", "get"),
     ("/v1/chat/completions", "post"),
+    ("/v1/models", "get"),
 }
 REQUEST_SCHEMAS = ("PromptRequest", "BatchRequest", "BatchItem", "ChatCompletionRequest")
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}

@@ -8,7 +8,6 @@ from typing import Any
 from flask import Blueprint
 from flask import Response
 from flask import current_app
-from flask import jsonify
 from flask import request
 from flask import url_for
 
@@ -16,8 +15,9 @@ from shared.errors import InvalidInput
 from shared.errors import RoutingError
 from shared.jobs import batches
 from shared.jobs import lifecycle
-from shared.jobs.views import batch_body
-from shared.jobs.views import job_body
+from shared.jobs.views import batch_cancelled
+from shared.jobs.views import batch_result
+from shared.jobs.views import job_result
 from shared.observability import job_events
 from shared.store.models import JobStatus
 from web import submission
@@ -25,6 +25,8 @@ from web.auth import check_owner
 from web.db import get_session
 from web.requests import read_json_object
 from web.requests import validate
+from web.responses import BatchAccepted
+from web.responses import send
 from web.schemas import BatchItem
 from web.schemas import BatchRequest
 
@@ -70,7 +72,7 @@ def create_batch() -> tuple[Response, int]:
         batch_id = existing
         job_ids = [job.id for job in batches.get_view(session, batch_id=batch_id).jobs]
     poll_url = url_for("batch.get_batch", batch_id=batch_id)
-    response = jsonify({"batch_id": batch_id, "job_ids": job_ids, "poll_url": poll_url})
+    response = send(BatchAccepted(batch_id=batch_id, job_ids=job_ids, poll_url=poll_url), 202)
     response.headers["Location"] = poll_url
     return response, 202
 
@@ -119,9 +121,9 @@ def get_batch(batch_id: str) -> Response:
     check_owner(view.batch.api_key_id, what=f"batch {batch_id!r}")
     if request.args.get("format") == "jsonl":
         # Encoded now, while the request's session is open (at most MAX_BATCH_ITEMS lines).
-        lines = [current_app.json.dumps(job_body(job)) + "\n" for job in view.jobs]
+        lines = [current_app.json.dumps(job_result(job).model_dump()) + "\n" for job in view.jobs]
         return Response(lines, mimetype="application/x-ndjson")
-    return jsonify(batch_body(view))
+    return send(batch_result(view))
 
 
 @bp.delete("/<batch_id>")
@@ -138,6 +140,4 @@ def cancel_batch(batch_id: str) -> Response:
         job_events.finished(lifecycle.Finished(status=JobStatus.FAILED, job_id=job_id, error_code=lifecycle.CANCELLED))
     if completed is not None and completed.callback_url:
         submission.send_callbacks([("batch", completed.id)])
-    body = batch_body(batches.get_view(session, batch_id=batch_id))
-    body["cancelled"] = len(cancelled)
-    return jsonify(body)
+    return send(batch_cancelled(batches.get_view(session, batch_id=batch_id), cancelled=len(cancelled)))

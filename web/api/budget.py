@@ -8,7 +8,6 @@ from decimal import Decimal
 from flask import Blueprint
 from flask import Response
 from flask import current_app
-from flask import jsonify
 from flask import request
 from werkzeug.exceptions import Forbidden
 
@@ -19,6 +18,8 @@ from shared.store.types import utcnow
 from web.auth import current_identity
 from web.auth import sees_everything
 from web.db import get_session
+from web.responses import BudgetView
+from web.responses import send
 
 logger = logging.getLogger(__name__)
 
@@ -84,17 +85,4 @@ def _limit_of(scope: str) -> Decimal:
 
 def _view(scope: str, limit: Decimal) -> Response:
     view = budget.get_view(get_session(), scope=scope, period=budget.Period.of(utcnow()), limit=limit)
-    return jsonify(
-        {
-            "scope": view.scope,
-            "year": view.year,
-            "month": view.month,
-            "monthly_limit": view.monthly_limit,
-            "total_spent": view.total_spent,
-            "reserved": view.reserved,
-            "remaining": view.remaining,
-            "percentage_used": round(view.percentage_used, 4),
-            "request_count": view.request_count,
-            "held_by_job": view.held_by_job,
-        }
-    )
+    return send(BudgetView.model_validate(view, from_attributes=True))

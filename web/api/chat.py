@@ -17,7 +17,6 @@ import redis
 from flask import Blueprint
 from flask import Response
 from flask import current_app
-from flask import jsonify
 from flask import stream_with_context
 from werkzeug.exceptions import GatewayTimeout
 
@@ -38,6 +37,13 @@ from web import waiter
 from web.db import look_at_job
 from web.requests import read_json_object
 from web.requests import validate
+from web.responses import ChatCompletion
+from web.responses import ChatCompletionChunk
+from web.responses import ChatCompletionUsage
+from web.responses import ModelList
+from web.responses import ModelObject
+from web.responses import OpenAIErrorBody
+from web.responses import send
 from web.schemas import ChatCompletionRequest
 
 logger = logging.getLogger(__name__)
@@ -62,7 +68,7 @@ def list_models() -> Response:
     catalog: Catalog = current_app.extensions["catalog"]
     aliases = [_model_object(name, owned_by="model-router") for name in ROUTER_ALIASES]
     models = [_model_object(name, owned_by="model-router-catalog") for name in catalog.model_names]
-    return jsonify({"object": "list", "data": aliases + models})
+    return send(ModelList(object="list", data=aliases + models))
 
 
 @bp.post("/chat/completions")
@@ -97,7 +103,7 @@ def create_chat_completion() -> Response:
             f"job {job_id} did not finish in time; it may still finish and be charged (GET /api/jobs/{job_id})"
         )
     body_out, headers = answer
-    response = jsonify(body_out)
+    response = send(body_out)
     response.headers.update(headers)
     return response
 
@@ -134,7 +140,7 @@ def job_request(body: ChatCompletionRequest, *, catalog: Catalog, max_prompt_cha
     )
 
 
-def _answer(job: RequestLog) -> tuple[dict[str, Any], dict[str, str]] | None:
+def _answer(job: RequestLog) -> tuple[ChatCompletion, dict[str, str]] | None:
     """Return the finished job's completion and headers, or None while it runs."""
     if not job.status.is_terminal:
         return None
@@ -152,28 +158,30 @@ def _job_error(job: RequestLog) -> LLMError:
     return LLMError(message, details={"job_id": job.id})
 
 
-def completion_body(job: RequestLog) -> dict[str, Any]:
+def completion_body(job: RequestLog) -> ChatCompletion:
     """Return a succeeded job as OpenAI's `chat.completion` object."""
-    return {
-        "id": f"chatcmpl-{job.id}",
-        "object": "chat.completion",
-        "created": int((job.finished_at or job.created_at).timestamp()),
-        "model": job.model_used,
-        "system_fingerprint": None,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": job.response or "", "refusal": None},
-                "logprobs": None,
-                "finish_reason": job.finish_reason or "stop",
-            }
-        ],
-        "usage": {
-            "prompt_tokens": job.prompt_tokens,
-            "completion_tokens": job.completion_tokens,
-            "total_tokens": job.tokens_used,
-        },
-    }
+    return ChatCompletion.model_validate(
+        {
+            "id": f"chatcmpl-{job.id}",
+            "object": "chat.completion",
+            "created": int((job.finished_at or job.created_at).timestamp()),
+            "model": job.model_used,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": job.response or "", "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": job.finish_reason or "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": job.prompt_tokens,
+                "completion_tokens": job.completion_tokens,
+                "total_tokens": job.tokens_used,
+            },
+        }
+    )
 
 
 def router_headers(job: RequestLog) -> dict[str, str]:
@@ -226,9 +234,11 @@ def _stream(job_id: str, *, timeout_s: float, include_usage: bool) -> Response:
     chunk_base = {"id": f"chatcmpl-{job_id}", "object": "chat.completion.chunk", "created": int(time.time())}
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
-        body = {**chunk_base, "model": model, "system_fingerprint": None, "choices": choices, **extra}
+        fields = {**chunk_base, "model": model, "system_fingerprint": None, "choices": choices, **extra}
         if include_usage and "usage" not in extra:
-            body["usage"] = None
+            fields["usage"] = None
+        # Unset stays out: `usage` unless asked for, and the delta's role after the first chunk.
+        body = ChatCompletionChunk.model_validate(fields).model_dump(exclude_unset=True)
         return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
 
     ended = False
@@ -304,16 +314,16 @@ def _look_later(job_id: str) -> str:
 def _error_event(message: str, code: str) -> str:
     """Return the SSE event that ends a stream cut after its first token (the `openai` SDK raises on it)."""
     error = {"message": message, "type": "server_error", "param": None, "code": code}
-    return f"data: {json.dumps({'error': error})}\n\n"
+    return f"data: {json.dumps(OpenAIErrorBody.model_validate({'error': error}).model_dump())}\n\n"
 
 
-def _usage(entry: dict[str, str]) -> dict[str, int]:
+def _usage(entry: dict[str, str]) -> ChatCompletionUsage:
     prompt_tokens, completion_tokens = int(entry["prompt_tokens"]), int(entry["completion_tokens"])
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": token_count.total_tokens(prompt_tokens, completion_tokens),
-    }
+    return ChatCompletionUsage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=token_count.total_tokens(prompt_tokens, completion_tokens),
+    )
 
 
 def _stream_error(job_id: str, entry: dict[str, str]) -> Exception:
@@ -338,5 +348,5 @@ def _stream_reader() -> stream_relay.Reader:
     return reader
 
 
-def _model_object(name: str, *, owned_by: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": 0, "owned_by": owned_by}
+def _model_object(name: str, *, owned_by: str) -> ModelObject:
+    return ModelObject(id=name, object="model", created=0, owned_by=owned_by)

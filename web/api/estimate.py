@@ -5,13 +5,15 @@ from __future__ import annotations
 from flask import Blueprint
 from flask import Response
 from flask import current_app
-from flask import jsonify
 
 from shared.ledger import estimates
 from shared.reports import stats
 from web.db import get_session
 from web.requests import read_json_object
 from web.requests import validate
+from web.responses import CostRange
+from web.responses import EstimateView
+from web.responses import send
 from web.schemas import PromptRequest
 
 bp = Blueprint("estimate", __name__, url_prefix="/api")
@@ -40,15 +42,15 @@ def create_estimate() -> Response:
         typical_completion_tokens=lambda model: stats.get_typical_completion_tokens(session, model=model),
         estimator=body.difficulty_estimator or settings.difficulty_estimator,
     )
-    return jsonify(
-        {
-            "tier": chosen.decision.tier,
-            "model": chosen.decision.model,
-            "difficulty_score": round(chosen.difficulty.score, 4),
-            "difficulty_level": chosen.difficulty.level,
-            "escalation_tier": chosen.decision.escalation_tier if settings.escalation_enabled else None,
-            "prompt_tokens_estimate": chosen.prompt_tokens,
-            "completion_tokens_estimate": chosen.completion_tokens,
-            "cost": {"expected": chosen.expected_cost, "worst_case": chosen.worst_case_cost},
-        }
+    return send(
+        EstimateView(
+            tier=chosen.decision.tier,
+            model=chosen.decision.model,
+            difficulty_score=chosen.difficulty.score,
+            difficulty_level=chosen.difficulty.level,
+            escalation_tier=chosen.decision.escalation_tier if settings.escalation_enabled else None,
+            prompt_tokens_estimate=chosen.prompt_tokens,
+            completion_tokens_estimate=chosen.completion_tokens,
+            cost=CostRange(expected=chosen.expected_cost, worst_case=chosen.worst_case_cost),
+        )
     )

@@ -8,79 +8,83 @@ database and the broker answer), so that a load balancer stops sending it reques
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import redis
 from flask import Blueprint
 from flask import Response
 from flask import current_app
-from flask import jsonify
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.store import redis_clients
 from shared.store.heartbeats import count_alive_workers
 from web.circuits import circuit_states
+from web.responses import HealthChecks
+from web.responses import HealthView
+from web.responses import LivenessView
+from web.responses import ReadinessChecks
+from web.responses import ReadinessView
+from web.responses import send
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("health", __name__, url_prefix="/api")
 probes = Blueprint("probes", __name__)
 
-OK = "ok"
-UNREACHABLE = "unreachable"
+Check = Literal["ok", "unreachable"]
 
 
 @bp.get("/health")
 def get_health() -> tuple[Response, int]:
     """Answer 200 when the database and broker answer, 503 naming the failing check otherwise."""
-    checks: dict[str, object] = {"database": _database_status(), "broker": OK, "workers": 0}
+    checks = HealthChecks(database=_database_status(), broker="ok", workers=0)
     try:
         with _broker_client() as client:
             client.ping()
-            checks["workers"] = count_alive_workers(client)
-            checks["circuits"] = circuit_states(client)
+            checks.workers = count_alive_workers(client)
+            checks.circuits = circuit_states(client)
     except redis.RedisError:
         logger.warning("health: broker unreachable", exc_info=True)
-        checks["broker"] = UNREACHABLE
-    return _answer(checks)
+        checks.broker = "unreachable"
+    healthy = checks.database == "ok" and checks.broker == "ok"
+    # Unset fields stay out: `circuits` is there only when the broker answered.
+    view = HealthView(status="ok" if healthy else "unavailable", checks=checks)
+    return send(view, exclude_unset=True), 200 if healthy else 503
 
 
 @probes.get("/livez")
 def get_liveness() -> Response:
     """Answer 200 while the process serves requests, whatever the database and the broker do."""
-    return jsonify({"status": OK})
+    return send(LivenessView(status="ok"))
 
 
 @probes.get("/readyz")
 def get_readiness() -> tuple[Response, int]:
     """Answer 200 when the database and the broker answer, 503 naming the one that does not."""
-    checks: dict[str, object] = {"database": _database_status(), "broker": _broker_status()}
-    return _answer(checks)
+    checks = ReadinessChecks(database=_database_status(), broker=_broker_status())
+    healthy = checks.database == "ok" and checks.broker == "ok"
+    return send(ReadinessView(status="ok" if healthy else "unavailable", checks=checks)), 200 if healthy else 503
 
 
-def _answer(checks: dict[str, object]) -> tuple[Response, int]:
-    healthy = checks["database"] == OK and checks["broker"] == OK
-    return jsonify({"status": OK if healthy else "unavailable", "checks": checks}), 200 if healthy else 503
-
-
-def _database_status() -> str:
+def _database_status() -> Check:
     try:
         with current_app.extensions["db_engine"].connect() as connection:
             connection.execute(text("SELECT 1"))
     except SQLAlchemyError:
         logger.warning("health: database unreachable", exc_info=True)
-        return UNREACHABLE
-    return OK
+        return "unreachable"
+    return "ok"
 
 
-def _broker_status() -> str:
+def _broker_status() -> Check:
     try:
         with _broker_client() as client:
             client.ping()
     except redis.RedisError:
         logger.warning("health: broker unreachable", exc_info=True)
-        return UNREACHABLE
-    return OK
+        return "unreachable"
+    return "ok"
 
 
 def _broker_client() -> redis.Redis:

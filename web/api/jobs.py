@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint
 from flask import Response
-from flask import jsonify
 from flask import request
 
 from shared.jobs import lifecycle
 from shared.jobs import search
-from shared.jobs.views import job_body
-from shared.jobs.views import job_summary
+from shared.jobs.views import job_result
 from shared.store.models import JobStatus
 from web import submission
 from web.auth import check_owner
@@ -18,6 +16,8 @@ from web.auth import current_identity
 from web.auth import sees_everything
 from web.db import get_session
 from web.requests import validate
+from web.responses import JobPage
+from web.responses import send
 from web.schemas import JobSearchQuery
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/jobs")
@@ -43,7 +43,7 @@ def list_jobs() -> Response:
         after=None if query.cursor is None else search.decode_cursor(query.cursor),
     )
     cursor = None if page.next_position is None else search.encode_cursor(page.next_position)
-    return jsonify({"jobs": [job_summary(job) for job in page.jobs], "next_cursor": cursor})
+    return send(JobPage.model_validate({"jobs": page.jobs, "next_cursor": cursor}, from_attributes=True))
 
 
 @bp.get("/<job_id>")
@@ -51,7 +51,7 @@ def get_job(job_id: str) -> Response:
     """Answer the job, finished or not; another key's job is as unknown as a missing one."""
     job = lifecycle.get_or_raise(get_session(), job_id=job_id)
     check_owner(job.api_key_id, what=f"job {job_id!r}")
-    return jsonify(job_body(job))
+    return send(job_result(job))
 
 
 @bp.delete("/<job_id>")
@@ -63,4 +63,4 @@ def cancel_job(job_id: str) -> Response:
     finished = lifecycle.cancel(session, job_id=job_id)
     session.commit()
     submission.announce(finished)
-    return jsonify(job_body(lifecycle.get_or_raise(session, job_id=job_id)))
+    return send(job_result(lifecycle.get_or_raise(session, job_id=job_id)))

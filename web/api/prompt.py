@@ -15,6 +15,8 @@ from web import waiter
 from web.db import look_at_job
 from web.requests import read_json_object
 from web.requests import validate
+from web.responses import JobAccepted
+from web.responses import send
 from web.schemas import PromptRequest
 
 bp = Blueprint("prompt", __name__, url_prefix="/api")
@@ -72,6 +74,7 @@ def create_prompt() -> Response | tuple[Response, int]:
             look=lambda: completion_waiter.take_body(job_id, done) or _look(job_id)[1],
             recheck_s=completion_waiter.recheck_s,
         )
+        # Either way the body is JobResult's (shared.jobs.views.job_body), built here or by the announcer.
         return jsonify(finished) if finished is not None else _accepted(job_id, _look(job_id)[0])
     finally:
         if done is not None:
@@ -85,6 +88,6 @@ def _look(job_id: str) -> tuple[str, dict[str, object] | None]:
 
 def _accepted(job_id: str, status: str) -> tuple[Response, int]:
     poll_url = url_for("jobs.get_job", job_id=job_id)
-    response = jsonify({"job_id": job_id, "status": status, "poll_url": poll_url})
+    response = send(JobAccepted(job_id=job_id, status=status, poll_url=poll_url))
     response.headers["Location"] = poll_url
     return response, 202

@@ -8,7 +8,6 @@ from datetime import datetime
 from flask import Blueprint
 from flask import Response
 from flask import current_app
-from flask import jsonify
 from flask import request
 
 from shared.errors import InvalidInput
@@ -19,6 +18,9 @@ from web.auth import current_identity
 from web.auth import sees_everything
 from web.circuits import circuit_states
 from web.db import get_session
+from web.responses import LatencyPercentiles
+from web.responses import StatsView
+from web.responses import send
 
 bp = Blueprint("stats", __name__, url_prefix="/api")
 
@@ -37,36 +39,27 @@ def get_stats() -> Response:
         baseline_cost=savings.get_baseline_cost(session, catalog=current_app.extensions["catalog"], where=where),
     )
     percentiles = latency.get_percentiles(session, where=where)
-    return jsonify(
-        {
-            "total_requests": result.total_requests,
-            "successful_requests": result.successful_requests,
-            "failed_requests": result.failed_requests,
-            "success_rate": result.success_rate,
-            "total_cost": result.total_cost,
-            "unconfirmed_cost": result.unconfirmed_cost,
-            "avg_latency_ms": result.avg_latency_ms,
-            "total_tokens": result.total_tokens,
-            "escalation_rate": result.escalation_rate,
-            "total_retries": result.total_retries,
-            "fallback_attempts": result.fallback_attempts,
-            "baseline_cost": saved.baseline_cost,
-            "savings": saved.savings,
-            "savings_pct": saved.savings_pct,
-            "cache_hits": result.cache_hits,
-            "latency_ms": {"p50": percentiles.p50, "p95": percentiles.p95, "p99": percentiles.p99},
-            "by_model": {
-                model: {
-                    "requests": row.requests,
-                    "cost": row.cost,
-                    "unconfirmed_cost": row.unconfirmed_cost,
-                    "avg_latency_ms": row.avg_latency_ms,
-                    "tokens": row.tokens,
-                }
-                for model, row in result.by_model.items()
-            },
-            "circuits": circuit_states(),
-        }
+    return send(
+        StatsView(
+            total_requests=result.total_requests,
+            successful_requests=result.successful_requests,
+            failed_requests=result.failed_requests,
+            success_rate=result.success_rate,
+            total_cost=result.total_cost,
+            unconfirmed_cost=result.unconfirmed_cost,
+            avg_latency_ms=result.avg_latency_ms,
+            total_tokens=result.total_tokens,
+            escalation_rate=result.escalation_rate,
+            total_retries=result.total_retries,
+            fallback_attempts=result.fallback_attempts,
+            baseline_cost=saved.baseline_cost,
+            savings=saved.savings,
+            savings_pct=saved.savings_pct,
+            cache_hits=result.cache_hits,
+            latency_ms=LatencyPercentiles.model_validate(percentiles, from_attributes=True),
+            by_model=result.by_model,
+            circuits=circuit_states(),
+        )
     )
 
 
