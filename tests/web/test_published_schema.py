@@ -107,6 +107,8 @@ def test_queued_jobs_batches_and_reads_answer_as_published(
     call = CheckedClient(client)
     too_large = {"prompt": "x" * (app.extensions["settings"].max_request_bytes + 1)}
     call("get", "/api/health")
+    call("get", "/livez")
+    call("get", "/readyz")
     queued = call("post", "/api/prompt", json={"prompt": "Hi", "wait": False, "metadata": {"a": 1}}).get_json()
     job_url = f"/api/jobs/{queued['job_id']}"
     call("get", job_url)
@@ -158,8 +160,9 @@ def test_queued_jobs_batches_and_reads_answer_as_published(
     def broker_down(*_: Any, **__: Any) -> None:
         raise redis.ConnectionError("down")
 
-    monkeypatch.setattr(health, "fast_failing_client", broker_down)
+    monkeypatch.setattr(health.redis_clients, "fast_failing", broker_down)
     call("get", "/api/health")
+    call("get", "/readyz")
     from worker import tasks
 
     monkeypatch.setattr(tasks.run_job, "apply_async", broker_down)
@@ -173,6 +176,9 @@ def test_queued_jobs_batches_and_reads_answer_as_published(
 EXPECTED_WITHOUT_WORKER = {
     ("get", "/api/health", 200),
     ("get", "/api/health", 503),
+    ("get", "/livez", 200),
+    ("get", "/readyz", 200),
+    ("get", "/readyz", 503),
     ("post", "/api/prompt", 202),
     ("post", "/api/prompt", 400),
     ("post", "/api/prompt", 402),
@@ -275,7 +281,7 @@ def test_keyed_answers_answer_as_published(keyed_app: Flask) -> None:
     call("get", "/api/budget", headers=busy)  # its one request of the minute
     for (method, url), kwargs in urls.items():
         call(method, url, headers=busy, **kwargs)  # 429
-    unlimited = call.published(paths=lambda path: path != "/api/health")
+    unlimited = call.published(paths=lambda path: path not in ("/api/health", "/livez", "/readyz"))
     refused = {(method, path, status) for method, path, status in unlimited if status in (401, 429)}
     assert refused <= call.covered
     assert ("delete", "/api/budget/hold", 403) in call.covered
