@@ -135,6 +135,8 @@ class Attempt(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     cost: float
+    # Which of the model's deployments served it; absent when the model has one.
+    deployment: str | None = None
 
 
 class ErrorDetail(BaseModel):

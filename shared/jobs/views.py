@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 ATTEMPT_FIELDS = (
     "model", "tier", "purpose", "outcome", "error_class", "status_code", "latency_ms", "prompt_tokens",
-    "completion_tokens", "cost",
+    "completion_tokens", "cost", "deployment",
 )  # fmt: skip
 
 
@@ -75,15 +75,22 @@ def job_body(job: RequestLog | Row[Any], *, attempts: Sequence[Mapping[str, Any]
         usage_over_bound=job.usage_over_bound,
         usage_invalid=job.usage_invalid,
         attempts=(
-            [{name: getattr(attempt, name) for name in ATTEMPT_FIELDS} for attempt in job.attempts]
+            [_attempt_body({name: getattr(attempt, name) for name in ATTEMPT_FIELDS}) for attempt in job.attempts]
             if attempts is None
-            else [{name: attempt[name] for name in ATTEMPT_FIELDS} for attempt in attempts]
+            else [_attempt_body({name: attempt.get(name) for name in ATTEMPT_FIELDS}) for attempt in attempts]
         ),
         metadata=job.metadata_json,
     )
     if not succeeded:
         body["error"] = {"code": job.error_code, "message": job.error_message or "", "details": {}}
     return body
+
+
+def _attempt_body(attempt: dict[str, Any]) -> dict[str, Any]:
+    """An attempt as shown: `deployment` only when its model has several (a model with one shows as it always did)."""
+    if attempt["deployment"] is None:
+        del attempt["deployment"]
+    return attempt
 
 
 def batch_body(view: BatchView, *, with_jobs: bool = True) -> dict[str, Any]:

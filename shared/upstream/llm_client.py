@@ -145,6 +145,8 @@ class AttemptRecord:
     # The server's usage could not be true: the tokens and cost above are the call's bound.
     usage_invalid: bool = False
     rate_limits: RateLimits | None = None
+    # Which of the model's deployments served the call (None: the model has just one).
+    deployment: str | None = None
 
 
 @dataclass
@@ -323,7 +325,7 @@ class OpenAIChatClient:
         options: dict[str, Any] | None,
     ) -> dict[str, Any]:
         return {
-            "model": model.name,
+            "model": model.upstream_model or model.name,
             "messages": call_bound.sent_messages(prompt, messages),
             "max_tokens": max_tokens,
             **{name: value for name, value in (options or {}).items() if name in PASSTHROUGH_OPTIONS},
@@ -620,6 +622,7 @@ def complete_with_retries(
                 cost=model.cost(completion.prompt_tokens, completion.completion_tokens),
                 usage_invalid=completion.usage_invalid,
                 rate_limits=completion.rate_limits if error is None else error.rate_limits,
+                deployment=model.deployment,
             )
         )
         if error is not None:
