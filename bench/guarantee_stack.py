@@ -31,7 +31,6 @@ from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.config import DEFAULT_CATALOG_PATH
 from shared.ledger import budget
 from shared.routing.catalog import Catalog
 from shared.routing.catalog import load_catalog
@@ -39,6 +38,7 @@ from shared.store import migrate
 from shared.store.models import JobStatus
 from shared.store.models import MonthlyBudget
 from shared.store.models import RequestLog
+from tests.support.catalogs import SEED_CATALOG_PATH
 from tests.support.chaos import OWN_SETTINGS as CHAOS_OWN_SETTINGS
 from tests.support.chaos import PrivateRedis
 from tests.support.databases import temporary_postgres_database
@@ -131,7 +131,7 @@ class Bench:
     stack: Stack | None = None
     engine: Engine | None = None
     private_redis: PrivateRedis | None = None
-    catalog: Catalog = field(default_factory=lambda: load_catalog(DEFAULT_CATALOG_PATH))
+    catalog: Catalog = field(default_factory=lambda: load_catalog(SEED_CATALOG_PATH))
     settings: dict[str, str] = field(default_factory=dict)
     throttled: int = 0
 

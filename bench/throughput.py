@@ -42,11 +42,11 @@ from typing import Any
 
 import aiohttp
 
-from shared.config import DEFAULT_CATALOG_PATH
 from shared.routing.catalog import load_catalog
 from shared.routing.difficulty import estimate_difficulty
 from shared.routing.policy import route
 from shared.store import migrate
+from tests.support.catalogs import SEED_CATALOG_PATH
 from tests.support.chaos import PrivateRedis
 from tests.support.stack import Stack
 from tests.support.stack import free_port
@@ -367,7 +367,7 @@ def requests_for(latency_ms: int, concurrency: int, quick: bool, rounds: int | N
 
 
 def routing_decision_ms(count: int = 3000) -> dict[str, Any]:
-    catalog = load_catalog(DEFAULT_CATALOG_PATH)
+    catalog = load_catalog(SEED_CATALOG_PATH)
     prompts = [prompt_for(n) for n in range(count)]
     prompts += ["Prove that the square root of 2 is irrational, rigorously, step by step."] * (count // 10)
     route(catalog=catalog, score=estimate_difficulty(prompts[0]).score)  # first call: imports, caches
@@ -469,7 +469,7 @@ def litellm_proxy(sim_url: str, workers: int, work_dir: Path) -> Iterator[tuple[
     binary = ensure_litellm()
     port = free_port()
     key = "sk-bench-master-key"
-    catalog = load_catalog(DEFAULT_CATALOG_PATH)
+    catalog = load_catalog(SEED_CATALOG_PATH)
     lines = ["model_list:"]
     for name in catalog.model_names:
         lines += [f"  - model_name: {name}", "    litellm_params:", f"      model: openai/{name}",

@@ -24,7 +24,6 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
 
-from shared.config import DEFAULT_CATALOG_PATH
 from shared.config import Settings
 from shared.config import load_settings
 from shared.jobs import runs
@@ -37,6 +36,7 @@ from shared.store.base import Base
 from shared.store.session import make_engine
 from shared.store.session import make_sessionmaker
 from shared.upstream.llm_client import LLMClient
+from tests.support.catalogs import SEED_CATALOG_PATH
 from tests.support.databases import ReusableSchema
 from tests.support.databases import temporary_postgres_database
 from tests.support.fakes import Clock
@@ -45,8 +45,12 @@ from tests.support.fakes import FakeLLMClient
 DATABASES = ("sqlite", "postgresql")
 
 # Unit suites that touch Redis use their own logical database (MODEL_ROUTER_TEST_REDIS_DB picks another,
-# so that two test runs on one machine do not flush each other's keys).
-UNIT_REDIS_URL = f"redis://127.0.0.1:6379/{os.environ.get('MODEL_ROUTER_TEST_REDIS_DB', '11')}"
+# so that two test runs on one machine do not flush each other's keys; MODEL_ROUTER_TEST_REDIS_URL names
+# another server, for more runs than a server's 16 databases).
+UNIT_REDIS_URL = (
+    os.environ.get("MODEL_ROUTER_TEST_REDIS_URL")
+    or f"redis://127.0.0.1:6379/{os.environ.get('MODEL_ROUTER_TEST_REDIS_DB', '11')}"
+)
 
 
 def make_test_settings(database_url: str, **overrides: object) -> Settings:
@@ -59,6 +63,7 @@ def make_test_settings(database_url: str, **overrides: object) -> Settings:
         "upstream_backoff_initial_s": 0,
         "upstream_backoff_max_s": 0,
         "environment": "test",
+        "model_catalog_path": SEED_CATALOG_PATH,
         # Suites send many requests from one address within a minute; those that test the limits set them.
         "default_rpm": 0,
         "address_rpm": 0,
@@ -186,7 +191,7 @@ def settings(database_url: str) -> Settings:
 
 @pytest.fixture(scope="session")
 def catalog() -> Catalog:
-    return load_catalog(DEFAULT_CATALOG_PATH)
+    return load_catalog(SEED_CATALOG_PATH)
 
 
 @pytest.fixture

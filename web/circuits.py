@@ -11,9 +11,9 @@ from shared.upstream.circuit_breaker import CircuitBreaker
 
 
 def circuit_states(client: redis.Redis | None = None) -> dict[str, str]:
-    """Return each catalog model's circuit state ("closed" for all when Redis cannot be asked)."""
+    """Return the circuit state of each model, or of each of its deployments ("closed" when Redis cannot answer)."""
     settings = current_app.extensions["settings"]
-    models = current_app.extensions["catalog"].model_names
+    models = current_app.extensions["catalog"].upstream_keys
     owned = client is None
     client = client or redis_clients.fast_failing(settings.redis_url)
     try:

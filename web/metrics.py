@@ -51,7 +51,7 @@ def _sources(app: Flask) -> gauges.Sources:
         redis_client=client,
         breaker=CircuitBreaker(client, BreakerPolicy.from_settings(settings)),
         sessions=app.extensions["db_sessions"],
-        models=app.extensions["catalog"].model_names,
+        models=app.extensions["catalog"].upstream_keys,
         queues=(PROMPTS_QUEUE, BATCH_QUEUE),
     )
 

@@ -21,6 +21,7 @@ from shared.store.session import make_sessionmaker
 from shared.upstream import circuit_breaker
 from shared.upstream.admission import Admission
 from shared.upstream.circuit_breaker import CircuitBreaker
+from shared.upstream.deployments import Balancer
 from shared.upstream.llm_client import OpenAIChatClient
 from worker.celery_app import ALERT_DELIVERY_TASK
 from worker.celery_app import CALLBACK_DELIVERY_TASK
@@ -55,6 +56,7 @@ def get_deps() -> runs.RunDeps:
                 breaker=CircuitBreaker(fast_failing_redis, circuit_breaker.BreakerPolicy.from_settings(settings)),
                 response_cache=fast_failing_redis,
                 admission=Admission(fast_failing_redis, burst_s=settings.admission_burst_s),
+                balancer=Balancer(fast_failing_redis),
             )
         return _deps
 

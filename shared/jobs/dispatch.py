@@ -15,6 +15,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
 from datetime import datetime
@@ -41,6 +42,7 @@ from shared.upstream.attempts import UNCONFIRMED
 from shared.upstream.attempts import AttemptRecord
 from shared.upstream.circuit_breaker import CircuitBreaker
 from shared.upstream.circuit_breaker import Permit
+from shared.upstream.deployments import Balancer
 from shared.upstream.llm_client import UPSTREAM_BROKEN
 from shared.upstream.llm_client import Completion
 from shared.upstream.llm_client import LLMClient
@@ -111,6 +113,8 @@ class Answerer:
     breaker: CircuitBreaker | None = None
     sleep: Callable[[float], None] = time.sleep
     admission: Admission | None = None
+    # Orders a model's deployments and counts their calls in flight; None: tried in the catalog's order.
+    balancer: Balancer | None = None
 
 
 @dataclass
@@ -249,10 +253,12 @@ def _answer_slot(
     limited = failed = False
     admitted = job.admitted
     patient = job.on_rate_limit == "wait" and purpose != "escalation"
-    for position, model in enumerate(catalog.chain(decision.model)):
+    for position, model, last in _candidates(catalog.chain(decision.model), using):
         label = purpose if position == 0 or purpose == "escalation" else "fallback"
         if model.tier not in allowed:
             continue
+        # A job waits for its model only on the model's last deployment: a busy one is left for the next.
+        waits_here = patient and last
         bound = attempt_bound(job, model)
         if outcome.cost + bound > job.reserved_cost:
             outcome.attempts.append((label, _skipped(model, "over_reservation")))
@@ -262,7 +268,7 @@ def _answer_slot(
         # so for as long as its deadline allows (a 429 is backpressure, not a failure); one that chose to fall
         # back moves on once the policy's attempts are all answered 429.
         for repeat in itertools.count():
-            if repeat >= policy.max_attempts and not patient:
+            if repeat >= policy.max_attempts and not waits_here:
                 refusals.append(f"{model.name}: answered 429 (rate limited) on every attempt")
                 limited = True
                 break
@@ -276,25 +282,25 @@ def _answer_slot(
                 return
             permit = None
             if using.breaker is not None:
-                permit = using.breaker.allow(model.name)
+                permit = using.breaker.allow(model.upstream_key)
                 if permit is None:
                     outcome.attempts.append((label, _skipped(model, "circuit_open")))
-                    wait = using.breaker.reopens_in(model.name)
-                    refusals.append(f"{model.name}: circuit open (a probe is let through in {wait:.1f} s)")
+                    wait = using.breaker.reopens_in(model.upstream_key)
+                    refusals.append(f"{model.upstream_key}: circuit open (a probe is let through in {wait:.1f} s)")
                     waits.append(wait)
                     break
             ticket = None
-            if using.admission is not None and admitted != model.name:
-                ticket = _admit(job, model, patient=patient, deadline=deadline, using=using)
+            if using.admission is not None and admitted != model.upstream_key:
+                ticket = _admit(job, model, patient=waits_here, deadline=deadline, using=using, last=last)
                 while ticket.limit == SCOUTING and time.monotonic() + ticket.wait_s < deadline:
                     # The first call to this upstream is out: its answer tells the limits everyone keeps to.
                     using.sleep(ticket.wait_s)
-                    ticket = _admit(job, model, patient=patient, deadline=deadline, using=using)
+                    ticket = _admit(job, model, patient=waits_here, deadline=deadline, using=using, last=last)
                 if ticket.wait_s > 0 and not ticket.reserved:
                     if permit is not None:
                         using.breaker.release(permit)  # type: ignore[union-attr]
                     outcome.attempts.append((label, _skipped(model, "rate_limited")))
-                    refusals.append(f"{ticket.describe(model.name)}: next call in {ticket.wait_s:.1f} s")
+                    refusals.append(f"{ticket.describe(model.upstream_key)}: next call in {ticket.wait_s:.1f} s")
                     waits.append(ticket.wait_s)
                     limited = True
                     break
@@ -302,7 +308,7 @@ def _answer_slot(
                     # Its turn is reserved: the job waits for it without holding its worker.
                     if permit is not None:
                         using.breaker.release(permit)  # type: ignore[union-attr]
-                    outcome.deferral = Deferral(ticket.wait_s, admitted=model.name)
+                    outcome.deferral = Deferral(ticket.wait_s, admitted=model.upstream_key)
                     return
                 pause = ticket.wait_s
                 if repeat > 0 and pause == 0:
@@ -321,15 +327,20 @@ def _answer_slot(
             admitted = None
             # The same model again after a 429 is a retry, as the client's own retries of a 5xx are.
             outcome.retry_count += repeat > 0
-            called = _call(job, outcome, model, label, permit, ticket, policy, deadline=deadline, using=using,
-                           on_call=on_call, on_delta=on_delta)  # fmt: skip
+            flight = None if using.balancer is None else using.balancer.begin(model)
+            try:
+                called = _call(job, outcome, model, label, permit, ticket, policy, deadline=deadline, using=using,
+                               on_call=on_call, on_delta=on_delta)  # fmt: skip
+            finally:
+                if using.balancer is not None:
+                    using.balancer.end(model, flight)
             if called in (_ANSWERED, _STOP):
                 return
             if called == _FAILED:
                 refusals.append(outcome.error.message if outcome.error else f"{model.name}: the call failed")
                 failed = True
                 break
-        if limited and patient:
+        if limited and waits_here:
             # Waiting was chosen over the next (pricier) model: the job waits for this one or fails rate_limited.
             break
     if outcome.completion is not None or not refusals:
@@ -350,6 +361,17 @@ def _answer_slot(
 
 
 _ANSWERED, _FAILED, _STOP, _THROTTLED = "answered", "failed", "stop", "throttled"
+
+
+def _candidates(chain: tuple[ModelSpec, ...], using: Answerer) -> Iterator[tuple[int, ModelSpec, bool]]:
+    """Yield each model of the chain as each of its deployments, in balanced order: (model's position, spec, last).
+
+    A model's deployments are ordered when its turn comes, so that the order reflects the calls then in flight.
+    """
+    for position, model in enumerate(chain):
+        specs = model.served_by() if using.balancer is None else using.balancer.order(model, breaker=using.breaker)
+        for index, spec in enumerate(specs):
+            yield position, spec, index == len(specs) - 1
 
 
 def _call(
@@ -408,6 +430,8 @@ def _call(
     outcome.retry_count += result.retry_count
     if result.completion is not None:
         outcome.model, outcome.completion, outcome.error = model, result.completion, None
+        if model.deployment is not None:
+            logger.info("answered model=%s deployment=%s", model.name, model.deployment)
         return _ANSWERED
     outcome.error = result.error
     if isinstance(result.error, StreamInterrupted):
@@ -423,12 +447,15 @@ def _call(
     return _FAILED
 
 
-def _admit(job: Job, model: ModelSpec, *, patient: bool, deadline: float, using: Answerer) -> Ticket:
-    """Ask admission for a call of `model`: a job that waits for its model accepts any wait its deadline allows."""
+def _admit(job: Job, model: ModelSpec, *, patient: bool, deadline: float, using: Answerer, last: bool) -> Ticket:
+    """Ask admission for a call of `model`: a job that waits for its model accepts any wait its deadline allows.
+
+    A deployment that is not its model's `last` to try is not waited for at all: the next one may answer now.
+    """
     left = deadline - time.monotonic()
-    max_wait = left if patient else min(using.settings.admission_inline_wait_s, left)
+    max_wait = left if patient else min(using.settings.admission_inline_wait_s, left) if last else 0.0
     tokens = token_count.total_tokens(job.call.prompt_tokens, job.call.completion_tokens)
-    return using.admission.take(model.name, tokens=tokens, max_wait_s=max_wait)  # type: ignore[union-attr]
+    return using.admission.take(model.upstream_key, tokens=tokens, max_wait_s=max_wait)  # type: ignore[union-attr]
 
 
 def _recorder(
@@ -442,7 +469,7 @@ def _recorder(
             breaker(attempt)
         if using.admission is not None:
             using.admission.learn(
-                model.name, attempt.rate_limits, throttled=attempt.error_class == "rate_limited", known=ticket
+                model.upstream_key, attempt.rate_limits, throttled=attempt.error_class == "rate_limited", known=ticket
             )
 
     return record
@@ -464,8 +491,9 @@ def _breaker_recorder(breaker: CircuitBreaker, permit: Permit) -> Callable[[Atte
 
 def _skipped(model: ModelSpec, reason: str) -> AttemptRecord:
     return AttemptRecord(
-        model=model.name, tier=model.tier, outcome="skipped", latency_ms=0.0, started_at=utcnow(), error_class=reason
-    )
+        model=model.name, tier=model.tier, outcome="skipped", latency_ms=0.0, started_at=utcnow(), error_class=reason,
+        deployment=model.deployment,
+    )  # fmt: skip
 
 
 def attempt_bound(job: Job, model: ModelSpec) -> Decimal:

@@ -57,6 +57,7 @@ from shared.store.types import UTCDateTime
 from shared.store.types import utcnow
 from shared.upstream.admission import Admission
 from shared.upstream.circuit_breaker import CircuitBreaker
+from shared.upstream.deployments import Balancer
 from shared.upstream.llm_client import CallerGone
 from shared.upstream.llm_client import LLMClient
 from shared.upstream.llm_client import StreamInterrupted
@@ -199,6 +200,8 @@ class RunDeps:
     response_cache: redis.Redis | None = None
     # Admission control per model (shared.upstream.admission); None: calls are not paced.
     admission: Admission | None = None
+    # Balances a model's deployments (shared.upstream.deployments); None: tried in the catalog's order.
+    balancer: Balancer | None = None
 
     @property
     def engine(self) -> Engine:
@@ -208,7 +211,7 @@ class RunDeps:
     def answerer(self) -> dispatch.Answerer:
         return dispatch.Answerer(
             catalog=self.catalog, settings=self.settings, client=self.client, breaker=self.breaker, sleep=self.sleep,
-            admission=self.admission,
+            admission=self.admission, balancer=self.balancer,
         )  # fmt: skip
 
 
@@ -602,6 +605,7 @@ def _finish(claim: Claim, outcome: dispatch.Outcome, *, deps: RunDeps) -> lifecy
             "completion_tokens": record.completion_tokens,
             "cost": record.cost,
             "started_at": record.started_at,
+            "deployment": record.deployment,
         }
         for seq, (purpose, record) in enumerate(outcome.attempts, start=1)
     ]

@@ -149,7 +149,7 @@ _ATTEMPT_FIELDS = (
     ("purpose", _ATTEMPTS.c.purpose), ("outcome", _ATTEMPTS.c.outcome), ("error_class", _ATTEMPTS.c.error_class),
     ("status_code", _ATTEMPTS.c.status_code), ("latency_ms", _ATTEMPTS.c.latency_ms),
     ("prompt_tokens", _ATTEMPTS.c.prompt_tokens), ("completion_tokens", _ATTEMPTS.c.completion_tokens),
-    ("cost", _ATTEMPTS.c.cost), ("started_at", _ATTEMPTS.c.started_at),
+    ("cost", _ATTEMPTS.c.cost), ("started_at", _ATTEMPTS.c.started_at), ("deployment", _ATTEMPTS.c.deployment),
 )  # fmt: skip
 
 

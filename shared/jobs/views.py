@@ -77,6 +77,16 @@ class Attempt(ResponseModel):
     prompt_tokens: int
     completion_tokens: int
     cost: Money
+    deployment: str | None = Field(
+        default=None, description="Which of the model's deployments served the call; only when it has several."
+    )
+
+    @model_serializer(mode="wrap")
+    def _deployment_when_several(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        body: dict[str, Any] = handler(self)
+        if body.get("deployment") is None:
+            body.pop("deployment", None)
+        return body
 
 
 # What a job carries while queued or running; the rest appears once it has finished.

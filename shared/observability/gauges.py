@@ -64,7 +64,7 @@ class SharedStateCollector(Collector):
 def _circuits(sources: Sources) -> list[GaugeMetricFamily]:
     family = GaugeMetricFamily(
         "model_router_circuit_state",
-        "1 for each model's current circuit state (closed, half_open, open), 0 for the others.",
+        "1 for each model's (or deployment's) current circuit state (closed, half_open, open), 0 for the others.",
         labels=["model", "state"],
     )
     for model, state in sources.breaker.states(sources.models).items():

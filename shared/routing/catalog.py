@@ -1,7 +1,13 @@
-"""The model catalog: which models serve which tier, at what price, behind which server."""
+"""The model catalog: which models serve which tier, at what price, behind which servers.
+
+Tiers are ordered from weakest to strongest, and their prices must follow that order (`_check_price_order`): a
+call routed to a weaker tier then never costs more than the same call on the strongest tier, so what routing
+saves (shared.reports.savings) is never negative.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass
 from decimal import Decimal
@@ -23,6 +29,29 @@ PRICE_DECIMALS = 6
 # The context window of a model whose entry names none: above every model's today, so that only usage no
 # model can have (shared.upstream.answer_schema) is refused for it.
 DEFAULT_CONTEXT_WINDOW = 2_000_000
+# Example catalogs shipped beside the default one (shared/routing/models.toml).
+CATALOGS_DIR = Path(__file__).parent / "catalogs"
+
+
+# An environment variable's name: a deployment's key is read from the environment, never written in the catalog.
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class _DeploymentEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=48, pattern=r"^[A-Za-z0-9._-]+$")
+    base_url: str | None = None
+    api_key_env: str | None = Field(default=None, pattern=_ENV_NAME)
+    # Its share of the model's calls when every deployment is equally busy.
+    weight: Decimal = Field(default=Decimal(1), gt=0, le=1000)
+    # The name the server knows the model by (an Azure deployment's, a vLLM's served name); default the model's.
+    upstream_model: str | None = Field(default=None, min_length=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return _http_url(value)
 
 
 class _ModelEntry(BaseModel):
@@ -33,12 +62,14 @@ class _ModelEntry(BaseModel):
     input_per_1k: Decimal = Field(ge=0)
     output_per_1k: Decimal = Field(ge=0)
     base_url: str | None = None
-    api_key_env: str | None = None
+    api_key_env: str | None = Field(default=None, pattern=_ENV_NAME)
     supports_logprobs: bool = True
     # The most tokens a prompt to it can have: usage reporting more cannot be true.
     context_window: int = Field(default=DEFAULT_CONTEXT_WINDOW, gt=0, lt=2**31)
     # None: the default chain (the tier's other models, then the next tier up); []: no fallbacks.
     fallbacks: list[str] | None = None
+    # The servers (or keys) that serve this model, balanced by shared.upstream.deployments; none: the one above.
+    deployments: list[_DeploymentEntry] = Field(default_factory=list)
 
     @field_validator("input_per_1k", "output_per_1k")
     @classmethod
@@ -49,10 +80,21 @@ class _ModelEntry(BaseModel):
 
     @field_validator("base_url")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http(s) URL")
-        return value.rstrip("/") if value else value
+    def _url(cls, value: str | None) -> str | None:
+        return _http_url(value)
+
+    @model_validator(mode="after")
+    def _unique_deployments(self) -> _ModelEntry:
+        names = [d.name for d in self.deployments]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model {self.name!r}: deployment names must be unique")
+        return self
+
+
+def _http_url(value: str | None) -> str | None:
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http(s) URL")
+    return value.rstrip("/") if value else value
 
 
 class _Timeouts(BaseModel):
@@ -89,12 +131,53 @@ class _CatalogFile(BaseModel):
         for tier in self.timeouts:
             if tier not in self.tiers:
                 raise ValueError(f"timeouts name unknown tier {tier!r}")
+        _check_price_order(self.tiers, self.models)
         return self
+
+
+def _check_price_order(tiers: list[str], models: list[_ModelEntry]) -> None:
+    """Refuse prices that do not rise with the tiers: routing could then cost more than not routing.
+
+    The rule, on input and output prices separately (a blend at any one token mix would let a call of
+    another mix cost more): every model of a tier costs at least as much per token as every model of every
+    weaker tier, and the strongest tier's first model (the baseline savings are measured against) at least as
+    much as any model. Then each call costs at most what the same tokens cost on the baseline.
+    """
+    for side in ("input_per_1k", "output_per_1k"):
+        for index, tier in enumerate(tiers[1:], start=1):
+            weaker = [m for m in models if tiers.index(m.tier) < index]
+            dearest = max(weaker, key=lambda m: getattr(m, side))
+            cheapest = min((m for m in models if m.tier == tier), key=lambda m: getattr(m, side))
+            if getattr(cheapest, side) < getattr(dearest, side):
+                raise ValueError(
+                    f"tier {tier!r} is priced below a weaker tier: {cheapest.name} costs {getattr(cheapest, side)} "
+                    f"({side}) but {dearest.name} of tier {dearest.tier!r} costs {getattr(dearest, side)}; a stronger "
+                    "tier must cost at least as much per input and per output token, or routing could cost more "
+                    "than the strongest tier"
+                )
+        baseline = next(m for m in models if m.tier == tiers[-1])
+        dearest = max(models, key=lambda m: getattr(m, side))
+        if getattr(dearest, side) > getattr(baseline, side):
+            raise ValueError(
+                f"{dearest.name} costs {getattr(dearest, side)} ({side}), more than {baseline.name}, the strongest "
+                f"tier's first model ({getattr(baseline, side)}), which savings are measured against"
+            )
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One server (or key) serving a model: its key is read from the variable `api_key_env` names."""
+
+    name: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    weight: Decimal = Decimal(1)
+    upstream_model: str | None = None
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model: its tier, prices per 1K tokens, and optionally its own server."""
+    """One model: its tier, prices per 1K tokens, and optionally its own server or several deployments."""
 
     name: str
     tier: str
@@ -107,6 +190,31 @@ class ModelSpec:
     fallbacks: tuple[str, ...] = ()
     connect_timeout_s: float | None = None
     read_timeout_s: float | None = None
+    # Several servers or keys for this model; empty: the one implicit deployment (base_url and api_key_env above).
+    deployments: tuple[Deployment, ...] = ()
+    # Set on the spec of one deployment (`on`): the deployment it calls, and the name that server knows it by.
+    deployment: str | None = None
+    upstream_model: str | None = None
+
+    @property
+    def upstream_key(self) -> str:
+        """The name its circuit breaker, admission and in-flight count are kept under: one per deployment."""
+        return self.name if self.deployment is None else f"{self.name}@{self.deployment}"
+
+    def on(self, deployment: Deployment) -> ModelSpec:
+        """Return this model as served by `deployment` (which inherits the server and key variable it omits)."""
+        return dataclasses.replace(
+            self,
+            base_url=deployment.base_url or self.base_url,
+            api_key_env=deployment.api_key_env or self.api_key_env,
+            deployments=(),
+            deployment=deployment.name,
+            upstream_model=deployment.upstream_model,
+        )
+
+    def served_by(self) -> tuple[ModelSpec, ...]:
+        """Return the spec of each deployment, or this spec alone for a model without deployments."""
+        return tuple(self.on(d) for d in self.deployments) if self.deployments else (self,)
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
         """Return the exact cost in dollars of a call with these token counts."""
@@ -159,6 +267,11 @@ class Catalog:
     def model_names(self) -> list[str]:
         return [m.name for m in self.models]
 
+    @property
+    def upstream_keys(self) -> list[str]:
+        """The circuit (and admission) key of every deployment of every model."""
+        return [spec.upstream_key for model in self.models for spec in model.served_by()]
+
     def chain(self, name: str) -> tuple[ModelSpec, ...]:
         """Return the model and, in order, the fallbacks that take over when it fails."""
         model = self.get_model(name)
@@ -185,10 +298,11 @@ def load_catalog(path: Path) -> Catalog:
 
 
 def _spec(entry: _ModelEntry, catalog: _CatalogFile) -> ModelSpec:
-    fields = entry.model_dump(exclude={"fallbacks"})
+    fields = entry.model_dump(exclude={"fallbacks", "deployments"})
     timeouts = catalog.timeouts.get(entry.tier, _Timeouts())
     return ModelSpec(
         **fields,
+        deployments=tuple(Deployment(**d.model_dump()) for d in entry.deployments),
         fallbacks=tuple(_default_fallbacks(entry, catalog) if entry.fallbacks is None else entry.fallbacks),
         connect_timeout_s=timeouts.connect_s,
         read_timeout_s=timeouts.read_s,

@@ -174,6 +174,8 @@ class RequestAttempt(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cost: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Which of the model's deployments served it (shared.routing.catalog.Deployment); None: the model has one.
+    deployment: Mapped[str | None] = mapped_column(String(48))
 
     job: Mapped[RequestLog] = relationship(back_populates="attempts")
 

@@ -37,3 +37,5 @@ class AttemptRecord:
     # The server's usage could not be true: the tokens and cost above are the call's bound.
     usage_invalid: bool = False
     rate_limits: RateLimits | None = None
+    # Which of the model's deployments served the call (None: the model has just one).
+    deployment: str | None = None

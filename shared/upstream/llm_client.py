@@ -303,7 +303,7 @@ class OpenAIChatClient:
         options: dict[str, Any] | None,
     ) -> dict[str, Any]:
         return {
-            "model": model.name,
+            "model": model.upstream_model or model.name,
             "messages": call_bound.sent_messages(prompt, messages),
             "max_tokens": max_tokens,
             **{name: value for name, value in (options or {}).items() if name in PASSTHROUGH_OPTIONS},
@@ -600,6 +600,7 @@ def complete_with_retries(
                 cost=model.cost(completion.prompt_tokens, completion.completion_tokens),
                 usage_invalid=completion.usage_invalid,
                 rate_limits=completion.rate_limits if error is None else error.rate_limits,
+                deployment=model.deployment,
             )
         )
         if error is not None:

@@ -31,7 +31,6 @@ from sqlalchemy import select
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from shared.config import DEFAULT_CATALOG_PATH
 from shared.ledger import budget
 from shared.routing import policy
 from shared.routing.catalog import Catalog
@@ -42,6 +41,7 @@ from shared.store.models import JobStatus
 from shared.store.models import MonthlyBudget
 from shared.store.models import RequestAttempt
 from shared.store.models import RequestLog
+from tests.support.catalogs import SEED_CATALOG_PATH
 from tests.support.databases import temporary_postgres_database
 from tests.support.stack import BIN
 from tests.support.stack import Stack
@@ -169,7 +169,7 @@ class LedgerSampler:
 def test_concurrent_prompts_never_overspend_and_every_call_is_accounted(
     backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    catalog = load_catalog(DEFAULT_CATALOG_PATH)
+    catalog = load_catalog(SEED_CATALOG_PATH)
     bound = budget.reservation_bound(
         catalog=catalog,
         tiers=policy.candidate_tiers(catalog=catalog, model=None, tier=None),
@@ -364,7 +364,7 @@ def test_a_killed_worker_loses_no_money_and_settles_each_job_once(
     assert len(unconfirmed) >= billed_at_kill
     assert all(attempt.cost > 0 for attempt in unconfirmed)
     assert all(attempt.cost == 0 for attempt in attempts if attempt.outcome not in ("ok", "unconfirmed"))
-    billed_cost = _billed_cost(stats, load_catalog(DEFAULT_CATALOG_PATH))
+    billed_cost = _billed_cost(stats, load_catalog(SEED_CATALOG_PATH))
     charged_at_bounds = sum((attempt.cost for attempt in unconfirmed), Decimal(0))
     assert billed_cost <= ledger.total_spent <= billed_cost + charged_at_bounds
     figures = {

@@ -22,12 +22,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import selectinload
 
-from shared.config import DEFAULT_CATALOG_PATH
 from shared.ledger import call_bound
 from shared.routing.catalog import load_catalog
 from shared.store import migrate
 from shared.store.models import MonthlyBudget
 from shared.store.models import RequestLog
+from tests.support.catalogs import SEED_CATALOG_PATH
 from tests.support.chaos import PrivateRedis
 from tests.support.databases import temporary_postgres_database
 from tests.support.hostile import HostileUpstream
@@ -45,7 +45,7 @@ MAX_TOKENS = 64
 USAGE_INVALID = ("negative_usage", "huge_usage", "fractional_usage", "over_context", "over_max_tokens", "no_usage")
 BAD_RESPONSE = ("non_string_content", "missing_choices", "bad_finish_reason", "non_json", "json_array")
 TOO_SLOW = ("trickle", "hang_body")
-CATALOG = load_catalog(DEFAULT_CATALOG_PATH)
+CATALOG = load_catalog(SEED_CATALOG_PATH)
 
 
 @pytest.fixture(scope="module")

@@ -214,26 +214,32 @@ def _catalog_error(path: Path) -> str:
     return message
 
 
-def test_default_catalog_has_the_three_seed_tiers_in_order() -> None:
+def test_default_catalog_has_three_tiers_of_current_openai_models() -> None:
     catalog = load_catalog(DEFAULT_CATALOG_PATH)
     assert catalog.tiers == SEED_TIERS
-    assert [catalog.model_for_tier(tier).name for tier in SEED_TIERS] == ["gpt-3.5-turbo", "gpt-4", "gpt-4-turbo"]
+    assert [catalog.model_for_tier(tier).name for tier in SEED_TIERS] == ["gpt-4o-mini", "gpt-4.1-mini", "gpt-4.1"]
 
 
 def test_default_catalog_prices_are_exact() -> None:
     catalog = load_catalog(DEFAULT_CATALOG_PATH)
     prices = {m.name: (m.tier, m.input_per_1k, m.output_per_1k) for m in catalog.models}
     assert prices == {
-        "gpt-3.5-turbo": ("cheap", Decimal("0.0005"), Decimal("0.0015")),
-        "gpt-4": ("mid", Decimal("0.03"), Decimal("0.06")),
-        "gpt-4-turbo": ("high", Decimal("0.01"), Decimal("0.03")),
+        "gpt-4o-mini": ("cheap", Decimal("0.00015"), Decimal("0.0006")),
+        "gpt-4.1-mini": ("mid", Decimal("0.0004"), Decimal("0.0016")),
+        "gpt-4.1": ("high", Decimal("0.002"), Decimal("0.008")),
     }
     assert all(isinstance(m.input_per_1k, Decimal) and isinstance(m.output_per_1k, Decimal) for m in catalog.models)
 
 
+def test_default_catalog_says_when_its_prices_were_read() -> None:
+    assert "as read on 2025-06-01" in DEFAULT_CATALOG_PATH.read_text(encoding="utf-8")
+
+
 def test_default_catalog_models_use_the_default_server_and_support_logprobs() -> None:
     catalog = load_catalog(DEFAULT_CATALOG_PATH)
-    assert [(m.base_url, m.api_key_env, m.supports_logprobs) for m in catalog.models] == [(None, None, True)] * 3
+    assert [(m.base_url, m.api_key_env, m.supports_logprobs, m.deployments) for m in catalog.models] == [
+        (None, None, True, ())
+    ] * 3
 
 
 def test_model_cost_is_exact_decimal() -> None:

@@ -42,7 +42,6 @@ from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.config import DEFAULT_CATALOG_PATH
 from shared.ledger import budget
 from shared.routing.catalog import Catalog
 from shared.routing.catalog import load_catalog
@@ -52,6 +51,7 @@ from shared.store.models import MonthlyBudget
 from shared.store.models import RequestAttempt
 from shared.store.models import RequestLog
 from tests.support import prompts
+from tests.support.catalogs import SEED_CATALOG_PATH
 from tests.support.databases import temporary_postgres_database
 from tests.support.stack import Stack
 from tests.support.stack import free_port
@@ -316,7 +316,7 @@ def run_chaos(
     `job_limits` are the jobs' lease and deadline (BOUNDED_JOB_LIMITS or USER_JOB_LIMITS); `settings` override
     SETTINGS and them. Pick a `down_model` that has fallbacks (not the top tier's).
     """
-    catalog = load_catalog(DEFAULT_CATALOG_PATH)
+    catalog = load_catalog(SEED_CATALOG_PATH)
     if not catalog.get_model(down_model).fallbacks:
         raise ValueError(f"{down_model} has no fallbacks: its traffic could only fail")
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -12,12 +12,12 @@ from typing import Any
 
 from aiohttp import web
 
-from shared.config import DEFAULT_CATALOG_PATH
 from shared.devstack.simulator.app import STATE
 from shared.devstack.simulator.app import create_sim_app
 from shared.devstack.simulator.sim_settings import SimSettings
 from shared.routing.catalog import Catalog
 from shared.routing.catalog import load_catalog
+from tests.support.catalogs import SEED_CATALOG_PATH
 
 START_TIMEOUT_S = 10.0
 
@@ -25,13 +25,13 @@ START_TIMEOUT_S = 10.0
 class SimServer:
     """A simulator served from its own event loop in a background thread.
 
-    It serves the project's default catalog unless given another, so its models are the ones the
+    It serves the suites' catalog (tests.support.catalogs) unless given another, so its models are the ones the
     router knows (gpt-3.5-turbo, gpt-4, gpt-4-turbo).
     """
 
     def __init__(self, *, catalog: Catalog | None = None, settings: SimSettings | None = None) -> None:
         self.app = create_sim_app(
-            catalog=catalog if catalog is not None else load_catalog(DEFAULT_CATALOG_PATH),
+            catalog=catalog if catalog is not None else load_catalog(SEED_CATALOG_PATH),
             settings=settings if settings is not None else SimSettings(),
         )
         self._loop = asyncio.new_event_loop()

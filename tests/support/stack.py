@@ -24,6 +24,7 @@ import redis
 from shared.devstack import localstack
 from shared.observability import metrics
 from shared.store import migrate
+from tests.support.catalogs import SEED_CATALOG_PATH
 from tests.support.databases import temporary_postgres_database
 
 BIN = Path(sys.executable).parent
@@ -130,6 +131,8 @@ class Stack:
     def start(self) -> None:
         # The simulator, unless the settings name another upstream (a hostile one, say).
         self.env.setdefault("OPENAI_BASE_URL", f"{self.sim}/v1")
+        # The suites' catalog (tests.support.catalogs), for the simulator and the stack alike.
+        self.env.setdefault("MODEL_CATALOG_PATH", str(SEED_CATALOG_PATH))
         # Tests and benchmarks send all their traffic from this one address at rates far past the default
         # limits; a test of the limits sets them (a key's own rpm applies either way).
         for limit in ("DEFAULT_RPM", "ADDRESS_RPM"):

@@ -39,7 +39,6 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
 
-from shared.config import DEFAULT_CATALOG_PATH
 from shared.config import Settings
 from shared.errors import BudgetExceeded
 from shared.errors import NotCancellable
@@ -65,6 +64,7 @@ from shared.store.types import from_nanos
 from shared.store.types import utcnow
 from shared.upstream.llm_client import Completion
 from tests.conftest import make_test_settings
+from tests.support.catalogs import SEED_CATALOG_PATH
 from tests.support.fakes import FLUENT
 from tests.support.fakes import FakeLLMClient
 from tests.support.fakes import ok
@@ -122,7 +122,7 @@ Snapshot = tuple[object, ...]
 
 @functools.cache
 def _catalog() -> Catalog:
-    return load_catalog(DEFAULT_CATALOG_PATH)
+    return load_catalog(SEED_CATALOG_PATH)
 
 
 @dataclass(frozen=True)

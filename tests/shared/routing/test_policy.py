@@ -5,17 +5,17 @@ import math
 
 import pytest
 
-from shared.config import DEFAULT_CATALOG_PATH
 from shared.errors import RoutingError
 from shared.routing import policy
 from shared.routing.catalog import load_catalog
+from tests.support.catalogs import SEED_CATALOG_PATH
 
 TIERS = ("cheap", "mid", "high")
 
 
 @pytest.fixture(scope="module")
 def catalog():
-    return load_catalog(DEFAULT_CATALOG_PATH)
+    return load_catalog(SEED_CATALOG_PATH)
 
 
 def test_preferences_are_cost_balanced_quality():
