@@ -115,7 +115,7 @@ def test_gunicorn_forgets_the_live_gauges_of_a_worker_that_exited(tmp_path, monk
 def test_metric_files_are_named_by_host_and_pid(tmp_path) -> None:
     """Containers sharing one metrics volume reuse pids: the host name must keep their files apart."""
     script = (
-        "import os, socket; from shared import metrics; "
+        "import os, socket; from shared.observability import metrics; "
         "metrics.record_http_request(route='/x', method='GET', status=200, seconds=0.01); "
         "print(socket.gethostname().replace('_', '-') + '-' + str(os.getpid()))"
     )
