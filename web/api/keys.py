@@ -6,6 +6,7 @@ An admin key, or keys off (every caller is then an operator, as for DELETE /api/
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -84,7 +85,7 @@ def revoke_key(key_id: int) -> Response:
     return jsonify(key_view(row, now=utcnow()))
 
 
-def key_view(row: ApiKey, *, now: Any) -> dict[str, Any]:
+def key_view(row: ApiKey, *, now: datetime) -> dict[str, Any]:
     """Return a key as the API shows it."""
     return {
         "id": row.id,
