@@ -104,3 +104,20 @@ class NotCancellable(DomainError):
     """The job has already started or finished."""
 
     code = "not_cancellable"
+
+
+class ModelNotAllowed(DomainError):
+    """The request could be answered by a model its API key may not use."""
+
+    code = "model_not_allowed"
+
+
+class TokenRateExceeded(DomainError):
+    """The request's tokens do not fit in what is left of its key's tokens-per-minute window."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int | None, details: dict[str, object] | None = None) -> None:
+        super().__init__(message, details=details)
+        # None: waiting does not help (the request alone is above the limit).
+        self.retry_after_s = retry_after_s

@@ -28,6 +28,7 @@ from web.api import docs
 from web.api import estimate
 from web.api import health
 from web.api import jobs
+from web.api import keys
 from web.api import prompt
 from web.api import reports
 from web.api import stats
@@ -60,7 +61,7 @@ def _build_app(settings: Settings) -> Flask:
     # Registered after auth but placed first: every request, even one auth refuses, gets an id and a line.
     request_telemetry.init_app(app)
     request_ids.init_app(app)
-    metered = (prompt.bp, batch.bp, estimate.bp, jobs.bp, budget.bp, stats.bp, reports.bp, chat.bp)
+    metered = (prompt.bp, batch.bp, estimate.bp, jobs.bp, budget.bp, stats.bp, reports.bp, chat.bp, keys.bp)
     ratelimit.init_app(app, settings, metered)
     for blueprint in (*metered, health.bp, health.probes, docs.bp, dashboard.bp):
         app.register_blueprint(blueprint)

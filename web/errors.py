@@ -16,10 +16,12 @@ from shared.errors import DomainError
 from shared.errors import IdempotencyConflict
 from shared.errors import InvalidInput
 from shared.errors import LLMError
+from shared.errors import ModelNotAllowed
 from shared.errors import NotCancellable
 from shared.errors import NotFound
 from shared.errors import RateLimited
 from shared.errors import RoutingError
+from shared.errors import TokenRateExceeded
 from shared.errors import TransientLLMError
 from shared.errors import Unauthorized
 from shared.errors import Unavailable
@@ -40,6 +42,8 @@ STATUS_BY_ERROR: dict[type[DomainError], int] = {
     IdempotencyConflict: 409,
     NotCancellable: 409,
     Unauthorized: 401,
+    ModelNotAllowed: 403,
+    TokenRateExceeded: 429,
     Unavailable: 503,
     # A job whose upstream failed, answered synchronously (POST /v1/chat/completions); one no model would admit
     # before its deadline is the upstream's backpressure, passed on.
@@ -69,6 +73,7 @@ OPENAI_TYPE_BY_STATUS = {
     400: "invalid_request_error",
     401: "authentication_error",
     402: "insufficient_quota",
+    403: "permission_error",
     404: "not_found_error",
     409: "conflict_error",
     413: "invalid_request_error",
@@ -100,6 +105,8 @@ def _domain_error(error: DomainError) -> Response:
     response = error_response(status, error.code, error.message, error.details)
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="model-router"'
+    if isinstance(error, TokenRateExceeded) and error.retry_after_s is not None:
+        response.headers["Retry-After"] = str(error.retry_after_s)
     return response
 
 

@@ -41,6 +41,7 @@ TAGS = (
     ("batches", "Submit prompts in bulk."),
     ("budget", "The monthly budget."),
     ("stats", "Usage statistics."),
+    ("keys", "API keys, managed by an admin key."),
     ("health", "Liveness of the stack."),
     ("openai", "OpenAI's chat completions API, routed."),
 )
@@ -118,6 +119,23 @@ PROMPT_ERRORS = {
 }
 JOB_NOT_FOUND = _error("`not_found`: no such job (or another key's job when keys are enabled).")
 BATCH_NOT_FOUND = _error("`not_found`: no such batch (or another key's batch when keys are enabled).")
+
+
+KEYS_ADMIN = "An admin key only (any key when API keys are off); another key is 403."
+KEY_ERRORS = {
+    401: UNAUTHORIZED,
+    403: _error("`forbidden`: the bearer key is not an admin key."),
+    429: RATE_LIMITED,
+}
+KEY_INVALID = _error("`invalid_request`: a field is missing, of the wrong type or out of range; `details` names it.")
+KEY_NOT_FOUND = _error("`not_found`: no key has this id.")
+KEY_ID = {
+    "name": "key_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+}
+KEY_LOCATION = {"description": "The new key's URL.", "schema": {"type": "string"}}
 
 
 def _openai(answers: dict[int, Answer]) -> dict[int, Answer]:
@@ -386,6 +404,69 @@ OPERATIONS = (
         "List the models a chat may name",
         description="The router's aliases (`router`, `auto`, `router:<preference>`), then every catalog model.",
         answers={200: Answer(responses.ModelList, "The models."), **_openai({401: UNAUTHORIZED})},
+    ),
+    Operation(
+        "get",
+        "/api/keys",
+        "list_keys",
+        "keys",
+        "List the API keys",
+        description=KEYS_ADMIN,
+        answers={200: Answer(responses.KeyList, "Every key, never the keys themselves."), **KEY_ERRORS},
+    ),
+    Operation(
+        "post",
+        "/api/keys",
+        "create_key",
+        "keys",
+        "Create an API key",
+        description=KEYS_ADMIN + " The answer carries the key itself, once: the database keeps only its hash.",
+        request=schemas.KeyCreateRequest,
+        answers={
+            201: Answer(responses.CreatedKey, "The new key.", headers={"Location": KEY_LOCATION}),
+            400: KEY_INVALID,
+            **KEY_ERRORS,
+            413: PROMPT_ERRORS[413],
+            415: PROMPT_ERRORS[415],
+        },
+    ),
+    Operation(
+        "get",
+        "/api/keys/{key_id}",
+        "get_key",
+        "keys",
+        "Get an API key",
+        description=KEYS_ADMIN,
+        parameters=(KEY_ID,),
+        answers={200: Answer(responses.KeyView, "The key."), **KEY_ERRORS, 404: KEY_NOT_FOUND},
+    ),
+    Operation(
+        "patch",
+        "/api/keys/{key_id}",
+        "update_key",
+        "keys",
+        "Change an API key's name, limits, expiry or models",
+        description=KEYS_ADMIN + " Only the fields sent change; null clears a limit. A revoked key is 400.",
+        parameters=(KEY_ID,),
+        request=schemas.KeyUpdateRequest,
+        answers={
+            200: Answer(responses.KeyView, "The key as changed."),
+            400: KEY_INVALID,
+            **KEY_ERRORS,
+            404: KEY_NOT_FOUND,
+            415: PROMPT_ERRORS[415],
+        },
+    ),
+    Operation(
+        "delete",
+        "/api/keys/{key_id}",
+        "revoke_key",
+        "keys",
+        "Revoke an API key",
+        description=KEYS_ADMIN
+        + " Every request with the key is 401 from then on; revoking twice keeps the first time.",
+        parameters=(KEY_ID,),
+        answers={200: Answer(responses.KeyView, "The revoked key."), **KEY_ERRORS, 404: KEY_NOT_FOUND},
     ),
     Operation(
         "get",

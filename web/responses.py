@@ -310,3 +310,30 @@ class ModelList(ResponseModel):
 
     object: Literal["list"]
     data: list[ModelObject]
+
+
+class KeyView(ResponseModel):
+    """An API key as the admin API shows it: never the key itself, which only its creation's answer carries."""
+
+    id: int
+    name: str
+    prefix: str = Field(description="The key's first characters, enough to tell keys apart.")
+    is_admin: bool
+    status: Literal["active", "expired", "revoked"]
+    monthly_budget: Money | None = Field(description="The key's own monthly limit; null: the global one only.")
+    rpm: int | None
+    tpm: int | None
+    allowed_models: list[str] | None = Field(description="The models its requests may ask for; null: any.")
+    created_at: Timestamp
+    expires_at: Timestamp | None
+    revoked_at: Timestamp | None
+
+
+class CreatedKey(KeyView):
+    """POST /api/keys: the new key's settings, and the key itself, shown this once."""
+
+    key: str = Field(description="The bearer key; the database keeps only its hash.")
+
+
+class KeyList(ResponseModel):
+    keys: list[KeyView] = Field(description="Every key, oldest first.")

@@ -359,3 +359,61 @@ class CostReportQuery(BaseModel):
     period: Literal["week", "month"] = Field(
         default="month", description="week: the last 7 days including today; month: the current calendar month (UTC)."
     )
+
+
+KEY_NAME_CHARS = 128
+MAX_ALLOWED_MODELS = 64
+# Money and rates an admin may set on a key: far above any real limit, low enough to stay exact in the ledger.
+MAX_KEY_BUDGET = 1_000_000_000
+MAX_KEY_RATE = 1_000_000_000
+
+
+class KeySettings(BaseModel):
+    """What an admin may set on an API key; null clears a limit (the global default then applies)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    monthly_budget: StrictNumber | None = Field(
+        default=None, ge=0, le=MAX_KEY_BUDGET, description="The key's own monthly limit in US dollars."
+    )
+    rpm: StrictInt | None = Field(default=None, ge=1, le=MAX_KEY_RATE, description="Requests per minute.")
+    tpm: StrictInt | None = Field(
+        default=None, ge=1, le=MAX_KEY_RATE, description="Tokens per minute, counted from each request's bound."
+    )
+    expires_at: datetime | None = Field(
+        default=None, description="From then on the key is refused (401); ISO 8601, read as UTC without a zone."
+    )
+    allowed_models: list[ModelName] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_ALLOWED_MODELS,
+        description="The catalog models the key's requests may ask for; null: any.",
+    )
+
+    @field_validator("expires_at", mode="before")
+    @classmethod
+    def _text_only(cls, value: object) -> object:
+        # pydantic would also read a number as a Unix time; the schema publishes an ISO 8601 string only.
+        if value is not None and not isinstance(value, str):
+            raise ValueError("expected an ISO 8601 date-time string")
+        return value
+
+    @field_validator("expires_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return value if value is None or value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+class KeyCreateRequest(KeySettings):
+    """POST /api/keys: a new key; the key itself is in the answer, once."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"name": "analytics", "tpm": 20000}})
+
+    name: StrictStr = Field(min_length=1, max_length=KEY_NAME_CHARS, description="Who or what the key is for.")
+    is_admin: StrictBool = Field(default=False, description="May manage keys and see every job and budget.")
+
+
+class KeyUpdateRequest(KeySettings):
+    """PATCH /api/keys/{key_id}: only the fields sent change."""
+
+    name: StrictStr | None = Field(default=None, min_length=1, max_length=KEY_NAME_CHARS)

@@ -19,11 +19,13 @@ from shared.jobs import idempotency
 from shared.jobs import lifecycle
 from shared.jobs import response_cache
 from shared.jobs import webhooks
+from shared.ledger import model_access
 from shared.observability import job_events
 from shared.store import completion_channel
 from shared.store import redis_clients
 from shared.store.types import utcnow
 from web import caching
+from web import ratelimit
 from web.auth import current_identity
 from web.db import get_session
 from worker import tasks
@@ -46,6 +48,7 @@ def accept_job(body: dict[str, Any], request: lifecycle.JobRequest, *, use_cache
     once, at no cost; without one its job carries the cache key, so that the worker keeps the answer.
     `queued` is False when there is nothing to enqueue: the job existed already or came from the cache.
     """
+    check_models(request)
     cache_key = caching.key_for(request, wanted=use_cache)
     # Looked up before the first write: no transaction stays open across the Redis call.
     cached = None if cache_key is None else caching.lookup(cache_key)
@@ -71,19 +74,34 @@ def accept_job(body: dict[str, Any], request: lifecycle.JobRequest, *, use_cache
         job_events.served_from_cache(job_id, model=cached.model_used, tier=cached.tier)
         send_callbacks(finished.callbacks)
         return job_id, False
-    # Without an Idempotency-Key nothing else goes in the job's transaction: it can be one statement.
-    lifecycle.create_and_commit(
-        session,
-        alone=idempotency_key() is None,
-        request=request,
-        catalog=current_app.extensions["catalog"],
-        settings=settings,
-        requester=requester(),
-        job_id=job_id,
-        cache_key=cache_key,
-    )
+    # Counted only for work that reaches the upstream: a replay or a cached answer uses no tokens.
+    ratelimit.take_tokens(job_id, request)
+    try:
+        # Without an Idempotency-Key nothing else goes in the job's transaction: it can be one statement.
+        lifecycle.create_and_commit(
+            session,
+            alone=idempotency_key() is None,
+            request=request,
+            catalog=current_app.extensions["catalog"],
+            settings=settings,
+            requester=requester(),
+            job_id=job_id,
+            cache_key=cache_key,
+        )
+    except Exception:
+        ratelimit.give_back_tokens(job_id)
+        raise
     job_events.accepted(job_id, request=request, log_prompts=settings.log_prompts)
     return job_id, True
+
+
+def check_models(request: lifecycle.JobRequest) -> None:
+    """Refuse (403) a request asking for a model the caller's key may not use."""
+    identity = current_identity()
+    if identity is not None:
+        model_access.check(
+            current_app.extensions["catalog"], allowed=identity.allowed_models, model=request.model, tier=request.tier
+        )
 
 
 def enqueue_job(job_id: str) -> None:

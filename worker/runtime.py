@@ -12,6 +12,7 @@ from celery import current_app
 from shared.config import get_settings
 from shared.jobs import runs
 from shared.ledger import alerts
+from shared.ledger import token_rate
 from shared.routing.catalog import load_catalog
 from shared.store import completion_channel
 from shared.store import redis_clients
@@ -28,6 +29,7 @@ from worker.celery_app import CALLBACK_DELIVERY_TASK
 
 _lock = threading.Lock()
 _deps: runs.RunDeps | None = None
+_token_windows: token_rate.TokenWindows | None = None
 
 
 def get_deps() -> runs.RunDeps:
@@ -101,8 +103,18 @@ def _send_callback(resource: str, resource_id: str) -> None:
     current_app.send_task(CALLBACK_DELIVERY_TASK, args=[resource, resource_id])
 
 
+def get_token_windows(redis_url: str) -> token_rate.TokenWindows:
+    """Return this process's view of the keys' tokens-per-minute windows, which jobs correct when they finish."""
+    global _token_windows
+    with _lock:
+        if _token_windows is None:
+            _token_windows = token_rate.TokenWindows(redis_clients.fast_failing(redis_url))
+        return _token_windows
+
+
 def reset() -> None:
     """Forget the dependencies (after a fork, the child must build its own connections)."""
-    global _deps
+    global _deps, _token_windows
     with _lock:
         _deps = None
+        _token_windows = None

@@ -68,7 +68,20 @@ def run_job(job_id: str, deadline_at: float | None = None, admitted: str | None 
         logger.info("job is claimed elsewhere until %s job_id=%s", result.lease_expires_at.isoformat(), job_id)
         return None
     logger.info("job done job_id=%s status=%s", job_id, result)
+    if result is not None:
+        settle_tokens(job_id)
     return None if result is None else str(result)
+
+
+def settle_tokens(job_id: str) -> None:
+    """Correct the tokens-per-minute window the job was counted in by its real tokens (shared.ledger.token_rate)."""
+    deps = runtime.get_deps()
+
+    def actual_tokens() -> int:
+        with deps.sessions() as session:
+            return lifecycle.get_or_raise(session, job_id=job_id).tokens_used
+
+    runtime.get_token_windows(deps.settings.redis_url).settle(job_id, actual_tokens=actual_tokens)
 
 
 @shared_task(name="jobs.reap", autoretry_for=INFRASTRUCTURE_ERRORS, max_retries=3)

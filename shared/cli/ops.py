@@ -88,16 +88,20 @@ def _key_sessions() -> Iterator[sessionmaker[Session]]:
 @click.option("--name", required=True, help="Who or what the key is for.")
 @click.option("--monthly-budget", type=click.FloatRange(min=0), help="This key's own monthly limit in USD.")
 @click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute allowed to this key.")
-@click.option("--admin", is_flag=True, help="May see the global budget, stats and every job.")
-def keys_create(name: str, monthly_budget: float | None, rpm: int | None, admin: bool) -> None:
-    """Create a key and print it once: it is not stored and cannot be shown again."""
+@click.option("--tpm", type=click.IntRange(min=1), help="Tokens per minute allowed to this key.")
+@click.option("--admin", is_flag=True, help="May manage keys and see the global budget, stats and every job.")
+def keys_create(name: str, monthly_budget: float | None, rpm: int | None, tpm: int | None, admin: bool) -> None:
+    """Create a key and print it once: it is not stored and cannot be shown again.
+
+    Expiry and allowed models are set over HTTP (PATCH /api/keys/<id>), which checks them against the catalog.
+    """
     from decimal import Decimal
 
     from shared.ledger import api_keys
 
     budget = None if monthly_budget is None else Decimal(str(monthly_budget))
     with _key_sessions() as sessions, sessions.begin() as session:
-        row, key = api_keys.create(session, name=name, monthly_budget=budget, rpm=rpm, is_admin=admin)
+        row, key = api_keys.create(session, name=name, monthly_budget=budget, rpm=rpm, tpm=tpm, is_admin=admin)
         key_id = row.id
     click.echo(key)
     click.echo(f"created key {key_id} ({name}); store it now, it is shown only once", err=True)
@@ -105,18 +109,22 @@ def keys_create(name: str, monthly_budget: float | None, rpm: int | None, admin:
 
 @keys.command("list")
 def keys_list() -> None:
-    """List keys: id, prefix, name, limits, and whether revoked (never the keys themselves)."""
+    """List keys: id, prefix, name, limits, and whether active, expired or revoked (never the keys themselves)."""
     from shared.ledger import api_keys
+    from shared.store.types import utcnow
 
     with _key_sessions() as sessions, sessions() as session:
         rows = api_keys.list_(session)
-    click.echo(f"{'id':>4}  {'prefix':<12} {'name':<24} {'admin':<5} {'budget':>10} {'rpm':>6}  status")
+    now = utcnow()
+    click.echo(f"{'id':>4}  {'prefix':<12} {'name':<24} {'admin':<5} {'budget':>10} {'rpm':>6} {'tpm':>8}  status")
     for row in rows:
         budget = "-" if row.monthly_budget is None else f"{row.monthly_budget:.2f}"
-        status = "revoked " + row.revoked_at.date().isoformat() if row.revoked_at else "active"
+        status = api_keys.status_of(row, now=now)
+        when = row.revoked_at if status == "revoked" else row.expires_at
+        status += f" {when.date().isoformat()}" if status != "active" and when is not None else ""
         click.echo(
             f"{row.id:>4}  {'mr_' + row.prefix:<12} {row.name[:24]:<24} {'yes' if row.is_admin else 'no':<5} "
-            f"{budget:>10} {row.rpm or '-':>6}  {status}"
+            f"{budget:>10} {row.rpm or '-':>6} {row.tpm or '-':>8}  {status}"
         )
 
 

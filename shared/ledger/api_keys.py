@@ -1,4 +1,4 @@
-"""API keys: create (shown once), list, revoke, and authenticate by hash.
+"""API keys: create (shown once), list, change, revoke, and authenticate by hash.
 
 A key looks like `mr_<prefix>_<secret>`. The database holds the SHA-256 of the whole key and the short
 prefix that lets people tell keys apart; the key itself exists only in the creator's hands. Keys carry
@@ -15,8 +15,11 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import or_
 from sqlalchemy import select
@@ -43,6 +46,13 @@ class Identity:
     is_admin: bool
     monthly_budget: Decimal | None
     rpm: int | None
+    tpm: int | None = None
+    # The models the key may be answered by; None: any.
+    allowed_models: frozenset[str] | None = None
+
+
+# What update() may change; revocation is final and has its own verb.
+CHANGEABLE = ("name", "monthly_budget", "rpm", "tpm", "expires_at", "allowed_models")
 
 
 def hash_key(key: str) -> str:
@@ -56,29 +66,92 @@ def create(
     name: str,
     monthly_budget: Decimal | None = None,
     rpm: int | None = None,
+    tpm: int | None = None,
+    expires_at: datetime | None = None,
+    allowed_models: Iterable[str] | None = None,
+    known_models: Iterable[str] | None = None,
     is_admin: bool = False,
 ) -> tuple[ApiKey, str]:
-    """Create a key; return its row and the key itself, which is never stored."""
-    if not name.strip():
-        raise InvalidInput("a key needs a name", details={"field": "name"})
-    if monthly_budget is not None and monthly_budget < 0:
-        raise InvalidInput("monthly budget must be at least 0", details={"field": "monthly_budget"})
-    if rpm is not None and rpm < 1:
-        raise InvalidInput("rpm must be at least 1", details={"field": "rpm"})
+    """Create a key; return its row and the key itself, which is never stored.
+
+    `allowed_models` must be names in `known_models` (the catalog's) when that is given.
+    """
+    settings = _checked(
+        {"name": name, "monthly_budget": monthly_budget, "rpm": rpm, "tpm": tpm, "expires_at": expires_at,
+         "allowed_models": allowed_models},
+        known_models=known_models,
+    )  # fmt: skip
     prefix = secrets.token_hex(PREFIX_BYTES)
     key = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(SECRET_BYTES)}"
-    row = ApiKey(
-        name=name.strip(),
-        prefix=prefix,
-        key_hash=hash_key(key),
-        is_admin=is_admin,
-        monthly_budget=monthly_budget,
-        rpm=rpm,
-        created_at=utcnow(),
-    )
+    row = ApiKey(prefix=prefix, key_hash=hash_key(key), is_admin=is_admin, created_at=utcnow(), **settings)
     session.add(row)
     session.flush()
     return row, key
+
+
+def get_or_raise(session: Session, *, key_id: int) -> ApiKey:
+    """Return the key with this id, or raise NotFound."""
+    row = session.get(ApiKey, key_id)
+    if row is None:
+        raise NotFound(f"no API key {key_id}")
+    return row
+
+
+def update(
+    session: Session, *, key_id: int, changes: dict[str, Any], known_models: Iterable[str] | None = None
+) -> ApiKey:
+    """Change the named settings of a live key (a None value clears a limit); a revoked key cannot change."""
+    unknown = sorted(set(changes) - set(CHANGEABLE))
+    if unknown:
+        raise InvalidInput(f"cannot change {', '.join(unknown)}", details={"field": unknown[0]})
+    row = get_or_raise(session, key_id=key_id)
+    if row.revoked_at is not None:
+        raise InvalidInput(f"API key {key_id} is revoked; create a new one", details={"field": "key_id"})
+    for field, value in _checked(changes, known_models=known_models).items():
+        setattr(row, field, value)
+    session.flush()
+    return row
+
+
+def status_of(row: ApiKey, *, now: datetime) -> str:
+    """Return "active", "expired" or "revoked": what authenticate() makes of the key at `now`."""
+    if row.revoked_at is not None:
+        return "revoked"
+    if row.expires_at is not None and row.expires_at <= now:
+        return "expired"
+    return "active"
+
+
+def _checked(values: dict[str, Any], *, known_models: Iterable[str] | None) -> dict[str, Any]:
+    """Return `values` normalised for storage, or raise InvalidInput naming the first bad field."""
+    checked = dict(values)
+    if "name" in values:
+        if values["name"] is None or not values["name"].strip():
+            raise InvalidInput("a key needs a name", details={"field": "name"})
+        checked["name"] = values["name"].strip()
+    budget = values.get("monthly_budget")
+    if budget is not None and budget < 0:
+        raise InvalidInput("monthly budget must be at least 0", details={"field": "monthly_budget"})
+    for field in ("rpm", "tpm"):
+        if values.get(field) is not None and values[field] < 1:
+            raise InvalidInput(f"{field} must be at least 1", details={"field": field})
+    expires_at = values.get("expires_at")
+    if expires_at is not None and expires_at.tzinfo is None:
+        raise InvalidInput("expires_at needs a time zone", details={"field": "expires_at"})
+    if values.get("allowed_models") is not None:
+        models = sorted(set(values["allowed_models"]))
+        if not models:
+            raise InvalidInput(
+                "allowed_models names no model (null allows every one)", details={"field": "allowed_models"}
+            )
+        unknown = [] if known_models is None else sorted(set(models) - set(known_models))
+        if unknown:
+            raise InvalidInput(
+                f"unknown models: {', '.join(unknown)}",
+                details={"field": "allowed_models", "known": sorted(known_models or [])},
+            )
+        checked["allowed_models"] = models
+    return checked
 
 
 def list_(session: Session) -> list[ApiKey]:
@@ -86,12 +159,15 @@ def list_(session: Session) -> list[ApiKey]:
     return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
 
 
-def revoke(session: Session, *, key_id_or_prefix: str) -> ApiKey:
-    """Revoke the key with this id or prefix; revoking twice keeps the first time."""
-    condition = ApiKey.prefix == key_id_or_prefix
-    if key_id_or_prefix.isdigit():
-        condition = or_(condition, ApiKey.id == int(key_id_or_prefix))
-    row = session.scalars(select(ApiKey).where(condition)).one_or_none()
+def revoke(session: Session, *, key_id_or_prefix: str | int) -> ApiKey:
+    """Revoke the key with this id (an int: the id only) or prefix; revoking twice keeps the first time."""
+    if isinstance(key_id_or_prefix, int):
+        row = session.get(ApiKey, key_id_or_prefix)
+    else:
+        condition = ApiKey.prefix == key_id_or_prefix
+        if key_id_or_prefix.isdigit():
+            condition = or_(condition, ApiKey.id == int(key_id_or_prefix))
+        row = session.scalars(select(ApiKey).where(condition)).one_or_none()
     if row is None:
         raise NotFound(f"no API key {key_id_or_prefix!r}")
     if row.revoked_at is None:
@@ -130,7 +206,7 @@ class RefusedKeys:
 
 
 def authenticate(session: Session, *, key: str, refused: RefusedKeys | None = None) -> Identity | None:
-    """Return the identity of a live key, or None for a malformed, unknown or revoked one.
+    """Return the identity of a live key, or None for a malformed, unknown, revoked or expired one.
 
     A malformed key, or one in `refused`, is turned away without a database lookup; `refused` learns the rest.
     """
@@ -145,6 +221,15 @@ def authenticate(session: Session, *, key: str, refused: RefusedKeys | None = No
         if refused is not None:
             refused.add(digest)
         return None
+    if status_of(row, now=utcnow()) == "expired":
+        # Not remembered as refused: an admin may still move its expiry, and that must take effect at once.
+        return None
     return Identity(
-        api_key_id=row.id, name=row.name, is_admin=row.is_admin, monthly_budget=row.monthly_budget, rpm=row.rpm
+        api_key_id=row.id,
+        name=row.name,
+        is_admin=row.is_admin,
+        monthly_budget=row.monthly_budget,
+        rpm=row.rpm,
+        tpm=row.tpm,
+        allowed_models=None if row.allowed_models is None else frozenset(row.allowed_models),
     )

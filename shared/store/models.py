@@ -216,7 +216,13 @@ class ApiKey(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     monthly_budget: Mapped[Decimal | None] = mapped_column(Money())
     rpm: Mapped[int | None] = mapped_column(Integer)
+    # Tokens per minute, counted from each request's bound at accept and corrected at settle (shared.ledger.token_rate).
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    # The catalog models a request with this key may be answered by; None: any (shared.ledger.model_access).
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # From then on the key is refused like a revoked one; None: it does not expire.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 

@@ -4,6 +4,7 @@ the page asks for one, keeps it for the tab, and shows everything once an admin 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -35,7 +36,8 @@ def database_url(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def stack(database_url: str, tmp_path_factory) -> Iterator[Stack]:
-    settings = {"REQUIRE_API_KEY": "true", "WORKER_HEARTBEAT_S": "2"}
+    # Every page opened without a key is refused once per panel: room for those refusals of every test here.
+    settings = {"REQUIRE_API_KEY": "true", "WORKER_HEARTBEAT_S": "2", "AUTH_FAILURES_PER_MINUTE": "200"}
     with running_stack(
         database_url=database_url, redis_url=REDIS_URL, log_dir=tmp_path_factory.mktemp("logs"), settings=settings
     ) as stack:
@@ -95,4 +97,31 @@ def test_a_refused_key_asks_again(page: Page, stack: Stack, console: Console) ->
     expect(page.locator("#key-error")).to_contain_text("the key was refused")
     expect(page.locator("#key-prompt")).to_be_visible()
     assert page.evaluate("() => sessionStorage.getItem('model-router.api-key')") is None
+    assert [error for error in console.errors if REFUSED not in error] == []
+
+
+def test_an_admin_creates_and_revokes_a_key_in_the_keys_panel(
+    page: Page, stack: Stack, admin_key: str, console: Console
+) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{stack.web}/dashboard")
+    page.fill("#key-input", admin_key)
+    page.click("#key-form button[type=submit]")
+    expect(page.locator("#key-rows tr", has_text="operator")).to_be_visible()
+
+    page.fill("#key-name", "analytics")
+    page.fill("#key-tpm", "20000")
+    page.click("#key-create button[type=submit]")
+    expect(page.locator("#key-secret")).to_have_text(re.compile(r"^mr_[0-9a-f]{8}_"))
+    created = page.locator("#key-rows tr", has_text="analytics")
+    expect(created).to_contain_text("20,000")
+    secret = page.locator("#key-secret").text_content() or ""
+    headers = {"Authorization": f"Bearer {secret}"}
+    assert http("GET", f"{stack.web}/api/budget", headers=headers)[0] == 200
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    created.locator("button.revoke").click()
+    expect(created).to_contain_text("revoked")
+    assert http("GET", f"{stack.web}/api/budget", headers=headers)[0] == 401
     assert [error for error in console.errors if REFUSED not in error] == []

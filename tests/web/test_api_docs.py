@@ -312,7 +312,8 @@ def test_the_examples_with_api_keys_hold(keyed_app: Flask, examples: list[Exampl
     with make_sessionmaker(keyed_app.extensions["db_engine"]).begin() as session:
         keys["key"] = api_keys.create(session, name="analytics")[1]
         keys["admin_key"] = api_keys.create(session, name="ops", is_admin=True)[1]
-        keys["small_key"] = api_keys.create(session, name="tiny", monthly_budget=Decimal("0.01"))[1]
+        small, keys["small_key"] = api_keys.create(session, name="tiny", monthly_budget=Decimal("0.01"))
+        keys["small_key_id"] = str(small.id)
     run_examples(keyed_app.test_client(), [e for e in examples if "keys" in e.flags], Exchange(values=keys))
 
 

@@ -109,6 +109,20 @@ def test_queued_jobs_batches_and_reads_answer_as_published(
     call("get", "/api/health")
     call("get", "/livez")
     call("get", "/readyz")
+    created = call("post", "/api/keys", json={"name": "ops", "tpm": 1000, "allowed_models": ["gpt-4"]}).get_json()
+    key_url = f"/api/keys/{created['id']}"
+    call("post", "/api/keys", json={"name": ""})
+    call("post", "/api/keys", json={"name": "x" * (app.extensions["settings"].max_request_bytes + 1)})
+    call("post", "/api/keys", data="x", content_type="text/plain")
+    call("get", "/api/keys")
+    call("get", key_url)
+    call("get", "/api/keys/999999")
+    call("patch", key_url, json={"rpm": 5, "monthly_budget": 1.5})
+    call("patch", key_url, json={"rpm": 0})
+    call("patch", key_url, data="x", content_type="text/plain")
+    call("patch", "/api/keys/999999", json={"rpm": 5})
+    call("delete", key_url)
+    call("delete", "/api/keys/999999")
     queued = call("post", "/api/prompt", json={"prompt": "Hi", "wait": False, "metadata": {"a": 1}}).get_json()
     job_url = f"/api/jobs/{queued['job_id']}"
     call("get", job_url)
@@ -177,6 +191,19 @@ EXPECTED_WITHOUT_WORKER = {
     ("get", "/api/health", 200),
     ("get", "/api/health", 503),
     ("get", "/livez", 200),
+    ("get", "/api/keys", 200),
+    ("post", "/api/keys", 201),
+    ("post", "/api/keys", 400),
+    ("post", "/api/keys", 413),
+    ("post", "/api/keys", 415),
+    ("get", "/api/keys/{key_id}", 200),
+    ("get", "/api/keys/{key_id}", 404),
+    ("patch", "/api/keys/{key_id}", 200),
+    ("patch", "/api/keys/{key_id}", 400),
+    ("patch", "/api/keys/{key_id}", 404),
+    ("patch", "/api/keys/{key_id}", 415),
+    ("delete", "/api/keys/{key_id}", 200),
+    ("delete", "/api/keys/{key_id}", 404),
     ("get", "/readyz", 200),
     ("get", "/readyz", 503),
     ("post", "/api/prompt", 202),
@@ -273,10 +300,18 @@ def test_keyed_answers_answer_as_published(keyed_app: Flask) -> None:
         ("get", "/api/reports/costs"): {},
         ("post", "/v1/chat/completions"): {"json": CHAT},
         ("get", "/v1/models"): {},
+        ("get", "/api/keys"): {},
+        ("post", "/api/keys"): {"json": {"name": "k"}},
+        ("get", "/api/keys/1"): {},
+        ("patch", "/api/keys/1"): {"json": {"rpm": 5}},
+        ("delete", "/api/keys/1"): {},
     }
     for (method, url), kwargs in urls.items():
         call(method, url, **kwargs)  # no key: 401
     call("delete", "/api/budget/hold", headers=user)  # not an admin: 403
+    for (method, url), kwargs in urls.items():
+        if url.startswith("/api/keys"):
+            call(method, url, headers=user, **kwargs)  # not an admin: 403
     busy = _auth(_key(keyed_app, "busy", rpm=1))
     call("get", "/api/budget", headers=busy)  # its one request of the minute
     for (method, url), kwargs in urls.items():
@@ -284,10 +319,10 @@ def test_keyed_answers_answer_as_published(keyed_app: Flask) -> None:
     unlimited = call.published(paths=lambda path: path not in ("/api/health", "/livez", "/readyz"))
     refused = {(method, path, status) for method, path, status in unlimited if status in (401, 429)}
     assert refused <= call.covered
-    assert ("delete", "/api/budget/hold", 403) in call.covered
+    assert {(m, p, s) for m, p, s in call.published() if s == 403} <= call.covered
 
 
 def test_every_published_answer_that_can_happen_in_process_is_exercised(client: FlaskClient) -> None:
     published = CheckedClient(client).published()
-    keyed = {(m, p, s) for m, p, s in published if s in (401, 429)} | {("delete", "/api/budget/hold", 403)}
+    keyed = {(m, p, s) for m, p, s in published if s in (401, 403, 429)}
     assert published == EXPECTED_WITHOUT_WORKER | EXPECTED_WITH_WORKER | keyed

@@ -12,6 +12,7 @@ from flask import request
 from flask import url_for
 
 from shared.errors import InvalidInput
+from shared.errors import ModelNotAllowed
 from shared.errors import RoutingError
 from shared.jobs import batches
 from shared.jobs import lifecycle
@@ -48,6 +49,10 @@ def create_batch() -> tuple[Response, int]:
             lifecycle.bound_for(item, catalog=catalog, settings=settings)
         except RoutingError as exc:  # an unknown model or tier: name the item
             raise _at(index, exc) from None
+        try:
+            submission.check_models(item)
+        except ModelNotAllowed as exc:
+            raise ModelNotAllowed(f"prompts[{index}]: {exc.message}", details={**exc.details, "index": index}) from None
     callback_url = submission.seal_callback_url(body.callback_url)
     session = get_session()
     batch_id = uuid.uuid4().hex

@@ -51,6 +51,13 @@ def test_keys_create_and_list_with_only_a_database_url(only, database_url: str, 
     assert "ci-runner" in listed.stdout and "active" in listed.stdout
 
 
+def test_keys_create_takes_a_tokens_per_minute_limit(only, database_url: str, engine: Engine) -> None:
+    assert only(["keys", "create", "--name", "etl", "--tpm", "25000"], DATABASE_URL=database_url).exit_code == 0
+    listed = only(["keys", "list"], DATABASE_URL=database_url)
+    assert " tpm " in listed.stdout.splitlines()[0] + " "
+    assert "25000" in next(line for line in listed.stdout.splitlines() if "etl" in line)
+
+
 def test_keys_ignore_upstream_settings_they_do_not_use(only, database_url: str, engine: Engine) -> None:
     # The service itself refuses to start with these; a key command has no use for them.
     result = only(["keys", "list"], DATABASE_URL=database_url, OPENAI_BASE_URL="not-a-url", JOB_LEASE_S="1")

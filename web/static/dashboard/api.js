@@ -1,4 +1,4 @@
-// Reads the router's JSON API, sending the operator's key when one was entered.
+// Reads (and, for the keys panel, writes) the router's JSON API, sending the operator's key when one was entered.
 
 const KEY_STORAGE = "model-router.api-key";
 
@@ -51,4 +51,30 @@ export async function getJson(path, params = {}, { okStatuses = [] } = {}) {
     throw new ApiError(response.status, `${response.status} ${message}`);
   }
   return body;
+}
+
+/** Send `body` (if any) as JSON with `method` to an /api path; answer the JSON body, or throw as getJson does. */
+export async function sendJson(method, path, body) {
+  const headers = { Accept: "application/json" };
+  const key = storedKey();
+  if (key) headers.Authorization = `Bearer ${key}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(new URL(path, document.baseURI), {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: "no-store",
+    });
+  } catch (error) {
+    throw new ApiError(0, `no answer from the server (${error.message})`);
+  }
+  if (response.status === 401) throw new AuthRequired(key ? "the key was refused" : "a key is required");
+  const answer = await response.json().catch(() => null);
+  if (!response.ok) {
+    const message = answer && answer.error && answer.error.message ? answer.error.message : response.statusText;
+    throw new ApiError(response.status, `${response.status} ${message}`);
+  }
+  return answer;
 }

@@ -4,6 +4,7 @@ import { AuthRequired, forgetKey, getJson, storedKey, storeKey } from "./api.js"
 import * as charts from "./charts.js";
 import * as format from "./format.js";
 import { addTierOptions, initJobs, loadJobs } from "./jobs.js";
+import { initKeys, renderKeys } from "./keys.js";
 import * as panels from "./panels.js";
 
 const DEFAULT_REFRESH_S = 10;
@@ -22,6 +23,8 @@ const SOURCES = {
     load: () => getJson("api/reports/costs", { period: "month" }),
   },
   health: { panels: ["circuits"], load: () => getJson("api/health", {}, { okStatuses: [503] }) },
+  // Admin keys only: another key is answered 403, which the panel shows.
+  keys: { panels: ["keys"], load: () => getJson("api/keys") },
 };
 
 let timer = null;
@@ -54,7 +57,7 @@ function show(panel, render) {
 }
 
 function render(data) {
-  const { budget, stats, report, health } = data;
+  const { budget, stats, report, health, keys } = data;
   if (budget) show("budget", () => panels.renderBudget(budget));
   if (stats) {
     show("savings", () => {
@@ -77,6 +80,7 @@ function render(data) {
     });
   }
   if (health) show("circuits", () => panels.renderCircuits(health));
+  if (keys) show("keys", () => renderKeys(keys));
 }
 
 function askForKey(error) {
@@ -165,6 +169,7 @@ function initKeyControls() {
 function init() {
   initKeyControls();
   initJobs({ onError });
+  initKeys({ onChange: refresh, onError });
   document.getElementById("refresh-now").addEventListener("click", refresh);
   document.getElementById("auto-refresh").addEventListener("change", schedule);
   document.addEventListener("visibilitychange", () => {
