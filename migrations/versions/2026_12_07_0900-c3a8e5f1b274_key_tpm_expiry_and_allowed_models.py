@@ -1,7 +1,7 @@
 """key tpm, expiry and allowed models
 
 Revision ID: c3a8e5f1b274
-Revises: 5a7c9e1b3d42
+Revises: c3d8e1f5a270
 Create Date: 2026-12-07 09:00:00.000000+00:00
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 import shared.store.types
 
 revision: str = "c3a8e5f1b274"
-down_revision: str | None = "5a7c9e1b3d42"
+down_revision: str | None = "c3d8e1f5a270"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
