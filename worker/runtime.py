@@ -10,6 +10,7 @@ import types
 from celery import current_app
 
 from shared.config import get_settings
+from shared.jobs import handback
 from shared.jobs import runs
 from shared.ledger import alerts
 from shared.routing.catalog import load_catalog
@@ -24,6 +25,7 @@ from shared.upstream.circuit_breaker import CircuitBreaker
 from shared.upstream.llm_client import OpenAIChatClient
 from worker.celery_app import ALERT_DELIVERY_TASK
 from worker.celery_app import CALLBACK_DELIVERY_TASK
+from worker.shutdown import current_runner
 
 _lock = threading.Lock()
 _deps: runs.RunDeps | None = None
@@ -55,6 +57,7 @@ def get_deps() -> runs.RunDeps:
                 breaker=CircuitBreaker(fast_failing_redis, circuit_breaker.BreakerPolicy.from_settings(settings)),
                 response_cache=fast_failing_redis,
                 admission=Admission(fast_failing_redis, burst_s=settings.admission_burst_s),
+                held=handback.HeldClaims(runner=current_runner),
             )
         return _deps
 
@@ -97,6 +100,12 @@ def _announce_alert(alert: alerts.Announcement) -> None:
 
 def _send_callback(resource: str, resource_id: str) -> None:
     current_app.send_task(CALLBACK_DELIVERY_TASK, args=[resource, resource_id])
+
+
+def held_claims() -> handback.HeldClaims | None:
+    """Return the claims this process's runs hold, or None if it has run no job yet."""
+    with _lock:
+        return None if _deps is None else _deps.held
 
 
 def reset() -> None:
