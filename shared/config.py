@@ -174,6 +174,13 @@ class Settings(DatabaseSettings):
     job_max_deadline_s: float | None = Field(default=None, gt=0)
     job_finish_s: float | None = Field(default=None, gt=0)
     worker_heartbeat_s: int = Field(default=10, ge=1)
+    # After SIGTERM a worker lets its jobs finish this long, then hands back those still running: another worker
+    # takes them at once instead of after their lease (worker.shutdown). Keep it under the orchestrator's grace
+    # (Kubernetes' terminationGracePeriodSeconds) by the few seconds handing back takes.
+    worker_shutdown_grace_s: float = Field(default=90.0, ge=0)
+    # The port each Celery worker process serves its own /metrics on (worker.metrics_server), for Prometheus to
+    # scrape every worker pod; unset or 0: none (locally, PROMETHEUS_MULTIPROC_DIR lets web serve them all).
+    worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
     # A file workers and beat touch on every heartbeat, for an orchestrator's liveness probe (worker.liveness).
     worker_liveness_file: Path | None = None
     # The reaper (a Celery beat task) re-enqueues jobs whose worker died or whose message was lost, and

@@ -53,3 +53,18 @@ def test_the_scrape_config_points_at_metrics() -> None:
     config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     (job,) = config["scrape_configs"]
     assert job["metrics_path"] == "/metrics" and job["static_configs"][0]["targets"]
+
+
+# A metric read inside an aggregation: sum/max/min/avg, optionally by labels, of the series or of their rate.
+AGGREGATED = re.compile(r"\b(?:sum|max|min|avg)(?:\s+by\s*\(([^)]*)\))?\s*\((?:rate\()?(model_router_[a-z_]+)")
+
+
+def test_every_query_sums_across_pods() -> None:
+    """Every series is aggregated away from its pod: workers and web pods each serve their own counters, and
+    every web pod serves the same shared-state gauges, so a panel must not show one line per pod."""
+    for expression in _expressions(json.loads(DASHBOARD.read_text())["panels"]):
+        aggregated = AGGREGATED.findall(expression)
+        assert sorted(name for _, name in aggregated) == sorted(METRIC_NAME.findall(expression)), expression
+        for by, _ in aggregated:
+            kept = {label.strip() for label in by.split(",")}
+            assert not kept & {"instance", "pod", "kubernetes_pod_name"}, expression

@@ -167,6 +167,42 @@ def test_the_config_map_holds_only_known_settings(objects: list[dict[str, Any]])
         assert source["configMapRef"]["name"] in _of_kind(objects, "ConfigMap")
 
 
+# What a worker needs after WORKER_SHUTDOWN_GRACE_S to hand back its jobs and exit before it is killed.
+HAND_BACK_S = 10
+
+
+def test_workers_hand_back_their_jobs_before_their_grace_period_ends(objects: list[dict[str, Any]]) -> None:
+    settings = {
+        key: value
+        for config_map in _of_kind(objects, "ConfigMap").values()
+        for key, value in config_map["data"].items()
+    }
+    shutdown_grace_s = float(settings["WORKER_SHUTDOWN_GRACE_S"])
+    workers = {name: item for name, item in _of_kind(objects, "Deployment").items() if "worker" in name}
+    assert workers
+    for name, worker in workers.items():
+        grace_s = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert shutdown_grace_s + HAND_BACK_S <= grace_s, name
+
+
+def test_every_worker_serves_its_own_metrics_and_is_annotated_for_scraping(objects: list[dict[str, Any]]) -> None:
+    settings = {
+        key: value
+        for config_map in _of_kind(objects, "ConfigMap").values()
+        for key, value in config_map["data"].items()
+    }
+    port = int(settings["WORKER_METRICS_PORT"])
+    assert port
+    workers = {name: item for name, item in _of_kind(objects, "Deployment").items() if "worker" in name}
+    for name, worker in workers.items():
+        annotations = worker["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true", name
+        assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == (str(port), "/metrics"), name
+        assert {"name": "metrics", "containerPort": port} in _app_container(worker)["ports"], name
+        # Counters are served by the process itself: no multiprocess directory on a worker pod.
+        assert "PROMETHEUS_MULTIPROC_DIR" not in {env["name"] for env in _app_container(worker).get("env", [])}
+
+
 def test_beat_runs_alone(objects: list[dict[str, Any]]) -> None:
     beat = _of_kind(objects, "Deployment")["model-router-beat"]
     assert beat["spec"]["replicas"] == 1

@@ -14,6 +14,7 @@ from shared.config import get_settings
 from shared.errors import ConfigError
 from shared.observability import logs
 from shared.store.heartbeats import Heartbeat
+from worker import metrics_server
 from worker.liveness import LivenessFile
 from worker.redis_transport import transport_for
 
@@ -110,6 +111,8 @@ def _start_heartbeat(sender: object = None, **_: object) -> None:
     )
     _heartbeat.start()
     _start_liveness(settings)
+    # In the process that runs the jobs (gevent and threads pools), once it consumes: worker.metrics_server.
+    metrics_server.serve(settings.worker_metrics_port)
 
 
 @signals.beat_init.connect

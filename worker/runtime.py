@@ -10,6 +10,7 @@ import types
 from celery import current_app
 
 from shared.config import get_settings
+from shared.jobs import handback
 from shared.jobs import runs
 from shared.ledger import alerts
 from shared.ledger import token_rate
@@ -26,6 +27,7 @@ from shared.upstream.deployments import Balancer
 from shared.upstream.llm_client import OpenAIChatClient
 from worker.celery_app import ALERT_DELIVERY_TASK
 from worker.celery_app import CALLBACK_DELIVERY_TASK
+from worker.shutdown import current_runner
 
 _lock = threading.Lock()
 _deps: runs.RunDeps | None = None
@@ -59,6 +61,7 @@ def get_deps() -> runs.RunDeps:
                 response_cache=fast_failing_redis,
                 admission=Admission(fast_failing_redis, burst_s=settings.admission_burst_s),
                 balancer=Balancer(fast_failing_redis),
+                held=handback.HeldClaims(runner=current_runner),
             )
         return _deps
 
@@ -110,6 +113,12 @@ def get_token_windows(redis_url: str) -> token_rate.TokenWindows:
         if _token_windows is None:
             _token_windows = token_rate.TokenWindows(redis_clients.fast_failing(redis_url))
         return _token_windows
+
+
+def held_claims() -> handback.HeldClaims | None:
+    """Return the claims this process's runs hold, or None if it has run no job yet."""
+    with _lock:
+        return None if _deps is None else _deps.held
 
 
 def reset() -> None:

@@ -7,9 +7,12 @@ import time
 import redis
 from celery import shared_task
 from celery.signals import worker_process_init
+from celery.signals import worker_ready
+from celery.signals import worker_shutting_down
 from celery.utils.log import get_task_logger
 from sqlalchemy.exc import OperationalError
 
+from shared.config import get_settings
 from shared.errors import ConfigError
 from shared.jobs import batches
 from shared.jobs import idempotency
@@ -24,6 +27,7 @@ from shared.security import sealing
 from shared.store.types import utcnow
 from worker import broker_messages
 from worker import runtime
+from worker import shutdown
 from worker.celery_app import ALERT_DELIVERY_TASK
 from worker.celery_app import BATCH_QUEUE
 from worker.celery_app import CALLBACK_DELIVERY_TASK
@@ -38,6 +42,38 @@ INFRASTRUCTURE_ERRORS = (OperationalError, redis.ConnectionError)
 @worker_process_init.connect
 def _reset_after_fork(**_: object) -> None:
     runtime.reset()
+
+
+# The worker's consumer, remembered when it is ready, so that a warm shutdown can stop it consuming at once.
+_consumer: object = None
+
+
+@worker_ready.connect
+def _remember_consumer(sender: object = None, **_: object) -> None:
+    global _consumer
+    _consumer = sender
+
+
+@worker_shutting_down.connect
+def _hand_back_at_grace(how: str = "Warm", **_: object) -> None:
+    """On a warm shutdown (SIGTERM): stop taking jobs at once, and hand back those still running
+    WORKER_SHUTDOWN_GRACE_S later (worker.shutdown).
+
+    A cold shutdown cancels every run at once, and Celery redelivers their messages itself.
+    """
+    if how != "Warm":
+        return
+    consumer = _consumer
+    if consumer is not None:
+        shutdown.later(0, lambda: shutdown.stop_consuming(consumer))
+    shutdown.later(get_settings().worker_shutdown_grace_s, _hand_back_held)
+
+
+def _hand_back_held() -> None:
+    held = runtime.held_claims()
+    if held is None:
+        return
+    shutdown.hand_back(held, deps=runtime.get_deps(), enqueue=lambda job_id, batch: enqueue_job(job_id, batch=batch))
 
 
 @shared_task(

@@ -64,6 +64,10 @@ def use_simulator(environ: MutableMapping[str, str]) -> bool:
     return True
 
 
+# Under the supervisor's STOP_GRACE_S by the time handing back and exiting take.
+LOCAL_WORKER_SHUTDOWN_GRACE_S = supervisor.STOP_GRACE_S - 10
+
+
 def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: bool) -> StackPlan:
     """Decide which processes to start from the settings and the environment."""
     port = stack_paths.web_port(environ)
@@ -77,6 +81,8 @@ def plan_stack(settings: Settings, environ: Mapping[str, str], *, simulator: boo
     }
     env = dict(environ)
     env.setdefault(metrics.MULTIPROC_ENV, str(paths.metrics_dir))
+    # The supervisor kills a stage that has not exited after STOP_GRACE_S: workers hand back their jobs before.
+    env.setdefault("WORKER_SHUTDOWN_GRACE_S", f"{LOCAL_WORKER_SHUTDOWN_GRACE_S:g}")
     processes: dict[str, str] = {}
     notes: list[str] = []
 

@@ -35,6 +35,7 @@ from tenacity import wait_exponential_jitter
 
 from shared.config import Settings
 from shared.jobs import dispatch
+from shared.jobs import handback
 from shared.jobs import lifecycle
 from shared.jobs import response_cache
 from shared.jobs import single_statement
@@ -202,6 +203,8 @@ class RunDeps:
     admission: Admission | None = None
     # Balances a model's deployments (shared.upstream.deployments); None: tried in the catalog's order.
     balancer: Balancer | None = None
+    # The claims this process's runs hold, for a worker that shuts down to hand back (shared.jobs.handback).
+    held: handback.HeldClaims | None = None
 
     @property
     def engine(self) -> Engine:
@@ -228,10 +231,18 @@ def run(
         claim = _claim(job_id, deps=deps, started=started)
         if not isinstance(claim, Claim):
             return claim
-        # Lines logged while running carry the id of the request that created the job.
-        with logs.bound(request_id=claim.request_id):
-            _quietly(job_events.started, job_id, run_count=claim.run_count)
-            return _run_claimed(claim, deps=deps, resume=resume)
+        held = deps.held
+        if held is not None:
+            held.add(job_id=job_id, run_count=claim.run_count, batch=claim.batch_id is not None,
+                     stream=claim.request.stream)  # fmt: skip
+        try:
+            # Lines logged while running carry the id of the request that created the job.
+            with logs.bound(request_id=claim.request_id):
+                _quietly(job_events.started, job_id, run_count=claim.run_count)
+                return _run_claimed(claim, deps=deps, resume=resume)
+        finally:
+            if held is not None:
+                held.discard(job_id, claim.run_count)
 
 
 def _run_claimed(claim: Claim, *, deps: RunDeps, resume: Resume | None = None) -> JobStatus | Deferred | None:

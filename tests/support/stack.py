@@ -103,7 +103,7 @@ class Stack:
     `worker_queues`, when given, starts one worker per entry (`workerN@%h`, consuming that entry's
     comma-separated queues, e.g. ("prompts", "batch") as in production) instead of `workers` workers.
     `worker_pool`: see worker_command. `worker_concurrency`, when given, sets each of those workers' slots
-    (one entry per entry of `worker_queues`).
+    (one entry per entry of `worker_queues`). `metrics_dir`: see the field.
     """
 
     env: dict[str, str]
@@ -119,6 +119,8 @@ class Stack:
     worker_queues: tuple[str, ...] | None = None
     worker_pool: str = "threads"
     worker_concurrency: tuple[int, ...] | None = None
+    # False: no PROMETHEUS_MULTIPROC_DIR, each process serves only its own metrics (as across pods).
+    metrics_dir: bool = True
 
     @property
     def web(self) -> str:
@@ -138,9 +140,12 @@ class Stack:
         for limit in ("DEFAULT_RPM", "ADDRESS_RPM"):
             self.env.setdefault(limit, "0")
         # A fresh directory per stack: the processes' metric values start from nothing.
-        metrics_dir = self.log_dir / "metrics"
-        localstack.empty_metrics_dir(metrics_dir)
-        self.env[metrics.MULTIPROC_ENV] = str(metrics_dir)
+        if self.metrics_dir:
+            metrics_dir = self.log_dir / "metrics"
+            localstack.empty_metrics_dir(metrics_dir)
+            self.env[metrics.MULTIPROC_ENV] = str(metrics_dir)
+        else:
+            self.env.pop(metrics.MULTIPROC_ENV, None)
         self._spawn("simulator", [str(BIN / "model-router"), "simulate", "--port", str(self.sim_port)])
         self._spawn(
             "web",
@@ -244,7 +249,7 @@ class Stack:
 OWN_SETTINGS = (
     "OPENAI_", "SIM_", "DATABASE_", "REDIS_", "MONTHLY_BUDGET_", "JOB_", "REAPER_", "REQUIRE_API_KEY",
     "DEFAULT_RPM", "ADDRESS_RPM", "AUTH_FAILURES_", "TRUSTED_PROXIES", "WORKER_HEARTBEAT_", "UPSTREAM_", "ALERT_",
-    "ENVIRONMENT", "WEBHOOK_", "LOG_", "METRICS_",
+    "ENVIRONMENT", "WEBHOOK_", "LOG_", "METRICS_", "WORKER_SHUTDOWN_", "WORKER_METRICS_",
 )  # fmt: skip
 
 

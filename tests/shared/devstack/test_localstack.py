@@ -37,3 +37,11 @@ def test_sqlite_runs_one_prompt_worker_and_worker_processes_overrides_either(tmp
     postgresql = make_test_settings("postgresql://u@127.0.0.1:5432/db")
     plan = localstack.plan_stack(postgresql, {"WORKER_PROCESSES": "3"}, simulator=False)
     assert sorted(_prompt_workers(plan)) == ["worker", "worker_2", "worker_3"]
+
+
+def test_workers_hand_back_their_jobs_before_the_supervisor_kills_them() -> None:
+    settings = make_test_settings("postgresql://u@127.0.0.1:5432/db")
+    plan = localstack.plan_stack(settings, {}, simulator=False)
+    assert float(plan.env["WORKER_SHUTDOWN_GRACE_S"]) < localstack.supervisor.STOP_GRACE_S
+    chosen = localstack.plan_stack(settings, {"WORKER_SHUTDOWN_GRACE_S": "5"}, simulator=False)
+    assert chosen.env["WORKER_SHUTDOWN_GRACE_S"] == "5"
