@@ -4,16 +4,41 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Row
 
+from shared.jobs import states
+from shared.store.models import Batch
+from shared.store.models import JobStatus
 from shared.store.models import RequestLog
 
-if TYPE_CHECKING:
-    # shared.jobs.batches reaches this module through jobs and the single-statement finish.
-    from shared.jobs.batches import BatchView
+
+@dataclass(frozen=True)
+class BatchView:
+    """A batch's counts and its jobs in submission order."""
+
+    batch: Batch
+    jobs: list[RequestLog]
+
+    @property
+    def succeeded(self) -> int:
+        return sum(job.status is JobStatus.SUCCEEDED for job in self.jobs)
+
+    @property
+    def failed(self) -> int:
+        return sum(job.status is JobStatus.FAILED for job in self.jobs)
+
+    @property
+    def pending(self) -> int:
+        return sum(job.status in states.PENDING for job in self.jobs)
+
+    @property
+    def cost(self) -> Decimal:
+        return sum((job.cost for job in self.jobs), Decimal(0))
+
 
 ATTEMPT_FIELDS = (
     "model", "tier", "purpose", "outcome", "error_class", "status_code", "latency_ms", "prompt_tokens",
@@ -29,6 +54,9 @@ BODY_ATTRIBUTES = (
     "escalation_reason", "downgraded_from", "confidence", "retry_count", "usage_over_bound", "truncated",
     "unconfirmed_cost", "usage_invalid",
 )  # fmt: skip
+# What a finished job's row must carry, whichever form records it: the body's attributes (the batch among
+# them) and the callback to note.
+FINISHED_ATTRIBUTES = (*BODY_ATTRIBUTES, "callback_url")
 
 
 def job_body(job: RequestLog | Row[Any], *, attempts: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
