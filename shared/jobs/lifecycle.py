@@ -1,6 +1,7 @@
-"""Accepting and ending jobs: reserve and record, withdraw, cancel, and what a terminal job sets off.
+"""Accepting jobs (reserve and record), and undoing or cancelling those that have not started.
 
-A job row moves queued → running → succeeded | failed; shared.jobs.runs takes it from queued to terminal.
+A job moves only by the transitions of shared.jobs.states; shared.jobs.runs takes it from queued to terminal,
+and shared.jobs.endings holds what a terminal job sets off.
 """
 
 from __future__ import annotations
