@@ -15,6 +15,7 @@ from kombu.exceptions import KombuError
 from sqlalchemy.orm import Session
 
 from shared.errors import Unavailable
+from shared.jobs import endings
 from shared.jobs import idempotency
 from shared.jobs import lifecycle
 from shared.jobs import response_cache
@@ -178,7 +179,7 @@ def enqueue(job_ids: Sequence[str], *, batch: bool, withdraw: Callable[[Session]
         raise Unavailable("the job queue is unreachable; nothing was reserved or charged") from None
 
 
-def announce(finished: lifecycle.Finished) -> None:
+def announce(finished: endings.Finished) -> None:
     """After commit: log and count a job the web tier ended (a cancel), wake its waiters, send its callbacks."""
     job_events.finished(finished)
     try:

@@ -4,51 +4,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import and_
 from sqlalchemy import delete
 from sqlalchemy import exists
 from sqlalchemy import select
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
 from shared.errors import NotFound
 from shared.jobs import lifecycle
+from shared.jobs import views
 from shared.ledger import budget
 from shared.routing.catalog import Catalog
 from shared.store.models import Batch
-from shared.store.models import JobStatus
 from shared.store.models import RequestLog
 from shared.store.types import utcnow
-
-PENDING = (JobStatus.QUEUED, JobStatus.RUNNING)
-
-
-@dataclass(frozen=True)
-class BatchView:
-    """A batch's counts and its jobs in submission order."""
-
-    batch: Batch
-    jobs: list[RequestLog]
-
-    @property
-    def succeeded(self) -> int:
-        return sum(job.status is JobStatus.SUCCEEDED for job in self.jobs)
-
-    @property
-    def failed(self) -> int:
-        return sum(job.status is JobStatus.FAILED for job in self.jobs)
-
-    @property
-    def pending(self) -> int:
-        return sum(job.status in PENDING for job in self.jobs)
-
-    @property
-    def cost(self) -> Decimal:
-        return sum((job.cost for job in self.jobs), Decimal(0))
 
 
 def create(
@@ -96,7 +67,7 @@ def create(
     return batch, rows
 
 
-def get_view(session: Session, *, batch_id: str) -> BatchView:
+def get_view(session: Session, *, batch_id: str) -> views.BatchView:
     """Return the batch and its jobs in submission order, or raise NotFound."""
     batch = session.get(Batch, batch_id, populate_existing=True) if lifecycle.could_be_stored_id(batch_id) else None
     if batch is None:
@@ -109,36 +80,12 @@ def get_view(session: Session, *, batch_id: str) -> BatchView:
             .execution_options(populate_existing=True)
         )
     )
-    return BatchView(batch=batch, jobs=rows)
+    return views.BatchView(batch=batch, jobs=rows)
 
 
 def cancel(session: Session, *, batch_id: str) -> list[str]:
     """Cancel the batch's jobs that have not started, releasing their reservations; return their ids."""
     return lifecycle.cancel_queued(session, batch_id=batch_id)
-
-
-def complete_if_done(session: Session, *, batch_id: str) -> Batch | None:
-    """Mark the batch complete if none of its jobs is pending; return it when this call completed it.
-
-    Locks the batch row first, so that of two jobs finishing last at the same moment one sees the other's
-    result: otherwise each could see the other still running and the batch would never complete.
-    """
-    locked = session.scalars(select(Batch).where(Batch.id == batch_id).with_for_update()).one_or_none()
-    if locked is None or locked.completed_at is not None:
-        return None
-    result = session.execute(
-        update(Batch)
-        .where(
-            Batch.id == batch_id,
-            Batch.completed_at.is_(None),
-            ~exists().where(and_(RequestLog.batch_id == batch_id, RequestLog.status.in_(PENDING))),
-        )
-        .values(completed_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        return None
-    return session.get(Batch, batch_id, populate_existing=True)
 
 
 def withdraw(session: Session, *, batch_id: str) -> None:

@@ -22,7 +22,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
 
-from shared.ledger import lost_calls
+from shared.jobs import states
 from shared.store.models import JobStatus
 from shared.store.models import RequestLog
 
@@ -69,7 +69,7 @@ def release(sessions: sessionmaker[Session], *, job_id: str, run_count: int, now
     with sessions.begin() as session:
         released = session.execute(
             update(RequestLog)
-            .where(lost_calls.held_by(job_id, run_count))
+            .where(RequestLog.id == job_id, states.RELEASE.allows(run_count=run_count))
             .values(status=JobStatus.QUEUED, lease_expires_at=None, started_at=None, enqueued_at=now, updated_at=now)
             .returning(RequestLog.id)
         ).first()

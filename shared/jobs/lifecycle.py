@@ -1,6 +1,7 @@
-"""Accepting and ending jobs: reserve and record, withdraw, cancel, and what a terminal job sets off.
+"""Accepting jobs (reserve and record), and undoing or cancelling those that have not started.
 
-A job row moves queued → running → succeeded | failed; shared.jobs.runs takes it from queued to terminal.
+A job moves only by the transitions of shared.jobs.states; shared.jobs.runs takes it from queued to terminal,
+and shared.jobs.endings holds what a terminal job sets off.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from shared.config import Settings
 from shared.errors import BudgetExceeded
 from shared.errors import NotCancellable
 from shared.errors import NotFound
+from shared.jobs import endings
 from shared.jobs import single_statement
-from shared.ledger import alerts
+from shared.jobs import states
 from shared.ledger import budget
-from shared.ledger import call_bound
 from shared.observability import logs
 from shared.routing import difficulty
 from shared.routing import policy
@@ -308,7 +309,7 @@ def withdraw(session: Session, *, job_id: str | None = None, batch_id: str | Non
     # One statement that writes first (see shared.store.session on SQLite transactions).
     removed = session.execute(
         delete(RequestLog)
-        .where(_selected(job_id, batch_id), RequestLog.status == JobStatus.QUEUED)
+        .where(_selected(job_id, batch_id), states.WITHDRAW.allows())
         .returning(RequestLog.api_key_id, RequestLog.budget_year, RequestLog.budget_month, RequestLog.reserved_cost)
         .execution_options(synchronize_session=False)
     ).all()
@@ -321,7 +322,7 @@ def cancel_queued(session: Session, *, job_id: str | None = None, batch_id: str 
     now = utcnow()
     cancelled = session.execute(
         update(RequestLog)
-        .where(_selected(job_id, batch_id), RequestLog.status == JobStatus.QUEUED)
+        .where(_selected(job_id, batch_id), states.CANCEL.allows())
         .values(
             status=JobStatus.FAILED,
             error_code=CANCELLED,
@@ -378,55 +379,11 @@ def get_or_raise(session: Session, *, job_id: str) -> RequestLog:
     return job
 
 
-@dataclass
-class Finished:
-    """A job that reached a terminal state, and what that set off once committed."""
-
-    status: JobStatus
-    job_id: str
-    alerts: list[alerts.Announcement] = field(default_factory=list)
-    callbacks: list[tuple[str, str]] = field(default_factory=list)
-    # Who answered and why it failed, for the job's metrics and log line (none for a cancelled job).
-    model: str | None = None
-    tier: str | None = None
-    error_code: str | None = None
-    # The job as the API shows it, when the code that ended it had the row at hand.
-    body: dict[str, Any] | None = None
-    # How the upstream's bill passed the job's bound, when it did (shared.ledger.call_bound.usage_over_bound).
-    overrun: call_bound.Overrun | None = None
-    # The part of its cost charged at their bound for calls lost with their workers (shared.ledger.lost_calls).
-    unconfirmed_cost: Decimal = Decimal(0)
-    # The models of the attempts whose reported usage could not be true (charged at their bounds instead).
-    usage_invalid: tuple[str, ...] = ()
-
-
-def after_terminal(session: Session, *, job_id: str, finished: Finished) -> None:
-    """In the transaction that ended a job: note its callback and complete its batch if it was the last."""
-    job = session.get(RequestLog, job_id, populate_existing=True)
-    assert job is not None
-    finished.model, finished.tier, finished.error_code = job.model_used, job.tier, job.error_code
-    follow_up(session, job_id=job_id, callback_url=job.callback_url, batch_id=job.batch_id, finished=finished)
-
-
-def follow_up(
-    session: Session, *, job_id: str, callback_url: str | None, batch_id: str | None, finished: Finished
-) -> None:
-    """after_terminal for a caller that already knows the job's callback URL and batch."""
-    if callback_url:
-        finished.callbacks.append(("job", job_id))
-    if batch_id is not None:
-        from shared.jobs import batches  # batches builds on this module
-
-        completed = batches.complete_if_done(session, batch_id=batch_id)
-        if completed is not None and completed.callback_url:
-            finished.callbacks.append(("batch", completed.id))
-
-
-def cancel(session: Session, *, job_id: str) -> Finished:
+def cancel(session: Session, *, job_id: str) -> endings.Finished:
     """Cancel a job that has not started, releasing its reservation; NotCancellable once it has."""
     if not cancel_queued(session, job_id=job_id):
         get_or_raise(session, job_id=job_id)
         raise NotCancellable(f"job {job_id!r} has already started or finished")
-    finished = Finished(status=JobStatus.FAILED, job_id=job_id)
-    after_terminal(session, job_id=job_id, finished=finished)
+    finished = endings.Finished(status=JobStatus.FAILED, job_id=job_id)
+    endings.after_terminal(session, job_id=job_id, finished=finished)
     return finished

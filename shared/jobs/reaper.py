@@ -23,15 +23,14 @@ from dataclasses import field
 from datetime import datetime
 from datetime import timedelta
 
-from sqlalchemy import and_
-from sqlalchemy import or_
 from sqlalchemy import select
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
 
 from shared.config import Settings
-from shared.jobs import lifecycle
+from shared.jobs import endings
+from shared.jobs import states
 from shared.ledger import lost_calls
 from shared.observability import job_events
 from shared.observability import metrics
@@ -57,7 +56,7 @@ class Sweep:
     """What one pass of the reaper did: jobs to re-enqueue (id, is a batch item) and jobs it failed."""
 
     requeued: list[tuple[str, bool]] = field(default_factory=list)
-    failed: list[lifecycle.Finished] = field(default_factory=list)
+    failed: list[endings.Finished] = field(default_factory=list)
 
 
 def sweep(
@@ -78,15 +77,7 @@ def sweep(
     with sessions() as session:
         stale = session.execute(
             select(RequestLog.id, RequestLog.status, RequestLog.run_count, RequestLog.created_at, RequestLog.batch_id)
-            .where(
-                or_(
-                    and_(RequestLog.status == JobStatus.RUNNING, RequestLog.lease_expires_at < now),
-                    and_(
-                        RequestLog.status == JobStatus.QUEUED,
-                        or_(RequestLog.enqueued_at.is_(None), RequestLog.enqueued_at < now - lease),
-                    ),
-                )
-            )
+            .where(states.REAP.allows(now=now, lease=lease))
             .order_by(RequestLog.created_at)
             .limit(BATCH)
         ).all()
@@ -94,7 +85,7 @@ def sweep(
     draining = {job_id for job_id, status, *_ in stale if status is JobStatus.QUEUED and _in_broker(job_id, held)}
     if draining:
         # Seen in the broker: looked at again a lease from now, so that the sweep's window moves past them.
-        _mark_seen(sessions, job_ids=draining, now=now)
+        _mark_seen(sessions, job_ids=draining, now=now, lease=lease)
     for job_id, status, run_count, created_at, batch_id in stale:
         if job_id in draining or (status is JobStatus.RUNNING and job_id in held.waiting):
             continue
@@ -103,7 +94,7 @@ def sweep(
         elif created_at < now - timedelta(seconds=settings.job_max_age_s):
             reason = ("expired", "the job waited longer than JOB_MAX_AGE_S without finishing")
         else:
-            if _mark_requeued(sessions, job_id=job_id, status=status, now=now, lease=lease):
+            if _mark_requeued(sessions, job_id=job_id, now=now, lease=lease):
                 result.requeued.append((job_id, batch_id is not None))
             continue
         finished = fail(sessions, job_id=job_id, code=reason[0], message=reason[1], now=now, lease=lease)
@@ -120,37 +111,26 @@ def _in_broker(job_id: str, held: Messages) -> bool:
     return job_id in held.waiting or job_id in held.delivered
 
 
-def _mark_seen(sessions: sessionmaker[Session], *, job_ids: set[str], now: datetime) -> None:
+def _mark_seen(sessions: sessionmaker[Session], *, job_ids: set[str], now: datetime, lease: timedelta) -> None:
     with sessions.begin() as session:
         session.execute(
             update(RequestLog)
-            .where(RequestLog.id.in_(job_ids), RequestLog.status == JobStatus.QUEUED)
+            .where(
+                RequestLog.id.in_(job_ids),
+                RequestLog.status == JobStatus.QUEUED,
+                states.RESEND.allows(now=now, lease=lease),
+            )
             .values(enqueued_at=now, updated_at=now)
             .execution_options(synchronize_session=False)
         )
 
 
-def _stale_condition(job_id: str, *, now: datetime, lease: timedelta) -> object:
-    # Re-checked inside the writing transaction: a worker may have claimed or finished the job meanwhile.
-    return and_(
-        RequestLog.id == job_id,
-        or_(
-            and_(RequestLog.status == JobStatus.RUNNING, RequestLog.lease_expires_at < now),
-            and_(
-                RequestLog.status == JobStatus.QUEUED,
-                or_(RequestLog.enqueued_at.is_(None), RequestLog.enqueued_at < now - lease),
-            ),
-        ),
-    )
-
-
-def _mark_requeued(
-    sessions: sessionmaker[Session], *, job_id: str, status: JobStatus, now: datetime, lease: timedelta
-) -> bool:
+def _mark_requeued(sessions: sessionmaker[Session], *, job_id: str, now: datetime, lease: timedelta) -> bool:
+    # Stale still, re-checked inside the writing transaction: a worker may have claimed or finished it meanwhile.
     with sessions.begin() as session:
         result = session.execute(
             update(RequestLog)
-            .where(_stale_condition(job_id, now=now, lease=lease))
+            .where(RequestLog.id == job_id, states.RESEND.allows(now=now, lease=lease))
             .values(enqueued_at=now, updated_at=now)
             .execution_options(synchronize_session=False)
         )
@@ -159,10 +139,10 @@ def _mark_requeued(
 
 def fail(
     sessions: sessionmaker[Session], *, job_id: str, code: str, message: str, now: datetime, lease: timedelta
-) -> lifecycle.Finished | None:
+) -> endings.Finished | None:
     """Finish a stale job as failed and settle its reservation, once; None if it moved on meanwhile.
 
     Its cost is what its lost runs' calls may have cost, at their bounds (shared.ledger.lost_calls).
     """
-    where = _stale_condition(job_id, now=now, lease=lease)
+    where = states.REAP.allows(now=now, lease=lease)
     return lost_calls.fail(sessions, job_id=job_id, where=where, code=code, message=message, now=now)

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from shared.config import Settings
 from shared.jobs import dispatch
+from shared.jobs import endings
 from shared.jobs import lifecycle
 from shared.ledger import budget
 from shared.routing import confidence
@@ -188,7 +189,7 @@ def create_job(
     settings: Settings,
     requester: lifecycle.Requester | None,
     job_id: str,
-) -> lifecycle.Finished:
+) -> endings.Finished:
     """Record a job answered from the cache: already succeeded, cost 0, nothing reserved, nothing to enqueue.
 
     It keeps the token counts the answer took when it was made, but no attempts (nothing was called) and
@@ -225,6 +226,6 @@ def create_job(
     job.latency_ms = 0.0
     session.add(job)
     session.flush()
-    finished = lifecycle.Finished(status=JobStatus.SUCCEEDED, job_id=job_id)
-    lifecycle.after_terminal(session, job_id=job_id, finished=finished)
+    finished = endings.Finished(status=JobStatus.SUCCEEDED, job_id=job_id)
+    endings.after_terminal(session, job_id=job_id, finished=finished)
     return finished

@@ -20,12 +20,7 @@ from typing import Any
 import redis
 from sqlalchemy import Engine
 from sqlalchemy import bindparam
-from sqlalchemy import insert
-from sqlalchemy import or_
 from sqlalchemy import update
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import InterfaceError
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
 from tenacity import Retrying
@@ -35,10 +30,12 @@ from tenacity import wait_exponential_jitter
 
 from shared.config import Settings
 from shared.jobs import dispatch
+from shared.jobs import endings
 from shared.jobs import handback
 from shared.jobs import lifecycle
+from shared.jobs import recording
 from shared.jobs import response_cache
-from shared.jobs import single_statement
+from shared.jobs import states
 from shared.jobs.views import job_body
 from shared.ledger import alerts
 from shared.ledger import budget
@@ -48,14 +45,14 @@ from shared.observability import job_events
 from shared.observability import logs
 from shared.routing.catalog import Catalog
 from shared.routing.catalog import ModelSpec
+from shared.store import disconnects
 from shared.store import stream_relay
-from shared.store.models import REQUEST_LOG_COLUMNS
 from shared.store.models import JobStatus
-from shared.store.models import RequestAttempt
 from shared.store.models import RequestLog
 from shared.store.session import execute_alone
 from shared.store.types import UTCDateTime
 from shared.store.types import utcnow
+from shared.upstream import token_count
 from shared.upstream.admission import Admission
 from shared.upstream.circuit_breaker import CircuitBreaker
 from shared.upstream.deployments import Balancer
@@ -84,13 +81,7 @@ CLAIMED_COLUMNS = tuple(
 )  # fmt: skip
 _CLAIM = (
     update(RequestLog.__table__)
-    .where(
-        _JOB.id == _JOB_ID,
-        or_(
-            _JOB.status == JobStatus.QUEUED,
-            (_JOB.status == JobStatus.RUNNING) & (_JOB.lease_expires_at < _NOW),
-        ),
-    )
+    .where(_JOB.id == _JOB_ID, states.CLAIM.allows(now=_NOW))
     .values(
         status=JobStatus.RUNNING,
         started_at=_NOW,
@@ -100,22 +91,11 @@ _CLAIM = (
     )
     .returning(*CLAIMED_COLUMNS)
 )
-# What the finished body and its follow-up read, under the attributes' names, as the single-statement finish
-# returns it.
-_FINISHED_COLUMNS = tuple(REQUEST_LOG_COLUMNS[name].label(name) for name in single_statement.FINISHED_ATTRIBUTES)
-# Only while the claim holds: still running, under the run count this worker claimed it with. The SET clause
-# is left to the parameters: it names the columns the outcome has values for.
-_FINISH = (
-    update(RequestLog.__table__)
-    .where(_JOB.id == _JOB_ID, _JOB.status == JobStatus.RUNNING, _JOB.run_count == bindparam("b_run_count"))
-    .returning(*_FINISHED_COLUMNS)
-)
-_RECORD_ATTEMPTS = insert(RequestAttempt.__table__)
 # A run that waits for admission gives the job back: queued again, its claim (and the run count it took)
 # released, only while that claim still holds.
 _RELEASE = (
     update(RequestLog.__table__)
-    .where(_JOB.id == _JOB_ID, _JOB.status == JobStatus.RUNNING, _JOB.run_count == bindparam("b_run_count"))
+    .where(_JOB.id == _JOB_ID, states.RELEASE.allows(run_count=bindparam("b_run_count")))
     .values(status=JobStatus.QUEUED, run_count=_JOB.run_count - 1, lease_expires_at=None, started_at=None,
             updated_at=_NOW)
     .returning(_JOB.id)
@@ -143,7 +123,7 @@ class Claim:
     started: float = field(default_factory=time.monotonic)
 
 
-def announce(finished: lifecycle.Finished, *, deps: RunDeps) -> None:
+def announce(finished: endings.Finished, *, deps: RunDeps) -> None:
     """After commit: fire the alerts and callbacks a terminal job set off; one that fails does not stop the rest."""
     for alert in finished.alerts:
         _quietly(deps.on_alert, alert)
@@ -292,7 +272,7 @@ def _run_claimed(claim: Claim, *, deps: RunDeps, resume: Resume | None = None) -
     try:
         finished = _finish_with_retries(claim, outcome, deps=deps)
     except Exception as error:
-        if _is_disconnect(error):
+        if disconnects.is_disconnect(error):
             if relay is not None:
                 # The job stays running until the reaper takes it over; its reader need not wait that long.
                 _quietly(relay, job_id, _unrecorded_entry())
@@ -353,7 +333,7 @@ def _fail_unrecorded(
 ) -> JobStatus | None:
     """End the claimed job failed, charging its calls at their bounds as noted (shared.ledger.lost_calls)."""
     finished = lost_calls.fail(
-        deps.sessions, job_id=claim.job_id, where=lost_calls.held_by(claim.job_id, claim.run_count), code=code,
+        deps.sessions, job_id=claim.job_id, where=states.FINISH.allows(run_count=claim.run_count), code=code,
         message=message, now=utcnow(), at_least=at_least,
     )  # fmt: skip
     if relay is not None:
@@ -515,7 +495,7 @@ def _claim(job_id: str, *, deps: RunDeps, started: float | None = None) -> Claim
     )
 
 
-def _finish_with_retries(claim: Claim, outcome: dispatch.Outcome, *, deps: RunDeps) -> lifecycle.Finished | None:
+def _finish_with_retries(claim: Claim, outcome: dispatch.Outcome, *, deps: RunDeps) -> endings.Finished | None:
     """Record the outcome, retrying while the database is unreachable: the answer in hand is not thrown away.
 
     Retries stop when the run's time to finish ends (shared.config.TimeLimits), before Celery's soft limit and
@@ -537,14 +517,8 @@ def _finish_with_retries(claim: Claim, outcome: dispatch.Outcome, *, deps: RunDe
     return retrying(_finish, claim, outcome, deps=deps)
 
 
-def _is_disconnect(error: BaseException) -> bool:
-    return isinstance(error, OperationalError | InterfaceError) or (
-        isinstance(error, DBAPIError) and error.connection_invalidated
-    )
-
-
-def _finish(claim: Claim, outcome: dispatch.Outcome, *, deps: RunDeps) -> lifecycle.Finished | None:
-    """Record the outcome and settle the budget in one transaction, only while the claim still holds.
+def _finish(claim: Claim, outcome: dispatch.Outcome, *, deps: RunDeps) -> endings.Finished | None:
+    """Record the outcome and settle the budget, all at once, only while the claim still holds (recording.record).
 
     Returns what the settlement set off (alerts, callbacks), or None if the claim was lost.
     """
@@ -555,7 +529,6 @@ def _finish(claim: Claim, outcome: dispatch.Outcome, *, deps: RunDeps) -> lifecy
         "status": JobStatus.SUCCEEDED if completion is not None else JobStatus.FAILED,
         "finished_at": now,
         "updated_at": now,
-        "lease_expires_at": None,
         "difficulty_score": round(outcome.difficulty.score, 4),
         "difficulty_level": outcome.difficulty.level,
         "model_used": answered_by.name,
@@ -570,9 +543,6 @@ def _finish(claim: Claim, outcome: dispatch.Outcome, *, deps: RunDeps) -> lifecy
         "completion_tokens": sum(record.completion_tokens for _, record in outcome.attempts),
         "cost": outcome.cost,
         "unconfirmed_cost": outcome.unconfirmed_cost,
-        # The run's calls are on record now, with their true costs.
-        "in_flight_cost": Decimal(0),
-        "settled": True,
     }
     # The ledger records what the upstream billed, whatever the bound said; a bill over it also flags the job
     # and holds its scopes' months, in the same write whichever form records it.
@@ -590,7 +560,7 @@ def _finish(claim: Claim, outcome: dispatch.Outcome, *, deps: RunDeps) -> lifecy
     invalid = outcome.usage_invalid
     values["usage_invalid"] = bool(invalid)
     hold_for = None if overrun is None else claim.job_id
-    values["tokens_used"] = values["prompt_tokens"] + values["completion_tokens"]
+    values["tokens_used"] = token_count.total_tokens(values["prompt_tokens"], values["completion_tokens"])
     if completion is not None:
         values.update(response=completion.text, finish_reason=completion.finish_reason, truncated=outcome.truncated)
     else:
@@ -620,7 +590,7 @@ def _finish(claim: Claim, outcome: dispatch.Outcome, *, deps: RunDeps) -> lifecy
         }
         for seq, (purpose, record) in enumerate(outcome.attempts, start=1)
     ]
-    finished = lifecycle.Finished(
+    finished = endings.Finished(
         status=values["status"],
         job_id=claim.job_id,
         model=values["model_used"],
@@ -642,76 +612,16 @@ def _finish(claim: Claim, outcome: dispatch.Outcome, *, deps: RunDeps) -> lifecy
                 overrun, job_id=claim.job_id, scopes=budget.scopes_of(claim.api_key_id), period=claim.period
             )
         )
-    # A batch's last job completes its batch, which needs the transaction; any other job needs one statement.
-    if claim.batch_id is None and deps.engine.dialect.name == "postgresql":
-        return _finish_alone(claim, outcome, finished, values=values, attempts=attempts, hold_for=hold_for, deps=deps)
-    with deps.sessions.begin() as session:
-        ended = session.execute(
-            _FINISH, {**values, "b_job_id": claim.job_id, "b_run_count": claim.run_count}
-        ).one_or_none()
-        if ended is None:
-            # Our lease lapsed and another run took the job over; it will record and settle it.
-            logger.warning("lost the claim before finishing job_id=%s", claim.job_id)
-            return None
-        if attempts:
-            session.execute(_RECORD_ATTEMPTS, attempts)
-        for scope in budget.scopes_of(claim.api_key_id):
-            after = budget.settle(
-                session, scope=scope, period=claim.period, reserved=claim.reserved_cost, cost=outcome.cost,
-                hold_for=hold_for,
-            )  # fmt: skip
-            if outcome.cost > 0 and after is not None:
-                finished.alerts += alerts.fire(
-                    session, scope=scope, period=claim.period, spent=after[0], limit=after[1],
-                    thresholds=deps.settings.alert_thresholds,
-                )  # fmt: skip
-        lifecycle.follow_up(
-            session, job_id=claim.job_id, callback_url=ended.callback_url, batch_id=ended.batch_id, finished=finished
-        )
-    # After the commit, from the row the finishing UPDATE returned: what a read of the job would show.
-    finished.body = _body_of(ended, attempts)
-    return finished
-
-
-def _finish_alone(
-    claim: Claim,
-    outcome: dispatch.Outcome,
-    finished: lifecycle.Finished,
-    *,
-    values: dict[str, Any],
-    attempts: list[dict[str, Any]],
-    hold_for: str | None,
-    deps: RunDeps,
-) -> lifecycle.Finished | None:
-    """_finish as one self-committing statement (shared.jobs.single_statement); the alerts it sets off come after."""
-    rows = single_statement.finish(
-        deps.engine,
-        job_id=claim.job_id,
-        run_count=claim.run_count,
-        values=values,
-        attempts=attempts,
-        scopes=budget.scopes_of(claim.api_key_id),
-        period=claim.period,
-        reserved=claim.reserved_cost,
-        cost=outcome.cost,
-        hold_for=hold_for,
-    )
-    if not rows:
+    rec = recording.Record(
+        job_id=claim.job_id, run_count=claim.run_count, values=values, attempts=attempts,
+        api_key_id=claim.api_key_id, period=claim.period, reserved=claim.reserved_cost, cost=outcome.cost,
+        hold_for=hold_for, batch_id=claim.batch_id, thresholds=tuple(deps.settings.alert_thresholds),
+    )  # fmt: skip
+    ended = recording.record(deps.sessions, rec, finished)
+    if ended is None:
+        # Our lease lapsed and another run took the job over; it will record and settle it.
         logger.warning("lost the claim before finishing job_id=%s", claim.job_id)
         return None
-    ended = rows[0]
-    thresholds = deps.settings.alert_thresholds
-    # Recorded in their own transaction: one lost to a crash right here fires at the scope's next settlement.
-    due = [row for row in rows if outcome.cost > 0 and row.scope is not None and alerts.reached(
-        spent=row.total_spent, limit=row.monthly_limit, thresholds=thresholds)]  # fmt: skip
-    if due:
-        with deps.sessions.begin() as session:
-            for row in due:
-                finished.alerts += alerts.fire(
-                    session, scope=row.scope, period=claim.period, spent=row.total_spent, limit=row.monthly_limit,
-                    thresholds=thresholds,
-                )  # fmt: skip
-    if ended.callback_url:
-        finished.callbacks.append(("job", claim.job_id))
+    # After the commit, from the row the finishing write returned: what a read of the job would show.
     finished.body = _body_of(ended, attempts)
     return finished

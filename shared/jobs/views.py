@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
-from typing import TYPE_CHECKING
 from typing import Annotated
 from typing import Any
 from typing import Literal
@@ -31,11 +30,34 @@ from pydantic import model_serializer
 from pydantic import model_validator
 from sqlalchemy import Row
 
+from shared.jobs import states
+from shared.store.models import Batch
+from shared.store.models import JobStatus
 from shared.store.models import RequestLog
 
-if TYPE_CHECKING:
-    # shared.jobs.batches reaches this module through jobs and the single-statement finish.
-    from shared.jobs.batches import BatchView
+
+@dataclass(frozen=True)
+class BatchView:
+    """A batch's counts and its jobs in submission order."""
+
+    batch: Batch
+    jobs: list[RequestLog]
+
+    @property
+    def succeeded(self) -> int:
+        return sum(job.status is JobStatus.SUCCEEDED for job in self.jobs)
+
+    @property
+    def failed(self) -> int:
+        return sum(job.status is JobStatus.FAILED for job in self.jobs)
+
+    @property
+    def pending(self) -> int:
+        return sum(job.status in states.PENDING for job in self.jobs)
+
+    @property
+    def cost(self) -> Decimal:
+        return sum((job.cost for job in self.jobs), Decimal(0))
 
 
 def _value(value: object) -> object:
@@ -192,6 +214,9 @@ BODY_ATTRIBUTES = tuple(
         if name != "attempts"
     )
 )
+# What a finished job's row must carry, whichever form records it: the body's attributes (the batch among
+# them) and the callback to note.
+FINISHED_ATTRIBUTES = (*BODY_ATTRIBUTES, "callback_url")
 
 
 def job_result(job: RequestLog | Row[Any], *, attempts: Sequence[Mapping[str, Any]] | None = None) -> JobResult:

@@ -5,20 +5,35 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Sequence
 from dataclasses import asdict
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
+from sqlalchemy import LABEL_STYLE_NONE
+from sqlalchemy import BigInteger
+from sqlalchemy import Integer
+from sqlalchemy import Table
+from sqlalchemy import bindparam
+from sqlalchemy import case
+from sqlalchemy import column
+from sqlalchemy import literal_column
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import true
+from sqlalchemy import type_coerce
+from sqlalchemy import union_all
+from sqlalchemy import values
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite
 
 from shared.ledger import budget
 from shared.ledger.call_bound import Overrun
-from shared.store.insert_or_ignore import insert_or_ignore
 from shared.store.models import BudgetAlert
-from shared.store.models import MonthlyBudget
-from shared.store.types import utcnow
+from shared.store.types import Money
+from shared.store.types import UTCDateTime
 
 logger = logging.getLogger(__name__)
 
@@ -95,43 +110,71 @@ class UsageInvalid:
 Announcement = Alert | UsageOverBound | UsageInvalid
 
 
-def check(session: Session, *, scope: str, period: budget.Period, thresholds: Sequence[int]) -> list[Alert]:
-    """Record and return the thresholds the scope's spend has newly reached this month.
+# What firing compares with, bound when the statement runs: the settled month and what the settlement spent.
+YEAR = bindparam("a_year", type_=Integer)
+MONTH = bindparam("a_month", type_=Integer)
+COST = bindparam("a_cost", type_=Money())
+NOW = bindparam("a_now", type_=UTCDateTime())
+_INSERTS: dict[str, Callable[[Table], Any]] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+_ALERTS = BudgetAlert.__table__
 
+
+def firing(source: Any, *, dialect: str, thresholds: Sequence[int]) -> Any:
+    """Return the INSERT of the thresholds (ascending percentages) that `source`'s months newly reached, each
+    once per scope and month, RETURNING scope, threshold, spent and monthly_limit.
+
+    `source` holds the settled rows (scope, total_spent, monthly_limit) of the month YEAR/MONTH: a select of
+    the ledger in the settling transaction, or the settlement's own RETURNING in the single-statement finish.
+    Only a settlement that spent (COST > 0) fires; a threshold is reached once spent is at least that share of
+    the limit (every one up to 100 % when the limit is zero). One rule for both finishes: this function.
     Each (scope, month, threshold) can be inserted only once, so concurrent settlements fire it once.
     """
-    row = session.scalars(
-        select(MonthlyBudget)
-        .where(MonthlyBudget.scope == scope, MonthlyBudget.year == period.year, MonthlyBudget.month == period.month)
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-    if row is None:
-        return []
-    return fire(session, scope=scope, period=period, spent=row.total_spent, limit=row.monthly_limit,
-                thresholds=thresholds)  # fmt: skip
+    levels = _levels(dialect, thresholds)
+    # Money is stored as integer nano-dollars: compared as such, exactly, and without rescaling the constants
+    # (written into the statement, which the single-statement finish keeps short).
+    spent = type_coerce(source.c.total_spent, BigInteger)
+    limit = type_coerce(source.c.monthly_limit, BigInteger)
+    level = levels.c.threshold
+    zero, hundred = literal_column("0"), literal_column("100")
+    reached = case((limit > zero, spent * hundred >= level * limit), else_=level <= hundred)
+    rows = (
+        select(source.c.scope, YEAR, MONTH, level, source.c.total_spent, source.c.monthly_limit, NOW)
+        # A settlement that spent leaves a spend above zero: none is reached before any spend.
+        .where(zero < COST, reached)
+        .set_label_style(LABEL_STYLE_NONE)
+    )
+    columns = ("scope", "year", "month", "threshold", "spent", "monthly_limit", "fired_at")
+    return (
+        _INSERTS[dialect](_ALERTS)
+        .from_select(columns, rows.select_from(source).join(levels, true()))
+        # Its one unique constraint, (scope, year, month, threshold), left unnamed to keep the statement short.
+        .on_conflict_do_nothing()
+        .returning(_ALERTS.c.scope, _ALERTS.c.threshold, _ALERTS.c.spent, _ALERTS.c.monthly_limit)
+    )
 
 
-def fire(
-    session: Session, *, scope: str, period: budget.Period, spent: Decimal, limit: Decimal, thresholds: Sequence[int]
-) -> list[Alert]:
-    """check() for a caller that already holds the month's spend and limit (a settlement's RETURNING)."""
-    fired = []
-    for threshold in reached(spent=spent, limit=limit, thresholds=thresholds):
-        values = {
-            "scope": scope, "year": period.year, "month": period.month, "threshold": threshold, "spent": spent,
-            "monthly_limit": limit, "fired_at": utcnow(),
-        }  # fmt: skip
-        if insert_or_ignore(session, BudgetAlert, values, conflict_on=("scope", "year", "month", "threshold")):
-            fired.append(Alert(scope, period.year, period.month, threshold, spent, limit))
-    return fired
+def _levels(dialect: str, thresholds: Sequence[int]) -> Any:
+    """The thresholds as a table of one column, `threshold`, written into the statement.
+
+    No thresholds: one NULL level, which no comparison reaches (a list of rows cannot be empty). PostgreSQL
+    takes the short VALUES form, which keeps the single-statement finish short; SQLite cannot name a VALUES
+    list's columns, and takes a UNION.
+    """
+    rows = [(threshold,) for threshold in thresholds] or [(None,)]
+    if dialect == "postgresql":
+        return values(column("threshold", Integer), name="levels", literal_binds=True).data(rows)
+    selects = [
+        select(literal_column("NULL" if level is None else str(int(level))).label("threshold")) for (level,) in rows
+    ]
+    return union_all(*selects).subquery("levels")
 
 
-def reached(*, spent: Decimal, limit: Decimal, thresholds: Sequence[int]) -> list[int]:
-    """Return the thresholds (ascending percentages) that a month's spend has reached; none before any spend."""
-    if spent <= 0:
-        return []
-    used = spent * 100 / limit if limit > 0 else Decimal(100)
-    return [threshold for threshold in thresholds if used >= threshold]
+def fired(rows: Iterable[tuple[str, int, Decimal, Decimal]], *, period: budget.Period) -> list[Alert]:
+    """Return the alerts fired, from (scope, threshold, spent, monthly_limit), in threshold order per scope."""
+    return [
+        Alert(scope, period.year, period.month, threshold, spent, limit)
+        for scope, threshold, spent, limit in sorted(rows)
+    ]
 
 
 def log(alert: Announcement) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy import update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.expression import ColumnElement
 
 from shared.errors import BudgetExceeded
 from shared.ledger import call_bound
@@ -143,12 +144,28 @@ SETTLED_VALUES = {
     _LEDGER.total_spent: _LEDGER.total_spent + _COST,
     _LEDGER.held_by_job: func.coalesce(_LEDGER.held_by_job, _HOLD),
 }
-# Holds the amount and counts the requests only if it fits under the limit, which is written with it, and the
-# month is not held.
+
+
+def fits(amount: ColumnElement[Any], limit: ColumnElement[Any]) -> ColumnElement[bool]:
+    """Whether a month's row can hold `amount` more under `limit`: the one rule of a reservation, on this path
+    and the single-statement accept alike (and the month is not held)."""
+    return (_LEDGER.total_spent + _LEDGER.reserved + amount <= limit) & _LEDGER.held_by_job.is_(None)
+
+
+def reserved_values(amount: ColumnElement[Any], limit: ColumnElement[Any], count: ColumnElement[Any]) -> dict[Any, Any]:
+    """What a reservation that fits writes: the amount held, `count` requests counted, the limit in force."""
+    return {
+        _LEDGER.reserved: _LEDGER.reserved + amount,
+        _LEDGER.request_count: _LEDGER.request_count + count,
+        _LEDGER.monthly_limit: limit,
+    }
+
+
+# Holds the amount and counts the requests only if it fits under the limit, which is written with it.
 _RESERVE = (
     update(MonthlyBudget.__table__)
-    .where(*_THIS_MONTH, _LEDGER.total_spent + _LEDGER.reserved + _AMOUNT <= _LIMIT, _LEDGER.held_by_job.is_(None))
-    .values(reserved=_LEDGER.reserved + _AMOUNT, request_count=_LEDGER.request_count + _COUNT, monthly_limit=_LIMIT)
+    .where(*_THIS_MONTH, fits(_AMOUNT, _LIMIT))
+    .values(reserved_values(_AMOUNT, _LIMIT, _COUNT))
 )
 _SETTLE = (
     update(MonthlyBudget.__table__)

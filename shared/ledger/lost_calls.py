@@ -32,7 +32,9 @@ from sqlalchemy.sql.expression import ColumnElement
 
 from shared.config import Settings
 from shared.errors import BudgetExceeded
+from shared.jobs import endings
 from shared.jobs import lifecycle
+from shared.jobs import states
 from shared.ledger import budget
 from shared.store.models import ApiKey
 from shared.store.models import JobStatus
@@ -51,15 +53,10 @@ _JOB = RequestLog.__table__.c
 # Only while the claim holds: a run that lost its job must not spend on it any more.
 _NOTE = (
     update(RequestLog.__table__)
-    .where(_JOB.id == bindparam("b_job_id"), _JOB.status == JobStatus.RUNNING, _JOB.run_count == bindparam("b_run"))
+    .where(_JOB.id == bindparam("b_job_id"), states.held(run_count=bindparam("b_run")))
     .values(in_flight_cost=_JOB.in_flight_cost + bindparam("b_amount", type_=Money()))
     .returning(_JOB.id)
 )
-
-
-def held_by(job_id: str, run_count: int) -> ColumnElement[bool]:
-    """Return the condition that the run that claimed the job with `run_count` still holds it."""
-    return (RequestLog.id == job_id) & (RequestLog.status == JobStatus.RUNNING) & (RequestLog.run_count == run_count)
 
 
 def note(sessions: sessionmaker[Session], *, job_id: str, run_count: int, amount: Decimal) -> bool:
@@ -90,7 +87,7 @@ def absorb(
             with sessions.begin() as session:
                 moved = session.execute(
                     update(RequestLog)
-                    .where(held_by(job_id, run_count))
+                    .where(RequestLog.id == job_id, states.held(run_count=run_count))
                     .values(
                         in_flight_cost=RequestLog.in_flight_cost - lost,
                         unconfirmed_cost=RequestLog.unconfirmed_cost + lost,
@@ -126,8 +123,9 @@ def fail(
     message: str,
     now: datetime,
     at_least: Decimal = Decimal(0),
-) -> lifecycle.Finished | None:
-    """Fail the job (while `where` holds) charging every call not on record at its bound, and settle it once.
+) -> endings.Finished | None:
+    """Fail the job (while `where`, the transition that fails it, allows) charging every call not on record at
+    its bound, and settle it once.
 
     The cost is what lost runs left charged plus the calls still noted in flight, or `at_least` (what the
     caller knows was billed) if that is more; one `unconfirmed` attempt carries it, so that the job's cost
@@ -145,7 +143,7 @@ def fail(
     with sessions.begin() as session:
         job = session.execute(
             update(RequestLog)
-            .where(where)
+            .where(RequestLog.id == job_id, where)
             .values(
                 status=JobStatus.FAILED,
                 error_code=code,
@@ -167,11 +165,11 @@ def fail(
         period = budget.Period(job.budget_year, job.budget_month)
         for scope in budget.scopes_of(job.api_key_id):
             budget.settle(session, scope=scope, period=period, reserved=job.reserved_cost, cost=job.cost)
-        finished = lifecycle.Finished(
+        finished = endings.Finished(
             status=JobStatus.FAILED, job_id=job_id, model=job.model_used, tier=job.tier, error_code=code,
             unconfirmed_cost=job.unconfirmed_cost,
         )  # fmt: skip
-        lifecycle.after_terminal(session, job_id=job_id, finished=finished)
+        endings.after_terminal(session, job_id=job_id, finished=finished)
     return finished
 
 

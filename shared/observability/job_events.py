@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 
 from shared.jobs.dispatch import Outcome
-from shared.jobs.lifecycle import Finished
+from shared.jobs.endings import Finished
 from shared.jobs.lifecycle import JobRequest
 from shared.observability import logs
 from shared.observability import metrics

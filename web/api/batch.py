@@ -15,6 +15,7 @@ from shared.errors import InvalidInput
 from shared.errors import ModelNotAllowed
 from shared.errors import RoutingError
 from shared.jobs import batches
+from shared.jobs import endings
 from shared.jobs import lifecycle
 from shared.jobs.views import batch_cancelled
 from shared.jobs.views import batch_result
@@ -139,10 +140,10 @@ def cancel_batch(batch_id: str) -> Response:
     check_owner(view.batch.api_key_id, what=f"batch {batch_id!r}")
     session.rollback()  # the cancel below writes first
     cancelled = batches.cancel(session, batch_id=batch_id)
-    completed = batches.complete_if_done(session, batch_id=batch_id) if cancelled else None
+    completed = endings.complete_if_done(session, batch_id=batch_id) if cancelled else None
     session.commit()
     for job_id in cancelled:
-        job_events.finished(lifecycle.Finished(status=JobStatus.FAILED, job_id=job_id, error_code=lifecycle.CANCELLED))
+        job_events.finished(endings.Finished(status=JobStatus.FAILED, job_id=job_id, error_code=lifecycle.CANCELLED))
     if completed is not None and completed.callback_url:
         submission.send_callbacks([("batch", completed.id)])
     return send(batch_cancelled(batches.get_view(session, batch_id=batch_id), cancelled=len(cancelled)))

@@ -164,7 +164,7 @@ def test_a_finish_records_the_outcome_its_attempts_and_settles_every_scope_at_on
         attempts = session.scalars(select(RequestAttempt).order_by(RequestAttempt.seq)).all()
         assert [(a.seq, a.outcome, a.cost) for a in attempts] == [(1, "error", 0), (2, "ok", cost)]
         assert all(a.started_at.tzinfo is not None and a.job_id == accepted.id for a in attempts)
-        # The key's small budget crossed its threshold: the alert is recorded, after the statement.
+        # The key's small budget crossed its threshold: the alert is recorded, by the same statement.
         alerts = session.scalars(select(BudgetAlert)).all()
         assert [(a.scope, a.threshold) for a in alerts] == [(budget.key_scope(requester.api_key_id), threshold)]
     # ... and sent on, once.

@@ -92,7 +92,7 @@ def test_a_lost_call_charged_at_its_bound_counts_as_spent_and_as_unconfirmed() -
 
 
 def test_a_job_the_reaper_failed_counts_its_lost_calls_charge() -> None:
-    from shared.jobs.lifecycle import Finished
+    from shared.jobs.endings import Finished
     from shared.observability import job_events
     from shared.store.models import JobStatus
 
