@@ -505,7 +505,7 @@ def _finish_with_retries(claim: Claim, outcome: dispatch.Outcome, *, deps: RunDe
     limits = deps.settings.time_limits
     left = limits.max_deadline_s + limits.finish_s - (time.monotonic() - claim.started)
     retrying = Retrying(
-        retry=retry_if_exception(_is_disconnect),
+        retry=retry_if_exception(disconnects.is_disconnect),
         wait=wait_exponential_jitter(multiplier=0.2, max=5),
         stop=stop_after_delay(max(left, 0.0)),
         sleep=deps.sleep,
