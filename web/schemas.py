@@ -404,6 +404,15 @@ class KeySettings(BaseModel):
         return value if value is None or value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+def _storable_name(value: str | None) -> str | None:
+    """A key's name is stored as text: PostgreSQL refuses NUL, and a lone surrogate cannot be encoded."""
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    if value is not None:
+        _require_utf8(value)
+    return value
+
+
 class KeyCreateRequest(KeySettings):
     """POST /api/keys: a new key; the key itself is in the answer, once."""
 
@@ -412,8 +421,12 @@ class KeyCreateRequest(KeySettings):
     name: StrictStr = Field(min_length=1, max_length=KEY_NAME_CHARS, description="Who or what the key is for.")
     is_admin: StrictBool = Field(default=False, description="May manage keys and see every job and budget.")
 
+    _name = field_validator("name")(_storable_name)
+
 
 class KeyUpdateRequest(KeySettings):
     """PATCH /api/keys/{key_id}: only the fields sent change."""
 
     name: StrictStr | None = Field(default=None, min_length=1, max_length=KEY_NAME_CHARS)
+
+    _name = field_validator("name")(_storable_name)

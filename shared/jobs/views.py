@@ -64,8 +64,9 @@ def _value(value: object) -> object:
     return value.value if isinstance(value, Enum) else value
 
 
-# Money is exact inside and a JSON number on the wire, as the contract shows it (and Flask's default would not).
-Money = Annotated[Decimal, PlainSerializer(float, return_type=float)]
+# Money stays an exact Decimal in Python (web.json_provider writes it as an exact JSON number); only a JSON dump
+# (model_dump_json, mode="json") turns it into a float.
+Money = Annotated[Decimal, PlainSerializer(float, return_type=float, when_used="json")]
 # `isoformat()`, not pydantic's own form: a UTC time keeps its "+00:00", as the answers always showed it.
 Timestamp = Annotated[datetime, PlainSerializer(datetime.isoformat, return_type=str)]
 JobStatusName = Annotated[Literal["queued", "running", "succeeded", "failed"], BeforeValidator(_value)]
@@ -92,7 +93,9 @@ class Attempt(ResponseModel):
     model: str
     tier: str
     purpose: Literal["primary", "fallback", "escalation"]
-    outcome: Literal["ok", "error", "skipped"]
+    outcome: Literal["ok", "error", "skipped", "unconfirmed"] = Field(
+        description="`unconfirmed`: the call may have been billed but its answer was lost; charged at its bound."
+    )
     error_class: str | None = None
     status_code: int | None = None
     latency_ms: float
