@@ -50,7 +50,7 @@ simulate: install
 	$(BIN)/model-router simulate --port $${SIM_PORT:-9000}
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache model_router.db*
+	rm -rf $(VENV) .pytest_cache .ruff_cache model_router.db* .run
 
 # The lock files: requirements.lock is what production installs (the image), requirements-dev.lock adds the local
 # stack and the tests (the Makefile, CI). A re-lock keeps every pin that still fits pyproject.toml;
