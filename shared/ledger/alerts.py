@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -16,7 +15,6 @@ from typing import Any
 from sqlalchemy import LABEL_STYLE_NONE
 from sqlalchemy import BigInteger
 from sqlalchemy import Integer
-from sqlalchemy import Table
 from sqlalchemy import bindparam
 from sqlalchemy import case
 from sqlalchemy import column
@@ -26,11 +24,10 @@ from sqlalchemy import true
 from sqlalchemy import type_coerce
 from sqlalchemy import union_all
 from sqlalchemy import values
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.dialects import sqlite
 
 from shared.ledger import budget
 from shared.ledger.call_bound import Overrun
+from shared.store.insert_or_ignore import upsert_capable_insert
 from shared.store.models import BudgetAlert
 from shared.store.types import Money
 from shared.store.types import UTCDateTime
@@ -115,7 +112,6 @@ YEAR = bindparam("a_year", type_=Integer)
 MONTH = bindparam("a_month", type_=Integer)
 COST = bindparam("a_cost", type_=Money())
 NOW = bindparam("a_now", type_=UTCDateTime())
-_INSERTS: dict[str, Callable[[Table], Any]] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 _ALERTS = BudgetAlert.__table__
 
 
@@ -145,7 +141,7 @@ def firing(source: Any, *, dialect: str, thresholds: Sequence[int]) -> Any:
     )
     columns = ("scope", "year", "month", "threshold", "spent", "monthly_limit", "fired_at")
     return (
-        _INSERTS[dialect](_ALERTS)
+        upsert_capable_insert(_ALERTS, dialect=dialect)
         .from_select(columns, rows.select_from(source).join(levels, true()))
         # Its one unique constraint, (scope, year, month, threshold), left unnamed to keep the statement short.
         .on_conflict_do_nothing()

@@ -22,6 +22,11 @@ from shared.store.base import Base
 _INSERTS: dict[str, Callable[[Table], Any]] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
+def upsert_capable_insert(table: Table, *, dialect: str) -> Any:
+    """Return the INSERT of `table` in `dialect`'s own form, the one that has ON CONFLICT (PostgreSQL, SQLite)."""
+    return _INSERTS[dialect](table)
+
+
 def insert_or_ignore(
     session: Session, model: type[Base], values: Mapping[str, Any], *, conflict_on: Sequence[str]
 ) -> bool:
@@ -33,7 +38,7 @@ def insert_or_ignore(
     """
     table: Table = model.__table__  # type: ignore[assignment]
     statement = (
-        _INSERTS[session.get_bind().dialect.name](table)
+        upsert_capable_insert(table, dialect=session.get_bind().dialect.name)
         .values(**values)
         .on_conflict_do_nothing(index_elements=list(conflict_on))
         .returning(*table.primary_key.columns)
