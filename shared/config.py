@@ -23,6 +23,7 @@ from pydantic_settings import SettingsConfigDict
 
 from shared.errors import ConfigError
 from shared.errors import InvalidInput
+from shared.ledger import window_spans
 from shared.security import egress
 from shared.security import masking
 from shared.security import sealing
@@ -122,6 +123,9 @@ class Settings(DatabaseSettings):
 
     # Budget, in US dollars.
     monthly_budget_limit: Decimal = Field(default=Decimal("100.0"), ge=0, max_digits=19, decimal_places=9)
+    # The service's budget windows beside the month, as JSON: {"day": "10", "week": "40", "6h": "3"}
+    # (shared.ledger.windows); none by default.
+    budget_windows: dict[str, Decimal] = Field(default_factory=dict)
 
     # Request limits (the HTTP contract's ranges).
     max_prompt_chars: int = Field(default=32000, ge=1)
@@ -268,6 +272,11 @@ class Settings(DatabaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
+
+    @field_validator("budget_windows", mode="before")
+    @classmethod
+    def _known_windows(cls, value: object) -> object:
+        return window_spans.validated(value) if isinstance(value, dict) else value
 
     @field_validator("alert_thresholds")
     @classmethod

@@ -80,6 +80,17 @@ class BatchAccepted(ResponseModel):
     poll_url: str
 
 
+class BudgetWindowView(ResponseModel):
+    """One budget window of a scope: what the jobs accepted since `since` spent and hold, against its limit."""
+
+    window: str = Field(description="`day` (UTC), `week` (from Monday, UTC), or rolling `<N>h` / `<N>d`.")
+    since: Timestamp = Field(description="The first hour the window counts now (whole UTC hours).")
+    limit: Money
+    spent: Money
+    reserved: Money
+    remaining: Money
+
+
 class BudgetView(ResponseModel):
     scope: str
     year: int
@@ -94,6 +105,10 @@ class BudgetView(ResponseModel):
         description="The job the upstream billed more than its bound: while set, this scope reserves nothing "
         "(402 `budget_exceeded`, `details.reason`: `usage_over_bound`) until an operator clears the hold "
         "(DELETE /api/budget/hold)."
+    )
+    windows: list[BudgetWindowView] = Field(
+        description="The scope's budget windows beside the month (BUDGET_WINDOWS, or a key's `budget_windows`); "
+        "a request must fit in each."
     )
 
 
@@ -324,6 +339,10 @@ class KeyView(ResponseModel):
     rpm: int | None
     tpm: int | None
     allowed_models: list[str] | None = Field(description="The models its requests may ask for; null: any.")
+    budget_windows: dict[str, Money] | None = Field(
+        description="Its limits over budget windows beside the month (`day`, `week`, rolling `<N>h`/`<N>d`); "
+        "null: none."
+    )
     created_at: Timestamp
     expires_at: Timestamp | None
     revoked_at: Timestamp | None

@@ -366,6 +366,9 @@ MAX_ALLOWED_MODELS = 64
 # Money and rates an admin may set on a key: far above any real limit, low enough to stay exact in the ledger.
 MAX_KEY_BUDGET = 1_000_000_000
 MAX_KEY_RATE = 1_000_000_000
+MAX_BUDGET_WINDOWS = 8
+# "day", "week", or a rolling "<N>h" / "<N>d" (shared.ledger.window_spans also caps its length).
+BudgetWindowName = Annotated[str, Strict(), Field(pattern=r"^(day|week|[1-9][0-9]{0,3}[hd])$")]
 
 
 class KeySettings(BaseModel):
@@ -388,6 +391,12 @@ class KeySettings(BaseModel):
         min_length=1,
         max_length=MAX_ALLOWED_MODELS,
         description="The catalog models the key's requests may ask for; null: any.",
+    )
+    budget_windows: dict[BudgetWindowName, Annotated[StrictNumber, Field(ge=0, le=MAX_KEY_BUDGET)]] | None = Field(
+        default=None,
+        max_length=MAX_BUDGET_WINDOWS,
+        description="Limits in US dollars over budget windows beside the month: `day` (UTC), `week` (from Monday, "
+        'UTC), or a rolling `<N>h` / `<N>d` (at most 31 days), e.g. `{"day": 5, "6h": 2}`; null or {}: none.',
     )
 
     @field_validator("expires_at", mode="before")

@@ -39,7 +39,9 @@ BROKER_ERRORS = (KombuError, redis.RedisError, OSError)
 def requester() -> lifecycle.Requester | None:
     """Return the API key the work is charged to, if keys are on."""
     identity = current_identity()
-    return None if identity is None else lifecycle.Requester(identity.api_key_id, identity.monthly_budget)
+    if identity is None:
+        return None
+    return lifecycle.Requester(identity.api_key_id, identity.monthly_budget, identity.budget_windows)
 
 
 def accept_job(body: dict[str, Any], request: lifecycle.JobRequest, *, use_cache: bool) -> tuple[str, bool]:

@@ -35,9 +35,9 @@ def create(
     """Reserve the whole batch's bound in one step (or raise BudgetExceeded) and record its jobs as queued."""
     bounds = [lifecycle.bound_for(request, catalog=catalog, settings=settings) for request in requests]
     now = utcnow()
-    period = budget.Period.of(now)
+    period = budget.Period.of(now, windowed=lifecycle.windowed_scopes(settings, requester))
     lifecycle.reserve(
-        session, amount=sum(bounds, Decimal(0)), period=period, settings=settings, requester=requester,
+        session, amount=sum(bounds, Decimal(0)), period=period, settings=settings, requester=requester, now=now,
         count=len(requests),
     )  # fmt: skip
     batch = Batch(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
@@ -76,10 +77,12 @@ class JobRequest:
 
 @dataclass(frozen=True)
 class Requester:
-    """The API key a job is charged to, and that key's own monthly budget (None: only the global one)."""
+    """The API key a job is charged to, that key's own monthly budget (None: only the global one), and its own
+    budget windows (shared.ledger.windows; none: only the service's)."""
 
     api_key_id: int
     monthly_budget: Decimal | None = None
+    budget_windows: Mapping[str, Decimal] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,7 @@ def create(
     """
     pinned = request.model is not None or request.tier is not None
     now = utcnow()
-    period = budget.Period.of(now)
+    period = budget.Period.of(now, windowed=windowed_scopes(settings, requester))
     ceilings: list[str | None] = [None]
     if request.on_budget_pressure == "downgrade" and not pinned:
         ceilings += list(reversed(catalog.tiers[:-1]))
@@ -138,7 +141,7 @@ def create(
         # The job's row is written before the reservation: every request locks the month's ledger row, so
         # the reservation goes last, right before the commit that releases it.
         try:
-            reserve(session, amount=bound, period=period, settings=settings, requester=requester)
+            reserve(session, amount=bound, period=period, settings=settings, requester=requester, now=now)
         except BudgetExceeded as exc:
             refusal = refusal or exc
             continue
@@ -185,9 +188,10 @@ def create_alone(
     """create() and its commit as one statement, on PostgreSQL, for a caller with no transaction open.
 
     Returns None, having written nothing, when the transactional create() must decide: another database, a
-    month with no ledger row yet, or a bound that does not fit (a refusal or a downgrade).
+    scope with budget windows (shared.ledger.windows), a month with no ledger row yet, or a bound that does not
+    fit (a refusal or a downgrade).
     """
-    if engine.dialect.name != "postgresql":
+    if engine.dialect.name != "postgresql" or windowed_scopes(settings, requester):
         return None
     now = utcnow()
     period = budget.Period.of(now)
@@ -201,13 +205,23 @@ def create_alone(
     return Accepted(id=job["id"], reserved_cost=bound, max_tier=None, deadline_s=job["deadline_s"])
 
 
-def limits_of(settings: Settings, requester: Requester | None) -> list[tuple[str, Decimal]]:
-    """Return each scope a request is charged to with its monthly limit, the global scope first."""
-    limits = [(budget.GLOBAL_SCOPE, settings.monthly_budget_limit)]
+def limits_of(settings: Settings, requester: Requester | None) -> list[budget.ScopeLimits]:
+    """Return each scope a request is charged to with its limits, the global scope first.
+
+    A key without a monthly budget of its own is held to the global one; a key's windows are its own only
+    (the service's windows already bound everything).
+    """
+    limits = [budget.ScopeLimits(budget.GLOBAL_SCOPE, settings.monthly_budget_limit, settings.budget_windows)]
     if requester is not None:
         own = requester.monthly_budget
-        limits.append((budget.key_scope(requester.api_key_id), settings.monthly_budget_limit if own is None else own))
+        monthly = settings.monthly_budget_limit if own is None else own
+        limits.append(budget.ScopeLimits(budget.key_scope(requester.api_key_id), monthly, requester.budget_windows))
     return limits
+
+
+def windowed_scopes(settings: Settings, requester: Requester | None) -> list[str]:
+    """Return the scopes of a request that have budget windows: its money sits in their hourly buckets too."""
+    return [limits.scope for limits in limits_of(settings, requester) if limits.windows]
 
 
 def bound_for(request: JobRequest, *, catalog: Catalog, settings: Settings, max_tier: str | None = None) -> Decimal:
@@ -234,19 +248,27 @@ def reserve(
     period: budget.Period,
     settings: Settings,
     requester: Requester | None,
+    now: datetime,
     count: int = 1,
 ) -> None:
     """Reserve `amount` for `count` requests in every scope they are charged to, or in none of them."""
     limits = limits_of(settings, requester)
     if len(limits) == 1:
-        # One conditional UPDATE either holds the amount or changes nothing: no savepoint needed.
-        ((scope, limit),) = limits
-        budget.reserve(session, scope=scope, period=period, amount=amount, limit=limit, count=count)
+        # budget.reserve either holds the amount or changes nothing (it undoes its own month's reservation
+        # when a window refuses): no savepoint needed.
+        (only,) = limits
+        budget.reserve(
+            session, scope=only.scope, period=period, amount=amount, limit=only.monthly, count=count,
+            window_limits=only.windows, now=now,
+        )  # fmt: skip
         return
     # A savepoint: when the key's scope refuses, the global reservation made just before is undone.
     with session.begin_nested():
-        for scope, limit in limits:
-            budget.reserve(session, scope=scope, period=period, amount=amount, limit=limit, count=count)
+        for scope in limits:
+            budget.reserve(
+                session, scope=scope.scope, period=period, amount=amount, limit=scope.monthly, count=count,
+                window_limits=scope.windows, now=now,
+            )  # fmt: skip
 
 
 def job_values(
@@ -292,6 +314,7 @@ def job_values(
         batch_index=batch_index,
         budget_year=period.year,
         budget_month=period.month,
+        windowed_scopes=list(period.windowed) or None,
         reserved_cost=bound,
         cost=Decimal(0),
         # The id of the HTTP request that created the job, bound by the web tier for its logs.
@@ -310,7 +333,7 @@ def withdraw(session: Session, *, job_id: str | None = None, batch_id: str | Non
     removed = session.execute(
         delete(RequestLog)
         .where(_selected(job_id, batch_id), states.WITHDRAW.allows())
-        .returning(RequestLog.api_key_id, RequestLog.budget_year, RequestLog.budget_month, RequestLog.reserved_cost)
+        .returning(*_HELD_COLUMNS)
         .execution_options(synchronize_session=False)
     ).all()
     for (scope, period), (reserved, count) in _held(removed).items():
@@ -331,13 +354,7 @@ def cancel_queued(session: Session, *, job_id: str | None = None, batch_id: str 
             updated_at=now,
             settled=True,
         )
-        .returning(
-            RequestLog.api_key_id,
-            RequestLog.budget_year,
-            RequestLog.budget_month,
-            RequestLog.reserved_cost,
-            RequestLog.id,
-        )
+        .returning(*_HELD_COLUMNS, RequestLog.id)
         .execution_options(synchronize_session=False)
     ).all()
     for (scope, period), (reserved, _) in _held(cancelled).items():
@@ -350,13 +367,18 @@ def _selected(job_id: str | None, batch_id: str | None) -> object:
     return RequestLog.id == job_id if job_id is not None else RequestLog.batch_id == batch_id
 
 
+# What _held reads of each job.
+_HELD_COLUMNS = (RequestLog.api_key_id, RequestLog.reserved_cost, *budget.PERIOD_COLUMNS)
+
+
 def _held(rows: Sequence[Row[Any]]) -> dict[tuple[str, budget.Period], tuple[Decimal, int]]:
-    """Sum (api_key_id, year, month, reserved, ...) rows into what each scope's month holds for them."""
+    """Sum job rows (_HELD_COLUMNS) into what each scope's month (and hour bucket) holds for them."""
     held: dict[tuple[str, budget.Period], tuple[Decimal, int]] = {}
-    for api_key_id, year, month, reserved, *_ in rows:
-        for scope in budget.scopes_of(api_key_id):
-            amount, count = held.get((scope, budget.Period(year, month)), (Decimal(0), 0))
-            held[(scope, budget.Period(year, month))] = (amount + reserved, count + 1)
+    for row in rows:
+        period = budget.Period.of_job(row)
+        for scope in budget.scopes_of(row.api_key_id):
+            amount, count = held.get((scope, period), (Decimal(0), 0))
+            held[(scope, period)] = (amount + row.reserved_cost, count + 1)
     return held
 
 

@@ -92,8 +92,9 @@ def record(sessions: sessionmaker[Session], rec: Record, finished: endings.Finis
 
 
 def one_statement_can(engine: Engine, rec: Record) -> bool:
-    """Whether one statement can write this finish: PostgreSQL, and no batch to complete."""
-    return engine.dialect.name == "postgresql" and rec.batch_id is None
+    """Whether one statement can write this finish: PostgreSQL, no batch to complete, and no budget window's
+    bucket to settle (shared.ledger.windows; those scopes take the transaction)."""
+    return engine.dialect.name == "postgresql" and rec.batch_id is None and not rec.period.windowed
 
 
 # Only these, and unqualified: psycopg caches the parsing of a statement only up to 4 KB

@@ -70,14 +70,16 @@ _JOB_ID = bindparam("b_job_id")
 _NOW = bindparam("b_now", type_=UTCDateTime())
 
 # What a run reads from the job it claims, returned by the claiming UPDATE itself.
-CLAIMED_COLUMNS = tuple(
-    _JOB[name]
-    for name in (
-        "id", "run_count", "prompt", "max_tokens", "preference", "requested_model", "requested_tier", "messages",
-        "upstream_options", "stream", "difficulty_estimator", "on_rate_limit", "budget_year", "budget_month",
-        "reserved_cost", "api_key_id", "max_tier", "deadline_s", "cache_key", "request_id", "batch_id",
-        "in_flight_cost", "unconfirmed_cost",
-    )
+CLAIMED_COLUMNS = (
+    *(
+        _JOB[name]
+        for name in (
+            "id", "run_count", "prompt", "max_tokens", "preference", "requested_model", "requested_tier", "messages",
+            "upstream_options", "stream", "difficulty_estimator", "on_rate_limit", "reserved_cost", "api_key_id",
+            "max_tier", "deadline_s", "cache_key", "request_id", "batch_id", "in_flight_cost", "unconfirmed_cost",
+        )
+    ),
+    *(_JOB[column.key] for column in budget.PERIOD_COLUMNS),
 )  # fmt: skip
 _CLAIM = (
     update(RequestLog.__table__)
@@ -482,7 +484,7 @@ def _claim(job_id: str, *, deps: RunDeps, started: float | None = None) -> Claim
             difficulty_estimator=job.difficulty_estimator,
             on_rate_limit=job.on_rate_limit,
         ),
-        period=budget.Period(job.budget_year, job.budget_month),
+        period=budget.Period.of_job(job),
         reserved_cost=reserved_cost,
         api_key_id=job.api_key_id,
         max_tier=job.max_tier,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Engine
@@ -110,21 +109,22 @@ def accept(
     *,
     job: dict[str, Any],
     period: budget.Period,
-    limits: Sequence[tuple[str, Decimal]],
+    limits: Sequence[budget.ScopeLimits],
 ) -> bool:
     """Write the queued job (`job`: attributes as jobs.job_values gives them) and reserve its bound in every
-    scope of `limits` ((scope, limit), global first), committed; False when nothing was written.
+    scope of `limits` (global first; their monthly limits: scopes with budget windows take the transactional
+    path), committed; False when nothing was written.
 
     False means the month has no row yet in some scope or the bound does not fit in one: the caller then
     runs the transactional path, which creates months, downgrades and explains refusals.
     """
     statement = _accept_statement(tuple(job))
-    limit_of = dict(limits)
-    key_limits = [limit for scope, limit in limits if scope != budget.GLOBAL_SCOPE]
+    limit_of = {limit.scope: limit.monthly for limit in limits}
+    key_limits = [limit.monthly for limit in limits if limit.scope != budget.GLOBAL_SCOPE]
     params = {
         "b_year": period.year,
         "b_month": period.month,
-        "b_scopes": [scope for scope, _ in limits],
+        "b_scopes": [limit.scope for limit in limits],
         "b_scope_count": len(limits),
         "b_amount": job["reserved_cost"],
         "b_global_limit": limit_of[budget.GLOBAL_SCOPE],

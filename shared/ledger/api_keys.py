@@ -16,7 +16,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -27,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from shared.errors import InvalidInput
 from shared.errors import NotFound
+from shared.ledger import window_spans
 from shared.store.models import ApiKey
 from shared.store.types import utcnow
 
@@ -49,10 +52,12 @@ class Identity:
     tpm: int | None = None
     # The models the key may be answered by; None: any.
     allowed_models: frozenset[str] | None = None
+    # The key's own budget windows (shared.ledger.windows): {window: limit}.
+    budget_windows: Mapping[str, Decimal] = field(default_factory=dict, hash=False)
 
 
 # What update() may change; revocation is final and has its own verb.
-CHANGEABLE = ("name", "monthly_budget", "rpm", "tpm", "expires_at", "allowed_models")
+CHANGEABLE = ("name", "monthly_budget", "rpm", "tpm", "expires_at", "allowed_models", "budget_windows")
 
 
 def hash_key(key: str) -> str:
@@ -69,6 +74,7 @@ def create(
     tpm: int | None = None,
     expires_at: datetime | None = None,
     allowed_models: Iterable[str] | None = None,
+    budget_windows: Mapping[str, Any] | None = None,
     known_models: Iterable[str] | None = None,
     is_admin: bool = False,
 ) -> tuple[ApiKey, str]:
@@ -78,7 +84,7 @@ def create(
     """
     settings = _checked(
         {"name": name, "monthly_budget": monthly_budget, "rpm": rpm, "tpm": tpm, "expires_at": expires_at,
-         "allowed_models": allowed_models},
+         "allowed_models": allowed_models, "budget_windows": budget_windows},
         known_models=known_models,
     )  # fmt: skip
     prefix = secrets.token_hex(PREFIX_BYTES)
@@ -107,8 +113,8 @@ def update(
     row = get_or_raise(session, key_id=key_id)
     if row.revoked_at is not None:
         raise InvalidInput(f"API key {key_id} is revoked; create a new one", details={"field": "key_id"})
-    for field, value in _checked(changes, known_models=known_models).items():
-        setattr(row, field, value)
+    for name, value in _checked(changes, known_models=known_models).items():
+        setattr(row, name, value)
     session.flush()
     return row
 
@@ -132,9 +138,9 @@ def _checked(values: dict[str, Any], *, known_models: Iterable[str] | None) -> d
     budget = values.get("monthly_budget")
     if budget is not None and budget < 0:
         raise InvalidInput("monthly budget must be at least 0", details={"field": "monthly_budget"})
-    for field in ("rpm", "tpm"):
-        if values.get(field) is not None and values[field] < 1:
-            raise InvalidInput(f"{field} must be at least 1", details={"field": field})
+    for limit in ("rpm", "tpm"):
+        if values.get(limit) is not None and values[limit] < 1:
+            raise InvalidInput(f"{limit} must be at least 1", details={"field": limit})
     expires_at = values.get("expires_at")
     if expires_at is not None and expires_at.tzinfo is None:
         raise InvalidInput("expires_at needs a time zone", details={"field": "expires_at"})
@@ -151,6 +157,13 @@ def _checked(values: dict[str, Any], *, known_models: Iterable[str] | None) -> d
                 details={"field": "allowed_models", "known": sorted(known_models or [])},
             )
         checked["allowed_models"] = models
+    if values.get("budget_windows") is not None:
+        try:
+            windows = window_spans.validated(values["budget_windows"])
+        except ValueError as exc:
+            raise InvalidInput(str(exc), details={"field": "budget_windows"}) from None
+        # Stored as text, exact; an empty map is no windows.
+        checked["budget_windows"] = {name: str(limit) for name, limit in windows.items()} or None
     return checked
 
 
@@ -232,4 +245,5 @@ def authenticate(session: Session, *, key: str, refused: RefusedKeys | None = No
         rpm=row.rpm,
         tpm=row.tpm,
         allowed_models=None if row.allowed_models is None else frozenset(row.allowed_models),
+        budget_windows=window_spans.validated(row.budget_windows),
     )

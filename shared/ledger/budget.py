@@ -9,8 +9,10 @@ bills more than it may: the ledger then records what was billed, and the settlem
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -24,10 +26,14 @@ from sqlalchemy.sql.expression import ColumnElement
 
 from shared.errors import BudgetExceeded
 from shared.ledger import call_bound
+from shared.ledger import window_spans
+from shared.ledger import windows
 from shared.routing.catalog import Catalog
 from shared.store.insert_or_ignore import insert_or_ignore
 from shared.store.models import MonthlyBudget
+from shared.store.models import RequestLog
 from shared.store.types import Money
+from shared.store.types import utcnow
 
 GLOBAL_SCOPE = "global"
 
@@ -44,14 +50,42 @@ def scopes_of(api_key_id: int | None) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Period:
-    """A UTC calendar month."""
+    """Where a job's money sits: its scopes' rows of a UTC calendar month and, for the scopes that had budget
+    windows when it was accepted (`windowed`), their buckets of the hour it was accepted in (shared.ledger.windows)."""
 
     year: int
     month: int
+    hour: datetime | None = None
+    windowed: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, moment: datetime) -> Period:
-        return cls(year=moment.year, month=moment.month)
+    def of(cls, moment: datetime, *, windowed: Sequence[str] = ()) -> Period:
+        hour = window_spans.hour_of(moment) if windowed else None
+        return cls(year=moment.year, month=moment.month, hour=hour, windowed=tuple(windowed))
+
+    @classmethod
+    def of_job(cls, job: Any) -> Period:
+        """Return the period a job row (budget_year, budget_month, created_at, windowed_scopes) was accepted in."""
+        scopes = tuple(job.windowed_scopes or ())
+        hour = window_spans.hour_of(job.created_at) if scopes else None
+        return cls(year=job.budget_year, month=job.budget_month, hour=hour, windowed=scopes)
+
+    def bucket(self, scope: str) -> datetime | None:
+        """The hour whose bucket of `scope` holds the job's money; None when that scope has no windows for it."""
+        return self.hour if scope in self.windowed else None
+
+
+# What a job row must give for Period.of_job.
+PERIOD_COLUMNS = (RequestLog.budget_year, RequestLog.budget_month, RequestLog.created_at, RequestLog.windowed_scopes)
+
+
+@dataclass(frozen=True)
+class ScopeLimits:
+    """The limits a scope's spending is held to: its month's, and each of its budget windows' (may be none)."""
+
+    scope: str
+    monthly: Decimal
+    windows: Mapping[str, Decimal] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -184,34 +218,63 @@ def _month(scope: str, period: Period) -> dict[str, object]:
     return {"b_scope": scope, "b_year": period.year, "b_month": period.month}
 
 
-def reserve(session: Session, *, scope: str, period: Period, amount: Decimal, limit: Decimal, count: int = 1) -> None:
+def reserve(
+    session: Session,
+    *,
+    scope: str,
+    period: Period,
+    amount: Decimal,
+    limit: Decimal,
+    count: int = 1,
+    window_limits: Mapping[str, Decimal] | None = None,
+    now: datetime | None = None,
+) -> None:
     """Hold `amount` in the scope's ledger for the month or raise BudgetExceeded; counts `count` requests.
 
     The limit in force is written with the reservation, so a changed MONTHLY_BUDGET_LIMIT takes effect
     at the next request. The month's row is created only when the reservation finds none: every request
-    but a month's first costs the one UPDATE.
+    but a month's first costs the one UPDATE. With `window_limits` the amount must also fit in each of the
+    scope's budget windows at `now`, and it is held in the scope's bucket when the period has one for it.
     """
     reserved = _reserve(session, scope=scope, period=period, amount=amount, limit=limit, count=count)
     if not reserved:
         _ensure_month(session, scope=scope, period=period, limit=limit)
         reserved = _reserve(session, scope=scope, period=period, amount=amount, limit=limit, count=count)
+    which = "the service's" if scope == GLOBAL_SCOPE else "this API key's"
     if not reserved:
         view = get_view(session, scope=scope, period=period, limit=limit)
-        which = "the monthly budget" if scope == GLOBAL_SCOPE else "this API key's monthly budget"
         if view.held_by_job is not None:
             raise BudgetExceeded(
-                f"spending from {which} is stopped: job {view.held_by_job} was billed more than its bound; "
-                "an operator must clear the hold (DELETE /api/budget/hold, or `model-router budget --clear-hold`)",
+                f"spending from {which} monthly budget is stopped: job {view.held_by_job} was billed more than "
+                "its bound; an operator must clear the hold (DELETE /api/budget/hold, or `model-router budget "
+                "--clear-hold`)",
                 details={"scope": scope, "reason": "usage_over_bound", "job_id": view.held_by_job},
             )
         raise BudgetExceeded(
-            f"{which} cannot cover this request",
+            f"{which} monthly budget cannot cover this request",
             details={
                 "scope": scope,
                 "required": float(amount),
                 "remaining": float(max(view.remaining, Decimal(0))),
             },
         )
+    # The month's row is locked from here to the commit: the windows are read and written under that lock.
+    if window_limits:
+        full = windows.overflow(session, scope=scope, now=now or utcnow(), amount=amount, windows=window_limits)
+        if full is not None:
+            session.execute(_RELEASE, {**_month(scope, period), "b_amount": amount, "b_count": count})
+            raise BudgetExceeded(
+                f"{which} {full.window} budget window cannot cover this request",
+                details={
+                    "scope": scope,
+                    "window": full.window,
+                    "required": float(amount),
+                    "remaining": float(max(full.remaining, Decimal(0))),
+                },
+            )
+    hour = period.bucket(scope)
+    if hour is not None:
+        windows.hold(session, scope=scope, hour=hour, amount=amount)
 
 
 def _reserve(session: Session, *, scope: str, period: Period, amount: Decimal, limit: Decimal, count: int) -> bool:
@@ -238,12 +301,18 @@ def settle(
     """
     params = {**_month(scope, period), "b_amount": reserved, "b_cost": cost, "b_hold": hold_for}
     row = session.execute(_SETTLE, params).one_or_none()
+    hour = period.bucket(scope)
+    if hour is not None:
+        windows.settle(session, scope=scope, hour=hour, reserved=reserved, cost=cost)
     return None if row is None else (row.total_spent, row.monthly_limit)
 
 
 def release(session: Session, *, scope: str, period: Period, reserved: Decimal, count: int = 1) -> None:
     """Give back a reservation whose jobs were never accepted, and uncount their `count` requests."""
     session.execute(_RELEASE, {**_month(scope, period), "b_amount": reserved, "b_count": count})
+    hour = period.bucket(scope)
+    if hour is not None:
+        windows.release(session, scope=scope, hour=hour, reserved=reserved)
 
 
 def clear_hold(session: Session, *, scope: str, period: Period) -> bool:

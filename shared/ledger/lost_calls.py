@@ -36,6 +36,7 @@ from shared.jobs import endings
 from shared.jobs import lifecycle
 from shared.jobs import states
 from shared.ledger import budget
+from shared.ledger import window_spans
 from shared.store.models import ApiKey
 from shared.store.models import JobStatus
 from shared.store.models import RequestAttempt
@@ -75,7 +76,7 @@ def absorb(
     job_id: str,
     run_count: int,
     lost: Decimal,
-    limits: Sequence[tuple[str, Decimal]],
+    limits: Sequence[budget.ScopeLimits],
 ) -> Decimal:
     """Charge the calls a lost run left noted (`lost`) and top the reservation up by as much if it fits.
 
@@ -93,25 +94,35 @@ def absorb(
                         unconfirmed_cost=RequestLog.unconfirmed_cost + lost,
                         reserved_cost=RequestLog.reserved_cost + topup,
                     )
-                    .returning(RequestLog.budget_year, RequestLog.budget_month)
+                    .returning(*budget.PERIOD_COLUMNS)
                 ).first()
                 if moved is None or topup == 0:
                     return Decimal(0)
-                period = budget.Period(moved.budget_year, moved.budget_month)
-                for scope, limit in limits:
-                    budget.reserve(session, scope=scope, period=period, amount=topup, limit=limit, count=0)
+                period = budget.Period.of_job(moved)
+                for scope in limits:
+                    budget.reserve(
+                        session, scope=scope.scope, period=period, amount=topup, limit=scope.monthly, count=0,
+                        window_limits=scope.windows,
+                    )  # fmt: skip
                 return topup
         except BudgetExceeded:
             logger.warning("the budget cannot cover a re-run's lost calls again job_id=%s lost=%s", job_id, lost)
     return Decimal(0)
 
 
-def limits_for(session: Session, *, api_key_id: int | None, settings: Settings) -> list[tuple[str, Decimal]]:
+def limits_for(session: Session, *, api_key_id: int | None, settings: Settings) -> list[budget.ScopeLimits]:
     """Return the scopes a job's money moves in with their limits in force, global first."""
     if api_key_id is None:
         return lifecycle.limits_of(settings, None)
-    own = session.scalar(select(ApiKey.monthly_budget).where(ApiKey.id == api_key_id))
-    return lifecycle.limits_of(settings, lifecycle.Requester(api_key_id=api_key_id, monthly_budget=own))
+    key = session.execute(
+        select(ApiKey.monthly_budget, ApiKey.budget_windows).where(ApiKey.id == api_key_id)
+    ).one_or_none()
+    requester = lifecycle.Requester(
+        api_key_id=api_key_id,
+        monthly_budget=None if key is None else key.monthly_budget,
+        budget_windows=window_spans.validated(None if key is None else key.budget_windows),
+    )
+    return lifecycle.limits_of(settings, requester)
 
 
 def fail(
@@ -135,7 +146,7 @@ def fail(
     floor = literal(at_least, type_=Money())
     # fmt: off
     returned = (
-        RequestLog.budget_year, RequestLog.budget_month, RequestLog.api_key_id, RequestLog.reserved_cost,
+        *budget.PERIOD_COLUMNS, RequestLog.api_key_id, RequestLog.reserved_cost,
         RequestLog.cost, RequestLog.unconfirmed_cost, RequestLog.model_used, RequestLog.tier,
         RequestLog.requested_model, RequestLog.requested_tier,
     )
@@ -162,7 +173,7 @@ def fail(
             return None
         if job.cost > 0:
             _record_charge(session, job_id=job_id, job=job, error_class=code, now=now)
-        period = budget.Period(job.budget_year, job.budget_month)
+        period = budget.Period.of_job(job)
         for scope in budget.scopes_of(job.api_key_id):
             budget.settle(session, scope=scope, period=period, reserved=job.reserved_cost, cost=job.cost)
         finished = endings.Finished(

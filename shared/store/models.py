@@ -1,4 +1,4 @@
-"""The tables: one row per request (job), one per upstream attempt, one per budget month."""
+"""The tables: one row per request (job), one per upstream attempt, one per budget month and one per budget hour."""
 
 from __future__ import annotations
 
@@ -148,6 +148,9 @@ class RequestLog(Base):
     # `cost`) though the upstream never confirmed what it billed.
     in_flight_cost: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0), server_default="0")
     unconfirmed_cost: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0), server_default="0")
+    # The scopes that had budget windows when the job was accepted: its money also sits in those scopes'
+    # bucket of the hour it was accepted in (BudgetBucket). None: in no bucket.
+    windowed_scopes: Mapped[list[str] | None] = mapped_column(JSON)
 
     attempts: Mapped[list[RequestAttempt]] = relationship(
         back_populates="job", order_by="RequestAttempt.seq", cascade="all, delete-orphan"
@@ -204,6 +207,20 @@ class MonthlyBudget(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
+class BudgetBucket(Base):
+    """What one budget scope reserved and spent on the jobs accepted in one UTC hour, for budget windows
+    (shared.ledger.windows): a window's spending is the sum of its hours' buckets."""
+
+    __tablename__ = "budget_buckets"
+    __table_args__ = (UniqueConstraint("scope", "hour", name="uq_budget_buckets_scope_hour"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(64))
+    hour: Mapped[datetime] = mapped_column(UTCDateTime())
+    spent: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
+    reserved: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
+
+
 class ApiKey(Base):
     """A client's key: only its SHA-256 and a short public prefix are stored, never the key itself."""
 
@@ -220,6 +237,9 @@ class ApiKey(Base):
     tpm: Mapped[int | None] = mapped_column(Integer)
     # The catalog models a request with this key may be answered by; None: any (shared.ledger.model_access).
     allowed_models: Mapped[list[str] | None] = mapped_column(JSON)
+    # Spending limits over budget windows beside the monthly budget, by window ("day", "week", "24h", "7d"):
+    # {"day": "5.00"}; None: none (shared.ledger.windows).
+    budget_windows: Mapped[dict[str, str] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # From then on the key is refused like a revoked one; None: it does not expire.
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -1,9 +1,9 @@
-"""GET /api/budget: this month's ledger; DELETE /api/budget/hold: let a held scope reserve again."""
+"""GET /api/budget: this month's ledger and the budget windows; DELETE /api/budget/hold: let a held scope
+reserve again."""
 
 from __future__ import annotations
 
 import logging
-from decimal import Decimal
 
 from flask import Blueprint
 from flask import Response
@@ -12,13 +12,18 @@ from flask import request
 from werkzeug.exceptions import Forbidden
 
 from shared.errors import InvalidInput
+from shared.jobs import lifecycle
 from shared.ledger import budget
+from shared.ledger import window_spans
+from shared.ledger import windows as windows_ledger
 from shared.store.models import ApiKey
 from shared.store.types import utcnow
+from web import submission
 from web.auth import current_identity
 from web.auth import sees_everything
 from web.db import get_session
 from web.responses import BudgetView
+from web.responses import BudgetWindowView
 from web.responses import send
 
 logger = logging.getLogger(__name__)
@@ -33,8 +38,7 @@ def get_budget() -> Response:
     Keys off or an admin key: the global budget. Any other key: its own (its limit, or the global limit
     when it has none of its own).
     """
-    scope, limit = _own_scope()
-    return _view(scope, limit)
+    return _view(_own_scope())
 
 
 @bp.delete("/budget/hold")
@@ -46,43 +50,51 @@ def clear_hold() -> Response:
     """
     if not sees_everything():
         raise Forbidden("only an admin key may clear a budget hold")
-    scope, limit = _own_scope()
+    limits = _own_scope()
     named = request.args.get("scope")
     session = get_session()
-    if named and named != scope:
-        scope, limit = named, _limit_of(named)
+    if named and named != limits.scope:
+        limits = _limits_of(named)
         # End the read here: the write transaction must start with its write (shared.store.session).
         session.rollback()
-    held = budget.get_view(session, scope=scope, period=budget.Period.of(utcnow()), limit=limit).held_by_job
+    scope = limits.scope
+    held = budget.get_view(session, scope=scope, period=budget.Period.of(utcnow()), limit=limits.monthly).held_by_job
     session.rollback()
     if budget.clear_hold(session, scope=scope, period=budget.Period.of(utcnow())):
         logger.warning("budget hold cleared scope=%s held_by_job=%s", scope, held)
     session.commit()
-    return _view(scope, limit)
+    return _view(limits)
 
 
-def _own_scope() -> tuple[str, Decimal]:
-    global_limit = current_app.extensions["settings"].monthly_budget_limit
+def _own_scope() -> budget.ScopeLimits:
+    settings = current_app.extensions["settings"]
     identity = current_identity()
     if sees_everything() or identity is None:
-        return budget.GLOBAL_SCOPE, global_limit
-    limit = global_limit if identity.monthly_budget is None else identity.monthly_budget
-    return budget.key_scope(identity.api_key_id), limit
+        return lifecycle.limits_of(settings, None)[0]
+    return lifecycle.limits_of(settings, submission.requester())[-1]
 
 
-def _limit_of(scope: str) -> Decimal:
-    """Return the limit in force for a named scope: the global limit, or a key's own (else the global one)."""
-    global_limit = current_app.extensions["settings"].monthly_budget_limit
+def _limits_of(scope: str) -> budget.ScopeLimits:
+    """Return the limits in force for a named scope: the global ones, or a key's own (else the global monthly one)."""
+    settings = current_app.extensions["settings"]
     if scope == budget.GLOBAL_SCOPE:
-        return global_limit
+        return lifecycle.limits_of(settings, None)[0]
     key_id = scope.removeprefix("key:")
     known = scope.startswith("key:") and key_id.isascii() and key_id.isdigit() and int(key_id) < 2**31
     key = get_session().get(ApiKey, int(key_id)) if known else None
     if key is None:
         raise InvalidInput(f"unknown budget scope {scope!r}", details={"field": "scope"})
-    return global_limit if key.monthly_budget is None else key.monthly_budget
+    requester = lifecycle.Requester(key.id, key.monthly_budget, window_spans.validated(key.budget_windows))
+    return lifecycle.limits_of(settings, requester)[-1]
 
 
-def _view(scope: str, limit: Decimal) -> Response:
-    view = budget.get_view(get_session(), scope=scope, period=budget.Period.of(utcnow()), limit=limit)
-    return send(BudgetView.model_validate(view, from_attributes=True))
+def _view(limits: budget.ScopeLimits) -> Response:
+    session = get_session()
+    now = utcnow()
+    view = budget.get_view(session, scope=limits.scope, period=budget.Period.of(now), limit=limits.monthly)
+    windows = windows_ledger.views(session, scope=limits.scope, now=now, windows=limits.windows)
+    return send(
+        BudgetView.model_validate(view, from_attributes=True).model_copy(
+            update={"windows": [BudgetWindowView.model_validate(w, from_attributes=True) for w in windows]}
+        )
+    )

@@ -18,6 +18,7 @@ from werkzeug.exceptions import Forbidden
 
 from shared.errors import NotFound
 from shared.ledger import api_keys
+from shared.ledger import window_spans
 from shared.store.models import ApiKey
 from shared.store.types import utcnow
 from web.auth import sees_everything
@@ -110,6 +111,7 @@ def key_view(row: ApiKey, *, now: datetime) -> KeyView:
         rpm=row.rpm,
         tpm=row.tpm,
         allowed_models=row.allowed_models,
+        budget_windows=None if row.budget_windows is None else window_spans.validated(row.budget_windows),
         created_at=row.created_at,
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
@@ -120,6 +122,8 @@ def _settings(fields: dict[str, Any]) -> dict[str, Any]:
     # Money is exact in the ledger: a JSON number becomes the Decimal of its shortest text, not of its binary value.
     if fields.get("monthly_budget") is not None:
         fields["monthly_budget"] = Decimal(str(fields["monthly_budget"]))
+    if fields.get("budget_windows") is not None:
+        fields["budget_windows"] = {name: Decimal(str(limit)) for name, limit in fields["budget_windows"].items()}
     return fields
 
 

@@ -39,11 +39,12 @@ def _settings(engine: Engine, **overrides: object) -> Settings:
     return make_test_settings(engine.url.render_as_string(hide_password=False), **overrides)
 
 
-def _open_months(sessions: sessionmaker[Session], limits: list[tuple[str, Decimal]]) -> None:
+def _open_months(sessions: sessionmaker[Session], limits: list[budget.ScopeLimits]) -> None:
     """Create this month's ledger rows (the one-statement path leaves a month's first request to create())."""
     with sessions.begin() as session:
-        for scope, limit in limits:
-            budget.reserve(session, scope=scope, period=budget.Period.of(utcnow()), amount=Decimal(0), limit=limit,
+        for scope in limits:
+            budget.reserve(session, scope=scope.scope, period=budget.Period.of(utcnow()), amount=Decimal(0),
+                           limit=scope.monthly,
                            count=0)  # fmt: skip
 
 

@@ -748,8 +748,9 @@ def _race_creates(database: _Database, race: _Race) -> None:
     request = lifecycle.JobRequest(prompt=race.prompt, max_tokens=race.max_tokens, tier=race.tier)
     if race.warm:
         with sessions.begin() as session:
-            for scope, limit in lifecycle.limits_of(config, requester):
-                budget.reserve(session, scope=scope, period=budget.Period.of(utcnow()), amount=Decimal(0), limit=limit,
+            for scope in lifecycle.limits_of(config, requester):
+                budget.reserve(session, scope=scope.scope, period=budget.Period.of(utcnow()), amount=Decimal(0),
+                               limit=scope.monthly,
                                count=0)  # fmt: skip
     start = threading.Barrier(race.threads)
     outcomes: list[object] = []
