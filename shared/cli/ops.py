@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from shared.errors import ConfigError
+from shared.errors import InvalidInput
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -89,8 +90,18 @@ def _key_sessions() -> Iterator[sessionmaker[Session]]:
 @click.option("--monthly-budget", type=click.FloatRange(min=0), help="This key's own monthly limit in USD.")
 @click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute allowed to this key.")
 @click.option("--tpm", type=click.IntRange(min=1), help="Tokens per minute allowed to this key.")
+@click.option(
+    "--budget-window",
+    "budget_windows",
+    multiple=True,
+    metavar="WINDOW=USD",
+    help="A limit over a budget window beside the month: day=5, week=20, 6h=2 (day, week, <N>h, <N>d); repeatable.",
+)
 @click.option("--admin", is_flag=True, help="May manage keys and see the global budget, stats and every job.")
-def keys_create(name: str, monthly_budget: float | None, rpm: int | None, tpm: int | None, admin: bool) -> None:
+def keys_create(
+    name: str, monthly_budget: float | None, rpm: int | None, tpm: int | None, budget_windows: tuple[str, ...],
+    admin: bool,
+) -> None:  # fmt: skip
     """Create a key and print it once: it is not stored and cannot be shown again.
 
     Expiry and allowed models are set over HTTP (PATCH /api/keys/<id>), which checks them against the catalog.
@@ -100,9 +111,15 @@ def keys_create(name: str, monthly_budget: float | None, rpm: int | None, tpm: i
     from shared.ledger import api_keys
 
     budget = None if monthly_budget is None else Decimal(str(monthly_budget))
-    with _key_sessions() as sessions, sessions.begin() as session:
-        row, key = api_keys.create(session, name=name, monthly_budget=budget, rpm=rpm, tpm=tpm, is_admin=admin)
-        key_id = row.id
+    windows = dict(window.partition("=")[::2] for window in budget_windows) or None
+    try:
+        with _key_sessions() as sessions, sessions.begin() as session:
+            row, key = api_keys.create(
+                session, name=name, monthly_budget=budget, rpm=rpm, tpm=tpm, budget_windows=windows, is_admin=admin
+            )
+            key_id = row.id
+    except InvalidInput as exc:
+        raise click.BadParameter(str(exc), param_hint="--budget-window") from None
     click.echo(key)
     click.echo(f"created key {key_id} ({name}); store it now, it is shown only once", err=True)
 

@@ -12,7 +12,7 @@ from shared.store import migrate
 from tests.support.databases import temporary_postgres_database
 
 TABLES = {
-    "request_logs", "request_attempts", "monthly_budgets", "api_keys", "budget_alerts", "batches",
+    "request_logs", "request_attempts", "monthly_budgets", "budget_buckets", "api_keys", "budget_alerts", "batches",
     "idempotency_keys", "webhook_deliveries", "alembic_version",
 }  # fmt: skip
 

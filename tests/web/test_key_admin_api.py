@@ -73,13 +73,34 @@ def test_changing_a_key_changes_only_what_is_sent(client: FlaskClient, admin: di
 
 @pytest.mark.parametrize(
     "fields",
-    [{"rpm": 0}, {"tpm": -1}, {"allowed_models": ["no-such-model"]}, {"allowed_models": []}, {"surprise": 1}],
-    ids=["rpm", "tpm", "unknown-model", "no-model", "unknown-field"],
+    [
+        {"rpm": 0},
+        {"tpm": -1},
+        {"allowed_models": ["no-such-model"]},
+        {"allowed_models": []},
+        {"surprise": 1},
+        {"budget_windows": {"month": 1}},
+        {"budget_windows": {"40d": 1}},
+        {"budget_windows": {"day": -1}},
+        {"budget_windows": {"day": "1"}},
+    ],
+    ids=[
+        "rpm",
+        "tpm",
+        "unknown-model",
+        "no-model",
+        "unknown-field",
+        "window-name",
+        "window-too-long",
+        "window-negative",
+        "window-text",
+    ],
 )
 def test_bad_settings_are_400(client: FlaskClient, admin: dict[str, str], fields: dict) -> None:
     response = client.post("/api/keys", json={"name": "alice", **fields}, headers=admin)
     assert response.status_code == 400
-    assert response.get_json()["error"]["details"]["field"] == next(iter(fields))
+    # The field, or the path to the bad part of it.
+    assert response.get_json()["error"]["details"]["field"].split(".")[0] == next(iter(fields))
 
 
 def test_a_revoked_key_is_refused_and_cannot_change(client: FlaskClient, admin: dict[str, str]) -> None:
@@ -180,3 +201,25 @@ def test_money_set_over_http_is_exact(client: FlaskClient, admin: dict[str, str]
     created = _create(client, admin, monthly_budget=0.1)
     with make_sessionmaker(keyed_app.extensions["db_engine"])() as session:
         assert api_keys.get_or_raise(session, key_id=created["id"]).monthly_budget == Decimal("0.1")
+
+
+def test_a_keys_budget_window_is_shown_and_bounds_its_requests(client: FlaskClient, admin: dict[str, str]) -> None:
+    created = _create(client, admin)
+    key = _auth(created["key"])
+    accepted = _prompt(client, key, 100)
+    assert accepted.status_code == 202
+    bound = client.get("/api/budget", headers=key).get_json()["reserved"]
+    # Room for two more requests like it today, whatever the month allows.
+    changed = client.patch(f"/api/keys/{created['id']}", json={"budget_windows": {"day": bound * 2.5, "6h": 1}},
+                           headers=admin)  # fmt: skip
+    assert changed.status_code == 200, changed.get_json()
+    assert changed.get_json()["budget_windows"] == {"day": bound * 2.5, "6h": 1.0}
+    assert [_prompt(client, key, 100).status_code for _ in range(3)] == [202, 202, 402]
+    refused = _prompt(client, key, 100).get_json()["error"]
+    assert (refused["code"], refused["details"]["window"]) == ("budget_exceeded", "day")
+    shown = client.get("/api/budget", headers=key).get_json()
+    # The job accepted before the key had windows is not in them.
+    assert [(w["window"], w["reserved"]) for w in shown["windows"]] == [("day", bound * 2), ("6h", bound * 2)]
+    assert shown["windows"][0]["remaining"] == pytest.approx(bound / 2)
+    assert client.patch(f"/api/keys/{created['id']}", json={"budget_windows": None}, headers=admin).status_code == 200
+    assert _prompt(client, key, 100).status_code == 202

@@ -93,8 +93,6 @@ def _view(limits: budget.ScopeLimits) -> Response:
     now = utcnow()
     view = budget.get_view(session, scope=limits.scope, period=budget.Period.of(now), limit=limits.monthly)
     windows = windows_ledger.views(session, scope=limits.scope, now=now, windows=limits.windows)
-    return send(
-        BudgetView.model_validate(view, from_attributes=True).model_copy(
-            update={"windows": [BudgetWindowView.model_validate(w, from_attributes=True) for w in windows]}
-        )
-    )
+    month = {name: getattr(view, name) for name in BudgetView.model_fields if name != "windows"}
+    shown = [BudgetWindowView.model_validate(window, from_attributes=True) for window in windows]
+    return send(BudgetView(**month, windows=shown))

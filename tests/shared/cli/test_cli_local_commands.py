@@ -69,3 +69,20 @@ def test_a_bad_database_url_is_one_line_and_exit_2(only) -> None:
     assert result.exit_code == 2
     assert "invalid setting DATABASE_URL" in result.output
     assert "Traceback" not in result.output
+
+
+def test_keys_create_takes_budget_windows(only, database_url: str, engine: Engine) -> None:
+    from decimal import Decimal
+
+    from shared.ledger import api_keys
+    from shared.ledger.window_spans import validated
+    from shared.store.session import make_sessionmaker
+
+    args = ["keys", "create", "--name", "etl", "--budget-window", "day=5", "--budget-window", "6h=1.5"]
+    assert only(args, DATABASE_URL=database_url).exit_code == 0
+    with make_sessionmaker(engine)() as session:
+        (key,) = api_keys.list_(session)
+    assert validated(key.budget_windows) == {"day": Decimal(5), "6h": Decimal("1.5")}
+    refused = only(["keys", "create", "--name", "x", "--budget-window", "month=5"], DATABASE_URL=database_url)
+    assert refused.exit_code == 2
+    assert "unknown budget window 'month'" in refused.output
