@@ -242,3 +242,17 @@ def test_concurrent_accepts_never_pass_a_window(sessions, catalog, settings) -> 
         (view,) = windows.views(session, scope=budget.key_scope(requester.api_key_id), now=datetime.now(UTC),
                                 windows=requester.budget_windows)  # fmt: skip
     assert view.reserved == bound * 5
+
+
+def test_under_a_window_a_routed_job_may_be_downgraded_instead(sessions, catalog, settings) -> None:
+    prompt = "Prove that there are infinitely many primes, step by step, with a formal argument."
+    capped = budget.reservation_bound(
+        catalog=catalog, tiers=catalog.tiers, prompt=prompt, max_tokens=1000, escalation=True, max_tier="cheap"
+    )
+    requester = _keyed(sessions, {"24h": str(capped)})
+    request = lifecycle.JobRequest(prompt=prompt, on_budget_pressure="downgrade")
+    with sessions.begin() as session:
+        accepted = lifecycle.create(session, request=request, catalog=catalog, settings=settings, requester=requester)
+    assert (accepted.max_tier, accepted.reserved_cost) == ("cheap", capped)
+    month = _month(sessions, at=datetime.now(UTC), scope=budget.key_scope(requester.api_key_id))
+    assert (month.reserved, month.request_count) == (capped, 1)
