@@ -182,6 +182,16 @@ def test_no_accept_path_lets_a_keys_job_call_a_model_outside_its_list(
         assert session.scalars(select(RequestLog.allowed_models)).all() == [["gpt-3.5-turbo"]] * 4
 
 
+def test_an_estimate_routes_among_the_keys_models_as_its_job_would(client: FlaskClient, admin: dict[str, str]) -> None:
+    key = _auth(_create(client, admin, allowed_models=["gpt-3.5-turbo"])["key"])
+    everyone = client.post("/api/estimate", json={"prompt": HARD, "max_tokens": 100}, headers=admin).get_json()
+    narrowed = client.post("/api/estimate", json={"prompt": HARD, "max_tokens": 100}, headers=key).get_json()
+    assert (everyone["model"], narrowed["model"], narrowed["escalation_tier"]) == ("gpt-4-turbo", "gpt-3.5-turbo", None)
+    assert narrowed["cost"]["worst_case"] < everyone["cost"]["worst_case"]
+    refused = client.post("/api/estimate", json={"prompt": HARD, "model": "gpt-4"}, headers=key)
+    assert (refused.status_code, refused.get_json()["error"]["code"]) == (403, "model_not_allowed")
+
+
 def _prompt(client: FlaskClient, key: dict[str, str], max_tokens: int):
     return client.post("/api/prompt", json={"prompt": "hi", "wait": False, "max_tokens": max_tokens}, headers=key)
 
