@@ -323,7 +323,7 @@ class KeyView(ResponseModel):
     monthly_budget: Money | None = Field(description="The key's own monthly limit; null: the global one only.")
     rpm: int | None
     tpm: int | None
-    allowed_models: list[str] | None = Field(description="The models its requests may ask for; null: any.")
+    allowed_models: list[str] | None = Field(description="The only models its jobs may call; null: any.")
     created_at: Timestamp
     expires_at: Timestamp | None
     revoked_at: Timestamp | None
