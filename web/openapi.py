@@ -111,6 +111,10 @@ PROMPT_ERRORS = {
         "its spending is stopped because an upstream billed a job more than its bound, until an operator "
         "clears the hold. Nothing is enqueued or spent."
     ),
+    403: _error(
+        "`model_not_allowed`: it forces a model outside its key's `allowed_models`, or a tier none of them serves; "
+        "`details` lists both."
+    ),
     409: _error("`idempotency_conflict`: the Idempotency-Key was already used with a different body."),
     413: _error("`payload_too_large`: the request body is too large."),
     415: _error("`unsupported_media_type`: the body is not `application/json`."),
@@ -186,7 +190,7 @@ OPERATIONS = (
         request=schemas.PromptRequest,
         answers={
             200: Answer(responses.EstimateView, "The routing and cost range."),
-            **{status: PROMPT_ERRORS[status] for status in (400, 401, 413, 415, 429)},
+            **{status: PROMPT_ERRORS[status] for status in (400, 401, 403, 413, 415, 429)},
         },
     ),
     Operation(

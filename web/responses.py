@@ -338,7 +338,7 @@ class KeyView(ResponseModel):
     monthly_budget: Money | None = Field(description="The key's own monthly limit; null: the global one only.")
     rpm: int | None
     tpm: int | None
-    allowed_models: list[str] | None = Field(description="The models its requests may ask for; null: any.")
+    allowed_models: list[str] | None = Field(description="The only models its jobs may call; null: any.")
     budget_windows: dict[str, Money] | None = Field(
         description="Its limits over budget windows beside the month (`day`, `week`, rolling `<N>h`/`<N>d`); "
         "null: none."

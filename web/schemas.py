@@ -390,7 +390,7 @@ class KeySettings(BaseModel):
         default=None,
         min_length=1,
         max_length=MAX_ALLOWED_MODELS,
-        description="The catalog models the key's requests may ask for; null: any.",
+        description="The only catalog models the key's jobs may call, fallbacks and escalation included; null: any.",
     )
     budget_windows: dict[BudgetWindowName, Annotated[StrictNumber, Field(ge=0, le=MAX_KEY_BUDGET)]] | None = Field(
         default=None,

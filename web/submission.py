@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
@@ -51,7 +52,7 @@ def accept_job(body: dict[str, Any], request: lifecycle.JobRequest, *, use_cache
     once, at no cost; without one its job carries the cache key, so that the worker keeps the answer.
     `queued` is False when there is nothing to enqueue: the job existed already or came from the cache.
     """
-    check_models(request)
+    request = check_models(request)
     cache_key = caching.key_for(request, wanted=use_cache)
     # Looked up before the first write: no transaction stays open across the Redis call.
     cached = None if cache_key is None else caching.lookup(cache_key)
@@ -98,13 +99,16 @@ def accept_job(body: dict[str, Any], request: lifecycle.JobRequest, *, use_cache
     return job_id, True
 
 
-def check_models(request: lifecycle.JobRequest) -> None:
-    """Refuse (403) a request asking for a model the caller's key may not use."""
+def check_models(request: lifecycle.JobRequest) -> lifecycle.JobRequest:
+    """Refuse (403) a request forcing a model or tier the caller's key may not use; return the request bound to
+    the key's models, the only ones its job may call (shared.ledger.model_access)."""
     identity = current_identity()
-    if identity is not None:
-        model_access.check(
-            current_app.extensions["catalog"], allowed=identity.allowed_models, model=request.model, tier=request.tier
-        )
+    if identity is None or identity.allowed_models is None:
+        return request
+    model_access.check(
+        current_app.extensions["catalog"], allowed=identity.allowed_models, model=request.model, tier=request.tier
+    )
+    return dataclasses.replace(request, allowed_models=identity.allowed_models)
 
 
 def enqueue_job(job_id: str) -> None:

@@ -27,6 +27,7 @@ from shared.errors import LLMError
 from shared.errors import RateLimited
 from shared.errors import TransientLLMError
 from shared.ledger import call_bound
+from shared.ledger import model_access
 from shared.routing import confidence
 from shared.routing import difficulty
 from shared.routing import policy
@@ -86,6 +87,8 @@ class Job:
     can_defer: bool = False
     # A model whose turn an earlier run reserved (shared.upstream.admission) and waited for: its first call is admitted.
     admitted: str | None = None
+    # The only catalog models it may call (shared.ledger.model_access); None: any.
+    allowed_models: frozenset[str] | None = None
 
     @functools.cached_property
     def call(self) -> call_bound.CallBound:
@@ -180,6 +183,8 @@ def answer(
     """
     started = time.perf_counter()
     deadline = time.monotonic() + job.deadline_s
+    # Routing, fallbacks and escalation see only the models the job may call: no other one is ever tried.
+    using = dataclasses.replace(using, catalog=model_access.catalog_for(using.catalog, job.allowed_models))
     catalog, settings = using.catalog, using.settings
     estimate = difficulty.estimate_difficulty(job.prompt, estimator=job.difficulty_estimator)
     decision = policy.route(

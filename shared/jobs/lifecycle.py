@@ -32,6 +32,7 @@ from shared.jobs import endings
 from shared.jobs import single_statement
 from shared.jobs import states
 from shared.ledger import budget
+from shared.ledger import model_access
 from shared.observability import logs
 from shared.routing import difficulty
 from shared.routing import policy
@@ -73,6 +74,8 @@ class JobRequest:
     options: dict[str, Any] | None = None
     # Stream the answer's deltas to the waiting request (shared.store.stream_relay); never escalated.
     stream: bool = False
+    # The only catalog models the job may call: its key's allowed_models when accepted (shared.ledger.model_access).
+    allowed_models: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ def create(
     period = budget.Period.of(now, windowed=windowed_scopes(settings, requester))
     ceilings: list[str | None] = [None]
     if request.on_budget_pressure == "downgrade" and not pinned:
-        ceilings += list(reversed(catalog.tiers[:-1]))
+        ceilings += list(reversed(model_access.catalog_for(catalog, request.allowed_models).tiers[:-1]))
     refusal: BudgetExceeded | None = None
     job: dict[str, Any] | None = None
     for ceiling in ceilings:
@@ -226,9 +229,11 @@ def windowed_scopes(settings: Settings, requester: Requester | None) -> list[str
 
 def bound_for(request: JobRequest, *, catalog: Catalog, settings: Settings, max_tier: str | None = None) -> Decimal:
     """Return the most the job can cost (RoutingError for an unknown model, tier or estimator): what both
-    accept paths reserve, computed from the request as its calls send it (see shared.ledger.call_bound)."""
+    accept paths reserve, computed from the request as its calls send it (see shared.ledger.call_bound), over
+    the models it may call alone."""
     difficulty.get_estimator(request.difficulty_estimator or settings.difficulty_estimator)
     pinned = request.model is not None or request.tier is not None
+    catalog = model_access.catalog_for(catalog, request.allowed_models)
     return budget.reservation_bound(
         catalog=catalog,
         tiers=policy.candidate_tiers(catalog=catalog, model=request.model, tier=request.tier),
@@ -304,6 +309,7 @@ def job_values(
         callback_url=request.callback_url,
         cache_key=cache_key,
         api_key_id=None if requester is None else requester.api_key_id,
+        allowed_models=None if request.allowed_models is None else sorted(request.allowed_models),
         max_tier=max_tier,
         difficulty_estimator=request.difficulty_estimator or settings.difficulty_estimator,
         on_rate_limit=request.on_rate_limit or settings.rate_limit_policy,

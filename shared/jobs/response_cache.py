@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "model_router:cache:"
 # Part of every key: bump it when what goes into a key or an entry changes, and old entries simply miss.
-KEY_VERSION = 2
+KEY_VERSION = 3
 SHARED_SCOPE = "shared"
 ANONYMOUS_SCOPE = "anonymous"
 # Upstream options that are numbers the upstream reads as floats: 1 and 1.0 ask for the same answer.
@@ -111,6 +111,8 @@ def key_for(request: lifecycle.JobRequest, *, scope: str, difficulty_estimator: 
         "tier": request.tier,
         "difficulty_estimator": difficulty_estimator,
         "on_budget_pressure": request.on_budget_pressure,
+        # The models that may answer it: a key narrowed since, or another key, may not be given another's.
+        "allowed_models": None if request.allowed_models is None else sorted(request.allowed_models),
         "routing": routing,
     }
     canonical = json.dumps(normalized, sort_keys=True, separators=(",", ":"))

@@ -77,6 +77,7 @@ CLAIMED_COLUMNS = (
             "id", "run_count", "prompt", "max_tokens", "preference", "requested_model", "requested_tier", "messages",
             "upstream_options", "stream", "difficulty_estimator", "on_rate_limit", "reserved_cost", "api_key_id",
             "max_tier", "deadline_s", "cache_key", "request_id", "batch_id", "in_flight_cost", "unconfirmed_cost",
+            "allowed_models",
         )
     ),
     *(_JOB[column.key] for column in budget.PERIOD_COLUMNS),
@@ -259,6 +260,7 @@ def _run_claimed(claim: Claim, *, deps: RunDeps, resume: Resume | None = None) -
                 # A streamed job's reader is waiting on this run: it waits in the worker.
                 can_defer=relay is None,
                 admitted=None if resume is None else resume.admitted,
+                allowed_models=request.allowed_models,
             ),
             using=deps.answerer,
             on_delta=None if relay is None else _delta_relay(job_id, relay),
@@ -483,6 +485,7 @@ def _claim(job_id: str, *, deps: RunDeps, started: float | None = None) -> Claim
             stream=job.stream,
             difficulty_estimator=job.difficulty_estimator,
             on_rate_limit=job.on_rate_limit,
+            allowed_models=None if job.allowed_models is None else frozenset(job.allowed_models),
         ),
         period=budget.Period.of_job(job),
         reserved_cost=reserved_cost,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Set
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -276,6 +277,18 @@ class Catalog:
         """Return the model and, in order, the fallbacks that take over when it fails."""
         model = self.get_model(name)
         return (model, *(self.get_model(fallback) for fallback in model.fallbacks))
+
+    def only(self, names: Set[str]) -> Catalog:
+        """Return the catalog of the models in `names` alone: the tiers none of them serves are gone, and each
+        model's fallbacks skip the others. Routing, escalation, fallbacks and the reservation bound all read
+        it as they read the whole catalog, so a job narrowed to it never calls another model."""
+        models = tuple(
+            dataclasses.replace(model, fallbacks=tuple(name for name in model.fallbacks if name in names))
+            for model in self.models
+            if model.name in names
+        )
+        served = {model.tier for model in models}
+        return Catalog(tiers=tuple(tier for tier in self.tiers if tier in served), models=models)
 
 
 def load_catalog(path: Path) -> Catalog:

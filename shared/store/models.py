@@ -114,6 +114,9 @@ class RequestLog(Base):
 
     # Who asked, and how the budget constrained the routing.
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    # The catalog models its key allowed when the job was accepted, the only ones it may call; None: any
+    # (shared.ledger.model_access).
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON)
     max_tier: Mapped[str | None] = mapped_column(String(32))
     downgraded_from: Mapped[str | None] = mapped_column(String(32))
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

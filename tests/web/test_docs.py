@@ -132,7 +132,7 @@ def test_openapi_prompt_request_is_the_validating_model(client: FlaskClient) -> 
 
 def test_openapi_prompt_documents_every_contract_answer(client: FlaskClient) -> None:
     operation = _get_json(client, "/openapi.json")["paths"]["/api/prompt"]["post"]
-    assert set(operation["responses"]) == {"200", "202", "400", "401", "402", "409", "413", "415", "429", "503"}
+    assert set(operation["responses"]) == {"200", "202", "400", "401", "402", "403", "409", "413", "415", "429", "503"}
     assert "Location" in operation["responses"]["202"]["headers"]
     assert "Retry-After" in operation["responses"]["429"]["headers"]
     headers = {p["name"]: p for p in operation["parameters"] if p["in"] == "header"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 
@@ -9,12 +10,21 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
+from shared.errors import TransientLLMError
 from shared.ledger import api_keys
 from shared.ledger import token_rate
+from shared.routing.catalog import Catalog
+from shared.store import completion_channel
+from shared.store.models import RequestLog
 from shared.store.session import make_sessionmaker
 from shared.store.types import utcnow
 from tests.conftest import UNIT_REDIS_URL
+from tests.conftest import run_jobs_soon
+from tests.conftest import worker_deps
+from tests.support.fakes import FakeLLMClient
+from tests.support.prompts import HARD
 
 
 def _auth(key: str) -> dict[str, str]:
@@ -125,14 +135,16 @@ def test_an_expired_key_is_refused_until_its_expiry_moves(client: FlaskClient, a
 
 def test_a_key_is_refused_a_model_it_may_not_use(client: FlaskClient, admin: dict[str, str]) -> None:
     key = _auth(_create(client, admin, allowed_models=["gpt-3.5-turbo"])["key"])
-    for body in ({"model": "gpt-4"}, {"tier": "high"}, {}):
+    for body in ({"model": "gpt-4"}, {"tier": "high"}):
         response = client.post("/api/prompt", json={"prompt": "hi", "wait": False, **body}, headers=key)
         assert response.status_code == 403, body
         error = response.get_json()["error"]
         assert error["code"] == "model_not_allowed"
         assert error["details"]["allowed_models"] == ["gpt-3.5-turbo"]
-    allowed = client.post("/api/prompt", json={"prompt": "hi", "wait": False, "tier": "cheap"}, headers=key)
-    assert allowed.status_code == 202
+    # Forcing its own tier, or letting the router choose among its models, is accepted.
+    for body in ({"tier": "cheap"}, {}):
+        allowed = client.post("/api/prompt", json={"prompt": "hi", "wait": False, **body}, headers=key)
+        assert allowed.status_code == 202, body
 
 
 def test_a_batch_item_asking_for_another_model_refuses_the_batch(client: FlaskClient, admin: dict[str, str]) -> None:
@@ -149,6 +161,56 @@ def test_the_openai_route_refuses_a_model_the_key_may_not_use(client: FlaskClien
     response = client.post("/v1/chat/completions", json=body, headers=key)
     assert response.status_code == 403
     assert response.get_json()["error"]["code"] == "model_not_allowed"
+
+
+@pytest.fixture
+def upstream(keyed_app: Flask, catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLLMClient]:
+    """Run each enqueued job a moment later against a scripted upstream whose cheap model is down."""
+    fake = FakeLLMClient()
+    fake.script(
+        "gpt-3.5-turbo", *[TransientLLMError("503", status_code=503, details={"error_class": "server_error"})] * 30
+    )
+    publisher = redis.Redis.from_url(UNIT_REDIS_URL)
+    deps = worker_deps(
+        keyed_app, catalog, fake, sleep=lambda _: None,
+        on_finished=lambda job_id: completion_channel.publish_job_done(publisher, job_id),
+    )  # fmt: skip
+    threads, _ = run_jobs_soon(monkeypatch, deps, delay_s=0.02)
+    yield fake
+    for thread in threads:
+        thread.join()
+    publisher.close()
+
+
+def test_no_accept_path_lets_a_keys_job_call_a_model_outside_its_list(
+    keyed_app: Flask, client: FlaskClient, admin: dict[str, str], upstream: FakeLLMClient
+) -> None:
+    key = _auth(_create(client, admin, allowed_models=["gpt-3.5-turbo"])["key"])
+    # A hard prompt, routed: accepted and routed to the key's model, whose fallbacks are other models.
+    prompt = client.post("/api/prompt", json={"prompt": HARD, "timeout_s": 10}, headers=key).get_json()
+    assert (prompt["status"], prompt["error"]["code"], prompt["model_used"]) == (
+        "failed", "upstream_unavailable", "gpt-3.5-turbo",
+    )  # fmt: skip
+    assert {attempt["model"] for attempt in prompt["attempts"]} == {"gpt-3.5-turbo"}
+    chat = client.post(
+        "/v1/chat/completions", json={"model": "router", "messages": [{"role": "user", "content": HARD}]}, headers=key
+    )
+    assert (chat.status_code, chat.get_json()["error"]["code"]) == (503, "upstream_unavailable")
+    assert set(upstream.calls) == {"gpt-3.5-turbo"}
+    batch = client.post("/api/batch", json={"prompts": [HARD, {"prompt": "hi", "tier": "cheap"}]}, headers=key)
+    assert batch.status_code == 202
+    with make_sessionmaker(keyed_app.extensions["db_engine"])() as session:
+        assert session.scalars(select(RequestLog.allowed_models)).all() == [["gpt-3.5-turbo"]] * 4
+
+
+def test_an_estimate_routes_among_the_keys_models_as_its_job_would(client: FlaskClient, admin: dict[str, str]) -> None:
+    key = _auth(_create(client, admin, allowed_models=["gpt-3.5-turbo"])["key"])
+    everyone = client.post("/api/estimate", json={"prompt": HARD, "max_tokens": 100}, headers=admin).get_json()
+    narrowed = client.post("/api/estimate", json={"prompt": HARD, "max_tokens": 100}, headers=key).get_json()
+    assert (everyone["model"], narrowed["model"], narrowed["escalation_tier"]) == ("gpt-4-turbo", "gpt-3.5-turbo", None)
+    assert narrowed["cost"]["worst_case"] < everyone["cost"]["worst_case"]
+    refused = client.post("/api/estimate", json={"prompt": HARD, "model": "gpt-4"}, headers=key)
+    assert (refused.status_code, refused.get_json()["error"]["code"]) == (403, "model_not_allowed")
 
 
 def _prompt(client: FlaskClient, key: dict[str, str], max_tokens: int):

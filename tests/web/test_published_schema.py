@@ -309,6 +309,12 @@ def test_keyed_answers_answer_as_published(keyed_app: Flask) -> None:
     for (method, url), kwargs in urls.items():
         call(method, url, **kwargs)  # no key: 401
     call("delete", "/api/budget/hold", headers=user)  # not an admin: 403
+    narrowed = _auth(_key(keyed_app, "narrowed", allowed_models=["gpt-3.5-turbo"]))
+    forcing = {"prompt": "Hi", "model": "gpt-4"}
+    call("post", "/api/prompt", json=forcing, headers=narrowed)  # a model the key may not use: 403
+    call("post", "/api/estimate", json=forcing, headers=narrowed)
+    call("post", "/api/batch", json={"prompts": [forcing]}, headers=narrowed)
+    call("post", "/v1/chat/completions", json={**CHAT, "model": "gpt-4"}, headers=narrowed)
     for (method, url), kwargs in urls.items():
         if url.startswith("/api/keys"):
             call(method, url, headers=user, **kwargs)  # not an admin: 403

@@ -51,7 +51,7 @@ def create_batch() -> tuple[Response, int]:
         except RoutingError as exc:  # an unknown model or tier: name the item
             raise _at(index, exc) from None
         try:
-            submission.check_models(item)
+            items[index] = submission.check_models(item)
         except ModelNotAllowed as exc:
             raise ModelNotAllowed(f"prompts[{index}]: {exc.message}", details={**exc.details, "index": index}) from None
     callback_url = submission.seal_callback_url(body.callback_url)

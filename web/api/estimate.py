@@ -7,7 +7,9 @@ from flask import Response
 from flask import current_app
 
 from shared.ledger import estimates
+from shared.ledger import model_access
 from shared.reports import stats
+from web.auth import current_identity
 from web.db import get_session
 from web.requests import read_json_object
 from web.requests import validate
@@ -30,9 +32,13 @@ def create_estimate() -> Response:
         max_prompt_chars=settings.max_prompt_chars,
         max_metadata_bytes=settings.max_metadata_bytes,
     )
+    # As its job would be: refused a model or tier its key may not use, else routed among the key's models.
+    identity = current_identity()
+    allowed = None if identity is None else identity.allowed_models
+    model_access.check(catalog, allowed=allowed, model=body.model, tier=body.tier)
     session = get_session()
     chosen = estimates.estimate_cost(
-        catalog=catalog,
+        catalog=model_access.catalog_for(catalog, allowed),
         prompt=body.prompt,
         max_tokens=body.max_tokens,
         preference=body.preference,

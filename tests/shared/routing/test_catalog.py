@@ -184,3 +184,14 @@ def test_deployment_names_are_unique_within_a_model(tmp_path: Path) -> None:
     twice = '[[models.deployments]]\nname = "a"\n[[models.deployments]]\nname = "a"\n'
     text = TWO_TIERS + _model("small", "cheap", "0.001", "0.002", twice) + _model("large", "high", "0.01", "0.02")
     assert "model 'small': deployment names must be unique" in _refusal(tmp_path, text)
+
+
+def test_a_catalog_of_some_models_drops_the_others_their_tiers_and_the_fallbacks_to_them() -> None:
+    seed = load_catalog(SEED_CATALOG_PATH)
+    narrowed = seed.only({"gpt-3.5-turbo", "gpt-4-turbo"})
+    assert (narrowed.tiers, narrowed.model_names) == (("cheap", "high"), ["gpt-3.5-turbo", "gpt-4-turbo"])
+    # The cheap model's default fallback is the mid tier's model: gone with it, not replaced.
+    assert seed.get_model("gpt-3.5-turbo").fallbacks == ("gpt-4",)
+    assert narrowed.chain("gpt-3.5-turbo") == (narrowed.get_model("gpt-3.5-turbo"),)
+    assert narrowed.tier_above("cheap") == "high"
+    assert seed.only(set(seed.model_names)) == seed

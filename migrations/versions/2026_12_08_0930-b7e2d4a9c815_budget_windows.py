@@ -1,8 +1,8 @@
 """budget windows: hourly buckets per scope, a key's window limits, a job's windowed scopes
 
 Revision ID: b7e2d4a9c815
-Revises: c3a8e5f1b274
-Create Date: 2026-12-08 09:00:00.000000+00:00
+Revises: e4b7d2a9c615
+Create Date: 2026-12-08 09:30:00.000000+00:00
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from alembic import op
 import shared.store.types
 
 revision: str = "b7e2d4a9c815"
-down_revision: str | None = "c3a8e5f1b274"
+down_revision: str | None = "e4b7d2a9c615"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
