@@ -24,6 +24,7 @@ from shared.observability import metrics
 from shared.store import redis_clients
 from shared.upstream.circuit_breaker import BreakerPolicy
 from shared.upstream.circuit_breaker import CircuitBreaker
+from shared.upstream.deployments import Balancer
 from web import auth
 from worker.celery_app import BATCH_QUEUE
 from worker.celery_app import PROMPTS_QUEUE
@@ -50,6 +51,7 @@ def _sources(app: Flask) -> gauges.Sources:
     return gauges.Sources(
         redis_client=client,
         breaker=CircuitBreaker(client, BreakerPolicy.from_settings(settings)),
+        balancer=Balancer(client),
         sessions=app.extensions["db_sessions"],
         models=app.extensions["catalog"].upstream_keys,
         queues=(PROMPTS_QUEUE, BATCH_QUEUE),

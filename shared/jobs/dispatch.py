@@ -374,7 +374,11 @@ def _candidates(chain: tuple[ModelSpec, ...], using: Answerer) -> Iterator[tuple
     A model's deployments are ordered when its turn comes, so that the order reflects the calls then in flight.
     """
     for position, model in enumerate(chain):
-        specs = model.served_by() if using.balancer is None else using.balancer.order(model, breaker=using.breaker)
+        specs = (
+            model.served_by()
+            if using.balancer is None
+            else using.balancer.order(model, breaker=using.breaker, admission=using.admission)
+        )
         for index, spec in enumerate(specs):
             yield position, spec, index == len(specs) - 1
 
@@ -466,7 +470,7 @@ def _admit(job: Job, model: ModelSpec, *, patient: bool, deadline: float, using:
 def _recorder(
     using: Answerer, model: ModelSpec, permit: Permit | None, ticket: Ticket | None
 ) -> Callable[[AttemptRecord], None]:
-    """Report each attempt to the model's circuit and to its admission (which learns the upstream's limits)."""
+    """Report each attempt to the model's circuit, its admission (which learns the upstream's limits) and its pace."""
     breaker = None if permit is None else _breaker_recorder(using.breaker, permit)  # type: ignore[arg-type]
 
     def record(attempt: AttemptRecord) -> None:
@@ -476,6 +480,8 @@ def _recorder(
             using.admission.learn(
                 model.upstream_key, attempt.rate_limits, throttled=attempt.error_class == "rate_limited", known=ticket
             )
+        if using.balancer is not None:
+            using.balancer.learn(model, attempt)
 
     return record
 

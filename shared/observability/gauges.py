@@ -1,7 +1,7 @@
 """Gauges of shared state, read from Redis and the database when Prometheus scrapes, never per request.
 
-Circuit states and queue depths live in Redis and budgets in the database, shared by every process; a
-per-process gauge would go stale the moment another process changed them. One source that cannot be
+Circuit states, deployments' paces and queue depths live in Redis and budgets in the database, shared by every
+process; a per-process gauge would go stale the moment another process changed them. One source that cannot be
 read (Redis or the database down) drops its gauges from that scrape and logs why; the others still answer.
 """
 
@@ -26,6 +26,7 @@ from shared.store.models import MonthlyBudget
 from shared.store.types import utcnow
 from shared.upstream import circuit_breaker
 from shared.upstream.circuit_breaker import CircuitBreaker
+from shared.upstream.deployments import Balancer
 
 logger = logging.getLogger(__name__)
 
@@ -36,17 +37,18 @@ PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 @dataclass(frozen=True)
 class Sources:
-    """Where the gauges are read from: the broker's Redis, the circuit breakers, the database."""
+    """Where the gauges are read from: the broker's Redis, the circuit breakers, the balancer, the database."""
 
     redis_client: redis.Redis
     breaker: CircuitBreaker
+    balancer: Balancer
     sessions: sessionmaker[Session]
     models: Sequence[str]
     queues: Sequence[str]
 
 
 class SharedStateCollector(Collector):
-    """A prometheus_client collector computing circuit, queue and budget gauges on each scrape."""
+    """A prometheus_client collector computing circuit, pace, queue and budget gauges on each scrape."""
 
     def __init__(self, sources: Callable[[], Sources]) -> None:
         # Built on the first scrape, in the process that serves it (not at app creation, before a fork).
@@ -54,7 +56,7 @@ class SharedStateCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         sources = self._sources()
-        for read in (_circuits, _queues, _budgets):
+        for read in (_circuits, _paces, _queues, _budgets):
             try:
                 yield from read(sources)
             except (redis.RedisError, SQLAlchemyError, OSError):
@@ -70,6 +72,17 @@ def _circuits(sources: Sources) -> list[GaugeMetricFamily]:
     for model, state in sources.breaker.states(sources.models).items():
         for candidate in CIRCUIT_STATES:
             family.add_metric([model, candidate], 1.0 if state == candidate else 0.0)
+    return [family]
+
+
+def _paces(sources: Sources) -> list[GaugeMetricFamily]:
+    family = GaugeMetricFamily(
+        "model_router_deployment_pace_seconds_per_token",
+        "Each deployment's recent seconds per output token, which its model's calls are balanced by (known ones).",
+        labels=["model"],
+    )
+    for model, pace in sources.balancer.paces(sources.models).items():
+        family.add_metric([model], pace)
     return [family]
 
 

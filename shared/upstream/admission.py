@@ -25,6 +25,7 @@ import math
 import re
 import time
 from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -226,6 +227,22 @@ class Admission:
             requests_per_minute=round(float(rr) * 60, 6),
             tokens_per_minute=round(float(tr) * 60, 6),
         )
+
+    def blocked_until(self, models: Iterable[str]) -> dict[str, float]:
+        """Return until when each model's upstream asked to be left alone (0: never), read in one round trip.
+
+        That is the time a 429 or a used-up limit set (see learn()); a deployment's balancer orders by it.
+        """
+        models = list(models)
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for model in models:
+                pipe.hget(_key(model), "blocked")
+            until = pipe.execute()
+        except redis.RedisError:
+            logger.warning("rate limits unknown (Redis unreachable); treating every upstream as admitting")
+            return dict.fromkeys(models, 0.0)
+        return {model: float(value or 0) for model, value in zip(models, until, strict=True)}
 
     def learn(self, model: str, limits: RateLimits | None, *, throttled: bool, known: Ticket | None = None) -> None:
         """Take in what an answer of `model` said of its limits; a 429 (`throttled`) always blocks for a while.

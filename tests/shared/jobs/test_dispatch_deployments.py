@@ -19,6 +19,7 @@ from shared.store.models import JobStatus
 from shared.store.models import RequestAttempt
 from shared.store.models import RequestLog
 from shared.upstream.admission import Admission
+from shared.upstream.admission import RateLimits
 from shared.upstream.circuit_breaker import BreakerPolicy
 from shared.upstream.circuit_breaker import CircuitBreaker
 from shared.upstream.deployments import Balancer
@@ -111,7 +112,24 @@ def test_a_rate_limited_deployment_hands_its_calls_to_the_other(two, settings, u
     # Admission keeps the throttled deployment out while it asked to be left alone: the next job goes to b at once.
     second = dispatch.answer(_job(two), using=using)
     assert upstreams.calls == [f"{CHEAP}@b"]
-    assert _served(second) == [("a", "skipped", "rate_limited"), ("b", "ok", None)]
+    assert _served(second) == [("b", "ok", None)]
+
+
+def test_a_429_puts_its_deployment_after_the_other_until_its_retry_after_passes(two, settings, upstreams, clock):
+    throttled = TransientLLMError("429", status_code=429, details={"error_class": "rate_limited"})
+    throttled.rate_limits = RateLimits(retry_after_s=30)
+    upstreams.failing[f"{CHEAP}@a"] = throttled
+    using = _using(two, settings, upstreams, admission=Admission(fakeredis.FakeRedis(), clock=clock),
+                   balancer=Balancer(fakeredis.FakeRedis(), clock=clock, rng=lambda: 0.5))  # fmt: skip
+    dispatch.answer(_job(two), using=using)
+    del upstreams.failing[f"{CHEAP}@a"]
+    upstreams.calls.clear()
+    # b is tried first, without a look at a: no skipped attempt, no call.
+    assert _served(dispatch.answer(_job(two), using=using)) == [("b", "ok", None)]
+    clock.now += 30
+    # Its wait is over: a is back in rotation (first again, by the catalog's order with rng 0.5).
+    assert _served(dispatch.answer(_job(two), using=using)) == [("a", "ok", None)]
+    assert upstreams.calls == [f"{CHEAP}@b", f"{CHEAP}@a"]
 
 
 def test_a_job_waiting_for_its_model_does_not_wait_for_a_busy_deployment(two, settings, upstreams) -> None:

@@ -1,4 +1,4 @@
-"""The scrape-time collector: circuits and queues from Redis, this month's budgets from the database."""
+"""The scrape-time collector: circuits, paces and queues from Redis, this month's budgets from the database."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ from sqlalchemy.orm import sessionmaker
 
 from shared.ledger import budget
 from shared.observability import gauges
+from shared.routing.catalog import ModelSpec
 from shared.store import redis_clients
 from shared.store.models import MonthlyBudget
 from shared.store.types import utcnow
+from shared.upstream.attempts import AttemptRecord
 from shared.upstream.circuit_breaker import BreakerPolicy
 from shared.upstream.circuit_breaker import CircuitBreaker
+from shared.upstream.deployments import Balancer
 
 MODELS = ("gpt-3.5-turbo", "gpt-4")
 QUEUES = ("gauges-test-prompts", "gauges-test-batch")
@@ -38,12 +41,15 @@ def ledger(sessions: sessionmaker[Session]) -> None:
         )  # fmt: skip
 
 
-def _collect(client: redis.Redis, sessions: sessionmaker[Session]) -> dict[str, dict[tuple[str, ...], float]]:
+def _collect(
+    client: redis.Redis, sessions: sessionmaker[Session], *, models: tuple[str, ...] = MODELS
+) -> dict[str, dict[tuple[str, ...], float]]:
     sources = gauges.Sources(
         redis_client=client,
         breaker=CircuitBreaker(client, BreakerPolicy(min_failures=1, failure_rate=0.1)),
+        balancer=Balancer(client),
         sessions=sessions,
-        models=MODELS,
+        models=models,
         queues=QUEUES,
     )
     return {
@@ -73,6 +79,17 @@ def test_each_model_reports_its_current_circuit_state(real_redis, sessions) -> N
     assert states[("gpt-4", "open")] == 1 and states[("gpt-4", "closed")] == 0
     assert states[("gpt-3.5-turbo", "closed")] == 1 and states[("gpt-3.5-turbo", "open")] == 0
     assert sum(states.values()) == len(MODELS)
+
+
+def test_each_deployment_with_a_known_pace_reports_it(real_redis, sessions) -> None:
+    spec = ModelSpec(name="gpt-4", tier="high", input_per_1k=Decimal("0.01"), output_per_1k=Decimal("0.03"),
+                     deployment="key-a")  # fmt: skip
+    answered = AttemptRecord(model="gpt-4", tier="high", outcome="ok", latency_ms=2000.0, started_at=utcnow(),
+                             completion_tokens=400, deployment="key-a")  # fmt: skip
+    Balancer(real_redis).learn(spec, answered)
+    collected = _collect(real_redis, sessions, models=(*MODELS, "gpt-4@key-a", "gpt-4@key-b"))
+    paces = collected["model_router_deployment_pace_seconds_per_token"]
+    assert paces == {("gpt-4@key-a",): pytest.approx(0.005)}
 
 
 def test_an_unreachable_redis_drops_only_the_queue_gauges(sessions, ledger) -> None:
