@@ -105,7 +105,7 @@ def run_job(job_id: str, deadline_at: float | None = None, admitted: str | None 
         return "deferred"
     if isinstance(result, runs.Busy):
         # Another run holds the lease (a redelivered message, say); if that run dies, the reaper
-        # re-enqueues the job once the lease lapses.
+        # re-enqueues the job once its worker's heartbeat key is gone, or its lease lapses.
         logger.info("job is claimed elsewhere until %s job_id=%s", result.lease_expires_at.isoformat(), job_id)
         return None
     logger.info("job done job_id=%s status=%s", job_id, result)
