@@ -2,10 +2,11 @@
 
 - A running job whose lease lapsed lost its worker: it is re-enqueued (the next run claims it), or, after
   JOB_MAX_RUNS runs, failed with `worker_lost`.
-- A running job whose worker is known dead (its heartbeat key is gone, shared.store.heartbeats) is dealt with
-  the same way without waiting out its lease: its lease is ended first (states.ABANDON). Only a claim older
-  than a key's lifetime is judged, so that a worker had time to write its key; a worker that cannot be asked
-  about (Redis down) is never taken for dead, and its jobs wait for their lease.
+- A running job whose worker is known dead (`alive` says so: in the worker, its heartbeat key is gone and it
+  answers no ping, worker.presence) is dealt with the same way without waiting out its lease: its lease is
+  ended first (states.ABANDON). Only a claim older than a key's lifetime is judged, so that a worker had time
+  to write its key; a worker that cannot be asked about (Redis down) is never taken for dead, and its jobs
+  wait for their lease.
 - A queued job not picked up within a lease may have lost its message (or the web process died before
   enqueueing). Where the broker can be asked (`messages`), only a job whose message is gone is: one still
   waiting in its queue, or delivered to a worker, is part of a backlog being drained and is left alone,
