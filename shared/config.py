@@ -55,6 +55,20 @@ class TimeLimits:
     lease_s: float
 
 
+class LocalStackSettings(BaseSettings):
+    """Where a local stack serves (PORT) and where the CLI sends its requests (MODEL_ROUTER_URL).
+
+    Read as the service's settings are, from the environment and then `.env`, so that `make run`, the demo and
+    the CLI agree with a PORT set in either. PORT stays text here: shared.devstack.stack_paths checks it where
+    it is used, for the environment and `.env` alike.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    port: str | None = None
+    model_router_url: str | None = None
+
+
 class DatabaseSettings(BaseSettings):
     """The settings that name and size the database: all that local commands (`db`, `keys`) need.
 
@@ -353,7 +367,7 @@ class Settings(DatabaseSettings):
         return egress.HostPolicy.parse(self.webhook_allowed_hosts, only=self.webhook_allowed_hosts_only)
 
 
-_S = TypeVar("_S", bound="DatabaseSettings")
+_S = TypeVar("_S", bound=BaseSettings)
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -364,6 +378,11 @@ def load_settings(**overrides: object) -> Settings:
 def load_database_settings(**overrides: object) -> DatabaseSettings:
     """Build the database settings alone (local commands), a validation failure as one line like load_settings."""
     return _build(DatabaseSettings, overrides)
+
+
+def load_local_stack_settings() -> LocalStackSettings:
+    """Build the local stack's settings, a validation failure as one line like load_settings."""
+    return _build(LocalStackSettings, {})
 
 
 def _build(kind: type[_S], overrides: dict[str, object]) -> _S:

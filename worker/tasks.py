@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import redis
@@ -24,8 +25,10 @@ from shared.jobs.views import batch_body
 from shared.jobs.views import job_body
 from shared.security import masking
 from shared.security import sealing
+from shared.store import redis_clients
 from shared.store.types import utcnow
 from worker import broker_messages
+from worker import presence
 from worker import runtime
 from worker import shutdown
 from worker.celery_app import ALERT_DELIVERY_TASK
@@ -88,7 +91,9 @@ def run_job(job_id: str, deadline_at: float | None = None, admitted: str | None 
     # The run's time limits count from here, as Celery's do.
     started = time.monotonic()
     resume = None if deadline_at is None else runs.Resume(deadline_at=deadline_at, admitted=admitted)
-    result = runs.run(job_id, deps=runtime.get_deps(), started=started, resume=resume)
+    # The node name its heartbeat key carries: while that key lives, the reaper leaves the claim to its lease.
+    worker = run_job.request.hostname
+    result = runs.run(job_id, deps=runtime.get_deps(), started=started, resume=resume, worker=worker)
     if isinstance(result, runs.Deferred):
         # The job waits in the broker, not in a worker: it is run again when admission lets it in.
         run_job.apply_async(
@@ -100,7 +105,7 @@ def run_job(job_id: str, deadline_at: float | None = None, admitted: str | None 
         return "deferred"
     if isinstance(result, runs.Busy):
         # Another run holds the lease (a redelivered message, say); if that run dies, the reaper
-        # re-enqueues the job once the lease lapses.
+        # re-enqueues the job once its worker's heartbeat key is gone, or its lease lapses.
         logger.info("job is claimed elsewhere until %s job_id=%s", result.lease_expires_at.isoformat(), job_id)
         return None
     logger.info("job done job_id=%s status=%s", job_id, result)
@@ -124,11 +129,13 @@ def settle_tokens(job_id: str) -> None:
 def reap_jobs() -> dict[str, int]:
     """Re-enqueue jobs whose worker or message was lost; fail those beyond saving."""
     deps = runtime.get_deps()
-    swept = reaper.sweep(
-        sessions=deps.sessions,
-        settings=deps.settings,
-        messages=lambda: broker_messages.job_messages(reap_jobs.app, queues=(PROMPTS_QUEUE, BATCH_QUEUE)),
-    )
+    with contextlib.closing(redis_clients.fast_failing(deps.settings.redis_url)) as client:
+        swept = reaper.sweep(
+            sessions=deps.sessions,
+            settings=deps.settings,
+            messages=lambda: broker_messages.job_messages(reap_jobs.app, queues=(PROMPTS_QUEUE, BATCH_QUEUE)),
+            alive=lambda workers: presence.find_alive(reap_jobs.app, client, workers),
+        )
     for job_id, in_batch in swept.requeued:
         enqueue_job(job_id, batch=in_batch)
     for finished in swept.failed:

@@ -55,12 +55,14 @@ class ApiError(click.ClickException):
 
 
 def default_url() -> str:
-    """Return the API's URL when none is given: MODEL_ROUTER_URL, else the local stack's on PORT (else 8000).
+    """Return the API's URL when none is given: MODEL_ROUTER_URL, else the local stack's on PORT (else 8000),
+    each from the environment, else from `.env`.
 
-    `make run` serves on PORT, so a CLI run in the same environment finds it without --url.
+    `make run` serves on PORT, so a CLI run in the same environment (or the same directory) finds it without --url.
     """
     try:
-        return os.environ.get("MODEL_ROUTER_URL") or stack_paths.local_url(os.environ)
+        environ = stack_paths.local_environ(os.environ)
+        return environ.get("MODEL_ROUTER_URL") or stack_paths.local_url(environ)
     except ConfigError as exc:
         raise ApiError(exc.message, exit_code=EXIT_USAGE) from None
 

@@ -178,12 +178,15 @@ def run() -> None:
     _require_demo_extra()
     from shared.config import load_settings
     from shared.devstack import localstack
+    from shared.devstack import stack_paths
     from shared.security import masking
     from shared.store import migrate
 
     environ = os.environ
     simulator = localstack.use_simulator(environ)
     try:
+        # Served on PORT from `.env` too, where the app's settings and the CLI look for it.
+        environ.update(stack_paths.local_environ(environ))
         settings = load_settings()
         migrate.upgrade("head", database_url=settings.database_url)
         plan = localstack.plan_stack(settings, environ, simulator=simulator)

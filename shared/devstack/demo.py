@@ -14,6 +14,7 @@ from typing import Any
 
 from shared.devstack import stack_paths
 from shared.devstack import supervisor
+from shared.errors import ConfigError
 
 STARTUP_TIMEOUT_S = 90
 PROMPTS = (
@@ -142,14 +143,21 @@ def _use_a_key_if_required() -> None:
 
 def run_demo() -> int:
     """Run the demo; return the process exit code."""
-    # The stack started below reads the same environment, so it serves this URL and writes under these paths.
-    base = stack_paths.local_url(os.environ)
-    log_path = stack_paths.StackPaths.of(os.environ).create().demo_log
+    # The stack started below gets this environment (PORT from `.env` too), so it serves this URL and writes
+    # under these paths.
+    try:
+        environ = stack_paths.local_environ(os.environ)
+        base = stack_paths.local_url(environ)
+    except ConfigError as exc:
+        print(exc.message, file=sys.stderr)
+        return 2
+    log_path = stack_paths.StackPaths.of(environ).create().demo_log
     print(f"Starting the stack (Redis if needed, simulator, web, worker) on {base}; its log: {log_path}")
     with log_path.open("wb") as log:
         stack = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "run"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            [sys.executable, "-m", "shared.cli", "run"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=environ,
+        )  # fmt: skip
     try:
         _wait_until_ready(base, stack)
         _use_a_key_if_required()

@@ -12,10 +12,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared import config
 from shared.errors import ConfigError
 
 DEFAULT_PORT = 8000
 RUN_DIR_ENV = "RUN_DIR"
+
+
+def local_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """Return `environ` with PORT and MODEL_ROUTER_URL added from `.env` where it names neither.
+
+    The service's settings read `.env` too, so a stack started with the result serves where the app and the
+    CLI expect it.
+    """
+    read = config.load_local_stack_settings()
+    found = {"PORT": read.port, "MODEL_ROUTER_URL": read.model_router_url}
+    return {**{name: value for name, value in found.items() if value is not None}, **environ}
 
 
 def web_port(environ: Mapping[str, str]) -> int:

@@ -2,6 +2,11 @@
 
 - A running job whose lease lapsed lost its worker: it is re-enqueued (the next run claims it), or, after
   JOB_MAX_RUNS runs, failed with `worker_lost`.
+- A running job whose worker is known dead (`alive` says so: in the worker, its heartbeat key is gone and it
+  answers no ping, worker.presence) is dealt with the same way without waiting out its lease: its lease is
+  ended first (states.ABANDON). Only a claim older than a key's lifetime is judged, so that a worker had time
+  to write its key; a worker that cannot be asked about (Redis down) is never taken for dead, and its jobs
+  wait for their lease.
 - A queued job not picked up within a lease may have lost its message (or the web process died before
   enqueueing). Where the broker can be asked (`messages`), only a job whose message is gone is: one still
   waiting in its queue, or delivered to a worker, is part of a backlog being drained and is left alone,
@@ -34,6 +39,7 @@ from shared.jobs import states
 from shared.ledger import lost_calls
 from shared.observability import job_events
 from shared.observability import metrics
+from shared.store import heartbeats
 from shared.store.models import JobStatus
 from shared.store.models import RequestLog
 from shared.store.types import utcnow
@@ -65,15 +71,20 @@ def sweep(
     settings: Settings,
     now: datetime | None = None,
     messages: Callable[[], Messages] | None = None,
+    alive: Callable[[set[str]], set[str] | None] | None = None,
 ) -> Sweep:
     """Fail what is beyond saving and return the ids to re-enqueue; each decision is its own transaction.
 
     `messages` reads which jobs the broker still holds a message for (asked once, only if a job looks stuck);
-    None: every stale job's message is taken as lost.
+    None: every stale job's message is taken as lost. `alive` tells which of the named workers are alive, or
+    None when it cannot tell; None: running jobs wait for their lease.
     """
     now = now or utcnow()
     result = Sweep()
     lease = timedelta(seconds=settings.job_lease_s)
+    if alive is not None:
+        grace = timedelta(seconds=heartbeats.key_lifetime_s(settings.worker_heartbeat_s))
+        _abandon_dead_workers_jobs(sessions, alive=alive, now=now, claimed_before=now - grace)
     with sessions() as session:
         stale = session.execute(
             select(RequestLog.id, RequestLog.status, RequestLog.run_count, RequestLog.created_at, RequestLog.batch_id)
@@ -105,6 +116,46 @@ def sweep(
     if result.requeued or result.failed:
         logger.warning("reaper requeued=%d failed=%d", len(result.requeued), len(result.failed))
     return result
+
+
+def _abandon_dead_workers_jobs(
+    sessions: sessionmaker[Session],
+    *,
+    alive: Callable[[set[str]], set[str] | None],
+    now: datetime,
+    claimed_before: datetime,
+) -> None:
+    """End the lease of each running job claimed before `claimed_before` by a worker that is not alive."""
+    with sessions() as session:
+        claims = session.execute(
+            select(RequestLog.id, RequestLog.worker, RequestLog.run_count).where(
+                RequestLog.status == JobStatus.RUNNING,
+                RequestLog.worker.is_not(None),
+                RequestLog.started_at < claimed_before,
+                RequestLog.lease_expires_at >= now,
+            )
+        ).all()
+    if not claims:
+        return
+    living = alive({worker for _, worker, _ in claims})
+    if living is None:
+        return
+    for job_id, worker, run_count in claims:
+        if worker in living:
+            continue
+        # Re-checked in the writing transaction: the job may have been finished, or claimed anew, meanwhile.
+        with sessions.begin() as session:
+            ended = session.execute(
+                update(RequestLog)
+                .where(
+                    RequestLog.id == job_id,
+                    states.ABANDON.allows(worker=worker, run_count=run_count, claimed_before=claimed_before, now=now),
+                )
+                .values(lease_expires_at=RequestLog.started_at, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        if ended.rowcount == 1:  # type: ignore[attr-defined]
+            logger.warning("worker %s is gone; its job is taken over job_id=%s", worker, job_id)
 
 
 def _in_broker(job_id: str, held: Messages) -> bool:

@@ -91,6 +91,7 @@ _CLAIM = (
         updated_at=_NOW,
         lease_expires_at=bindparam("b_lease_expires_at", type_=UTCDateTime()),
         run_count=_JOB.run_count + 1,
+        worker=bindparam("b_worker"),
     )
     .returning(*CLAIMED_COLUMNS)
 )
@@ -202,16 +203,22 @@ class RunDeps:
 
 
 def run(
-    job_id: str, *, deps: RunDeps, started: float | None = None, resume: Resume | None = None
+    job_id: str,
+    *,
+    deps: RunDeps,
+    started: float | None = None,
+    resume: Resume | None = None,
+    worker: str | None = None,
 ) -> JobStatus | Busy | Deferred | None:
     """Run the job if it is ours to run; return its final status, Busy, Deferred, or None when already finished.
 
     `started` is when the task running it started (time.monotonic(); default: now), which its time limits
     (shared.config.TimeLimits) count from. `resume` comes from the run that deferred the job (Deferred).
+    `worker` names the worker node running it, whose heartbeat key vouches for the claim (shared.jobs.reaper).
     """
     started = time.monotonic() if started is None else started
     with logs.bound(job_id=job_id):
-        claim = _claim(job_id, deps=deps, started=started)
+        claim = _claim(job_id, deps=deps, started=started, worker=worker)
         if not isinstance(claim, Claim):
             return claim
         held = deps.held
@@ -438,7 +445,9 @@ def _last_entry(outcome: dispatch.Outcome, *, recorded: bool) -> dict[str, str]:
     return {"type": stream_relay.ERROR, "code": code, "message": message, **common}
 
 
-def _claim(job_id: str, *, deps: RunDeps, started: float | None = None) -> Claim | Busy | None:
+def _claim(
+    job_id: str, *, deps: RunDeps, started: float | None = None, worker: str | None = None
+) -> Claim | Busy | None:
     """Claim the job and read what running it needs in one statement; look at it again only if that fails.
 
     A claim that finds calls a lost run left noted charges them, and tops the reservation up by as much.
@@ -448,6 +457,7 @@ def _claim(job_id: str, *, deps: RunDeps, started: float | None = None) -> Claim
         "b_job_id": job_id,
         "b_now": now,
         "b_lease_expires_at": now + timedelta(seconds=deps.settings.job_lease_s),
+        "b_worker": worker,
     }
     if deps.engine.dialect.name == "postgresql":
         claimed = execute_alone(deps.engine, _CLAIM, params)

@@ -9,6 +9,7 @@ claim, a reaper that looks at a job a worker just finished, a cancel racing a cl
     queued  --cancel-->  failed                running --release--> queued   (waits for admission)
     queued  --withdraw-> (gone)                running --claim-->   running  (its lease lapsed)
     queued | running (stale) --reap--> failed; --resend--> unchanged, sent to its queue again
+    running (its worker gone) --abandon--> running, its lease ended: stale, so reaped or resent as above
 """
 
 from __future__ import annotations
@@ -44,6 +45,17 @@ Guard = Callable[..., ColumnElement[bool]]
 def lapsed(*, now: Any, **_: Any) -> ColumnElement[bool]:
     """A running job whose lease ran out: its worker stopped answering."""
     return _J.lease_expires_at < now
+
+
+def abandoned(*, worker: Any, run_count: Any, claimed_before: Any, now: Any) -> ColumnElement[bool]:
+    """A running job still under lease, claimed before `claimed_before` by the run with `run_count` on `worker`.
+
+    The reaper asks it of a job whose worker's heartbeat key is gone: the run count and the worker make sure
+    that the lease it ends is the one that worker's run took, not a later run's.
+    """
+    return and_(
+        _J.worker == worker, _J.run_count == run_count, _J.started_at < claimed_before, _J.lease_expires_at >= now
+    )
 
 
 def unsent(*, now: datetime, lease: timedelta) -> ColumnElement[bool]:
@@ -98,8 +110,11 @@ WITHDRAW = Transition("withdraw", {QUEUED: _always}, ())
 STALE: Mapping[JobStatus, Guard] = {RUNNING: lapsed, QUEUED: unsent}
 REAP = Transition("reap", STALE, (FAILED,))
 RESEND = Transition("resend", STALE, None)
+# A running job whose worker died ends its lease at once, so that it is stale without waiting the lease out
+# (inputs: worker, run_count, claimed_before, now). The run that held it stays fenced out by its run count.
+ABANDON = Transition("abandon", {RUNNING: abandoned}, None)
 
-TRANSITIONS = (CLAIM, FINISH, RELEASE, CANCEL, WITHDRAW, REAP, RESEND)
+TRANSITIONS = (CLAIM, FINISH, RELEASE, CANCEL, WITHDRAW, REAP, RESEND, ABANDON)
 
 
 def held(*, run_count: Any) -> ColumnElement[bool]:

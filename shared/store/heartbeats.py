@@ -1,4 +1,5 @@
-"""Worker liveness keys in Redis: each worker refreshes its own, the health check counts them.
+"""Worker liveness keys in Redis: each worker refreshes its own, the health check counts them, and the reaper
+takes over the jobs of a worker whose key is gone (shared.jobs.reaper).
 
 The worker starts its heartbeat when it is ready to consume and stops it at shutdown (worker.celery_app
 connects the signals); a key outlives three missed refreshes, so a worker that died is no longer counted soon
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Collection
 
 import redis
 
@@ -51,7 +53,7 @@ class Heartbeat:
     def beat(self) -> None:
         """Refresh the key once; a Redis that cannot be reached is logged, not raised."""
         try:
-            self._client.set(self._key, "1", ex=self._interval_s * MISSED_BEATS)
+            self._client.set(self._key, "1", ex=key_lifetime_s(self._interval_s))
         except redis.RedisError:
             logger.warning("heartbeat could not reach Redis")
 
@@ -61,6 +63,25 @@ class Heartbeat:
             self._stop.wait(self._interval_s)
         with contextlib.suppress(redis.RedisError):
             self._client.delete(self._key)
+
+
+def key_lifetime_s(interval_s: int) -> int:
+    """Return how long a key refreshed every `interval_s` outlives its last refresh."""
+    return interval_s * MISSED_BEATS
+
+
+def find_alive(client: redis.Redis, workers: Collection[str]) -> set[str] | None:
+    """Return those of `workers` whose key lives; None if Redis cannot be asked (nobody is then known dead)."""
+    names = sorted(workers)
+    pipeline = client.pipeline(transaction=False)
+    for name in names:
+        pipeline.exists(WORKER_KEY_PREFIX + name)
+    try:
+        found = pipeline.execute()
+    except redis.RedisError:
+        logger.warning("could not ask Redis which workers are alive")
+        return None
+    return {name for name, exists in zip(names, found, strict=True) if exists}
 
 
 def count_alive_workers(client: redis.Redis) -> int:

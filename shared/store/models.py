@@ -78,6 +78,9 @@ class RequestLog(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     run_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The Celery node whose run claimed the job last (its heartbeat key's name): the reaper takes a running job
+    # over once that worker's key is gone, without waiting out the lease (shared.jobs.reaper).
+    worker: Mapped[str | None] = mapped_column(String(255))
 
     # The request as accepted.
     prompt: Mapped[str] = mapped_column(Text)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import shlex
 from pathlib import Path
 
@@ -98,8 +97,8 @@ def test_the_demo_prints_the_url_its_stack_serves_and_logs_in_its_run_directory(
     class StoppedStack:
         pid = -1
 
-        def __init__(self, argv: list[str], **kwargs: object) -> None:
-            started.append(dict(os.environ))
+        def __init__(self, argv: list[str], *, env: dict[str, str], **kwargs: object) -> None:
+            started.append(env)
 
         def poll(self) -> int:
             return 0
@@ -118,3 +117,54 @@ def test_the_demo_prints_the_url_its_stack_serves_and_logs_in_its_run_directory(
     assert "on http://127.0.0.1:8125" in output and "http://127.0.0.1:8125/dashboard" in output
     assert "8000" not in output
     assert (tmp_path / "stack" / "demo.log").exists()
+
+
+def test_the_demo_serves_on_the_port_dotenv_names(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started: list[dict[str, str]] = []
+
+    class StoppedStack:
+        pid = -1
+
+        def __init__(self, argv: list[str], *, env: dict[str, str], **kwargs: object) -> None:
+            started.append(env)
+
+        def poll(self) -> int:
+            return 0
+
+    monkeypatch.delenv("PORT", raising=False)
+    monkeypatch.delenv("RUN_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("PORT=8126\n", encoding="utf-8")
+    monkeypatch.setattr(demo.subprocess, "Popen", StoppedStack)
+    monkeypatch.setattr(demo, "_wait_until_ready", lambda base, stack: None)
+    monkeypatch.setattr(demo, "_use_a_key_if_required", lambda: None)
+    monkeypatch.setattr(demo, "_exercise", lambda base: None)
+
+    assert demo.run_demo() == 0
+
+    assert started[0]["PORT"] == "8126"
+    assert "on http://127.0.0.1:8126" in capsys.readouterr().out
+    assert (tmp_path / ".run" / "8126" / "demo.log").exists()
+
+
+def test_run_serves_on_the_port_dotenv_names_unless_the_environment_names_another(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    plans: list[localstack.StackPlan] = []
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("PORT=8127\n", encoding="utf-8")
+    monkeypatch.setattr(ops, "_require_demo_extra", lambda: None)
+    monkeypatch.setattr("shared.store.migrate.upgrade", lambda *args, **kwargs: None)
+    monkeypatch.setattr(localstack, "run_stack", lambda plan: plans.append(plan) or 0)
+    unset = dict.fromkeys(("PORT", "RUN_DIR", "OPENAI_BASE_URL", "OPENAI_API_KEY", "DATABASE_URL"))
+
+    for environment, port in (({}, "8127"), ({"PORT": "8128"}, "8128")):
+        result = CliRunner(env={**unset, **environment}).invoke(main, ["run"])
+        assert result.exit_code == 0, result.output
+        plan = plans.pop()
+        assert plan.web_url == f"http://127.0.0.1:{port}"
+        assert f"--bind 127.0.0.1:{port} " in plan.processes["web"]
+        assert plan.env["PORT"] == port
+        assert f"Serving http://127.0.0.1:{port}" in result.output
