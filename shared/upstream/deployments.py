@@ -7,7 +7,7 @@ cleaning up after it. Each one's pace is kept in Redis too: a moving average (we
 call) of the seconds and of the output tokens of its successful calls, whose ratio is its seconds per output
 token: long and short answers count by their length, so a few long ones do not make a deployment look slow.
 
-Deployments are tried in order of expected wait, pace × (1 + calls in flight / weight): with equal paces, the
+Deployments are tried in order of expected wait, pace x (1 + calls in flight / weight): with equal paces, the
 least busy per unit of weight first, as a deployment of weight 2 serves twice the calls; with equal load, the
 fastest first. Paces are compared to the fastest's in steps of `PACE_STEP` (25 %), so that noise in the
 measurements does not decide the order: equal expected waits come in a weighted random order (each first in

@@ -1,8 +1,8 @@
 """job worker
 
 Revision ID: d4b7e2a9c615
-Revises: c3a8e5f1b274
-Create Date: 2026-12-08 09:00:00.000000+00:00
+Revises: b7e2d4a9c815
+Create Date: 2026-12-08 10:00:00.000000+00:00
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "d4b7e2a9c615"
-down_revision: str | None = "c3a8e5f1b274"
+down_revision: str | None = "b7e2d4a9c815"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
