@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 from flask import Flask
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from shared.config import Settings
 from shared.config import exit_on_config_error
 from shared.config import get_settings
 from shared.errors import ConfigError
+from shared.ledger import budget as budget_ledger
 from shared.observability import logs
 from shared.routing.catalog import load_catalog
+from shared.store.session import make_sessionmaker
+from shared.store.types import utcnow
 from web import auth
 from web import db
 from web import errors
@@ -35,6 +41,8 @@ from web.api import stats
 from web.json_provider import ApiJSONProvider
 from worker.celery_app import create_celery
 
+logger = logging.getLogger(__name__)
+
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app: settings, database, Celery, blueprints, error handlers."""
@@ -55,6 +63,8 @@ def _build_app(settings: Settings) -> Flask:
     app.extensions["settings"] = settings
     app.extensions["catalog"] = load_catalog(settings.model_catalog_path)
     db.init_app(app, settings)
+    if settings.budget_windows:
+        _keep_service_window_history(app)
     _init_celery(app, settings)
     waiter.init_app(app, settings)
     auth.init_app(app, settings)
@@ -68,6 +78,21 @@ def _build_app(settings: Settings) -> Flask:
     metrics.init_app(app)
     errors.register_error_handlers(app)
     return app
+
+
+def _keep_service_window_history(app: Flask) -> None:
+    """Count the service's spending before its budget windows were set, if its buckets do not yet hold it
+    (shared.ledger.windows); a database that cannot be reached now leaves them to count from the next start."""
+    try:
+        with make_sessionmaker(app.extensions["db_engine"]).begin() as session:
+            rebuilt = budget_ledger.count_window_history(
+                session, scope=budget_ledger.GLOBAL_SCOPE, api_key_id=None, now=utcnow(), unless_kept=True
+            )
+    except SQLAlchemyError:
+        logger.warning("budget windows: the service's earlier spending could not be counted (database unreachable)")
+        return
+    if rebuilt:
+        logger.info("budget windows: the service's buckets were rebuilt from its jobs")
 
 
 def _init_celery(app: Flask, settings: Settings) -> Celery:

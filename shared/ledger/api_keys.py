@@ -29,8 +29,10 @@ from sqlalchemy.orm import Session
 
 from shared.errors import InvalidInput
 from shared.errors import NotFound
+from shared.ledger import budget
 from shared.ledger import window_spans
 from shared.store.models import ApiKey
+from shared.store.types import floor_to_nanos
 from shared.store.types import utcnow
 
 KEY_PREFIX = "mr_"
@@ -113,9 +115,13 @@ def update(
     row = get_or_raise(session, key_id=key_id)
     if row.revoked_at is not None:
         raise InvalidInput(f"API key {key_id} is revoked; create a new one", details={"field": "key_id"})
+    first_windows = row.budget_windows is None
     for name, value in _checked(changes, known_models=known_models).items():
         setattr(row, name, value)
     session.flush()
+    if first_windows and row.budget_windows is not None:
+        # Its windows count what the key spent before they were set (shared.ledger.windows).
+        budget.count_window_history(session, scope=budget.key_scope(key_id), api_key_id=key_id, now=utcnow())
     return row
 
 
@@ -135,9 +141,11 @@ def _checked(values: dict[str, Any], *, known_models: Iterable[str] | None) -> d
         if values["name"] is None or not values["name"].strip():
             raise InvalidInput("a key needs a name", details={"field": "name"})
         checked["name"] = values["name"].strip()
-    budget = values.get("monthly_budget")
-    if budget is not None and budget < 0:
+    own_budget = values.get("monthly_budget")
+    if own_budget is not None and own_budget < 0:
         raise InvalidInput("monthly budget must be at least 0", details={"field": "monthly_budget"})
+    if own_budget is not None:
+        checked["monthly_budget"] = floor_to_nanos(own_budget)
     for limit in ("rpm", "tpm"):
         if values.get(limit) is not None and values[limit] < 1:
             raise InvalidInput(f"{limit} must be at least 1", details={"field": limit})

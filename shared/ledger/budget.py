@@ -315,6 +315,22 @@ def release(session: Session, *, scope: str, period: Period, reserved: Decimal, 
         windows.release(session, scope=scope, hour=hour, reserved=reserved)
 
 
+def count_window_history(
+    session: Session, *, scope: str, api_key_id: int | None, now: datetime, unless_kept: bool = False
+) -> bool:
+    """Rebuild the scope's budget-window buckets from its jobs (shared.ledger.windows.count_history), holding
+    the lock of its monthly row, which every reservation of the scope takes first, so that none interleaves.
+
+    `unless_kept`: only if the scope has no bucket in the span windows count (windows.has_history). Returns
+    whether it rebuilt them.
+    """
+    session.execute(select(_LEDGER.id).where(*_THIS_MONTH).with_for_update(), _month(scope, Period.of(now)))
+    if unless_kept and windows.has_history(session, scope=scope, now=now):
+        return False
+    windows.count_history(session, scope=scope, api_key_id=api_key_id, now=now)
+    return True
+
+
 def clear_hold(session: Session, *, scope: str, period: Period) -> bool:
     """Let the scope reserve again this month; False when it was not held."""
     result = session.execute(

@@ -12,11 +12,12 @@ from decimal import Decimal
 from decimal import InvalidOperation
 from typing import Any
 
+from shared.store.types import floor_to_nanos
+
 # The longest rolling window: a month of hours, as far back as any window reads.
 MAX_HOURS = 31 * 24
 # The largest limit a window may have (the ledger's money columns hold 19 digits of nano-dollars).
 MAX_LIMIT = Decimal(10) ** 9
-NANO = Decimal("0.000000001")
 _ROLLING = re.compile(r"^([1-9][0-9]{0,3})([hd])$")
 
 
@@ -67,10 +68,7 @@ def validated(windows: Mapping[str, Any] | None) -> dict[str, Decimal]:
             amount = None if isinstance(limit, bool) else Decimal(str(limit))
         except InvalidOperation:
             amount = None
-        if amount is None or not amount.is_finite() or not 0 <= amount < MAX_LIMIT or amount != amount.quantize(NANO):
-            raise ValueError(
-                f"the limit of budget window {name!r} must be a dollar amount from 0 to {MAX_LIMIT}, "
-                "to the nano-dollar at most"
-            )
-        checked[name] = amount
+        if amount is None or not amount.is_finite() or not 0 <= amount <= MAX_LIMIT:
+            raise ValueError(f"the limit of budget window {name!r} must be a dollar amount from 0 to {MAX_LIMIT}")
+        checked[name] = floor_to_nanos(amount)
     return checked

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC
 from datetime import datetime
+from decimal import ROUND_FLOOR
 from decimal import Decimal
 
 from sqlalchemy import BigInteger
@@ -20,6 +21,12 @@ def to_nanos(amount: Decimal) -> int:
     if nanos != nanos.to_integral_value():
         raise ValueError(f"{amount} dollars is finer than a nano-dollar")
     return int(nanos)
+
+
+def floor_to_nanos(amount: Decimal) -> Decimal:
+    """Return `amount` dollars rounded down to whole nano-dollars, for a limit given finer than the ledger
+    keeps (a JSON number such as 0.1 * 3 is 0.30000000000000004): a limit never rounds up."""
+    return amount.quantize(Decimal(1).scaleb(-9), rounding=ROUND_FLOOR)
 
 
 def from_nanos(nanos: int) -> Decimal:

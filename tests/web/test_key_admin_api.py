@@ -259,6 +259,11 @@ def test_keys_without_a_tpm_are_not_counted(client: FlaskClient, admin: dict[str
     assert keyed_app.extensions["token_windows"].used(created["id"]) == 0
 
 
+def test_a_budget_finer_than_the_ledger_keeps_is_rounded_down(client: FlaskClient, admin: dict[str, str]) -> None:
+    created = _create(client, admin, monthly_budget=0.1 * 3, budget_windows={"day": 0.0037852500000000001})
+    assert (created["monthly_budget"], created["budget_windows"]) == (0.3, {"day": 0.003785250})
+
+
 def test_money_set_over_http_is_exact(client: FlaskClient, admin: dict[str, str], keyed_app: Flask) -> None:
     created = _create(client, admin, monthly_budget=0.1)
     with make_sessionmaker(keyed_app.extensions["db_engine"])() as session:
@@ -271,17 +276,18 @@ def test_a_keys_budget_window_is_shown_and_bounds_its_requests(client: FlaskClie
     accepted = _prompt(client, key, 100)
     assert accepted.status_code == 202
     bound = client.get("/api/budget", headers=key).get_json()["reserved"]
-    # Room for two more requests like it today, whatever the month allows.
-    changed = client.patch(f"/api/keys/{created['id']}", json={"budget_windows": {"day": bound * 2.5, "6h": 1}},
+    # The job accepted before the key had windows counts in them, at its whole reservation: two more fit today.
+    changed = client.patch(f"/api/keys/{created['id']}", json={"budget_windows": {"day": bound * 3.5, "6h": 1}},
                            headers=admin)  # fmt: skip
     assert changed.status_code == 200, changed.get_json()
-    assert changed.get_json()["budget_windows"] == {"day": bound * 2.5, "6h": 1.0}
+    assert changed.get_json()["budget_windows"] == {"day": pytest.approx(bound * 3.5, abs=1e-9), "6h": 1.0}
     assert [_prompt(client, key, 100).status_code for _ in range(3)] == [202, 202, 402]
     refused = _prompt(client, key, 100).get_json()["error"]
     assert (refused["code"], refused["details"]["window"]) == ("budget_exceeded", "day")
     shown = client.get("/api/budget", headers=key).get_json()
-    # The job accepted before the key had windows is not in them.
-    assert [(w["window"], w["reserved"]) for w in shown["windows"]] == [("day", bound * 2), ("6h", bound * 2)]
-    assert shown["windows"][0]["remaining"] == pytest.approx(bound / 2)
+    assert [(w["window"], w["spent"], w["reserved"]) for w in shown["windows"]] == [
+        ("day", bound, bound * 2), ("6h", bound, bound * 2),
+    ]  # fmt: skip
+    assert shown["windows"][0]["remaining"] == pytest.approx(bound / 2, abs=1e-9)
     assert client.patch(f"/api/keys/{created['id']}", json={"budget_windows": None}, headers=admin).status_code == 200
     assert _prompt(client, key, 100).status_code == 202

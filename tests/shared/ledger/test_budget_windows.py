@@ -53,15 +53,16 @@ def test_a_week_starts_on_monday_even_on_a_monday_or_a_sunday() -> None:
 
 @pytest.mark.parametrize(
     "windows", [{"month": 1}, {"0h": 1}, {"745h": 1}, {"32d": 1}, {"day": -1}, {"day": "x"}, {"day": True},
-                {"day": "0.0000000001"}, {"day": "NaN"}, {"week": 10**10}],
+                {"day": "NaN"}, {"week": 10**10}],
 )  # fmt: skip
 def test_unknown_windows_and_bad_limits_are_refused(windows: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="budget window"):
         validated(windows)
 
 
-def test_limits_are_read_exactly() -> None:
+def test_limits_are_read_exactly_and_never_rounded_up() -> None:
     assert validated({"day": 0.1, "6h": "2.000000001"}) == {"day": Decimal("0.1"), "6h": Decimal("2.000000001")}
+    assert validated({"day": 0.1 * 3, "week": "0.0000000019"}) == {"day": Decimal("0.3"), "week": Decimal("1E-9")}
 
 
 def _reserve(sessions, *, at: datetime, amount: str, windows: dict[str, str], scope: str = SCOPE) -> None:
@@ -168,7 +169,8 @@ def test_the_services_windows_bound_every_request(sessions, catalog, database_ur
     bound = _accept(sessions, catalog, settings).reserved_cost
     windowed = make_test_settings(database_url, budget_windows={"6h": str(bound * 2)})
     _accept(sessions, catalog, windowed)
-    # The job accepted before the service had windows is not in its bucket: one more fits.
+    # The job accepted before the service had windows is in no bucket until a web process starts with them
+    # (test_the_services_windows_count_its_spending_from_before_its_start): one more fits.
     _accept(sessions, catalog, windowed)
     with pytest.raises(BudgetExceeded) as refused:
         _accept(sessions, catalog, windowed, requester=_keyed(sessions, {}))
@@ -256,3 +258,64 @@ def test_under_a_window_a_routed_job_may_be_downgraded_instead(sessions, catalog
     assert (accepted.max_tier, accepted.reserved_cost) == ("cheap", capped)
     month = _month(sessions, at=datetime.now(UTC), scope=budget.key_scope(requester.api_key_id))
     assert (month.reserved, month.request_count) == (capped, 1)
+
+
+def _spent_and_reserved(sessions, scope: str, window: str = "31d") -> tuple[Decimal, Decimal]:
+    with sessions() as session:
+        (view,) = windows.views(session, scope=scope, now=datetime.now(UTC), windows={window: Decimal(1000)})
+    return view.spent, view.reserved
+
+
+def test_a_keys_first_windows_count_what_it_spent_before(sessions, catalog, settings) -> None:
+    requester = _keyed(sessions, {})
+    scope = budget.key_scope(requester.api_key_id)
+    fake = FakeLLMClient()
+    deps = runs.RunDeps(sessions=sessions, catalog=catalog, settings=settings, client=fake, sleep=lambda _: None)
+    finished = _accept(sessions, catalog, settings, requester).id
+    runs.run(finished, deps=deps)
+    in_flight = _accept(sessions, catalog, settings, requester)
+    too_old = _accept(sessions, catalog, settings, requester).id
+    _accept(sessions, catalog, settings)  # another scope's job
+    with sessions.begin() as session:
+        session.get(RequestLog, too_old).created_at = datetime.now(UTC) - timedelta(days=32)
+        cost = session.get(RequestLog, finished).cost
+    assert _spent_and_reserved(sessions, scope) == (Decimal(0), Decimal(0))
+    with sessions.begin() as session:
+        api_keys.update(session, key_id=requester.api_key_id, changes={"budget_windows": {"31d": 1000}})
+    # The job in flight is in no bucket: it counts at its whole reservation, as spent, from now on.
+    assert _spent_and_reserved(sessions, scope) == (cost + in_flight.reserved_cost, Decimal(0))
+    runs.run(in_flight.id, deps=deps)
+    assert _spent_and_reserved(sessions, scope) == (cost + in_flight.reserved_cost, Decimal(0))
+    # A job accepted now is in the bucket. Rebuilding counts each settled job at its cost (the one that was in
+    # flight too, now), and keeps the new one reserved, so that its settlement stays exact.
+    windowed = lifecycle.Requester(requester.api_key_id, None, {"31d": Decimal(1000)})
+    latest = _accept(sessions, catalog, settings, windowed)
+    with sessions.begin() as session:
+        budget.count_window_history(session, scope=scope, api_key_id=requester.api_key_id, now=datetime.now(UTC))
+        both = cost + session.get(RequestLog, in_flight.id).cost
+    assert _spent_and_reserved(sessions, scope) == (both, latest.reserved_cost)
+    runs.run(latest.id, deps=deps)
+    with sessions() as session:
+        latest_cost = session.get(RequestLog, latest.id).cost
+    assert _spent_and_reserved(sessions, scope) == (both + latest_cost, Decimal(0))
+
+
+def test_the_services_windows_count_its_spending_from_before_its_start(sessions, catalog, database_url) -> None:
+    from web.app import create_app
+
+    plain = make_test_settings(database_url)
+    accepted = [_accept(sessions, catalog, plain) for _ in range(2)]
+    windowed = make_test_settings(database_url, budget_windows={"day": "1000"})
+    app = create_app(windowed)
+    try:
+        shown = app.test_client().get("/api/budget").get_json()["windows"]
+        # A second process starting finds the buckets kept and leaves them alone.
+        with sessions.begin() as session:
+            kept = budget.count_window_history(session, scope=budget.GLOBAL_SCOPE, api_key_id=None,
+                                               now=datetime.now(UTC), unless_kept=True)  # fmt: skip
+    finally:
+        app.extensions["db_engine"].dispose()
+    assert [(w["window"], Decimal(str(w["spent"])), w["reserved"]) for w in shown] == [
+        ("day", sum(job.reserved_cost for job in accepted), 0.0)
+    ]
+    assert kept is False
