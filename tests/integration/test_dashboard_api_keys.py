@@ -112,10 +112,12 @@ def test_an_admin_creates_and_revokes_a_key_in_the_keys_panel(
 
     page.fill("#key-name", "analytics")
     page.fill("#key-tpm", "20000")
+    page.fill("#key-daily", "2.5")
     page.click("#key-create button[type=submit]")
     expect(page.locator("#key-secret")).to_have_text(re.compile(r"^mr_[0-9a-f]{8}_"))
     created = page.locator("#key-rows tr", has_text="analytics")
     expect(created).to_contain_text("20,000")
+    expect(created).to_contain_text("day $2.50")
     secret = page.locator("#key-secret").text_content() or ""
     headers = {"Authorization": f"Bearer {secret}"}
     assert http("GET", f"{stack.web}/api/budget", headers=headers)[0] == 200

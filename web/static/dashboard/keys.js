@@ -15,6 +15,9 @@ function row(key) {
   tr.dataset.keyId = key.id;
   tr.className = `key-${key.status}`;
   const models = key.allowed_models ? key.allowed_models.join(", ") : "any";
+  const windows = key.budget_windows
+    ? Object.entries(key.budget_windows).map(([window, limit]) => `${window} ${format.money(limit)}`).join(" · ")
+    : "–";
   tr.append(
     cell(key.name),
     cell(key.prefix, "mono"),
@@ -23,6 +26,7 @@ function row(key) {
     cell(key.monthly_budget === null ? "global" : format.money(key.monthly_budget), "num"),
     cell(key.rpm === null ? "default" : format.count(key.rpm), "num"),
     cell(key.tpm === null ? "–" : format.count(key.tpm), "num"),
+    cell(windows),
     cell(models),
     cell(key.expires_at ? format.utcTime(key.expires_at) : "never"),
   );
@@ -69,6 +73,8 @@ export function initKeys({ onChange, onError }) {
       const value = numberOrNull(id);
       if (value !== null) body[field] = value;
     }
+    const daily = numberOrNull("key-daily");
+    if (daily !== null) body.budget_windows = { day: daily };
     try {
       const created = await sendJson("POST", "api/keys", body);
       event.target.reset();
