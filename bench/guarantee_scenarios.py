@@ -144,10 +144,11 @@ def _hostile_shapes() -> list[_Shape]:
 
 
 class _LedgerSampler:
-    """Reads the global ledger every few milliseconds from a thread; keeps the highest spent + reserved."""
+    """Reads a ledger (`read`: spent, reserved, limit) every few milliseconds from a thread; keeps the highest
+    spent + reserved."""
 
-    def __init__(self, bench: Bench) -> None:
-        self._bench = bench
+    def __init__(self, read: Callable[[], tuple[Decimal, Decimal, Decimal]]) -> None:
+        self._read = read
         self.peak = Decimal(0)
         self.samples = 0
         self._stop = threading.Event()
@@ -163,13 +164,22 @@ class _LedgerSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            spent, reserved, _ = self._bench.ledger()
+            spent, reserved, _ = self._read()
             self.peak = max(self.peak, spent + reserved)
             self.samples += 1
             self._stop.wait(0.02)
 
 
 def budget_never_overspent(bench: Bench) -> Result:
+    return _never_overspent(bench, "budget_never_overspent", bench.ledger)
+
+
+def window_never_overspent(bench: Bench) -> Result:
+    """The same burst against a service whose budget window, not its month, is the limit."""
+    return _never_overspent(bench, "window_never_overspent", bench.window_ledger)
+
+
+def _never_overspent(bench: Bench, name: str, read: Callable[[], tuple[Decimal, Decimal, Decimal]]) -> Result:
     max_requests, max_s, threads = (60, 60.0, 6) if bench.quick else (400, 240.0, 12)
     shapes = _hostile_shapes()
     lock = threading.Lock()
@@ -204,12 +214,12 @@ def budget_never_overspent(bench: Bench) -> Result:
                 else:
                     shape.streak_402 = 0
 
-    with _LedgerSampler(bench) as sampler:
+    with _LedgerSampler(read) as sampler:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="budget-burst") as pool:
             for _ in range(threads):
                 pool.submit(worker)
         left = bench.drain(timeout_s=60)
-    spent, reserved, limit = bench.ledger()
+    spent, reserved, limit = read()
     peak = max(sampler.peak, spent + reserved)
     billed = bench.sim_billed()
     ratio = peak / limit if limit else Decimal(0)
@@ -224,7 +234,7 @@ def budget_never_overspent(bench: Bench) -> Result:
         f"usage_over_bound {over_bound}"
     )
     return Result(
-        "budget_never_overspent",
+        name,
         verdict(ratio <= 1 and spent >= billed and not left),
         figure,
         "max(spent+reserved) <= limit, and the ledger records at least what the simulator billed",
@@ -806,6 +816,7 @@ class Scenario:
 SCENARIOS = (
     Scenario("breaker_probes_exact", None, breaker_probes_exact),
     Scenario("budget_never_overspent", "small_budget", budget_never_overspent),
+    Scenario("window_never_overspent", "small_window", window_never_overspent),
     Scenario("callbacks_public_only", "small_budget", callbacks_public_only),
     Scenario("inputs_bounded", "small_budget", inputs_bounded),
     Scenario("idempotency_on_postgres", "main", idempotency_on_postgres),

@@ -35,6 +35,7 @@ from shared.ledger import budget
 from shared.routing.catalog import Catalog
 from shared.routing.catalog import load_catalog
 from shared.store import migrate
+from shared.store.models import BudgetBucket
 from shared.store.models import JobStatus
 from shared.store.models import MonthlyBudget
 from shared.store.models import RequestLog
@@ -80,6 +81,8 @@ SETTINGS = {
 PROFILES: dict[str, dict[str, str]] = {
     "main": {},
     "small_budget": {"MONTHLY_BUDGET_LIMIT": "1"},
+    # A month that could pay for everything, under a rolling six hours that cannot.
+    "small_window": {"MONTHLY_BUDGET_LIMIT": "100", "BUDGET_WINDOWS": '{"6h": "1"}'},
 }
 WORKER_QUEUES = ("prompts", "batch")
 WORKER_SLOTS = (8, 2)
@@ -199,6 +202,14 @@ class Bench:
         reserved = sum((row.reserved for row in rows), Decimal(0))
         limit = max((row.monthly_limit for row in rows), default=Decimal(self.settings["MONTHLY_BUDGET_LIMIT"]))
         return spent, reserved, limit
+
+    def window_ledger(self) -> tuple[Decimal, Decimal, Decimal]:
+        """Return the global scope's (spent, reserved) over its budget buckets, and its one window's limit."""
+        with self.session() as session:
+            rows = list(session.scalars(select(BudgetBucket).where(BudgetBucket.scope == budget.GLOBAL_SCOPE)))
+        ((_, limit),) = json.loads(self.settings["BUDGET_WINDOWS"]).items()
+        spent = sum((row.spent for row in rows), Decimal(0))
+        return spent, sum((row.reserved for row in rows), Decimal(0)), Decimal(limit)
 
     def jobs(self, ids: Iterable[str]) -> dict[str, RequestLog]:
         """Return the job rows with these ids, their attempts loaded."""
