@@ -147,6 +147,15 @@ def _openai(answers: dict[int, Answer]) -> dict[int, Answer]:
     return {status: Answer(responses.OpenAIErrorBody, a.description, a.headers) for status, a in answers.items()}
 
 
+# A budget scope named in the query string: `global` or `key:<id>`.
+_SCOPE = {
+    "name": "scope",
+    "in": "query",
+    "required": False,
+    "description": "`global` or `key:<id>`; without it, the caller's own scope.",
+    "schema": {"type": "string"},
+}
+
 OPERATIONS = (
     Operation(
         "post",
@@ -305,9 +314,15 @@ OPERATIONS = (
         "Get this month's budget",
         description=(
             "`remaining = monthly_limit - total_spent - reserved`. With keys enabled, a key sees its "
-            "own budget and an admin key the global one."
+            "own budget and an admin key the global one, or the scope `?scope=` names."
         ),
-        answers={200: Answer(responses.BudgetView, "The current UTC month's budget."), 401: UNAUTHORIZED},
+        parameters=(_SCOPE,),
+        answers={
+            200: Answer(responses.BudgetView, "The current UTC month's budget."),
+            400: _error("`invalid_request`: an unknown scope."),
+            401: UNAUTHORIZED,
+            403: _error("`forbidden`: only an admin key may read another scope's budget."),
+        },
     ),
     Operation(
         "delete",
@@ -320,15 +335,7 @@ OPERATIONS = (
             "nothing (402 `budget_exceeded`, `details.reason`: `usage_over_bound`) until an operator "
             "clears the hold here (keys off, or an admin key). Answers the scope's budget."
         ),
-        parameters=(
-            {
-                "name": "scope",
-                "in": "query",
-                "required": False,
-                "description": "`global` or `key:<id>`; without it, the caller's own scope.",
-                "schema": {"type": "string"},
-            },
-        ),
+        parameters=(_SCOPE,),
         answers={
             200: Answer(responses.BudgetView, "The scope's budget, no longer held."),
             400: _error("`invalid_request`: an unknown scope."),

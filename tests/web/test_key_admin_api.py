@@ -291,3 +291,24 @@ def test_a_keys_budget_window_is_shown_and_bounds_its_requests(client: FlaskClie
     assert shown["windows"][0]["remaining"] == pytest.approx(bound / 2, abs=1e-9)
     assert client.patch(f"/api/keys/{created['id']}", json={"budget_windows": None}, headers=admin).status_code == 200
     assert _prompt(client, key, 100).status_code == 202
+
+
+def test_the_openai_model_list_shows_a_key_only_its_models(client: FlaskClient, admin: dict[str, str]) -> None:
+    narrowed = _auth(_create(client, admin, allowed_models=["gpt-3.5-turbo"])["key"])
+    listed = client.get("/v1/models", headers=narrowed).get_json()["data"]
+    assert [model["id"] for model in listed if model["owned_by"] == "model-router-catalog"] == ["gpt-3.5-turbo"]
+    everything = client.get("/v1/models", headers=admin).get_json()["data"]
+    assert {"gpt-3.5-turbo", "gpt-4"} <= {model["id"] for model in everything}
+
+
+def test_an_admin_reads_any_scopes_budget_and_a_key_only_its_own(client: FlaskClient, admin: dict[str, str]) -> None:
+    created = _create(client, admin, monthly_budget=3, budget_windows={"day": 1})
+    scope = f"key:{created['id']}"
+    shown = client.get(f"/api/budget?scope={scope}", headers=admin).get_json()
+    assert (shown["scope"], shown["monthly_limit"], [w["window"] for w in shown["windows"]]) == (scope, 3.0, ["day"])
+    assert client.get("/api/budget?scope=global", headers=admin).get_json()["scope"] == "global"
+    key = _auth(created["key"])
+    assert client.get(f"/api/budget?scope={scope}", headers=key).get_json()["scope"] == scope
+    refused = client.get("/api/budget?scope=global", headers=key)
+    assert (refused.status_code, refused.get_json()["error"]["code"]) == (403, "forbidden")
+    assert client.get("/api/budget?scope=key:999", headers=admin).status_code == 400

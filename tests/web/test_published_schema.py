@@ -154,6 +154,7 @@ def test_queued_jobs_batches_and_reads_answer_as_published(
     call("delete", job_url)  # finished now: 409
     call("get", job_url)  # failed (cancelled)
     call("get", "/api/budget")
+    call("get", "/api/budget?scope=nobody")
     call("delete", "/api/budget/hold")
     call("delete", "/api/budget/hold?scope=nobody")
     call("get", "/api/stats")
@@ -236,6 +237,7 @@ EXPECTED_WITHOUT_WORKER = {
     ("delete", "/api/batch/{batch_id}", 200),
     ("delete", "/api/batch/{batch_id}", 404),
     ("get", "/api/budget", 200),
+    ("get", "/api/budget", 400),
     ("delete", "/api/budget/hold", 200),
     ("delete", "/api/budget/hold", 400),
     ("get", "/api/stats", 200),
@@ -309,6 +311,7 @@ def test_keyed_answers_answer_as_published(keyed_app: Flask) -> None:
     for (method, url), kwargs in urls.items():
         call(method, url, **kwargs)  # no key: 401
     call("delete", "/api/budget/hold", headers=user)  # not an admin: 403
+    call("get", "/api/budget?scope=global", headers=user)
     narrowed = _auth(_key(keyed_app, "narrowed", allowed_models=["gpt-3.5-turbo"]))
     forcing = {"prompt": "Hi", "model": "gpt-4"}
     call("post", "/api/prompt", json=forcing, headers=narrowed)  # a model the key may not use: 403

@@ -33,12 +33,18 @@ bp = Blueprint("budget", __name__, url_prefix="/api")
 
 @bp.get("/budget")
 def get_budget() -> Response:
-    """Answer the current UTC month's limit, spend, reservations and what remains.
+    """Answer the current UTC month's limit, spend, reservations and what remains, and the scope's windows.
 
-    Keys off or an admin key: the global budget. Any other key: its own (its limit, or the global limit
-    when it has none of its own).
+    Keys off or an admin key: the global budget, or the scope `?scope=` names (`global`, `key:<id>`). Any other
+    key: its own (its limit, or the global limit when it has none of its own); naming another scope is 403.
     """
-    return _view(_own_scope())
+    own = _own_scope()
+    named = request.args.get("scope")
+    if not named or named == own.scope:
+        return _view(own)
+    if not sees_everything():
+        raise Forbidden("only an admin key may read another scope's budget")
+    return _view(_limits_of(named))
 
 
 @bp.delete("/budget/hold")

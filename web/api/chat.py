@@ -27,6 +27,7 @@ from shared.errors import RoutingError
 from shared.errors import TransientLLMError
 from shared.errors import Unavailable
 from shared.jobs import lifecycle
+from shared.ledger import model_access
 from shared.routing.catalog import Catalog
 from shared.store import stream_relay
 from shared.store.models import RequestLog
@@ -34,6 +35,7 @@ from shared.upstream import token_count
 from shared.upstream.llm_client import PASSTHROUGH_OPTIONS
 from web import submission
 from web import waiter
+from web.auth import current_identity
 from web.db import look_at_job
 from web.requests import read_json_object
 from web.requests import validate
@@ -64,8 +66,11 @@ WAIT_SLACK_S = 15.0
 
 @bp.get("/models")
 def list_models() -> Response:
-    """List the router's aliases, then every catalog model."""
-    catalog: Catalog = current_app.extensions["catalog"]
+    """List the router's aliases, then every catalog model the caller's key may call (its `allowed_models`)."""
+    identity = current_identity()
+    catalog = model_access.catalog_for(
+        current_app.extensions["catalog"], None if identity is None else identity.allowed_models
+    )
     aliases = [_model_object(name, owned_by="model-router") for name in ROUTER_ALIASES]
     models = [_model_object(name, owned_by="model-router-catalog") for name in catalog.model_names]
     return send(ModelList(object="list", data=aliases + models))
