@@ -211,9 +211,7 @@ def demo() -> None:
 
 @click.command(context_settings=PASS_THROUGH)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 in a container).")
-@click.option(
-    "--port", envvar="PORT", default=8000, show_default=True, type=click.IntRange(1, 65535), help="[env: PORT]"
-)
+@click.option("--port", envvar="PORT", type=click.IntRange(1, 65535), help="[env: PORT, else PORT in .env, else 8000]")
 @click.option(
     "--workers",
     envvar="WEB_CONCURRENCY",
@@ -223,13 +221,20 @@ def demo() -> None:
     help="gunicorn worker processes. [env: WEB_CONCURRENCY]",
 )
 @click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
-def web(host: str, port: int, workers: int, gunicorn_args: tuple[str, ...]) -> None:
+def web(host: str, port: int | None, workers: int, gunicorn_args: tuple[str, ...]) -> None:
     """Serve the HTTP API with gunicorn (gevent workers), as `make run` does.
 
     Arguments after `--` go to gunicorn unchanged, e.g. `model-router web -- --timeout 60`.
     Migrate first with `model-router db upgrade`.
     """
     from shared.devstack import stack_paths
+
+    if port is None:
+        # Where the CLI's other commands look for it: PORT in `.env` too.
+        try:
+            port = stack_paths.web_port(stack_paths.local_environ(os.environ))
+        except ConfigError as exc:
+            raise click.BadParameter(exc.message, param_hint="--port") from None
 
     # The control socket goes to the run directory of the stack on this port, not gunicorn's one per user.
     paths = stack_paths.StackPaths.of({**os.environ, "PORT": str(port)}).create()

@@ -730,6 +730,19 @@ def test_web_execs_gunicorn_with_gevent_and_the_app_factory(monkeypatch: pytest.
     assert "--worker-class gevent --workers 3 --bind 127.0.0.1:8123" in joined and "--timeout 60" in joined
 
 
+def test_web_serves_on_the_port_dotenv_names_unless_the_environment_names_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("PORT=8456\n")
+    calls: list[list[str]] = []
+    monkeypatch.setattr(ops.os, "execvp", lambda file, argv: calls.append(argv))
+    assert CliRunner(env={"PORT": None}).invoke(main, ["web"]).exit_code == 0
+    assert CliRunner(env={"PORT": "8123"}).invoke(main, ["web"]).exit_code == 0
+    from_dotenv, from_environment = (" ".join(argv) for argv in calls)
+    assert "--bind 127.0.0.1:8456" in from_dotenv and "--bind 127.0.0.1:8123" in from_environment
+
+
 def test_worker_execs_celery_on_both_queues_by_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)  # where the run directory goes
     calls: list[list[str]] = []
