@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import functools
+import json
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Annotated
 from typing import Any
 from typing import Literal
 from typing import NoReturn
@@ -19,7 +22,9 @@ from pydantic import ValidationError
 from pydantic import field_validator
 from pydantic import model_validator
 from pydantic_settings import BaseSettings
+from pydantic_settings import NoDecode
 from pydantic_settings import SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from shared.errors import ConfigError
 from shared.errors import InvalidInput
@@ -139,7 +144,7 @@ class Settings(DatabaseSettings):
     monthly_budget_limit: Decimal = Field(default=Decimal("100.0"), ge=0, max_digits=19, decimal_places=9)
     # The service's budget windows beside the month, as JSON: {"day": "10", "week": "40", "6h": "3"}
     # (shared.ledger.windows); none by default.
-    budget_windows: dict[str, Decimal] = Field(default_factory=dict)
+    budget_windows: Annotated[dict[str, Decimal], NoDecode] = Field(default_factory=dict)
 
     # Request limits (the HTTP contract's ranges).
     max_prompt_chars: int = Field(default=32000, ge=1)
@@ -290,7 +295,16 @@ class Settings(DatabaseSettings):
     @field_validator("budget_windows", mode="before")
     @classmethod
     def _known_windows(cls, value: object) -> object:
-        return window_spans.validated(value) if isinstance(value, dict) else value
+        # Read here rather than by the settings source, so that empty text is no windows (as compose passes an
+        # unset variable) and bad JSON is one line naming the setting.
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError:
+                raise ValueError('must be a JSON object such as {"day": "10", "6h": "4"}') from None
+        if not isinstance(value, dict):
+            raise ValueError('must be a JSON object such as {"day": "10", "6h": "4"}')
+        return window_spans.validated(value)
 
     @field_validator("alert_thresholds")
     @classmethod
@@ -388,6 +402,11 @@ def load_local_stack_settings() -> LocalStackSettings:
 def _build(kind: type[_S], overrides: dict[str, object]) -> _S:
     try:
         return kind(**overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:
+        # A setting the source could not decode (bad JSON for a list or a map), before any validation.
+        found = re.search(r'field "([a-z_]+)"', str(exc))
+        name = found.group(1).upper() if found else "settings"
+        raise ConfigError(f"invalid setting {name}: not valid JSON") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         message = str(first["msg"]).removeprefix("Value error, ")

@@ -400,3 +400,31 @@ def test_a_requested_deadline_is_cut_to_the_longest_allowed() -> None:
     assert settings.deadline_for(600) == 30
     assert settings.deadline_for(None) == 30  # DEFAULT_DEADLINE_S left at its default (60) is cut too
     assert settings.deadline_for(5) == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "windows"),
+    [("", {}), ("  ", {}), ('{"day": "5", "6h": 1.5}', {"day": Decimal(5), "6h": Decimal("1.5")})],
+)
+def test_budget_windows_are_read_from_json_and_empty_is_none(
+    monkeypatch: pytest.MonkeyPatch, text: str, windows: dict[str, Decimal]
+) -> None:
+    monkeypatch.setenv("BUDGET_WINDOWS", text)
+    assert _load().budget_windows == windows
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("BUDGET_WINDOWS", "{day: 5}", "must be a JSON object"),
+        ("BUDGET_WINDOWS", "[1]", "must be a JSON object"),
+        ("BUDGET_WINDOWS", '{"month": 5}', "unknown budget window 'month'"),
+        ("WEBHOOK_ALLOWED_HOSTS", "not json", "not valid JSON"),
+    ],
+)
+def test_unreadable_json_settings_are_one_line_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, name: str, text: str, message: str
+) -> None:
+    monkeypatch.setenv(name, text)
+    with pytest.raises(ConfigError, match=f"invalid setting {name}: .*{message}"):
+        _load()
