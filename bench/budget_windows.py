@@ -8,7 +8,7 @@ machine's noise falls on both alike. Prints the median microseconds per accept a
 the windowless configuration, and writes JSON.
 
     .venv/bin/python -m bench.budget_windows
-    .venv/bin/python -m bench.budget_windows --jobs 2000 --out /tmp/windows.json
+    .venv/bin/python -m bench.budget_windows --jobs 2000 --db sqlite
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=600, help="jobs per configuration")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--db", choices=("postgres", "sqlite"), default="postgres")
-    parser.add_argument("--out", type=Path, default=Path("bench-budget-windows.json"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/budget_windows.json"))
     args = parser.parse_args()
     catalog = load_catalog(SEED_CATALOG_PATH)
     timings: dict[str, dict[str, list[float]]] = {name: {"accept": [], "finish": []} for name in CONFIGURATIONS}
@@ -108,6 +108,7 @@ def main() -> None:
             f"  {name:<26} accept {medians['accept']:8.0f} us ({medians['accept'] / baseline['accept']:.2f}x)"
             f"   finish {medians['finish']:8.0f} us ({medians['finish'] / baseline['finish']:.2f}x)"
         )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"db": args.db, "jobs": per_round * args.rounds, "results": results}, indent=2))
     print(f"wrote {args.out}")
 
