@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import redis
 
 from shared.errors import TokenRateExceeded
 from shared.ledger import token_rate
 from shared.store import redis_clients
-from tests.conftest import UNIT_REDIS_URL
 
 # Ten seconds into a minute: the window has 50 s left.
 NOW = 1_000_000 * token_rate.WINDOW_S + 10.0
-
-
-@pytest.fixture
-def client() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(UNIT_REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
 
 
 @pytest.fixture
@@ -30,8 +19,8 @@ def clock() -> list[float]:
 
 
 @pytest.fixture
-def windows(client: redis.Redis, clock: list[float]) -> token_rate.TokenWindows:
-    return token_rate.TokenWindows(client, clock=lambda: clock[0])
+def windows(real_redis: redis.Redis, clock: list[float]) -> token_rate.TokenWindows:
+    return token_rate.TokenWindows(real_redis, clock=lambda: clock[0])
 
 
 def test_tokens_that_do_not_fit_are_refused_until_the_minute_ends(windows: token_rate.TokenWindows) -> None:
@@ -68,10 +57,10 @@ def test_settling_charges_what_the_job_used_beyond_its_bound(windows: token_rate
     assert windows.used(1) == 1100
 
 
-def test_a_job_is_settled_once_and_never_below_zero(windows: token_rate.TokenWindows, client: redis.Redis) -> None:
+def test_a_job_is_settled_once_and_never_below_zero(windows: token_rate.TokenWindows, real_redis: redis.Redis) -> None:
     windows.take(api_key_id=1, job_id="a", tokens=500, limit=1000)
     # Another correction got there first (the counter was reset by hand, say).
-    client.set(f"{token_rate.NAMESPACE}:key:1:{int(NOW // token_rate.WINDOW_S)}", 100)
+    real_redis.set(f"{token_rate.NAMESPACE}:key:1:{int(NOW // token_rate.WINDOW_S)}", 100)
     windows.settle("a", actual_tokens=lambda: 0)
     assert windows.used(1) == 0
     assert windows.settle("a", actual_tokens=lambda: 0) is None
@@ -84,9 +73,9 @@ def test_a_job_of_a_key_without_a_limit_is_not_read(windows: token_rate.TokenWin
     assert windows.settle("never-counted", actual_tokens=unread) is None
 
 
-def test_an_ended_window_is_not_brought_back(windows: token_rate.TokenWindows, client: redis.Redis) -> None:
+def test_an_ended_window_is_not_brought_back(windows: token_rate.TokenWindows, real_redis: redis.Redis) -> None:
     windows.take(api_key_id=1, job_id="a", tokens=500, limit=1000)
-    client.delete(f"{token_rate.NAMESPACE}:key:1:{int(NOW // token_rate.WINDOW_S)}")  # as its expiry would
+    real_redis.delete(f"{token_rate.NAMESPACE}:key:1:{int(NOW // token_rate.WINDOW_S)}")  # as its expiry would
     windows.settle("a", actual_tokens=lambda: 900)
     assert windows.used(1) == 0
 
