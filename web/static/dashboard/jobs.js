@@ -3,6 +3,7 @@
 import { getJson } from "./api.js";
 import * as format from "./format.js";
 import { markAvailable, markUnavailable } from "./panels.js";
+import { cell } from "./table.js";
 
 const PAGE_SIZE = 25;
 const MAX_PAGE_SIZE = 200;
@@ -17,13 +18,6 @@ function filters() {
     status: document.getElementById("job-status").value,
     tier: document.getElementById("job-tier").value,
   };
-}
-
-function cell(text, className) {
-  const td = document.createElement("td");
-  td.textContent = text;
-  if (className) td.className = className;
-  return td;
 }
 
 function badge(status) {

@@ -2,13 +2,7 @@
 
 import { sendJson } from "./api.js";
 import * as format from "./format.js";
-
-function cell(text, className) {
-  const td = document.createElement("td");
-  td.textContent = text;
-  if (className) td.className = className;
-  return td;
-}
+import { cell } from "./table.js";
 
 function row(key) {
   const tr = document.createElement("tr");
