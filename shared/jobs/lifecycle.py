@@ -33,6 +33,7 @@ from shared.jobs import single_statement
 from shared.jobs import states
 from shared.ledger import budget
 from shared.ledger import model_access
+from shared.ledger import window_spans
 from shared.observability import logs
 from shared.routing import difficulty
 from shared.routing import policy
@@ -86,6 +87,11 @@ class Requester:
     api_key_id: int
     monthly_budget: Decimal | None = None
     budget_windows: Mapping[str, Decimal] = field(default_factory=dict, hash=False)
+
+    @classmethod
+    def of_key(cls, key: Any) -> Requester:
+        """Return the requester a key row stands for (its id, monthly_budget and stored budget_windows)."""
+        return cls(key.id, key.monthly_budget, window_spans.validated(key.budget_windows))
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,6 @@ from shared.jobs import endings
 from shared.jobs import lifecycle
 from shared.jobs import states
 from shared.ledger import budget
-from shared.ledger import window_spans
 from shared.store.models import ApiKey
 from shared.store.models import JobStatus
 from shared.store.models import RequestAttempt
@@ -115,13 +114,9 @@ def limits_for(session: Session, *, api_key_id: int | None, settings: Settings) 
     if api_key_id is None:
         return lifecycle.limits_of(settings, None)
     key = session.execute(
-        select(ApiKey.monthly_budget, ApiKey.budget_windows).where(ApiKey.id == api_key_id)
+        select(ApiKey.id, ApiKey.monthly_budget, ApiKey.budget_windows).where(ApiKey.id == api_key_id)
     ).one_or_none()
-    requester = lifecycle.Requester(
-        api_key_id=api_key_id,
-        monthly_budget=None if key is None else key.monthly_budget,
-        budget_windows=window_spans.validated(None if key is None else key.budget_windows),
-    )
+    requester = lifecycle.Requester(api_key_id) if key is None else lifecycle.Requester.of_key(key)
     return lifecycle.limits_of(settings, requester)
 
 

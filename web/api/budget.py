@@ -14,7 +14,6 @@ from werkzeug.exceptions import Forbidden
 from shared.errors import InvalidInput
 from shared.jobs import lifecycle
 from shared.ledger import budget
-from shared.ledger import window_spans
 from shared.ledger import windows as windows_ledger
 from shared.store.models import ApiKey
 from shared.store.types import utcnow
@@ -90,8 +89,7 @@ def _limits_of(scope: str) -> budget.ScopeLimits:
     key = get_session().get(ApiKey, int(key_id)) if known else None
     if key is None:
         raise InvalidInput(f"unknown budget scope {scope!r}", details={"field": "scope"})
-    requester = lifecycle.Requester(key.id, key.monthly_budget, window_spans.validated(key.budget_windows))
-    return lifecycle.limits_of(settings, requester)[-1]
+    return lifecycle.limits_of(settings, lifecycle.Requester.of_key(key))[-1]
 
 
 def _view(limits: budget.ScopeLimits) -> Response:
